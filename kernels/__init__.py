@@ -1,0 +1,1 @@
+"""Triton kernels for the TTT inner loop (installed as ``megatron_ttt.kernels``)."""

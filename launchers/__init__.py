@@ -1,0 +1,1 @@
+"""SLURM launchers (installed as ``megatron_ttt.launchers``)."""

@@ -1,0 +1,3 @@
+"""megatron-ttt: distributed pretraining of TTT language models."""
+
+__version__ = "0.1.0"

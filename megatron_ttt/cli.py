@@ -1,0 +1,34 @@
+"""The ``mttt`` command: subcommands wired to one function each."""
+
+import argparse
+import platform
+import sys
+
+from megatron_ttt import __version__
+
+
+def _version(args: argparse.Namespace) -> int:
+    import torch
+
+    print(f"megatron-ttt {__version__} (torch {torch.__version__}, python {platform.python_version()})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mttt", description="Pretrain TTT language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("version", help="print the package and torch versions").set_defaults(func=_version)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 0
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

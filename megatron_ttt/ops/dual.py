@@ -1,0 +1,152 @@
+"""The mini-batch dual form of the TTT inner loop: the fast path.
+
+Within a mini-batch all token gradients are taken at the weights theta of its start, so the
+per-token weights theta_i = theta - c_i (acc + sum_{j<=i} lr_j dl_j/dtheta) never need to exist:
+for a layer with input x_j on the keys, h_i on the queries and output gradient g_j,
+
+    h_i W_i + b_i = h_i W + b - sum_{j<=i} c_i lr_j (h_i . x_j + 1) g_j - c_i (h_i acc_W + acc_b)
+
+which is one [L,L] x [L,e] product per layer. The state moves once per mini-batch.
+
+The sequence is padded so that mini-batches align with absolute positions: a state that is
+`position` tokens into a mini-batch gets that many leading pad tokens, and the tail is padded
+to a whole mini-batch. Pad tokens have lr = 0, so they add exact zeros to every sum.
+
+Time-axis checkpointing keeps only the state at the start of every group of
+`checkpoint_group` mini-batches and recomputes inside the group in the backward
+(torch.utils.checkpoint, non-reentrant: the same autograd graph, so gradients are bitwise equal).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from megatron_ttt.ops.inner import (
+    gelu_tanh,
+    keys_backward,
+    keys_forward,
+    layer_norm,
+    layers,
+    lr_weighted_grads,
+    token_coefficients,
+)
+from megatron_ttt.ops.state import TTTState, check_inputs
+
+
+def ttt_dual(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    token_offset: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    state: TTTState,
+    *,
+    mini_batch_size: int = 16,
+    checkpoint_group: int = 0,
+) -> tuple[torch.Tensor, TTTState]:
+    """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence, in dual form.
+
+    Args:
+        q, k, v: [B,H,T,d] queries, keys, values (RoPE already applied to q and k).
+        lr: [B,H,T] per-token inner learning rate, ttt_base_lr * sigmoid(x w_lr + b_lr) / d.
+        token_offset: [b] learnable offsets of the token coefficients c[i] = max(0, 1/(i+1) + offset[i]).
+        ln_weight, ln_bias: [H,d] the inner LayerNorm.
+        state: the state before the first token (TTTState.initial for a fresh sequence).
+        mini_batch_size: b, tokens per inner gradient step.
+        checkpoint_group: G, mini-batches per time-axis checkpoint group; 0 stores everything.
+
+    Returns:
+        z: [B,H,T,d], z_t = q_t + LN(g_{theta_t}(q_t)).
+        the state after the last token.
+    """
+    check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
+    if checkpoint_group < 0:
+        raise ValueError(f"checkpoint_group must be >= 0 (0 = off), got {checkpoint_group}")
+    B, H, T, d = q.shape
+    b = mini_batch_size
+    lead = state.position
+    n_blocks = -(-(lead + T) // b)
+    tail = n_blocks * b - lead - T
+
+    def blocks(x: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(x, (0, 0, lead, tail)) if x.dim() == 4 else F.pad(x, (lead, tail))
+        return padded.reshape(B * H, n_blocks, b, *x.shape[3:])
+
+    coeff = token_coefficients(token_offset)
+    lr_blk = blocks(lr)
+    # eta[n,i,j] = c_i lr_j for j <= i: [N, n_blocks, b, b]
+    eta = torch.tril(coeff[:, None] * lr_blk.unsqueeze(-2))
+    ln_w = _rows(ln_weight, B)
+    ln_b = _rows(ln_bias, B)
+    tensors = (blocks(q), blocks(k), blocks(v), lr_blk, eta, coeff, ln_w, ln_b)
+    weights = tuple(w.reshape(B * H, *w.shape[2:]) for w in state.weights)
+    grads = None if state.grads is None else tuple(g.reshape(B * H, *g.shape[2:]) for g in state.grads)
+    last_complete = (lead + T) % b == 0
+
+    group = checkpoint_group or n_blocks
+    outs = []
+    for start in range(0, n_blocks, group):
+        stop = min(start + group, n_blocks)
+        flags = (start, stop, n_blocks, last_complete, len(weights))
+        args = (*weights, *(grads or ()), *tensors)
+        if checkpoint_group:
+            zbar, weights, grads = checkpoint(_scan, flags, *args, use_reentrant=False)
+        else:
+            zbar, weights, grads = _scan(flags, *args)
+        outs.append(zbar)
+
+    zbar = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    z = blocks(q) + layer_norm(zbar, ln_w.unsqueeze(1), ln_b.unsqueeze(1))
+    z = z.reshape(B, H, n_blocks * b, d)[:, :, lead : lead + T]
+    new_state = TTTState(
+        tuple(w.reshape(B, H, *w.shape[1:]) for w in weights),
+        None if grads is None else tuple(g.reshape(B, H, *g.shape[1:]) for g in grads),
+        (lead + T) % b,
+    )
+    return z, new_state
+
+
+def _rows(param: torch.Tensor, batch: int) -> torch.Tensor:
+    """[H,d] per-head parameter -> [N,1,d] rows matching the flattened batch x heads."""
+    return param.unsqueeze(0).expand(batch, *param.shape).reshape(-1, 1, param.shape[-1])
+
+
+def _scan(flags, *args):
+    """Mini-batches [start, stop) in order; returns their pre-norm outputs and the state after."""
+    start, stop, n_blocks, last_complete, n_weights = flags
+    weights = args[:n_weights]
+    has_grads = len(args) == 2 * n_weights + 8
+    grads = args[n_weights : 2 * n_weights] if has_grads else None
+    q, k, v, lr, eta, coeff, ln_w, ln_b = args[-8:]
+    outs = []
+    for n in range(start, stop):
+        complete = n < n_blocks - 1 or last_complete
+        zbar, weights, grads = _block(
+            weights, grads, q[:, n], k[:, n], v[:, n], lr[:, n], eta[:, n], coeff, ln_w, ln_b, complete
+        )
+        outs.append(zbar)
+    return torch.stack(outs, dim=1), weights, grads
+
+
+def _block(weights, grads, q, k, v, lr, eta, coeff, ln_w, ln_b, complete):
+    """One mini-batch in dual form: q, k, v [N,b,d], lr [N,b], eta [N,b,b], coeff [b]."""
+    inputs, preacts = keys_forward(weights, k)
+    key_grads = keys_backward(weights, preacts, v - k, ln_w, ln_b)
+    pairs = layers(weights)
+    h = q
+    for index, ((w, bias), x, g) in enumerate(zip(pairs, inputs, key_grads)):
+        attn = eta * (torch.bmm(h, x.mT) + 1)
+        zbar = torch.baddbmm(bias.unsqueeze(-2), h, w) - torch.bmm(attn, g)
+        if grads is not None:
+            acc_w, acc_b = grads[2 * index], grads[2 * index + 1]
+            zbar = zbar - coeff[:, None] * torch.baddbmm(acc_b.unsqueeze(-2), h, acc_w)
+        h = gelu_tanh(zbar) if index < len(pairs) - 1 else zbar
+    step = lr_weighted_grads(inputs, key_grads, lr)
+    if grads is not None:
+        step = tuple(s + a for s, a in zip(step, grads))
+    if not complete:
+        return h, weights, step
+    last = coeff[-1]
+    return h, tuple(w - last * s for w, s in zip(weights, step)), None

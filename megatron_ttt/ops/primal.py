@@ -1,0 +1,88 @@
+"""The primal form of the TTT inner loop: the slow, obviously correct twin of ops.dual.
+
+Literally the definition: for every mini-batch, the gradient of every token's loss
+l_j = 1/2 ||f_theta(k_j) - v_j||^2 at the weights of the mini-batch's start (by torch.func, from
+the loss itself, so no hand-derived gradient is shared with the dual form), then explicit
+per-token weights theta_i = theta - c_i (acc + sum_{j<=i} lr_j grad_j), then z_i = f_{theta_i}(q_i).
+Memory grows with b x (size of theta) per mini-batch; use it for tests and as a baseline.
+"""
+
+import torch
+from torch.func import grad, vmap
+
+from megatron_ttt.ops.inner import gelu_tanh, layer_norm, layers, token_coefficients
+from megatron_ttt.ops.state import TTTState, check_inputs
+
+
+def inner_model(weights: tuple[torch.Tensor, ...], x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor):
+    """f(x) = x + LN(g(x)) for one token x [d] of one head."""
+    h = x
+    pairs = layers(weights)
+    for index, (w, b) in enumerate(pairs):
+        h = h @ w + b
+        if index < len(pairs) - 1:
+            h = gelu_tanh(h)
+    return x + layer_norm(h, ln_w, ln_b)
+
+
+def inner_loss(weights, k, v, ln_w, ln_b) -> torch.Tensor:
+    """The self-supervised loss of one token of one head."""
+    return 0.5 * ((inner_model(weights, k, ln_w, ln_b) - v) ** 2).sum()
+
+
+# Over tokens (inner), then over rows of batch x heads (outer); weights are shared by the tokens.
+_token_grads = vmap(vmap(grad(inner_loss), in_dims=(None, 0, 0, None, None)), in_dims=(0, 0, 0, 0, 0))
+_token_outputs = vmap(vmap(inner_model, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))
+
+
+def ttt_primal(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    token_offset: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    state: TTTState,
+    *,
+    mini_batch_size: int = 16,
+) -> tuple[torch.Tensor, TTTState]:
+    """Same arguments and results as ops.dual.ttt_dual (without checkpointing)."""
+    check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
+    B, H, T, d = q.shape
+    b = mini_batch_size
+    rows = lambda x: x.reshape(B * H, *x.shape[2:])  # noqa: E731
+    q, k, v, lr, ln_w, ln_b = (rows(x) for x in (q, k, v, lr, ln_weight.expand(B, H, d), ln_bias.expand(B, H, d)))
+    weights = tuple(rows(w) for w in state.weights)
+    acc = tuple(torch.zeros_like(w) for w in weights) if state.grads is None else tuple(rows(g) for g in state.grads)
+    coeff = token_coefficients(token_offset)
+
+    outputs = []
+    t, position = 0, state.position
+    while t < T:
+        length = min(b - position, T - t)
+        span = slice(t, t + length)
+        token_grads = _token_grads(weights, k[:, span], v[:, span], ln_w, ln_b)
+        lr_b = lr[:, span]
+        # acc_i = acc + sum_{j<=i} lr_j grad_j, one per token: [N, length, *weight shape]
+        acc_i = tuple(
+            a.unsqueeze(1) + torch.cumsum(_per_token(lr_b, g) * g, dim=1) for a, g in zip(acc, token_grads)
+        )
+        c = coeff[position : position + length].unsqueeze(0)
+        weights_i = tuple(w.unsqueeze(1) - _per_token(c, a) * a for w, a in zip(weights, acc_i))
+        outputs.append(_token_outputs(weights_i, q[:, span], ln_w, ln_b))
+        t, position = t + length, position + length
+        if position == b:
+            weights, acc, position = tuple(w[:, -1] for w in weights_i), tuple(torch.zeros_like(a) for a in acc), 0
+        else:
+            acc = tuple(a[:, -1] for a in acc_i)
+
+    unrows = lambda x: x.reshape(B, H, *x.shape[1:])  # noqa: E731
+    z = unrows(torch.cat(outputs, dim=1))
+    grads = None if position == 0 else tuple(unrows(a) for a in acc)
+    return z, TTTState(tuple(unrows(w) for w in weights), grads, position)
+
+
+def _per_token(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a per-token scale [N,L] (or [1,L]) against per-token weights [N,L,...]."""
+    return scale.reshape(*scale.shape, *([1] * (like.dim() - scale.dim())))

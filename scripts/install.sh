@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Idempotent install of megatron-ttt (editable) into .venv/ at the repository root.
+# Usage: scripts/install.sh [EXTRAS]   e.g. scripts/install.sh dev
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv="$root/.venv"
+extras=${1:+[$1]}
+
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check --quiet)
+
+# torch first and pinned, so no dependency ever pulls a default CUDA build; an existing
+# torch in the environment (a cluster's CUDA 2.13.0 build) is kept.
+"$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" torch==2.13.0
+# DeepSpeed's ops are JIT-compiled on first use; building them at install needs CUDA.
+DS_BUILD_OPS=0 "${pip[@]}" -e "$root$extras"
+echo "installed megatron-ttt into $venv ($("$venv/bin/mttt" version))"
