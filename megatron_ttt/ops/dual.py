@@ -13,13 +13,14 @@ The sequence is padded so that mini-batches align with absolute positions: a sta
 to a whole mini-batch. Pad tokens have lr = 0, so they add exact zeros to every sum.
 
 Time-axis checkpointing keeps only the state at the start of every group of
-`checkpoint_group` mini-batches and recomputes inside the group in the backward
-(torch.utils.checkpoint, non-reentrant: the same autograd graph, so gradients are bitwise equal).
+`checkpoint_group` mini-batches: the group runs without a graph in the forward and again, with
+one, in the backward. Every mini-batch gets its own view of every shared tensor (unbind), so no
+gradient is ever summed across mini-batches except by one final sum; checkpointed gradients are
+therefore bitwise equal to stored ones.
 """
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from megatron_ttt.ops.inner import (
     gelu_tanh,
@@ -75,30 +76,38 @@ def ttt_dual(
         return padded.reshape(B * H, n_blocks, b, *x.shape[3:])
 
     coeff = token_coefficients(token_offset)
-    lr_blk = blocks(lr)
+    q_blk, k_blk, lr_blk = blocks(q), blocks(k), blocks(lr)
     # eta[n,i,j] = c_i lr_j for j <= i: [N, n_blocks, b, b]
     eta = torch.tril(coeff[:, None] * lr_blk.unsqueeze(-2))
-    ln_w = _rows(ln_weight, B)
-    ln_b = _rows(ln_bias, B)
-    tensors = (blocks(q), blocks(k), blocks(v), lr_blk, eta, coeff, ln_w, ln_b)
+    # Everything that does not depend on the state, for all mini-batches at once; the first
+    # layer sees (q, k) on both paths, so its dual-form mixing matrix is known up front.
+    attn0 = eta * (q_blk @ k_blk.mT + 1)
+    shared = (coeff, _rows(ln_weight, B), _rows(ln_bias, B))
+    per_block = (q_blk, k_blk, blocks(v) - k_blk, lr_blk, eta, attn0) + tuple(
+        x.unsqueeze(1).expand(x.shape[0], n_blocks, *x.shape[1:]) for x in shared
+    )
+    group = checkpoint_group or n_blocks
+    # split (then unbind in _scan), not indexing: their backwards are one cat / stack, where
+    # per-block indexing would zero-fill a full-size gradient for every block.
+    per_group = list(zip(*(x.split(group, dim=1) for x in per_block)))
     weights = tuple(w.reshape(B * H, *w.shape[2:]) for w in state.weights)
     grads = None if state.grads is None else tuple(g.reshape(B * H, *g.shape[2:]) for g in state.grads)
     last_complete = (lead + T) % b == 0
 
-    group = checkpoint_group or n_blocks
     outs = []
-    for start in range(0, n_blocks, group):
-        stop = min(start + group, n_blocks)
-        flags = (start, stop, n_blocks, last_complete, len(weights))
+    for start, tensors in zip(range(0, n_blocks, group), per_group):
+        complete = [n < n_blocks - 1 or last_complete for n in range(start, min(start + group, n_blocks))]
         args = (*weights, *(grads or ()), *tensors)
+        flags = (complete, len(weights), grads is not None)
         if checkpoint_group:
-            zbar, weights, grads = checkpoint(_scan, flags, *args, use_reentrant=False)
+            outputs = _GroupCheckpoint.apply(flags, *args)
         else:
-            zbar, weights, grads = _scan(flags, *args)
+            outputs = _scan(flags, *args)
+        zbar, weights, grads = _unflatten(outputs, len(weights))
         outs.append(zbar)
 
     zbar = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    z = blocks(q) + layer_norm(zbar, ln_w.unsqueeze(1), ln_b.unsqueeze(1))
+    z = q_blk + layer_norm(zbar, shared[1].unsqueeze(1), shared[2].unsqueeze(1))
     z = z.reshape(B, H, n_blocks * b, d)[:, :, lead : lead + T]
     new_state = TTTState(
         tuple(w.reshape(B, H, *w.shape[1:]) for w in weights),
@@ -113,31 +122,58 @@ def _rows(param: torch.Tensor, batch: int) -> torch.Tensor:
     return param.unsqueeze(0).expand(batch, *param.shape).reshape(-1, 1, param.shape[-1])
 
 
-def _scan(flags, *args):
-    """Mini-batches [start, stop) in order; returns their pre-norm outputs and the state after."""
-    start, stop, n_blocks, last_complete, n_weights = flags
+def _scan(flags, *args) -> tuple[torch.Tensor, ...]:
+    """A run of consecutive mini-batches: (pre-norm outputs, *weights after, *grads after).
+
+    args: the state's weights (and grads), then (q, k, v - k, lr, eta, attn0, coeff, ln_w, ln_b)
+    of these mini-batches, [N, blocks, ...] each; all top-level, so a checkpoint saves them.
+    """
+    complete, n_weights, has_grads = flags
     weights = args[:n_weights]
-    has_grads = len(args) == 2 * n_weights + 8
     grads = args[n_weights : 2 * n_weights] if has_grads else None
-    q, k, v, lr, eta, coeff, ln_w, ln_b = args[-8:]
+    per_block = zip(*(x.unbind(1) for x in args[2 * n_weights if has_grads else n_weights :]))
     outs = []
-    for n in range(start, stop):
-        complete = n < n_blocks - 1 or last_complete
-        zbar, weights, grads = _block(
-            weights, grads, q[:, n], k[:, n], v[:, n], lr[:, n], eta[:, n], coeff, ln_w, ln_b, complete
-        )
+    for block, is_complete in zip(per_block, complete):
+        zbar, weights, grads = _block(weights, grads, *block, is_complete)
         outs.append(zbar)
-    return torch.stack(outs, dim=1), weights, grads
+    return (torch.stack(outs, dim=1), *weights, *(grads or ()))
 
 
-def _block(weights, grads, q, k, v, lr, eta, coeff, ln_w, ln_b, complete):
-    """One mini-batch in dual form: q, k, v [N,b,d], lr [N,b], eta [N,b,b], coeff [b]."""
+def _unflatten(outputs: tuple[torch.Tensor, ...], n_weights: int):
+    weights = tuple(outputs[1 : 1 + n_weights])
+    grads = tuple(outputs[1 + n_weights :]) or None
+    return outputs[0], weights, grads
+
+
+class _GroupCheckpoint(torch.autograd.Function):
+    """_scan that keeps only its inputs and runs again in the backward."""
+
+    @staticmethod
+    def forward(ctx, flags, *args):
+        ctx.flags = flags
+        ctx.save_for_backward(*args)
+        with torch.no_grad():
+            return _scan(flags, *args)
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        args = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
+        with torch.enable_grad():
+            outputs = _scan(ctx.flags, *args)
+        used = [(y, g) for y, g in zip(outputs, grad_outputs) if y.requires_grad]
+        wanted = [x for x in args if x.requires_grad]
+        found = iter(torch.autograd.grad([y for y, _ in used], wanted, [g for _, g in used], allow_unused=True))
+        return None, *(next(found) if x.requires_grad else None for x in args)
+
+
+def _block(weights, grads, q, k, target, lr, eta, attn0, coeff, ln_w, ln_b, complete):
+    """One mini-batch in dual form: q, k, target [N,b,d], lr [N,b], eta, attn0 [N,b,b], coeff [b]."""
     inputs, preacts = keys_forward(weights, k)
-    key_grads = keys_backward(weights, preacts, v - k, ln_w, ln_b)
+    key_grads = keys_backward(weights, preacts, target, ln_w, ln_b)
     pairs = layers(weights)
     h = q
     for index, ((w, bias), x, g) in enumerate(zip(pairs, inputs, key_grads)):
-        attn = eta * (torch.bmm(h, x.mT) + 1)
+        attn = attn0 if index == 0 else eta * (torch.bmm(h, x.mT) + 1)
         zbar = torch.baddbmm(bias.unsqueeze(-2), h, w) - torch.bmm(attn, g)
         if grads is not None:
             acc_w, acc_b = grads[2 * index], grads[2 * index + 1]
