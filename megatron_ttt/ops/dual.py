@@ -82,7 +82,7 @@ def ttt_dual(
     # Everything that does not depend on the state, for all mini-batches at once; the first
     # layer sees (q, k) on both paths, so its dual-form mixing matrix is known up front.
     attn0 = eta * (q_blk @ k_blk.mT + 1)
-    shared = (coeff, _rows(ln_weight, B), _rows(ln_bias, B))
+    shared = (coeff.unsqueeze(0), _rows(ln_weight, B), _rows(ln_bias, B))
     per_block = (q_blk, k_blk, blocks(v) - k_blk, lr_blk, eta, attn0) + tuple(
         x.unsqueeze(1).expand(x.shape[0], n_blocks, *x.shape[1:]) for x in shared
     )
@@ -103,11 +103,10 @@ def ttt_dual(
             outputs = _GroupCheckpoint.apply(flags, *args)
         else:
             outputs = _scan(flags, *args)
-        zbar, weights, grads = _unflatten(outputs, len(weights))
-        outs.append(zbar)
+        z, weights, grads = _unflatten(outputs, len(weights))
+        outs.append(z)
 
-    zbar = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    z = q_blk + layer_norm(zbar, shared[1].unsqueeze(1), shared[2].unsqueeze(1))
+    z = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     z = z.reshape(B, H, n_blocks * b, d)[:, :, lead : lead + T]
     new_state = TTTState(
         tuple(w.reshape(B, H, *w.shape[1:]) for w in weights),
@@ -123,20 +122,23 @@ def _rows(param: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def _scan(flags, *args) -> tuple[torch.Tensor, ...]:
-    """A run of consecutive mini-batches: (pre-norm outputs, *weights after, *grads after).
+    """A run of consecutive mini-batches: (outputs z, *weights after, *grads after).
 
     args: the state's weights (and grads), then (q, k, v - k, lr, eta, attn0, coeff, ln_w, ln_b)
     of these mini-batches, [N, blocks, ...] each; all top-level, so a checkpoint saves them.
+    The output LayerNorm runs here too, so a checkpointed group keeps none of its intermediates.
     """
     complete, n_weights, has_grads = flags
     weights = args[:n_weights]
     grads = args[n_weights : 2 * n_weights] if has_grads else None
-    per_block = zip(*(x.unbind(1) for x in args[2 * n_weights if has_grads else n_weights :]))
+    per_group = args[2 * n_weights if has_grads else n_weights :]
     outs = []
-    for block, is_complete in zip(per_block, complete):
+    for block, is_complete in zip(zip(*(x.unbind(1) for x in per_group)), complete):
         zbar, weights, grads = _block(weights, grads, *block, is_complete)
         outs.append(zbar)
-    return (torch.stack(outs, dim=1), *weights, *(grads or ()))
+    q, ln_w, ln_b = per_group[0], per_group[7], per_group[8]
+    z = q + layer_norm(torch.stack(outs, dim=1), ln_w, ln_b)
+    return (z, *weights, *(grads or ()))
 
 
 def _unflatten(outputs: tuple[torch.Tensor, ...], n_weights: int):
@@ -167,7 +169,7 @@ class _GroupCheckpoint(torch.autograd.Function):
 
 
 def _block(weights, grads, q, k, target, lr, eta, attn0, coeff, ln_w, ln_b, complete):
-    """One mini-batch in dual form: q, k, target [N,b,d], lr [N,b], eta, attn0 [N,b,b], coeff [b]."""
+    """One mini-batch in dual form: q, k, target [N,b,d], lr [N,b], eta, attn0 [N,b,b], coeff [1,b]."""
     inputs, preacts = keys_forward(weights, k)
     key_grads = keys_backward(weights, preacts, target, ln_w, ln_b)
     pairs = layers(weights)
@@ -177,12 +179,12 @@ def _block(weights, grads, q, k, target, lr, eta, attn0, coeff, ln_w, ln_b, comp
         zbar = torch.baddbmm(bias.unsqueeze(-2), h, w) - torch.bmm(attn, g)
         if grads is not None:
             acc_w, acc_b = grads[2 * index], grads[2 * index + 1]
-            zbar = zbar - coeff[:, None] * torch.baddbmm(acc_b.unsqueeze(-2), h, acc_w)
+            zbar = zbar - coeff.mT * torch.baddbmm(acc_b.unsqueeze(-2), h, acc_w)
         h = gelu_tanh(zbar) if index < len(pairs) - 1 else zbar
     step = lr_weighted_grads(inputs, key_grads, lr)
     if grads is not None:
         step = tuple(s + a for s, a in zip(step, grads))
     if not complete:
         return h, weights, step
-    last = coeff[-1]
+    last = coeff[0, -1]
     return h, tuple(w - last * s for w, s in zip(weights, step)), None
