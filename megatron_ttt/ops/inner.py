@@ -35,22 +35,24 @@ def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * x * x)
 
 
+def _normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x - mean) / sqrt(var + eps) over the last dim, and 1 / sqrt(var + eps)."""
+    var, mu = torch.var_mean(x, -1, correction=0, keepdim=True)
+    rstd = torch.rsqrt(var + LN_EPS)
+    return (x - mu) * rstd, rstd
+
+
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """LayerNorm over the last dim with per-row affine parameters (broadcast over tokens)."""
-    mu = x.mean(-1, keepdim=True)
-    xc = x - mu
-    rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + LN_EPS)
-    return xc * rstd * weight + bias
+    return torch.addcmul(bias, _normalize(x)[0], weight)
 
 
 def ln_l2_grad(z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """dl/dz of l = 1/2 ||LN(z) - target||^2, row by row: the fused LayerNorm backward."""
-    mu = z.mean(-1, keepdim=True)
-    xc = z - mu
-    rstd = torch.rsqrt((xc * xc).mean(-1, keepdim=True) + LN_EPS)
-    xhat = xc * rstd
-    g_xhat = (xhat * weight + bias - target) * weight
-    return rstd * (g_xhat - g_xhat.mean(-1, keepdim=True) - xhat * (g_xhat * xhat).mean(-1, keepdim=True))
+    xhat, rstd = _normalize(z)
+    g_xhat = torch.addcmul(bias - target, xhat, weight) * weight
+    projection = (g_xhat * xhat).mean(-1, keepdim=True)
+    return rstd * torch.addcmul(g_xhat - g_xhat.mean(-1, keepdim=True), xhat, projection, value=-1)
 
 
 def token_coefficients(token_offset: torch.Tensor) -> torch.Tensor:
