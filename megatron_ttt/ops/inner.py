@@ -37,9 +37,9 @@ def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
 
 def _normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x - mean) / sqrt(var + eps) over the last dim, and 1 / sqrt(var + eps)."""
-    var, mu = torch.var_mean(x, -1, correction=0, keepdim=True)
-    rstd = torch.rsqrt(var + LN_EPS)
-    return (x - mu) * rstd, rstd
+    centered = x - x.mean(-1, keepdim=True)
+    rstd = torch.rsqrt((centered * centered).mean(-1, keepdim=True) + LN_EPS)
+    return centered * rstd, rstd
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
