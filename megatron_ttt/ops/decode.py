@@ -7,16 +7,8 @@ theta_i = theta - c_i * acc, exactly what the dual form computes for the same po
 
 import torch
 
-from megatron_ttt.ops.inner import (
-    gelu_tanh,
-    keys_backward,
-    keys_forward,
-    layer_norm,
-    layers,
-    lr_weighted_grads,
-    token_coefficients,
-)
-from megatron_ttt.ops.state import TTTState, check_inputs
+from megatron_ttt.ops.inner import keys_backward, layer_norm, layers_forward, lr_weighted_grads, token_coefficients
+from megatron_ttt.ops.state import TTTState, check_inputs, from_rows, head_param_rows, to_rows
 
 
 def ttt_decode_step(
@@ -33,32 +25,23 @@ def ttt_decode_step(
 ) -> tuple[torch.Tensor, TTTState]:
     """One token: q, k, v [B,H,1,d], lr [B,H,1]; otherwise as ops.dual.ttt_dual. Returns z [B,H,1,d]."""
     check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
-    B, H, T, d = q.shape
+    B, H, T, _ = q.shape
     if T != 1:
         raise ValueError(f"ttt_decode_step takes one token, got T={T}; use ttt_dual for a prefix")
-    rows = lambda x: x.reshape(B * H, *x.shape[2:])  # noqa: E731
-    q, k, v, lr = rows(q), rows(k), rows(v), rows(lr)
-    ln_w = ln_weight.reshape(1, H, 1, d).expand(B, H, 1, d).reshape(B * H, 1, d)
-    ln_b = ln_bias.reshape(1, H, 1, d).expand(B, H, 1, d).reshape(B * H, 1, d)
-    weights = tuple(rows(w) for w in state.weights)
+    q, k, v, lr = to_rows(q), to_rows(k), to_rows(v), to_rows(lr)
+    ln_w, ln_b = head_param_rows(ln_weight, B), head_param_rows(ln_bias, B)
+    weights = tuple(to_rows(w) for w in state.weights)
 
-    inputs, preacts = keys_forward(weights, k)
+    inputs, preacts = layers_forward(weights, k)
     acc = lr_weighted_grads(inputs, keys_backward(weights, preacts, v - k, ln_w, ln_b), lr)
     if state.grads is not None:
-        acc = tuple(a + rows(g) for a, g in zip(acc, state.grads))
+        acc = tuple(a + to_rows(g) for a, g in zip(acc, state.grads))
     c = token_coefficients(token_offset)[state.position]
     current = tuple(w - c * a for w, a in zip(weights, acc))
 
-    h = q
-    pairs = layers(current)
-    for index, (w, b) in enumerate(pairs):
-        h = torch.baddbmm(b.unsqueeze(-2), h, w)
-        if index < len(pairs) - 1:
-            h = gelu_tanh(h)
-    z = (q + layer_norm(h, ln_w, ln_b)).reshape(B, H, 1, d)
+    z = from_rows(q + layer_norm(layers_forward(current, q)[1][-1], ln_w, ln_b), B, H)
 
-    unrows = lambda x: x.reshape(B, H, *x.shape[1:])  # noqa: E731
     position = state.position + 1
     if position == mini_batch_size:
-        return z, TTTState(tuple(unrows(w) for w in current), None, 0)
-    return z, TTTState(state.weights, tuple(unrows(a) for a in acc), position)
+        return z, TTTState(tuple(from_rows(w, B, H) for w in current), None, 0)
+    return z, TTTState(state.weights, tuple(from_rows(a, B, H) for a in acc), position)

@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from megatron_ttt.ops.inner import (
     gelu_tanh,
     keys_backward,
-    keys_forward,
+    layers_forward,
     layer_norm,
     layers,
     lr_weighted_grads,
     token_coefficients,
 )
-from megatron_ttt.ops.state import TTTState, check_inputs
+from megatron_ttt.ops.state import TTTState, check_inputs, from_rows, head_param_rows, to_rows
 
 
 def ttt_dual(
@@ -82,7 +82,7 @@ def ttt_dual(
     # Everything that does not depend on the state, for all mini-batches at once; the first
     # layer sees (q, k) on both paths, so its dual-form mixing matrix is known up front.
     attn0 = eta * (q_blk @ k_blk.mT + 1)
-    shared = (coeff.unsqueeze(0), _rows(ln_weight, B), _rows(ln_bias, B))
+    shared = (coeff.unsqueeze(0), head_param_rows(ln_weight, B), head_param_rows(ln_bias, B))
     per_block = (q_blk, k_blk, blocks(v) - k_blk, lr_blk, eta, attn0) + tuple(
         x.unsqueeze(1).expand(x.shape[0], n_blocks, *x.shape[1:]) for x in shared
     )
@@ -90,8 +90,8 @@ def ttt_dual(
     # split (then unbind in _scan), not indexing: their backwards are one cat / stack, where
     # per-block indexing would zero-fill a full-size gradient for every block.
     per_group = list(zip(*(x.split(group, dim=1) for x in per_block)))
-    weights = tuple(w.reshape(B * H, *w.shape[2:]) for w in state.weights)
-    grads = None if state.grads is None else tuple(g.reshape(B * H, *g.shape[2:]) for g in state.grads)
+    weights = tuple(to_rows(w) for w in state.weights)
+    grads = None if state.grads is None else tuple(to_rows(g) for g in state.grads)
     last_complete = (lead + T) % b == 0
 
     outs = []
@@ -109,16 +109,11 @@ def ttt_dual(
     z = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
     z = z.reshape(B, H, n_blocks * b, d)[:, :, lead : lead + T]
     new_state = TTTState(
-        tuple(w.reshape(B, H, *w.shape[1:]) for w in weights),
-        None if grads is None else tuple(g.reshape(B, H, *g.shape[1:]) for g in grads),
+        tuple(from_rows(w, B, H) for w in weights),
+        None if grads is None else tuple(from_rows(g, B, H) for g in grads),
         (lead + T) % b,
     )
     return z, new_state
-
-
-def _rows(param: torch.Tensor, batch: int) -> torch.Tensor:
-    """[H,d] per-head parameter -> [N,1,d] rows matching the flattened batch x heads."""
-    return param.unsqueeze(0).expand(batch, *param.shape).reshape(-1, 1, param.shape[-1])
 
 
 def _scan(flags, *args) -> tuple[torch.Tensor, ...]:
@@ -170,7 +165,7 @@ class _GroupCheckpoint(torch.autograd.Function):
 
 def _block(weights, grads, q, k, target, lr, eta, attn0, coeff, ln_w, ln_b, complete):
     """One mini-batch in dual form: q, k, target [N,b,d], lr [N,b], eta, attn0 [N,b,b], coeff [1,b]."""
-    inputs, preacts = keys_forward(weights, k)
+    inputs, preacts = layers_forward(weights, k)
     key_grads = keys_backward(weights, preacts, target, ln_w, ln_b)
     pairs = layers(weights)
     h = q

@@ -61,10 +61,9 @@ def token_coefficients(token_offset: torch.Tensor) -> torch.Tensor:
     return torch.clamp_min(1.0 / position + token_offset, 0.0)
 
 
-def keys_forward(weights: tuple[torch.Tensor, ...], k: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Run g on the keys [N,L,d]: the input of every layer and every pre-activation."""
+def layers_forward(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Run g on x [N,L,d]: the input of every layer and every pre-activation (the last is g(x))."""
     inputs, preacts = [], []
-    x = k
     pairs = layers(weights)
     for index, (w, b) in enumerate(pairs):
         inputs.append(x)

@@ -11,7 +11,7 @@ import torch
 from torch.func import grad, vmap
 
 from megatron_ttt.ops.inner import gelu_tanh, layer_norm, layers, token_coefficients
-from megatron_ttt.ops.state import TTTState, check_inputs
+from megatron_ttt.ops.state import TTTState, check_inputs, from_rows, to_rows
 
 
 def inner_model(weights: tuple[torch.Tensor, ...], x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor):
@@ -51,10 +51,9 @@ def ttt_primal(
     check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
     B, H, T, d = q.shape
     b = mini_batch_size
-    rows = lambda x: x.reshape(B * H, *x.shape[2:])  # noqa: E731
-    q, k, v, lr, ln_w, ln_b = (rows(x) for x in (q, k, v, lr, ln_weight.expand(B, H, d), ln_bias.expand(B, H, d)))
-    weights = tuple(rows(w) for w in state.weights)
-    acc = tuple(torch.zeros_like(w) for w in weights) if state.grads is None else tuple(rows(g) for g in state.grads)
+    q, k, v, lr, ln_w, ln_b = (to_rows(x) for x in (q, k, v, lr, ln_weight.expand(B, H, d), ln_bias.expand(B, H, d)))
+    weights = tuple(to_rows(w) for w in state.weights)
+    acc = tuple(torch.zeros_like(w) for w in weights) if state.grads is None else tuple(to_rows(g) for g in state.grads)
     coeff = token_coefficients(token_offset)
 
     outputs = []
@@ -77,10 +76,9 @@ def ttt_primal(
         else:
             acc = tuple(a[:, -1] for a in acc_i)
 
-    unrows = lambda x: x.reshape(B, H, *x.shape[1:])  # noqa: E731
-    z = unrows(torch.cat(outputs, dim=1))
-    grads = None if position == 0 else tuple(unrows(a) for a in acc)
-    return z, TTTState(tuple(unrows(w) for w in weights), grads, position)
+    z = from_rows(torch.cat(outputs, dim=1), B, H)
+    grads = None if position == 0 else tuple(from_rows(a, B, H) for a in acc)
+    return z, TTTState(tuple(from_rows(w, B, H) for w in weights), grads, position)
 
 
 def _per_token(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,21 @@ class TTTState(NamedTuple):
         return TTTState(tuple(w.unsqueeze(0).expand(batch_size, *w.shape) for w in weights), None, 0)
 
 
+def to_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B,H,...] -> [B*H,...]: one row per independent inner model."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def from_rows(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """[B*H,...] -> [B,H,...]."""
+    return x.reshape(batch, heads, *x.shape[1:])
+
+
+def head_param_rows(param: torch.Tensor, batch: int) -> torch.Tensor:
+    """[H,d] per-head parameter -> [B*H,1,d], one row per inner model (broadcast over tokens)."""
+    return param.unsqueeze(0).expand(batch, *param.shape).reshape(-1, 1, param.shape[-1])
+
+
 def check_inputs(
     q: torch.Tensor,
     k: torch.Tensor,
