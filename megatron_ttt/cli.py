@@ -5,6 +5,8 @@ import platform
 import sys
 
 from megatron_ttt import __version__
+from megatron_ttt.data import DataError
+from megatron_ttt.data_prep.cli import add_data_parser
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -18,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mttt", description="Pretrain TTT language models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the package and torch versions").set_defaults(func=_version)
+    add_data_parser(sub)
     return parser
 
 
@@ -27,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DataError as exc:
+        print(f"mttt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

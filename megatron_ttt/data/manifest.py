@@ -1,0 +1,147 @@
+"""The manifest of a sharded dataset: what every shard holds, how it was made, and its hash.
+
+Written by `mttt data shard` (one per run or per task slice, joined by `merge-manifests`) and
+read by the loader. It holds no timestamps or worker counts, so the same inputs and settings
+give the same manifest byte for byte however the work was split, killed or resumed.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from megatron_ttt.data.errors import DataError
+from megatron_ttt.data.tokenizer import TokenizerInfo
+
+FORMAT = "megatron-ttt-shards"
+VERSION = 1
+SPLITS = ("train", "val")
+SAMPLE_FIELD = "tok"
+"""Each sample is one tar member `<key>.tok`: the raw little-endian token ids."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    path: str
+    """Relative to the manifest's directory."""
+    samples: int
+    tokens: int
+    documents: int
+    """Documents whose first token lies in this shard."""
+    sha256: str
+    task: int
+    """The input task that wrote the shard."""
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """What one input file (one task) contributed, and what was wrong with it."""
+
+    index: int
+    input: str
+    documents: int
+    """Non-empty documents tokenized (both splits)."""
+    empty: int
+    """Documents with no text, skipped."""
+    bad_utf8: int
+    """Documents with invalid UTF-8 (replaced by U+FFFD, or skipped under --bad-utf8 skip)."""
+    skipped: int
+    """Malformed records skipped under --skip-bad."""
+    truncated: bool
+    """The compressed stream ended early; documents before the damage were kept (--skip-bad)."""
+    tokens: dict[str, int]
+    """Tokens packed into samples, per split."""
+    dropped_tokens: dict[str, int]
+    """The tail shorter than one sample at the end of the task, per split."""
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Everything that decides the bytes of the shards; a resumed or sliced run must match it."""
+
+    seq_len: int
+    dtype: str
+    tokenizer: TokenizerInfo
+    inputs: tuple[str, ...]
+    input_format: str
+    text_docs: str
+    json_field: str
+    val_fraction: float
+    seed: int
+    shard_bytes: int
+    bad_utf8: str
+    skip_bad: bool
+
+    @property
+    def sample_tokens(self) -> int:
+        return self.seq_len + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"inputs": list(self.inputs)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ShardSettings":
+        return cls(**(d | {"tokenizer": TokenizerInfo(**d["tokenizer"]), "inputs": tuple(d["inputs"])}))
+
+
+@dataclass
+class Manifest:
+    settings: ShardSettings
+    tasks: list[TaskEntry]
+    shards: dict[str, list[ShardEntry]]
+    """Per split, in task order then write order: the order that defines global sample ids."""
+    slice: tuple[int, int] | None = None
+    """(index, count) for the manifest of one task slice; None once complete."""
+    directory: Path = field(default=Path("."), compare=False)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.settings.dtype)
+
+    def samples(self, split: str) -> int:
+        return sum(s.samples for s in self.shards[split])
+
+    def totals(self) -> dict:
+        return {split: {"shards": len(entries), "samples": self.samples(split),
+                        "tokens": sum(s.tokens for s in entries), "documents": sum(s.documents for s in entries)}
+                for split, entries in self.shards.items()}
+
+    def to_json(self) -> str:
+        body = {"format": FORMAT, "version": VERSION, "slice": list(self.slice) if self.slice else None,
+                "settings": self.settings.to_dict(), "totals": self.totals(),
+                "tasks": [asdict(t) for t in self.tasks],
+                "shards": {split: [asdict(s) for s in entries] for split, entries in self.shards.items()}}
+        return json.dumps(body, indent=1) + "\n"
+
+    def write(self, path: Path) -> None:
+        """Atomically: a reader sees the old manifest or the new one, never half of one."""
+        write_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Manifest":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "manifest.json"
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"manifest {path} does not exist; write one with `mttt data shard`") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"manifest {path} is not valid JSON: {exc}") from None
+        if not isinstance(body, dict) or body.get("format") != FORMAT or body.get("version") != VERSION:
+            raise DataError(f"{path} is not a {FORMAT} manifest of version {VERSION}")
+        try:
+            return cls(settings=ShardSettings.from_dict(body["settings"]),
+                       tasks=[TaskEntry(**t) for t in body["tasks"]],
+                       shards={split: [ShardEntry(**s) for s in body["shards"][split]] for split in SPLITS},
+                       slice=tuple(body["slice"]) if body["slice"] else None, directory=path.parent)
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"manifest {path} is missing or has a malformed field: {exc}") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
