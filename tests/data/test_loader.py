@@ -1,0 +1,166 @@
+"""The loader: global order, exact resume in a fresh process, data-parallel remap, bad shards."""
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from megatron_ttt.data import DataError, Manifest
+from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+from megatron_ttt.data.permutation import FeistelPermutation
+from megatron_ttt.data.shard_reader import member_stride
+
+
+def take(loader, steps):
+    it = iter(loader)
+    return [next(it) for _ in range(steps)]
+
+
+def ids(batches):
+    return [i for b in batches for i in b.sample_ids.tolist()]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 97, 1000, 4099])
+def test_permutation_is_a_bijection(n):
+    for seed in (0, 1, 12345):
+        values = FeistelPermutation(n, seed)(np.arange(n))
+        assert np.array_equal(np.sort(values), np.arange(n))
+    if n >= 64:
+        a, b = FeistelPermutation(n, 0)(np.arange(n)), FeistelPermutation(n, 1)(np.arange(n))
+        assert (a != b).mean() > 0.9 and (a != np.arange(n)).mean() > 0.9
+
+
+def test_batches_hold_the_shard_samples(manifest):
+    loader = TokenLoader(manifest, LoaderConfig(micro_batch_size=5, num_workers=0, shuffle=False))
+    urls = [str(manifest.directory / e.path) for e in manifest.shards["train"]]
+    expected = np.stack([np.frombuffer(s["tok"], np.uint16) for s in wds.WebDataset(urls, shardshuffle=False)])
+    for batch in take(loader, 7):
+        rows = expected[batch.sample_ids.numpy()]
+        assert np.array_equal(batch.tokens.numpy(), rows[:, :-1]) and np.array_equal(batch.labels.numpy(), rows[:, 1:])
+        assert batch.tokens.shape == (5, manifest.settings.seq_len)
+
+
+def test_each_epoch_visits_every_sample_once(manifest):
+    loader = TokenLoader(manifest, LoaderConfig(micro_batch_size=3, num_workers=2))
+    n = loader.samples_per_epoch
+    seen = ids(take(loader, (2 * n + 2) // 3 + 1))
+    first, second = seen[:n], seen[n:2 * n]
+    assert sorted(first) == list(range(n)) and sorted(second) == list(range(n)) and first != second
+
+
+def test_ranks_split_the_global_stream(manifest):
+    whole = ids(take(TokenLoader(manifest, LoaderConfig(micro_batch_size=6, num_workers=0)), 9))
+    parts = [take(TokenLoader(manifest, LoaderConfig(micro_batch_size=3, num_workers=1), r, 2), 9) for r in range(2)]
+    interleaved = [i for step in zip(*parts) for b in step for i in b.sample_ids.tolist()]
+    assert interleaved == whole
+
+
+_RESUME = """
+import json, sys
+from megatron_ttt.data import Manifest
+from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+manifest, state, steps, rank, size, mb = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), *map(int, sys.argv[4:])
+loader = TokenLoader(Manifest.load(manifest), LoaderConfig(micro_batch_size=mb, num_workers=2), rank, size)
+loader.load_state_dict(state)
+it = iter(loader)
+print(json.dumps([i for _ in range(steps) for i in next(it).sample_ids.tolist()]))
+"""
+
+
+def resume_in_fresh_process(manifest, state, steps, rank, size, mb):
+    out = subprocess.run([sys.executable, "-c", _RESUME, str(manifest.directory), json.dumps(state), str(steps),
+                          str(rank), str(size), str(mb)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_resume_in_a_fresh_process_is_exactly_once(manifest):
+    config = LoaderConfig(micro_batch_size=4, num_workers=2)
+    n = TokenLoader(manifest, config).samples_per_epoch
+    steps = n // 4  # one epoch, minus the straddling batch
+    uninterrupted = ids(take(TokenLoader(manifest, config), steps))
+    first = TokenLoader(manifest, config)
+    head = ids(take(first, 5))
+    tail = resume_in_fresh_process(manifest, first.state_dict(), steps - 5, 0, 1, 4)
+    assert head + tail == uninterrupted and len(set(head + tail)) == len(head + tail) == 4 * steps
+    # The same state resumed at data-parallel size 2 (micro-batch 2) continues the same global stream.
+    parts = [resume_in_fresh_process(manifest, first.state_dict(), steps - 5, r, 2, 2) for r in range(2)]
+    remapped = [i for s in range(steps - 5) for r in range(2) for i in parts[r][2 * s:2 * s + 2]]
+    assert head + remapped == uninterrupted
+
+
+def test_state_of_another_dataset_is_refused(manifest):
+    loader = TokenLoader(manifest, LoaderConfig(micro_batch_size=2, num_workers=0))
+    state = loader.state_dict() | {"fingerprint": "0" * 64}
+    with pytest.raises(DataError, match="fingerprint differ"):
+        loader.load_state_dict(state)
+    with pytest.raises(DataError, match="seed differ"):
+        TokenLoader(manifest, LoaderConfig(micro_batch_size=2, seed=7, num_workers=0)).load_state_dict(loader.state_dict())
+
+
+@pytest.fixture
+def copy(manifest, tmp_path):
+    """A private copy of the dataset that a test may damage."""
+    shutil.copytree(manifest.directory, tmp_path / "ds")
+    return Manifest.load(tmp_path / "ds")
+
+
+def _read_all(manifest, **config):
+    loader = TokenLoader(manifest, LoaderConfig(micro_batch_size=4, num_workers=0, shuffle=False, **config))
+    return take(loader, loader.samples_per_epoch // 4)
+
+
+def test_damaged_header_names_the_shard(copy):
+    entry = copy.shards["train"][1]
+    path = copy.directory / entry.path
+    data = bytearray(path.read_bytes())
+    stride = member_stride(copy.settings.sample_tokens * 2)
+    data[2 * stride + 3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{entry.path}: sample 2 has a damaged tar header"):
+        _read_all(copy)
+
+
+def test_truncated_shard_names_the_shard(copy):
+    entry = copy.shards["train"][0]
+    path = copy.directory / entry.path
+    path.write_bytes(path.read_bytes()[: entry.samples * member_stride(copy.settings.sample_tokens * 2) // 2])
+    with pytest.raises(DataError, match=rf"{entry.path} is truncated"):
+        _read_all(copy)
+
+
+def test_sha256_mismatch_names_the_shard(copy):
+    entry = copy.shards["train"][0]
+    path = copy.directory / entry.path
+    data = bytearray(path.read_bytes())
+    data[512 + 4] ^= 0x01  # the low byte of a token: still a valid id, only the hash can tell
+    path.write_bytes(bytes(data))
+    _read_all(copy)
+    with pytest.raises(DataError, match=rf"{entry.path} has sha256 .* the manifest says"):
+        _read_all(copy, verify_sha256=True)
+    from megatron_ttt.data_prep.verify import verify_shards
+
+    with pytest.raises(DataError, match=rf"1 of .* shards do not match the manifest:\n  .*{entry.path}"):
+        verify_shards(copy)
+
+
+def test_token_beyond_the_vocabulary_names_the_shard(copy):
+    small = replace(copy.settings, tokenizer=replace(copy.settings.tokenizer, vocab_size=50))
+    with pytest.raises(DataError, match=r"t00000-000000.tar: sample \d+ holds token id \d+, beyond .* of 50"):
+        _read_all(replace(copy, settings=small))
+
+
+def test_bad_manifests(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        Manifest.load(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="is not valid JSON"):
+        Manifest.load(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "megatron-ttt-shards", "version": 1}))
+    with pytest.raises(DataError, match="missing or has a malformed field: 'settings'"):
+        Manifest.load(tmp_path)

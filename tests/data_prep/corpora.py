@@ -1,0 +1,47 @@
+"""Small corpora and a tokenizer for the data tests, generated on the spot."""
+
+import json
+from pathlib import Path
+
+from megatron_ttt.data import Tokenizer
+from megatron_ttt.data.manifest import ShardSettings
+from megatron_ttt.data_prep.corpus import bundled_corpus
+from megatron_ttt.data_prep.pack import token_dtype
+from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
+
+WORDS = "the model learns at test time by a gradient step on its hidden state every mini batch".split()
+
+
+def make_tokenizer(directory: Path) -> Tokenizer:
+    inputs = tuple(str(p) for p in bundled_corpus(directory / "corpus"))
+    return train_tokenizer(TokenizerTraining(inputs, str(directory / "sp"), vocab_size=600))
+
+
+def documents(count: int, seed: int, long_every: int = 0) -> list[str]:
+    """Documents of varied length; every `long_every`-th one spans many samples."""
+    docs = []
+    for i in range(count):
+        n = 5 + (i * 37 + seed * 11) % 60
+        if long_every and i % long_every == long_every - 1:
+            n = 3000
+        docs.append(" ".join(WORDS[(i + j * seed) % len(WORDS)] for j in range(n)) + f" {i}.")
+    return docs
+
+
+def write_jsonl(path: Path, docs: list[str], field: str = "text") -> Path:
+    path.write_text("".join(json.dumps({field: d, "id": i}) + "\n" for i, d in enumerate(docs)))
+    return path
+
+
+def write_corpus(directory: Path, files: int = 3, docs_per_file: int = 40) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return [write_jsonl(directory / f"part-{i}.jsonl", documents(docs_per_file, seed=i + 1, long_every=17))
+            for i in range(files)]
+
+
+def settings(tokenizer: Tokenizer, inputs: list[Path], seq_len: int = 64, **overrides) -> ShardSettings:
+    info = tokenizer.info()
+    base = dict(seq_len=seq_len, dtype=token_dtype(info.vocab_size).name, tokenizer=info,
+                inputs=tuple(str(p) for p in inputs), input_format="auto", text_docs="blank-line",
+                json_field="text", val_fraction=0.0, seed=0, shard_bytes=10**9, bad_utf8="replace", skip_bad=False)
+    return ShardSettings(**(base | overrides))
