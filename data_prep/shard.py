@@ -10,6 +10,7 @@ import json
 import multiprocessing as mp
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,9 @@ def shard_corpus(job: ShardJob, show_progress: bool = True) -> tuple[Manifest, d
     results = {t: r for t in job.my_tasks() if (r := read_marker(job.output, t)) is not None}
     todo = [t for t in job.my_tasks() if t not in results]
     start = time.perf_counter()
-    with tqdm(total=len(todo), unit="task", disable=not show_progress or not todo, dynamic_ncols=True) as bar:
-        runner = _run_inline if job.workers == 1 or len(todo) <= 1 else _run_parallel
-        results |= runner(job, todo, bar)
+    runner = _run_inline if job.workers == 1 or len(todo) <= 1 else _run_parallel
+    results |= runner(job, todo, lambda: tqdm(total=len(todo), unit="task", disable=not show_progress or not todo,
+                                              dynamic_ncols=True))
     seconds = time.perf_counter() - start
     tasks = [results[t][0] for t in sorted(results)]
     shards = {s: [e for t in sorted(results) for e in results[t][1][s]] for s in SPLITS}
@@ -110,11 +111,13 @@ class _Progress:
         self.bar.set_postfix(docs=self.docs, tok_per_s=f"{rate:,.0f}", refresh=False)
 
 
-def _run_inline(job: ShardJob, todo: list[int], bar: tqdm) -> dict[int, Result]:
-    tokenizer, progress, results = Tokenizer(job.settings.tokenizer.path), _Progress(bar), {}
-    for task in todo:
-        results[task] = run_task(job.output, job.settings, task, tokenizer, progress)
-        bar.update()
+def _run_inline(job: ShardJob, todo: list[int], make_bar: Callable[[], tqdm]) -> dict[int, Result]:
+    tokenizer, results = Tokenizer(job.settings.tokenizer.path), {}
+    with make_bar() as bar:
+        progress = _Progress(bar)
+        for task in todo:
+            results[task] = run_task(job.output, job.settings, task, tokenizer, progress)
+            bar.update()
     return results
 
 
@@ -141,37 +144,43 @@ def _worker(output: Path, settings: ShardSettings, tasks: mp.Queue, events: mp.Q
         events.put(("done", task, result))
 
 
-def _run_parallel(job: ShardJob, todo: list[int], bar: tqdm) -> dict[int, Result]:
-    ctx = mp.get_context("spawn")
+def _run_parallel(job: ShardJob, todo: list[int], make_bar: Callable[[], tqdm]) -> dict[int, Result]:
+    # fork: a worker starts at once, without re-importing (webdataset imports torch, ~1 s). The
+    # workers are forked before the parent starts any thread (queue feeders, the bar's monitor).
+    ctx = mp.get_context("fork")
     tasks, events = ctx.Queue(), ctx.Queue()
-    for task in todo:
-        tasks.put(task)
     workers = [ctx.Process(target=_worker, args=(job.output, job.settings, tasks, events), daemon=True)
                for _ in range(min(job.workers, len(todo)))]
     for w in workers:
-        tasks.put(None)
         w.start()
-    progress, results = _Progress(bar), {}
+    for task in todo + [None] * len(workers):
+        tasks.put(task)
     try:
-        while len(results) < len(todo):
-            try:
-                kind, *payload = events.get(timeout=1.0)
-            except queue.Empty:
-                dead = [w for w in workers if w.exitcode not in (None, 0)]
-                if dead:
-                    raise DataError(f"a shard worker died (exit code {dead[0].exitcode}); "
-                                    "finished tasks are kept, re-run the same command to resume") from None
-                continue
-            if kind == "progress":
-                progress(*payload)
-            elif kind == "done":
-                results[payload[0]] = payload[1]
-                bar.update()
-            else:
-                raise DataError(f"task {payload[0]} ({job.settings.inputs[payload[0]]}): {payload[1]}")
+        with make_bar() as bar:
+            return _collect(job, todo, workers, events, bar)
     finally:
         for w in workers:
             if w.is_alive():
                 w.terminate()
             w.join()
+
+
+def _collect(job: ShardJob, todo: list[int], workers: list, events: mp.Queue, bar: tqdm) -> dict[int, Result]:
+    progress, results = _Progress(bar), {}
+    while len(results) < len(todo):
+        try:
+            kind, *payload = events.get(timeout=1.0)
+        except queue.Empty:
+            dead = [w for w in workers if w.exitcode not in (None, 0)]
+            if dead:
+                raise DataError(f"a shard worker died (exit code {dead[0].exitcode}); "
+                                "finished tasks are kept, re-run the same command to resume") from None
+            continue
+        if kind == "progress":
+            progress(*payload)
+        elif kind == "done":
+            results[payload[0]] = payload[1]
+            bar.update()
+        else:
+            raise DataError(f"task {payload[0]} ({job.settings.inputs[payload[0]]}): {payload[1]}")
     return results

@@ -1,0 +1,111 @@
+"""Throughput of data preparation and loading on the CPU, against raw sentencepiece.
+
+On the same text (the bundled Python reference, repeated to --megabytes and split into
+--files inputs): raw `SentencePieceProcessor.Encode` over the documents already in memory (one
+thread, batches of the size `mttt data shard` uses), then `mttt data shard` with 1 and 2
+workers (reading, tokenizing, packing, writing and hashing shards), then the loader reading the
+shards back. Token rates count the tokenizer's ids (EOS excluded) so every row counts the same
+tokens; each row is the best of --repeats.
+
+    python benchmarks/data_prep.py
+    python benchmarks/data_prep.py --megabytes 8 --json rows.json
+"""
+
+import argparse
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from megatron_ttt.data import Manifest, Tokenizer
+from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+from megatron_ttt.data_prep.corpus import bundled_corpus
+from megatron_ttt.data_prep.pack import token_dtype
+from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
+from megatron_ttt.data_prep.sources import SourceOptions, SourceStats, iter_documents
+from megatron_ttt.data_prep.task import ENCODE_BATCH_DOCS
+from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
+from megatron_ttt.data.manifest import ShardSettings
+
+
+def make_inputs(directory: Path, megabytes: float, files: int) -> list[Path]:
+    topics = [p.read_text() for p in bundled_corpus(directory / "bundled")]
+    text = "".join(topics)
+    copies = max(1, round(megabytes * 1e6 / len(text.encode())))
+    paths = [directory / f"input-{i}.jsonl" for i in range(files)]
+    for i, path in enumerate(paths):
+        path.write_text(text * len(range(i, copies, files)))
+    return paths
+
+
+def best_of(repeats: int, fn) -> tuple[float, object]:
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        runs.append((time.perf_counter() - start, result))
+    return min(runs, key=lambda r: r[0])
+
+
+def raw_encode(tokenizer: Tokenizer, docs: list[str]) -> int:
+    it, tokens = iter(docs), 0
+    while batch := list(itertools.islice(it, ENCODE_BATCH_DOCS)):
+        tokens += sum(map(len, tokenizer.encode(batch)))
+    return tokens
+
+
+def shard(directory: Path, settings: ShardSettings, workers: int) -> Manifest:
+    out = Path(tempfile.mkdtemp(dir=directory))
+    return shard_corpus(ShardJob(out, settings, workers), show_progress=False)[0]
+
+
+def read_all(manifest: Manifest, workers: int, micro_batch: int) -> int:
+    loader = TokenLoader(manifest, LoaderConfig(micro_batch_size=micro_batch, num_workers=workers))
+    it, steps = iter(loader), loader.samples_per_epoch // micro_batch
+    return sum(next(it).tokens.numel() for _ in range(steps))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--megabytes", type=float, default=20.0)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        inputs = make_inputs(root, args.megabytes, args.files)
+        tokenizer = train_tokenizer(TokenizerTraining(tuple(map(str, bundled_corpus(root / "bundled"))),
+                                                      str(root / "sp"), vocab_size=args.vocab_size))
+        docs = [d for p in inputs for d in iter_documents(p, SourceOptions(), SourceStats())]
+        info = tokenizer.info()
+        settings = ShardSettings(args.seq_len, token_dtype(info.vocab_size).name, info, tuple(map(str, inputs)),
+                                 "auto", "blank-line", "text", 0.0, 0, 10**9, "replace", False)
+        rows = []
+        seconds, tokens = best_of(args.repeats, lambda: raw_encode(tokenizer, docs))
+        rows.append({"case": "sentencepiece Encode (in memory, 1 thread)", "seconds": seconds, "tokens": tokens})
+        for workers in (1, 2):
+            seconds, m = best_of(args.repeats, lambda: shard(root, settings, workers))
+            rows.append({"case": f"mttt data shard, {workers} worker{'s' * (workers > 1)}", "seconds": seconds,
+                         "tokens": sum(sum(t.tokens.values()) + sum(t.dropped_tokens.values()) - t.documents
+                                       for t in m.tasks)})
+        for workers, micro_batch in ((0, 16), (2, 16), (2, 64)):
+            seconds, tokens = best_of(args.repeats, lambda: read_all(m, workers, micro_batch))
+            rows.append({"case": f"loader read, {workers} workers, micro-batch {micro_batch}", "seconds": seconds,
+                         "tokens": tokens})
+    base = rows[0]["tokens"] / rows[0]["seconds"]
+    print(f"{args.megabytes:g} MB of text in {args.files} files, vocab {args.vocab_size}, seq-len {args.seq_len}")
+    print(f"{'case':<44} {'tokens':>11} {'seconds':>8} {'tokens/s':>12} {'vs encode':>9}")
+    for row in rows:
+        row["tokens_per_second"] = row["tokens"] / row["seconds"]
+        print(f"{row['case']:<44} {row['tokens']:>11,} {row['seconds']:>8.2f} {row['tokens_per_second']:>12,.0f} "
+              f"{row['tokens_per_second'] / base:>8.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
