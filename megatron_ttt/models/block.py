@@ -1,0 +1,102 @@
+"""The pre-norm TTT block: [h += conv(RMSNorm(h))]; h += TTT(RMSNorm(h)); h += SwiGLU(RMSNorm(h))."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from torch import nn
+
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.fused import FusedColumns
+from megatron_ttt.models.layers import RMSNorm, causal_depthwise_conv
+
+
+def mlp_columns(ttt: TTTModelConfig) -> FusedColumns:
+    return FusedColumns(("gate", "up"), (ttt.intermediate_size, ttt.intermediate_size))
+
+
+@dataclass
+class SwiGLUSubmodules:
+    fc1: ModuleSpec | type = None
+    """Column parallel [gate | up]."""
+    fc2: ModuleSpec | type = None
+    """Row parallel down-projection."""
+
+
+class SwiGLUMLP(MegatronModule):
+    def __init__(self, config: TransformerConfig, submodules: SwiGLUSubmodules, ttt: TTTModelConfig,
+                 tp_group: torch.distributed.ProcessGroup | None = None):
+        super().__init__(config)
+        self.tp_size = config.tensor_model_parallel_size
+        self.columns = mlp_columns(ttt)
+        common = dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
+                      tp_group=tp_group)
+        self.fc1 = build_module(submodules.fc1, ttt.hidden_size, self.columns.width(), gather_output=False,
+                                tp_comm_buffer_name="fc1", **common)
+        self.fc2 = build_module(submodules.fc2, ttt.intermediate_size, ttt.hidden_size, input_is_parallel=True,
+                                tp_comm_buffer_name="fc2", **common)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.fc1(x)
+        parts = self.columns.split(h, self.tp_size)
+        y, _ = self.fc2(F.silu(parts["gate"]) * parts["up"])
+        return y
+
+
+class PreConv(nn.Module):
+    """h -> conv(RMSNorm(h)): a causal depthwise convolution over the full width, replicated on
+    every TP rank. Under sequence parallelism the normed tokens are gathered (the convolution
+    looks back conv_kernel - 1 tokens, across the ranks' boundaries) and each rank keeps its own."""
+
+    def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, tp_group=None):
+        super().__init__()
+        self.sequence_parallel, self.tp_group = config.sequence_parallel, tp_group
+        self.norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, config.sequence_parallel)
+        bound = 1.0 / math.sqrt(ttt.conv_kernel)
+        self.weight = nn.Parameter(torch.empty(ttt.hidden_size, 1, ttt.conv_kernel, dtype=config.params_dtype))
+        self.bias = nn.Parameter(torch.empty(ttt.hidden_size, dtype=config.params_dtype))
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.norm(h)
+        if not self.sequence_parallel:
+            return causal_depthwise_conv(x, self.weight, self.bias)
+        full = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False, group=self.tp_group)
+        y = causal_depthwise_conv(full, self.weight, self.bias)
+        rank = torch.distributed.get_rank(self.tp_group)
+        return y.chunk(torch.distributed.get_world_size(self.tp_group), dim=0)[rank]
+
+
+@dataclass
+class TTTBlockSubmodules:
+    mixer: ModuleSpec | type = None
+    mlp: ModuleSpec | type = None
+
+
+class TTTBlock(MegatronModule):
+    def __init__(self, config: TransformerConfig, submodules: TTTBlockSubmodules, ttt: TTTModelConfig,
+                 layer_number: int = 1, tp_group: torch.distributed.ProcessGroup | None = None):
+        super().__init__(config)
+        if tp_group is None:
+            tp_group = parallel_state.get_tensor_model_parallel_group()
+        self.layer_number = layer_number
+        dtype, sp = config.params_dtype, config.sequence_parallel
+        self.pre_conv = PreConv(config, ttt, tp_group) if ttt.pre_conv else None
+        self.seq_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp)
+        self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, layer_number=layer_number, tp_group=tp_group)
+        self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp)
+        self.mlp = build_module(submodules.mlp, config=config, ttt=ttt, tp_group=tp_group)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """[T(/tp), B, D] -> [T(/tp), B, D]."""
+        if self.pre_conv is not None:
+            h = h + self.pre_conv(h)
+        h = h + self.mixer(self.seq_norm(h))
+        return h + self.mlp(self.ffn_norm(h))

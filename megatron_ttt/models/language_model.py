@@ -1,0 +1,64 @@
+"""The TTT language model: vocabulary-parallel embedding -> TTT blocks -> RMSNorm -> tied head."""
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import (
+    ColumnParallelLinear,
+    VocabParallelEmbedding,
+    gather_from_tensor_model_parallel_region,
+    vocab_parallel_cross_entropy,
+)
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import build_module
+
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.layers import RMSNorm
+from megatron_ttt.models.spec import ttt_block_spec
+
+
+class TTTLanguageModel(MegatronModule):
+    def __init__(self, config: TransformerConfig, ttt: TTTModelConfig,
+                 tp_group: torch.distributed.ProcessGroup | None = None):
+        super().__init__(config)
+        self.ttt = ttt
+        self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        tp = config.tensor_model_parallel_size
+        if ttt.vocab_size % tp:
+            raise ValueError(f"vocab_size {ttt.vocab_size} is not divisible by the tensor-parallel size {tp}")
+        self.sequence_parallel = config.sequence_parallel
+        self.embedding = VocabParallelEmbedding(ttt.vocab_size, ttt.hidden_size, init_method=config.init_method,
+                                                reduce_scatter_embeddings=self.sequence_parallel, config=config,
+                                                tp_group=self.tp_group)
+        spec = ttt_block_spec(ttt)
+        self.blocks = torch.nn.ModuleList(build_module(spec, config=config, ttt=ttt, layer_number=i + 1,
+                                                       tp_group=self.tp_group) for i in range(ttt.num_layers))
+        self.final_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, self.sequence_parallel)
+        self.output_layer = ColumnParallelLinear(
+            ttt.hidden_size, ttt.vocab_size, config=config, init_method=config.init_method, bias=False,
+            gather_output=False, skip_bias_add=True, skip_weight_param_allocation=ttt.tie_word_embeddings,
+            tp_group=self.tp_group)
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T] -> final hidden states [T(/tp), B, D]."""
+        h = self.embedding(tokens)
+        if not self.sequence_parallel:
+            h = h.transpose(0, 1)
+        for block in self.blocks:
+            h = block(h)
+        return self.final_norm(h)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] -> per-token loss [B, T] if labels are given, else this rank's vocabulary
+        slice of the logits [B, T, V/tp] (`gather_logits` for all of them)."""
+        weight = self.embedding.weight if self.ttt.tie_word_embeddings else None
+        logits, _ = self.output_layer(self.hidden_states(tokens), weight=weight)
+        if labels is None:
+            return logits.transpose(0, 1)
+        return vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous()).t()
+
+    def gather_logits(self, local_logits: torch.Tensor) -> torch.Tensor:
+        """[B, T, V/tp] on every rank -> [B, T, V]."""
+        if self.config.tensor_model_parallel_size == 1:
+            return local_logits
+        return gather_from_tensor_model_parallel_region(local_logits, group=self.tp_group)

@@ -1,0 +1,60 @@
+"""Small layers of the TTT block: RMSNorm, causal depthwise convolution, RoPE in mini-batches,
+and the tensor-parallel-exact LayerNorm over all heads."""
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """The reference's RMSNorm: statistics in float32, scaled by the weight in the input dtype."""
+
+    def __init__(self, width: int, eps: float, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width, dtype=dtype))
+        # Under sequence parallelism each rank sees only its tokens: the gradient is partial.
+        self.weight.sequence_parallel = sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """x [T, B, C], weight [C, 1, K], bias [C] -> [T, B, C]: y_t = sum_k w[K-1-k] x_{t-k} + bias."""
+    T, kernel = x.shape[0], weight.shape[-1]
+    y = F.conv1d(x.permute(1, 2, 0), weight, bias, padding=kernel - 1, groups=weight.shape[0])
+    return y[..., :T].permute(2, 0, 1)
+
+
+def rope_in_mini_batches(x: torch.Tensor, mini_batch_size: int, theta: float) -> torch.Tensor:
+    """Rotary embedding of x [B, H, T, d] at positions t mod mini_batch_size, rotating the
+    interleaved pairs (x[2i], x[2i+1]) by position * theta^(-2i/d): the JAX order the reference
+    reproduces with its permute / rotate-half / un-permute."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).float() / d))
+    position = (torch.arange(x.shape[-2], device=x.device) % mini_batch_size).float()
+    angle = position[:, None] * inv_freq[None, :]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+
+
+def head_parallel_layer_norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                             full_width: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """LayerNorm over the last dim when it is split over the ranks of `group` (each holds some
+    heads): the sums are all-reduced (with gradients), so every rank normalizes by the full
+    width's statistics, exactly as one LayerNorm over all heads."""
+
+    def total(t: torch.Tensor) -> torch.Tensor:
+        s = t.sum(-1, keepdim=True)
+        return dist_fn.all_reduce(s, group=group) if group is not None and dist.get_world_size(group) > 1 else s
+
+    z32 = z.float()
+    centered = z32 - total(z32) / full_width
+    variance = total(centered * centered) / full_width
+    return (centered * torch.rsqrt(variance + eps)).to(z.dtype) * weight + bias

@@ -1,0 +1,162 @@
+"""TTT-Linear and TTT-MLP as megatron-core mixers, split over tensor-parallel ranks by heads.
+
+Data flow for a [T(/tp), B, D] input (T/tp under sequence parallelism):
+
+    in_proj (column parallel; gathers the sequence)  ->  q|p, [k], v, [gate], lr logits  (local heads)
+    [share_qk: q = conv_q(p), k = conv_k(p)]  ->  heads [B, H/tp, T, d]  ->  RoPE(t mod b) on q, k
+    ttt_dual(q, k, v, lr, ...)  ->  z  ->  LayerNorm over all D (moments all-reduced over TP)
+    [* gelu_tanh(gate)]  ->  out_proj (row parallel; reduce-scatters the sequence)  ->  [T(/tp), B, D]
+
+Everything between the two projections is per head, so it runs on local heads without
+communication, except the post-norm's two all-reduced moments.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from torch import nn
+
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.fused import FusedColumns
+from megatron_ttt.models.layers import causal_depthwise_conv, head_parallel_layer_norm, rope_in_mini_batches
+from megatron_ttt.ops import TTTState, ttt_dual
+from megatron_ttt.ops.inner import gelu_tanh
+
+POST_NORM_EPS = 1e-6
+
+
+@dataclass
+class TTTMixerSubmodules:
+    in_proj: ModuleSpec | type = None
+    """Column-parallel fused in-projection (megatron-core ColumnParallelLinear)."""
+    out_proj: ModuleSpec | type = None
+    """Row-parallel out-projection (megatron-core RowParallelLinear)."""
+
+
+def in_proj_columns(ttt: TTTModelConfig) -> FusedColumns:
+    """What the fused in-projection computes, in order (the gate and k only where used)."""
+    D, H = ttt.hidden_size, ttt.num_heads
+    names = ["q"] + ([] if ttt.share_qk else ["k"]) + ["v"] + (["gate"] if ttt.use_gate else []) + ["lr"]
+    return FusedColumns(tuple(names), tuple(H if n == "lr" else D for n in names))
+
+
+def _tensor_parallel(param: nn.Parameter, dim: int) -> nn.Parameter:
+    """Tag a per-head parameter as split over TP along `dim` (megatron-core's attributes)."""
+    param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
+    return param
+
+
+class TTTMixer(MegatronModule):
+    """A TTT layer (Linear or MLP inner model, by `ttt.layer_type`) over local heads."""
+
+    def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig,
+                 layer_number: int = 1, tp_group: torch.distributed.ProcessGroup | None = None):
+        super().__init__(config)
+        tp = config.tensor_model_parallel_size
+        if ttt.num_heads % tp:
+            raise ValueError(f"num_heads {ttt.num_heads} is not divisible by the tensor-parallel size {tp}")
+        self.ttt, self.layer_number, self.tp_size = ttt, layer_number, tp
+        self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        self.local_heads = ttt.num_heads // tp
+        self.local_width = self.local_heads * ttt.head_dim
+        self.columns = in_proj_columns(ttt)
+        common = dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
+                      tp_group=self.tp_group)
+        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
+                                    tp_comm_buffer_name="ttt_in_proj", **common)
+        self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
+                                     tp_comm_buffer_name="ttt_out_proj", **common)
+        self._init_head_params(config.params_dtype)
+
+    def _init_head_params(self, dtype: torch.dtype) -> None:
+        ttt, H, d, D = self.ttt, self.local_heads, self.ttt.head_dim, self.local_width
+        std = ttt.init_std
+
+        def param(*shape, fill=None, normal=False, uniform=None, split_dim=0):
+            t = torch.empty(*shape, dtype=dtype)
+            if normal:
+                nn.init.normal_(t, 0.0, std)
+            elif uniform is not None:
+                nn.init.uniform_(t, -uniform, uniform)
+            else:
+                t.fill_(fill)
+            return _tensor_parallel(nn.Parameter(t), split_dim) if split_dim is not None else nn.Parameter(t)
+
+        widths = ttt.inner_widths
+        self.inner_names: tuple[str, ...] = ()
+        for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:]), 1):
+            setattr(self, f"W{i}", param(H, w_in, w_out, normal=True))
+            setattr(self, f"b{i}", param(H, w_out, fill=0.0))
+            self.inner_names += (f"W{i}", f"b{i}")
+        self.ttt_norm_weight, self.ttt_norm_bias = param(H, d, fill=1.0), param(H, d, fill=0.0)
+        self.ttt_lr_bias = param(H, fill=0.0)
+        # Shared by all heads, so replicated; its gradient is summed over TP in forward().
+        self.token_offset = param(ttt.mini_batch_size, fill=0.0, split_dim=None)
+        self.post_norm_weight, self.post_norm_bias = param(D, fill=1.0), param(D, fill=0.0)
+        if ttt.share_qk:
+            bound = 1.0 / math.sqrt(ttt.conv_kernel)  # torch's Conv1d default, as the reference
+            self.conv_q_weight = param(D, 1, ttt.conv_kernel, uniform=bound)
+            self.conv_q_bias = param(D, uniform=bound)
+            self.conv_k_weight = param(D, 1, ttt.conv_kernel, uniform=bound)
+            self.conv_k_bias = param(D, uniform=bound)
+
+    @property
+    def inner_weights(self) -> tuple[torch.Tensor, ...]:
+        """The learnable initial inner weights (W1, b1[, W2, b2]) of the local heads."""
+        return tuple(getattr(self, n) for n in self.inner_names)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, H*d] -> [B, H, T, d]."""
+        T, B = x.shape[:2]
+        return x.reshape(T, B, self.local_heads, self.ttt.head_dim).permute(1, 2, 0, 3)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]."""
+        ttt = self.ttt
+        projected, _ = self.in_proj(hidden_states)
+        parts = self.columns.split(projected, self.tp_size)
+        if ttt.share_qk:
+            q = causal_depthwise_conv(parts["q"], self.conv_q_weight, self.conv_q_bias)
+            k = causal_depthwise_conv(parts["q"], self.conv_k_weight, self.conv_k_bias)
+        else:
+            q, k = parts["q"], parts["k"]
+        q, k = (rope_in_mini_batches(self._heads(t), ttt.mini_batch_size, ttt.rope_theta) for t in (q, k))
+        lr_logits = parts["lr"] + self.ttt_lr_bias
+        lr = (ttt.ttt_base_lr / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
+        token_offset = self.token_offset
+        if self.tp_size > 1:
+            token_offset = copy_to_tensor_model_parallel_region(token_offset, group=self.tp_group)
+        state = TTTState.initial(self.inner_weights, q.shape[0])
+        z, _ = ttt_dual(q, k, self._heads(parts["v"]), lr, token_offset, self.ttt_norm_weight, self.ttt_norm_bias,
+                        state, mini_batch_size=ttt.mini_batch_size, checkpoint_group=ttt.checkpoint_group)
+        z = z.permute(2, 0, 1, 3).flatten(2)
+        out = head_parallel_layer_norm(z, self.post_norm_weight, self.post_norm_bias, POST_NORM_EPS,
+                                       ttt.hidden_size, self.tp_group if self.tp_size > 1 else None)
+        if ttt.use_gate:
+            out = gelu_tanh(parts["gate"]) * out
+        y, _ = self.out_proj(out)
+        return y
+
+
+class TTTLinearMixer(TTTMixer):
+    """TTT-Linear: the inner model is z W + b per head."""
+
+    def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig, **kw):
+        if ttt.layer_type != "linear":
+            raise ValueError(f"TTTLinearMixer built with layer_type {ttt.layer_type!r}")
+        super().__init__(config, submodules, ttt, **kw)
+
+
+class TTTMLPMixer(TTTMixer):
+    """TTT-MLP: the inner model is a two-layer tanh-GELU MLP of width 4 * head_dim per head."""
+
+    def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig, **kw):
+        if ttt.layer_type != "mlp":
+            raise ValueError(f"TTTMLPMixer built with layer_type {ttt.layer_type!r}")
+        super().__init__(config, submodules, ttt, **kw)
