@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def stat_dtype(x: torch.Tensor) -> torch.dtype:
+    """Statistics and angles in float32 at least (as the reference), float64 stays float64."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
     """The reference's RMSNorm: statistics in float32, scaled by the weight in the input dtype."""
 
@@ -19,7 +24,7 @@ class RMSNorm(nn.Module):
         self.weight.sequence_parallel = sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
+        x32 = x.to(stat_dtype(x))
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.to(x.dtype)
 
@@ -36,8 +41,9 @@ def rope_in_mini_batches(x: torch.Tensor, mini_batch_size: int, theta: float) ->
     interleaved pairs (x[2i], x[2i+1]) by position * theta^(-2i/d): the JAX order the reference
     reproduces with its permute / rotate-half / un-permute."""
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).float() / d))
-    position = (torch.arange(x.shape[-2], device=x.device) % mini_batch_size).float()
+    dtype = stat_dtype(x)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).to(dtype) / d))
+    position = (torch.arange(x.shape[-2], device=x.device) % mini_batch_size).to(dtype)
     angle = position[:, None] * inv_freq[None, :]
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]
@@ -54,7 +60,7 @@ def head_parallel_layer_norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.
         s = t.sum(-1, keepdim=True)
         return dist_fn.all_reduce(s, group=group) if group is not None and dist.get_world_size(group) > 1 else s
 
-    z32 = z.float()
+    z32 = z.to(stat_dtype(z))
     centered = z32 - total(z32) / full_width
     variance = total(centered * centered) / full_width
     return (centered * torch.rsqrt(variance + eps)).to(z.dtype) * weight + bias
