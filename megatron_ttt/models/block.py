@@ -52,7 +52,9 @@ class SwiGLUMLP(MegatronModule):
 class PreConv(nn.Module):
     """h -> conv(RMSNorm(h)): a causal depthwise convolution over the full width, replicated on
     every TP rank. Under sequence parallelism the normed tokens are gathered (the convolution
-    looks back conv_kernel - 1 tokens, across the ranks' boundaries) and each rank keeps its own."""
+    looks back conv_kernel - 1 tokens, across the ranks' boundaries) and each rank keeps the
+    outputs of its own tokens; so the input gradient is reduce-scattered and the conv's
+    parameter gradients are partial per rank, like the norms'."""
 
     def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, tp_group=None):
         super().__init__()
@@ -63,12 +65,13 @@ class PreConv(nn.Module):
         self.bias = nn.Parameter(torch.empty(ttt.hidden_size, dtype=config.params_dtype))
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
+        self.weight.sequence_parallel = self.bias.sequence_parallel = config.sequence_parallel
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x = self.norm(h)
         if not self.sequence_parallel:
             return causal_depthwise_conv(x, self.weight, self.bias)
-        full = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False, group=self.tp_group)
+        full = gather_from_sequence_parallel_region(x, group=self.tp_group)
         y = causal_depthwise_conv(full, self.weight, self.bias)
         rank = torch.distributed.get_rank(self.tp_group)
         return y.chunk(torch.distributed.get_world_size(self.tp_group), dim=0)[rank]

@@ -13,7 +13,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import build_module
 
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.layers import RMSNorm
+from megatron_ttt.models.layers import RMSNorm, stat_dtype
 from megatron_ttt.models.spec import ttt_block_spec
 
 
@@ -55,7 +55,7 @@ class TTTLanguageModel(MegatronModule):
         logits, _ = self.output_layer(self.hidden_states(tokens), weight=weight)
         if labels is None:
             return logits.transpose(0, 1)
-        return vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous()).t()
+        return vocab_parallel_cross_entropy(logits.to(stat_dtype(logits)), labels.t().contiguous()).t()
 
     def gather_logits(self, local_logits: torch.Tensor) -> torch.Tensor:
         """[B, T, V/tp] on every rank -> [B, T, V]."""

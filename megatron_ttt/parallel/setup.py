@@ -1,0 +1,48 @@
+"""Starting torch.distributed and megatron-core's model-parallel groups."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+from megatron_ttt.parallel.cpu_shims import apply_cpu_shims
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    tensor_parallel: int = 1
+    """Ranks that split each layer's heads (and the vocabulary); data parallel takes the rest."""
+    sequence_parallel: bool = False
+    """Split the sequence over the TP ranks outside the mixers and MLPs (needs tensor_parallel > 1)."""
+
+
+def init_parallel(layout: ParallelLayout, seed: int = 0, store: dist.Store | None = None) -> None:
+    """Join the process group (torchrun's environment; a single process without one) and build
+    the tensor/data-parallel groups. On a machine without CUDA: gloo and the CPU shims."""
+    apply_cpu_shims()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if store is None and "RANK" not in os.environ:
+            store = dist.HashStore()
+            dist.init_process_group(backend, store=store, rank=0, world_size=1)
+        elif store is not None:
+            dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    world = dist.get_world_size()
+    if world % layout.tensor_parallel:
+        raise ValueError(f"world size {world} is not divisible by the tensor-parallel size {layout.tensor_parallel}")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=layout.tensor_parallel)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_parallel() -> None:
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
