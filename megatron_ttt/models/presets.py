@@ -1,0 +1,46 @@
+"""Named model sizes: the paper's (125m-1.3b), a 7b of ours, and `tiny` for tests and the default run.
+
+Every preset comes in both layer types and both backbones; `parameter_count` is the exact
+formula, which the tests check against built models.
+"""
+
+from dataclasses import replace
+
+from megatron_ttt.models.config import TTTModelConfig
+
+# name: (layers, hidden, heads, ffn), from the paper's table; 7b: the Llama-2 7B shape.
+SIZES = {
+    "tiny": (2, 64, 4, 176),
+    "125m": (12, 768, 12, 2048),
+    "350m": (24, 1024, 16, 2736),
+    "760m": (24, 1536, 16, 4096),
+    "1.3b": (24, 2048, 32, 5504),
+    "7b": (32, 4096, 32, 11008),
+}
+BASE_LR = {"linear": 1.0, "mlp": 0.1}
+
+
+def preset(name: str, layer_type: str = "linear", backbone: str = "mamba", **overrides) -> TTTModelConfig:
+    """A named size; the paper's inner base lr for the layer type; `overrides` replace fields
+    (for example vocab_size to match a tokenizer)."""
+    if name not in SIZES:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(SIZES)}")
+    layers, hidden, heads, ffn = SIZES[name]
+    config = TTTModelConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=ffn, num_layers=layers,
+                            num_heads=heads, layer_type=layer_type, backbone=backbone, ttt_base_lr=BASE_LR[layer_type])
+    return replace(config, **overrides)
+
+
+def parameter_count(cfg: TTTModelConfig) -> int:
+    """Parameters of the model (the tied head counted once)."""
+    D, H, V, F, K, b = (cfg.hidden_size, cfg.num_heads, cfg.vocab_size, cfg.intermediate_size, cfg.conv_kernel,
+                        cfg.mini_batch_size)
+    projections = (4 if not cfg.share_qk else 3) + (1 if cfg.use_gate else 0)  # q,[k],v,o,[gate]
+    widths = cfg.inner_widths
+    inner = H * sum(w_in * w_out + w_out for w_in, w_out in zip(widths[:-1], widths[1:]))
+    mixer = (projections * D * D + (H * D + H) + b  # lr weights and biases, token offsets
+             + 2 * D + 2 * D + inner  # inner LayerNorm, post-norm, initial inner weights
+             + (2 * (D * K + D) if cfg.share_qk else 0))
+    block = mixer + 2 * D + 3 * D * F + ((D * K + D) + D if cfg.pre_conv else 0)
+    head = 0 if cfg.tie_word_embeddings else V * D
+    return V * D + cfg.num_layers * block + D + head

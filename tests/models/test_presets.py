@@ -1,0 +1,34 @@
+"""Presets: the paper's sizes build, and the parameter-count formula equals the built model."""
+
+import pytest
+
+from megatron_ttt.models.config import megatron_config
+from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.models.presets import SIZES, parameter_count, preset
+
+
+@pytest.mark.parametrize("name", ["tiny", "125m", *(pytest.param(n, marks=pytest.mark.slow) for n in ("350m", "760m", "1.3b"))])
+@pytest.mark.parametrize("layer_type", ["linear", "mlp"])
+@pytest.mark.parametrize("backbone", ["transformer", "mamba"])
+def test_parameter_count_formula(single_process_parallel, name, layer_type, backbone):
+    cfg = preset(name, layer_type, backbone)
+    config = megatron_config(cfg)
+    config.perform_initialization = False  # only shapes matter; storage is allocated lazily
+    model = TTTLanguageModel(config, cfg)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(cfg)
+
+
+def test_paper_sizes_are_in_their_class():
+    expected = {"125m": 125e6, "350m": 350e6, "760m": 760e6, "1.3b": 1.3e9, "7b": 7e9}
+    for name, nominal in expected.items():
+        for layer_type in ("linear", "mlp"):
+            count = parameter_count(preset(name, layer_type, "mamba", tie_word_embeddings=False))
+            assert 0.85 < count / nominal < 1.15, (name, layer_type, count)
+
+
+def test_preset_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown preset '13b'"):
+        preset("13b")
+    with pytest.raises(ValueError, match="hidden_size 64 is not divisible by num_heads 5"):
+        preset("tiny", num_heads=5)
+    assert set(SIZES) >= {"tiny", "125m", "350m", "760m", "1.3b", "7b"}
