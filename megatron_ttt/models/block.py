@@ -15,6 +15,7 @@ from torch import nn
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.layers import RMSNorm, causal_depthwise_conv
+from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 
 
 def mlp_columns(ttt: TTTModelConfig) -> FusedColumns:
@@ -47,6 +48,11 @@ class SwiGLUMLP(MegatronModule):
         parts = self.columns.split(h, self.tp_size)
         y, _ = self.fc2(F.silu(parts["gate"]) * parts["up"])
         return y
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        sharded = with_fused_weight(self.fc1, f"{prefix}fc1.", self.columns, self.tp_size, sharded_offsets, metadata)
+        return sharded | self.fc2.sharded_state_dict(f"{prefix}fc2.", sharded_offsets, metadata)
 
 
 class PreConv(nn.Module):

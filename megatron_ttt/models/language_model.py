@@ -11,6 +11,7 @@ from megatron.core.tensor_parallel import (
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import build_module
+from megatron.core.transformer.utils import sharded_state_dict_default
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.layers import RMSNorm, stat_dtype
@@ -56,6 +57,16 @@ class TTTLanguageModel(MegatronModule):
         if labels is None:
             return logits.transpose(0, 1)
         return vocab_parallel_cross_entropy(logits.to(stat_dtype(logits)), labels.t().contiguous()).t()
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """For megatron-core dist_checkpointing: every tensor by its global shape (reshardable)."""
+        sharded = {}
+        for name, child in self.named_children():
+            children = enumerate(child) if name == "blocks" else [(None, child)]
+            for i, module in children:
+                key = f"{prefix}{name}." if i is None else f"{prefix}{name}.{i}."
+                sharded |= sharded_state_dict_default(module, key, sharded_offsets, metadata, self.tp_group)
+        return sharded
 
     def gather_logits(self, local_logits: torch.Tensor) -> torch.Tensor:
         """[B, T, V/tp] on every rank -> [B, T, V]."""

@@ -25,6 +25,7 @@ from torch import nn
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.layers import causal_depthwise_conv, head_parallel_layer_norm, rope_in_mini_batches
+from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
 from megatron_ttt.ops import TTTState, ttt_dual
 from megatron_ttt.ops.inner import gelu_tanh
 
@@ -142,6 +143,16 @@ class TTTMixer(MegatronModule):
             out = gelu_tanh(parts["gate"]) * out
         y, _ = self.out_proj(out)
         return y
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """Per-head tensors split over TP along dim 0 (the token offsets replicated); the fused
+        in-projection stored by component."""
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        head_split = {n: 0 for n, _ in self.named_parameters(recurse=False) if n != "token_offset"}
+        sharded = own_parameters(self, prefix, head_split, sharded_offsets, metadata, self.tp_group)
+        sharded |= with_fused_weight(self.in_proj, f"{prefix}in_proj.", self.columns, self.tp_size, sharded_offsets,
+                                     metadata)
+        return sharded | self.out_proj.sharded_state_dict(f"{prefix}out_proj.", sharded_offsets, metadata)
 
 
 class TTTLinearMixer(TTTMixer):
