@@ -5,7 +5,8 @@ import platform
 import sys
 
 from megatron_ttt import __version__
-from megatron_ttt.data import DataError
+from megatron_ttt.errors import UserInputError
+from megatron_ttt.checkpoint.cli import add_convert_parser, add_eval_parser
 from megatron_ttt.data_prep.cli import add_data_parser
 
 
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the package and torch versions").set_defaults(func=_version)
     add_data_parser(sub)
+    add_convert_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except DataError as exc:
+    except UserInputError as exc:
         print(f"mttt {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+
 
 @pytest.fixture(autouse=True)
 def nan_poisoned_empty(monkeypatch):
@@ -13,3 +15,11 @@ def nan_poisoned_empty(monkeypatch):
 
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
+
+
+@pytest.fixture(scope="module")
+def single_process_parallel():
+    """A one-process gloo group with TP=1 in the test process, torn down after the module."""
+    init_parallel(ParallelLayout())
+    yield
+    destroy_parallel()

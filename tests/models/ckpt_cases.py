@@ -8,7 +8,7 @@ from megatron.core import dist_checkpointing, parallel_state
 
 from megatron_ttt.models.config import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.reference_format import to_full, to_local
+from megatron_ttt.checkpoint.reference_format import to_full, to_local
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
 from tests.models.weights import random_reference_weights
 

@@ -9,7 +9,7 @@ from megatron.core import parallel_state
 
 from megatron_ttt.models.config import TTTModelConfig, megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.reference_format import to_full, to_local
+from megatron_ttt.checkpoint.reference_format import to_full, to_local
 from megatron_ttt.models.reference_model import reference_logits
 from megatron_ttt.parallel.grads import allreduce_sequence_parallel_grads
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.block import mlp_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.mixer import in_proj_columns
 
 
-class ReferenceFormatError(ValueError):
+class ReferenceFormatError(UserInputError):
     """Reference-format tensors that do not fit the model: the message lists every offending name."""
 
 

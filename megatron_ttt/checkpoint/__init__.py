@@ -1,0 +1,1 @@
+"""Checkpoints: model directories, the reference format, conversions."""

@@ -1,0 +1,71 @@
+"""`mttt convert`: reference checkpoint <-> our model checkpoint, each conversion checking itself.
+
+A conversion computes the next-token log-probabilities of fixed token sequences with the source
+weights (through the dense reference twin) and with the converted model, and fails if they
+differ beyond float32 rounding; the destination appears only after the check passes.
+"""
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from megatron_ttt.checkpoint.model_dir import CheckpointError, build_model, load_model, save_model
+from megatron_ttt.checkpoint.reference_format import to_full, to_local
+from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
+from megatron_ttt.eval.logprobs import token_logprobs
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.models.reference_model import reference_logits
+
+CHECK_TOLERANCE = 1e-4
+"""Largest allowed |difference| of a float32 log-probability (values are O(1-10))."""
+
+
+def check_sequences(cfg: TTTModelConfig) -> torch.Tensor:
+    """Two fixed sequences spanning two full mini-batches and a partial third."""
+    g = torch.Generator().manual_seed(1234)
+    return torch.randint(0, cfg.vocab_size, (2, 2 * cfg.mini_batch_size + 5), generator=g)
+
+
+def reference_logprobs(tensors: dict[str, torch.Tensor], cfg: TTTModelConfig, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        logp = torch.log_softmax(reference_logits({n: t.float() for n, t in tensors.items()}, cfg, tokens), -1)
+    return logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def self_check(source: dict[str, torch.Tensor], model: TTTLanguageModel, what: str) -> float:
+    tokens = check_sequences(model.ttt)
+    diff = (reference_logprobs(source, model.ttt, tokens) - token_logprobs(model, tokens)).abs().max().item()
+    if not diff <= CHECK_TOLERANCE:
+        raise CheckpointError(f"{what}: the converted model's log-probabilities differ from the source's by {diff:.2e} "
+                              f"(allowed {CHECK_TOLERANCE:.0e}); nothing was written")
+    return diff
+
+
+def hf_to_mttt(src: Path, dst: Path) -> float:
+    """Reference directory -> our model checkpoint; returns the self-check's max difference."""
+    cfg, tensors = read_reference(src)
+    model = build_model(cfg)
+    model.load_state_dict(to_local(tensors, cfg, source=str(src)))
+    diff = self_check(tensors, model, f"hf-to-mttt {src}")
+    save_model(model, dst)
+    return diff
+
+
+def mttt_to_hf(src: Path, dst: Path) -> float:
+    """Our model checkpoint (at TP=1) -> reference directory; returns the self-check's max difference."""
+    if dst.exists():
+        raise CheckpointError(f"{dst} already exists; choose a new destination")
+    model = load_model(src)
+    tensors = to_full([{n: p.detach() for n, p in model.named_parameters()}], model.ttt)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_reference(tmp, model.ttt, tensors)
+    try:
+        diff = self_check(read_reference(tmp)[1], model, f"mttt-to-hf {src}")
+    except CheckpointError:
+        shutil.rmtree(tmp)
+        raise
+    tmp.rename(dst)
+    return diff

@@ -1,0 +1,1 @@
+"""Evaluation: log-probabilities (and later perplexity by position, generation)."""

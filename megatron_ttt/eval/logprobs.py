@@ -1,0 +1,33 @@
+"""Next-token log-probabilities of token sequences under a model."""
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from megatron_ttt.errors import UserInputError
+from megatron_ttt.models.language_model import TTTLanguageModel
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int, source: str) -> torch.Tensor:
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise UserInputError(f"{source}: expected integer token ids of shape [N, T], got {ids.dtype} {ids.shape}")
+    if ids.shape[1] < 2:
+        raise UserInputError(f"{source}: sequences of {ids.shape[1]} token(s) have no next token to score")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise UserInputError(f"{source}: token ids span [{ids.min()}, {ids.max()}], outside the model's "
+                             f"vocabulary of {vocab_size}")
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+@torch.no_grad()
+def token_logprobs(model: TTTLanguageModel, tokens: torch.Tensor, batch_size: int = 8,
+                   show_progress: bool = False) -> torch.Tensor:
+    """tokens [N, T] -> float32 [N, T-1]: log p(tokens[:, t+1] | tokens[:, :t+1])."""
+    model.eval()
+    out = []
+    for start in tqdm(range(0, tokens.shape[0], batch_size), unit="batch", disable=not show_progress):
+        batch = tokens[start:start + batch_size]
+        logits = model.gather_logits(model(batch)).float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        out.append(logp.gather(-1, batch[:, 1:, None]).squeeze(-1))
+    return torch.cat(out)

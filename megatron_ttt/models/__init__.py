@@ -1,0 +1,1 @@
+"""The TTT language model as megatron-core modules: config, presets, mixers, block, specs."""
