@@ -14,7 +14,7 @@ from torch import nn
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
-from megatron_ttt.models.layers import RMSNorm, causal_depthwise_conv
+from megatron_ttt.models.layers import RMSNorm, causal_depthwise_conv, replicated_weight
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 
 
@@ -60,25 +60,25 @@ class PreConv(nn.Module):
     every TP rank. Under sequence parallelism the normed tokens are gathered (the convolution
     looks back conv_kernel - 1 tokens, across the ranks' boundaries) and each rank keeps the
     outputs of its own tokens; so the input gradient is reduce-scattered and the conv's
-    parameter gradients are partial per rank, like the norms'."""
+    parameter gradients are summed over TP, like the norms'."""
 
     def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, tp_group=None):
         super().__init__()
         self.sequence_parallel, self.tp_group = config.sequence_parallel, tp_group
-        self.norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, config.sequence_parallel)
+        self.norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, config.sequence_parallel, tp_group)
         bound = 1.0 / math.sqrt(ttt.conv_kernel)
         self.weight = nn.Parameter(torch.empty(ttt.hidden_size, 1, ttt.conv_kernel, dtype=config.params_dtype))
         self.bias = nn.Parameter(torch.empty(ttt.hidden_size, dtype=config.params_dtype))
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
-        self.weight.sequence_parallel = self.bias.sequence_parallel = config.sequence_parallel
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x = self.norm(h)
         if not self.sequence_parallel:
             return causal_depthwise_conv(x, self.weight, self.bias)
         full = gather_from_sequence_parallel_region(x, group=self.tp_group)
-        y = causal_depthwise_conv(full, self.weight, self.bias)
+        weight, bias = (replicated_weight(p, True, self.tp_group) for p in (self.weight, self.bias))
+        y = causal_depthwise_conv(full, weight, bias)
         rank = torch.distributed.get_rank(self.tp_group)
         return y.chunk(torch.distributed.get_world_size(self.tp_group), dim=0)[rank]
 
@@ -98,9 +98,9 @@ class TTTBlock(MegatronModule):
         self.layer_number = layer_number
         dtype, sp = config.params_dtype, config.sequence_parallel
         self.pre_conv = PreConv(config, ttt, tp_group) if ttt.pre_conv else None
-        self.seq_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp)
+        self.seq_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, layer_number=layer_number, tp_group=tp_group)
-        self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp)
+        self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         self.mlp = build_module(submodules.mlp, config=config, ttt=ttt, tp_group=tp_group)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,8 @@ class TTTLanguageModel(MegatronModule):
         spec = ttt_block_spec(ttt)
         self.blocks = torch.nn.ModuleList(build_module(spec, config=config, ttt=ttt, layer_number=i + 1,
                                                        tp_group=self.tp_group) for i in range(ttt.num_layers))
-        self.final_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, self.sequence_parallel)
+        self.final_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, self.sequence_parallel,
+                                  self.tp_group)
         self.output_layer = ColumnParallelLinear(
             ttt.hidden_size, ttt.vocab_size, config=config, init_method=config.init_method, bias=False,
             gather_output=False, skip_bias_add=True, skip_weight_param_allocation=ttt.tie_word_embeddings,

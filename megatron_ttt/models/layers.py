@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
+from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from torch import nn
 
 
@@ -13,20 +14,26 @@ def stat_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def replicated_weight(weight: torch.Tensor, sequence_parallel: bool, group) -> torch.Tensor:
+    """A replicated parameter used on this rank's sequence shard: its gradient here covers only
+    these tokens, so the backward sums it over the TP group (identity forward). Every rank then
+    holds the full gradient, whatever the optimizer does next (DeepSpeed ZeRO included)."""
+    return copy_to_tensor_model_parallel_region(weight, group=group) if sequence_parallel else weight
+
+
 class RMSNorm(nn.Module):
     """The reference's RMSNorm: statistics in float32, scaled by the weight in the input dtype."""
 
-    def __init__(self, width: int, eps: float, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False):
+    def __init__(self, width: int, eps: float, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
+                 tp_group=None):
         super().__init__()
-        self.eps = eps
+        self.eps, self.sequence_parallel, self.tp_group = eps, sequence_parallel, tp_group
         self.weight = nn.Parameter(torch.ones(width, dtype=dtype))
-        # Under sequence parallelism each rank sees only its tokens: the gradient is partial.
-        self.weight.sequence_parallel = sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.to(stat_dtype(x))
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return replicated_weight(self.weight, self.sequence_parallel, self.tp_group) * normed.to(x.dtype)
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
@@ -24,7 +23,12 @@ from torch import nn
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
-from megatron_ttt.models.layers import causal_depthwise_conv, head_parallel_layer_norm, rope_in_mini_batches
+from megatron_ttt.models.layers import (
+    causal_depthwise_conv,
+    head_parallel_layer_norm,
+    replicated_weight,
+    rope_in_mini_batches,
+)
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
 from megatron_ttt.ops import TTTState, ttt_dual
 from megatron_ttt.ops.inner import gelu_tanh
@@ -130,9 +134,7 @@ class TTTMixer(MegatronModule):
         q, k = (rope_in_mini_batches(self._heads(t), ttt.mini_batch_size, ttt.rope_theta) for t in (q, k))
         lr_logits = parts["lr"] + self.ttt_lr_bias
         lr = (ttt.ttt_base_lr / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
-        token_offset = self.token_offset
-        if self.tp_size > 1:
-            token_offset = copy_to_tensor_model_parallel_region(token_offset, group=self.tp_group)
+        token_offset = replicated_weight(self.token_offset, self.tp_size > 1, self.tp_group)
         state = TTTState.initial(self.inner_weights, q.shape[0])
         z, _ = ttt_dual(q, k, self._heads(parts["v"]), lr, token_offset, self.ttt_norm_weight, self.ttt_norm_bias,
                         state, mini_batch_size=ttt.mini_batch_size, checkpoint_group=ttt.checkpoint_group)

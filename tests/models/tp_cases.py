@@ -11,7 +11,6 @@ from megatron_ttt.models.config import TTTModelConfig, megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.checkpoint.reference_format import to_full, to_local
 from megatron_ttt.models.reference_model import reference_logits
-from megatron_ttt.parallel.grads import allreduce_sequence_parallel_grads
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
 from tests.models.weights import random_reference_weights
 
@@ -50,7 +49,6 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict], dtype=tor
         logits = model.gather_logits(model(tokens))
         F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").backward()
         loss = model(tokens, labels).detach()
-        allreduce_sequence_parallel_grads(model, tp_group)
         local_grads = {n: p.grad for n, p in model.named_parameters()}
         gathered = [None] * world
         dist.all_gather_object(gathered, local_grads, group=tp_group)
