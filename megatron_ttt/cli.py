@@ -8,6 +8,7 @@ from megatron_ttt import __version__
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.checkpoint.cli import add_convert_parser, add_eval_parser
 from megatron_ttt.data_prep.cli import add_data_parser
+from megatron_ttt.training.cli import add_pretrain_parser
 
 
 def _version(args: argparse.Namespace) -> int:
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the package and torch versions").set_defaults(func=_version)
     add_data_parser(sub)
+    add_pretrain_parser(sub)
     add_convert_parser(sub)
     add_eval_parser(sub)
     return parser

@@ -12,6 +12,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.utils import sharded_state_dict_default
+from torch.utils.checkpoint import checkpoint
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.layers import RMSNorm, stat_dtype
@@ -28,6 +29,8 @@ class TTTLanguageModel(MegatronModule):
         if ttt.vocab_size % tp:
             raise ValueError(f"vocab_size {ttt.vocab_size} is not divisible by the tensor-parallel size {tp}")
         self.sequence_parallel = config.sequence_parallel
+        self.block_checkpointing = False
+        """Recompute each block in the backward (saves activations, costs one more forward)."""
         self.embedding = VocabParallelEmbedding(ttt.vocab_size, ttt.hidden_size, init_method=config.init_method,
                                                 reduce_scatter_embeddings=self.sequence_parallel, config=config,
                                                 tp_group=self.tp_group)
@@ -47,7 +50,7 @@ class TTTLanguageModel(MegatronModule):
         if not self.sequence_parallel:
             h = h.transpose(0, 1)
         for block in self.blocks:
-            h = block(h)
+            h = checkpoint(block, h, use_reentrant=False) if self.block_checkpointing and self.training else block(h)
         return self.final_norm(h)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

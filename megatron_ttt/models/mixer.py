@@ -71,6 +71,8 @@ class TTTMixer(MegatronModule):
         self.local_heads = ttt.num_heads // tp
         self.local_width = self.local_heads * ttt.head_dim
         self.columns = in_proj_columns(ttt)
+        self.inner_lr_scale = 1.0
+        """Multiplies ttt_base_lr; the trainer warms it up for TTT-MLP."""
         common = dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
                       tp_group=self.tp_group)
         self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
@@ -133,7 +135,7 @@ class TTTMixer(MegatronModule):
             q, k = parts["q"], parts["k"]
         q, k = (rope_in_mini_batches(self._heads(t), ttt.mini_batch_size, ttt.rope_theta) for t in (q, k))
         lr_logits = parts["lr"] + self.ttt_lr_bias
-        lr = (ttt.ttt_base_lr / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
+        lr = (ttt.ttt_base_lr * self.inner_lr_scale / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
         token_offset = replicated_weight(self.token_offset, self.tp_size > 1, self.tp_group)
         state = TTTState.initial(self.inner_weights, q.shape[0])
         z, _ = ttt_dual(q, k, self._heads(parts["v"]), lr, token_offset, self.ttt_norm_weight, self.ttt_norm_bias,

@@ -26,8 +26,9 @@ def init_parallel(layout: ParallelLayout, seed: int = 0, store: dist.Store | Non
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if store is None and "RANK" not in os.environ:
-            store = dist.HashStore()
-            dist.init_process_group(backend, store=store, rank=0, world_size=1)
+            # A single process (no launcher): DeepSpeed still reads the launcher's variables.
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         elif store is not None:
             dist.init_process_group(backend, store=store, rank=int(os.environ["RANK"]),
                                     world_size=int(os.environ["WORLD_SIZE"]))

@@ -1,0 +1,111 @@
+"""The sections of a pretraining config. Each field's docstring is its documentation
+(docs/training.md is generated from them)."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    """Model size: tiny, 125m, 350m, 760m, 1.3b or 7b."""
+    layer_type: str = "linear"
+    """Inner model: linear (TTT-Linear) or mlp (TTT-MLP)."""
+    backbone: str = "mamba"
+    """mamba (gate, shared q/k convs, pre-conv) or transformer."""
+    mini_batch_size: int = 16
+    """Tokens per inner-loop gradient step."""
+    time_checkpoint_group: int = 0
+    """Time-axis checkpointing: keep the inner state every G mini-batches, recompute inside (0: off)."""
+
+
+@dataclass
+class ParallelSection:
+    tensor_parallel: int = 1
+    """Ranks splitting each layer's heads; the remaining factor of the world size is data parallel."""
+    sequence_parallel: bool = False
+    """Split the sequence over TP ranks outside the mixers and MLPs (tensor_parallel > 1)."""
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage over the data-parallel group: 0, 1, 2 or 3."""
+    block_checkpointing: bool = False
+    """Recompute each block's activations in the backward (torch activation checkpointing)."""
+
+
+@dataclass
+class OptimizerSection:
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr: float = 1e-5
+    """Floor of the cosine decay."""
+    warmup_fraction: float = 0.1
+    """Fraction of the steps spent warming up linearly from 0."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay (not on biases, norms and token offsets)."""
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    """Clip the global gradient norm (TP-correct: split tensors counted once)."""
+    inner_lr_warmup_from: float = 0.01
+    """TTT-MLP only: the inner base lr rises from this to its configured value over the warm-up."""
+
+
+@dataclass
+class DataSection:
+    manifest: str = "bundled"
+    """A manifest from `mttt data shard`, or "bundled": the bundled corpus, tokenized and sharded
+    on first use into the cache directory."""
+    seq_len: int = 256
+    """Tokens per sample (must equal the manifest's seq-len)."""
+    micro_batch_size: int = 4
+    """Samples per rank per forward/backward."""
+    global_batch_tokens: int = 8192
+    """Tokens per optimizer step over all ranks; sets the gradient accumulation."""
+    num_workers: int = 1
+    """DataLoader workers per rank."""
+    seed: int = 1234
+    """Shuffles the samples, differently each epoch."""
+    bundled_vocab_size: int = 2048
+    """Vocabulary of the tokenizer trained for the bundled corpus."""
+
+
+@dataclass
+class CheckpointSection:
+    interval: int = 100
+    """Save every N steps (and at the end, and on SIGTERM/SIGUSR1)."""
+    keep: int = 2
+    """Keep the newest K checkpoints."""
+
+
+@dataclass
+class LoggingSection:
+    interval: int = 10
+    """Print a line every N steps."""
+    eval_interval: int = 100
+    """Validation loss every N steps (0: never)."""
+    eval_batches: int = 8
+    """Micro-batches of the held-out split per validation."""
+    tensorboard: bool = True
+    """Write tensorboard event files under the run directory."""
+
+
+@dataclass
+class TrainSection:
+    steps: int = 300
+    """Optimizer steps."""
+    seed: int = 1234
+    """Seeds parameter initialization."""
+    dtype: str = "fp32"
+    """fp32 or bf16 (mixed precision, fp32 master weights)."""
+
+
+@dataclass
+class PretrainConfig:
+    run_dir: str = "runs/default"
+    """Where checkpoints, logs, the loss plot and the resolved config go."""
+    model: ModelSection = field(default_factory=ModelSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    data: DataSection = field(default_factory=DataSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    train: TrainSection = field(default_factory=TrainSection)

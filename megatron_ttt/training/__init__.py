@@ -1,0 +1,1 @@
+"""`mttt pretrain`: data, DeepSpeed engine, schedule, checkpoints, signals, logging, the loop."""

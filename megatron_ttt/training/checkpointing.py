@@ -1,0 +1,90 @@
+"""Training checkpoints: DeepSpeed's engine state plus ours (step, loader, RNG, config).
+
+`RUN/checkpoints/step-NNNNNNNN/` is written under a temporary name and renamed when every rank
+has finished; `RUN/checkpoints/latest` (the tag, DeepSpeed's format) is replaced after that, so
+a crash mid-write leaves the previous checkpoint as the latest complete one.
+"""
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+from megatron_ttt.data.manifest import write_atomic
+from megatron_ttt.errors import UserInputError
+
+PREFIX = "step-"
+
+
+class ResumeError(UserInputError):
+    pass
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def latest_tag(run_dir: Path) -> str | None:
+    pointer = checkpoint_root(run_dir) / "latest"
+    if not pointer.exists():
+        return None
+    tag = pointer.read_text().strip()
+    if not (checkpoint_root(run_dir) / tag).is_dir():
+        raise ResumeError(f"{pointer} names {tag}, which does not exist; point it at a complete checkpoint")
+    return tag
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "tracker": get_cuda_rng_tracker().get_states()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Path:
+    root, tag = checkpoint_root(run_dir), f"{PREFIX}{step:08d}"
+    partial = f".partial-{tag}"
+    if not all(torch.isfinite(p).all() for p in engine.module.parameters()):
+        raise FloatingPointError(f"step {step}: the weights hold NaN or inf; no checkpoint is written")
+    if dist.get_rank() == 0:
+        shutil.rmtree(root / partial, ignore_errors=True)
+    dist.barrier()
+    engine.save_checkpoint(str(root), tag=partial, client_state=client_state | {"rng": rng_state()},
+                           save_latest=False)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(root / tag, ignore_errors=True)
+        os.replace(root / partial, root / tag)
+        write_atomic(root / "latest", tag)
+        for old in sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+    return root / tag
+
+
+def load(engine, run_dir: Path, tag: str) -> dict:
+    path, client_state = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag)
+    if path is None:
+        raise ResumeError(f"DeepSpeed could not load {checkpoint_root(run_dir) / tag}")
+    set_rng_state(client_state["rng"])
+    return client_state
+
+
+def check_same_model(saved: dict, requested: dict, where: Path) -> None:
+    """The model and parallel layout of a checkpoint must be the run's."""
+    differ = [f"{section}.{key}: checkpoint {saved[section].get(key)!r}, requested {value!r}"
+              for section in ("model", "parallel") for key, value in requested[section].items()
+              if saved[section].get(key) != value]
+    if differ:
+        raise ResumeError(f"{where} was written for another model or layout; differing keys: " + "; ".join(differ)
+                          + ". Resume with the checkpoint's settings or start a new run_dir")

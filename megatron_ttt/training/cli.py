@@ -1,0 +1,24 @@
+"""`mttt pretrain`."""
+
+import argparse
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from megatron_ttt.config import load_config
+    from megatron_ttt.training.trainer import pretrain
+
+    return pretrain(load_config(args.config, args.overrides), args.resume)
+
+
+def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a TTT language model (default: tiny preset, bundled corpus, CPU)",
+                       description="Launch with torchrun for several processes. Exit status: 0 finished, 75 stopped "
+                                   "by SIGTERM/SIGUSR1 after saving a checkpoint, 3 non-finite loss, 2 bad input.")
+    p.add_argument("--config", metavar="FILE.yaml", help="sections: model, parallel, optimizer, data, checkpoint, "
+                                                          "logging, train (see docs/training.md)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("--resume", choices=("auto", "none"), default="auto",
+                   help="auto: continue from the run directory's latest checkpoint if any (default)")
+    p.set_defaults(func=_pretrain)
+
+

@@ -1,0 +1,63 @@
+"""What a run shows: a console line per logged step, metrics.jsonl, tensorboard, loss.png."""
+
+import json
+import time
+from pathlib import Path
+
+
+class Reporter:
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.metrics = run_dir / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.last = time.perf_counter()
+
+    def step(self, step: int, total: int, values: dict, print_line: bool) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps({"step": step} | values) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key.replace("_", "/", 1), value, step)
+        if print_line:
+            parts = [f"step {step}/{total}"] + [
+                f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
+            print(" | ".join(parts), flush=True)
+
+    def finish(self) -> Path | None:
+        if not self.enabled:
+            return None
+        if self.writer is not None:
+            self.writer.close()
+        return plot_losses(self.metrics, self.run_dir / "loss.png")
+
+
+def plot_losses(metrics: Path, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not metrics.exists():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,205 @@
+"""The pretraining loop: build everything from a PretrainConfig, train, checkpoint, resume."""
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from megatron.core import parallel_state
+
+from megatron_ttt.checkpoint.model_dir import build_model
+from megatron_ttt.config import PretrainConfig, to_dict
+from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+from megatron_ttt.models.mixer import TTTMixer
+from megatron_ttt.models.presets import preset
+from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.training import checkpointing
+from megatron_ttt.training.data import training_manifest
+from megatron_ttt.training.engine import build_engine, gradient_accumulation
+from megatron_ttt.training.report import Reporter
+from megatron_ttt.training.schedule import inner_lr_scale, learning_rate
+from megatron_ttt.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
+
+VOCAB_MULTIPLE = 128
+"""The model's vocabulary is the tokenizer's rounded up to a multiple of this times TP."""
+
+
+@dataclass
+class Run:
+    config: PretrainConfig
+    run_dir: Path
+    engine: object
+    loader: TokenLoader
+    val_loader: TokenLoader | None
+    accumulation: int
+    step: int = 0
+
+
+def model_config(config: PretrainConfig, tokenizer_vocab: int):
+    m, tp = config.model, config.parallel.tensor_parallel
+    multiple = VOCAB_MULTIPLE * tp
+    vocab = math.ceil(tokenizer_vocab / multiple) * multiple
+    return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size,
+                  checkpoint_group=m.time_checkpoint_group)
+
+
+def build(config: PretrainConfig, cache: Path) -> Run:
+    run_dir = Path(config.run_dir)
+    if dist.get_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    manifest = training_manifest(config.data, cache)
+    torch.manual_seed(config.train.seed)
+    model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size))
+    model.block_checkpointing = config.parallel.block_checkpointing
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    engine, _ = build_engine(model, config, dp_size)
+    data = config.data
+    loader = TokenLoader(manifest, LoaderConfig(data.micro_batch_size, seed=data.seed, num_workers=data.num_workers),
+                         dp_rank, dp_size)
+    val_loader = None
+    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size:
+        val_loader = TokenLoader(manifest, LoaderConfig(data.micro_batch_size, split="val", shuffle=False,
+                                                        num_workers=0), dp_rank, dp_size)
+    return Run(config, run_dir, engine, loader, val_loader, gradient_accumulation(config, dp_size))
+
+
+def resume(run: Run, mode: str) -> None:
+    """mode "auto": continue from the latest complete checkpoint if there is one; "none": start
+    fresh (refused where checkpoints exist)."""
+    tag = checkpointing.latest_tag(run.run_dir)
+    if tag is None:
+        return
+    if mode == "none":
+        raise checkpointing.ResumeError(f"{run.run_dir} already holds checkpoints; pass --resume auto to continue "
+                                        "it, or choose another run_dir")
+    path = checkpointing.checkpoint_root(run.run_dir) / tag
+    saved = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["config"]
+    checkpointing.check_same_model(saved, to_dict(run.config), path)
+    state = checkpointing.load(run.engine, run.run_dir, tag)
+    run.loader.load_state_dict(state["loader"])
+    run.step = state["step"]
+    if dist.get_rank() == 0:
+        print(f"resumed from {path} at step {run.step}", flush=True)
+
+
+def average_over_data_parallel(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
+    return t.item() / parallel_state.get_data_parallel_world_size()
+
+
+def set_schedules(run: Run) -> float:
+    opt, total = run.config.optimizer, run.config.train.steps
+    lr = learning_rate(opt, run.step, total)
+    for group in run.engine.optimizer.param_groups:
+        group["lr"] = lr
+    model = run.engine.module
+    scale = inner_lr_scale(opt, model.ttt.layer_type, model.ttt.ttt_base_lr, run.step, total)
+    for module in model.modules():
+        if isinstance(module, TTTMixer):
+            module.inner_lr_scale = scale
+    return lr
+
+
+def gradient_norm(model: torch.nn.Module) -> float:
+    """The global gradient norm with TP-split tensors counted on every TP rank and replicated ones
+    once (what DeepSpeed's ZeRO optimizers report; its stage 0 computes it without keeping it)."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    squares = torch.zeros(1, dtype=torch.float64)
+    for p in model.parameters():
+        if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0):
+            squares += p.grad.double().pow(2).sum()
+    dist.all_reduce(squares, group=parallel_state.get_tensor_model_parallel_group())
+    return squares.sqrt().item()
+
+
+def train_step(run: Run, batches) -> tuple[float, float]:
+    """One optimizer step (accumulation micro-batches): the loss averaged over them and DP, and
+    the gradient norm before clipping."""
+    total, norm = 0.0, None
+    for micro in range(run.accumulation):
+        batch = next(batches)
+        loss = run.engine(batch.tokens, batch.labels).mean()
+        finite = torch.tensor([float(torch.isfinite(loss))])
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if not finite.item():
+            raise FloatingPointError(f"step {run.step + 1}: the loss is {loss.item()} on some rank; stopping "
+                                     "without a checkpoint (lower the lr, or resume from the last checkpoint)")
+        run.engine.backward(loss)
+        if micro == run.accumulation - 1 and run.config.parallel.zero_stage == 0:
+            norm = gradient_norm(run.engine.module)
+        run.engine.step()
+        total += loss.item()
+    if norm is None:
+        norm = float(run.engine.get_global_grad_norm())
+    return average_over_data_parallel(total / run.accumulation), norm
+
+
+@torch.no_grad()
+def validation_loss(run: Run) -> float:
+    model = run.engine.module
+    model.eval()
+    batches, losses = iter(run.val_loader), []
+    for _ in range(min(run.config.logging.eval_batches, run.val_loader.samples_per_epoch //
+                       (run.config.data.micro_batch_size * run.val_loader.dp_size))):
+        batch = next(batches)
+        losses.append(model(batch.tokens, batch.labels).float().mean().item())
+    model.train()
+    return average_over_data_parallel(sum(losses) / len(losses))
+
+
+def save(run: Run) -> Path:
+    state = {"step": run.step, "loader": run.loader.state_dict(), "config": to_dict(run.config)}
+    return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep)
+
+
+def train(run: Run) -> int:
+    """Train to the configured step count; the exit status (0, or EXIT_PREEMPTED on a signal)."""
+    config, rank0 = run.config, dist.get_rank() == 0
+    reporter = Reporter(run.run_dir, rank0, config.logging.tensorboard)
+    stop, batches = StopRequests(), iter(run.loader)
+    tokens_per_step = config.data.global_batch_tokens
+    while run.step < config.train.steps:
+        start = time.perf_counter()
+        lr = set_schedules(run)
+        loss, norm = train_step(run, batches)
+        run.step += 1
+        values = {"train_loss": loss, "lr": lr, "grad_norm": norm,
+                  "tokens_per_s": tokens_per_step / (time.perf_counter() - start)}
+        if run.val_loader is not None and run.step % config.logging.eval_interval == 0:
+            values["val_loss"] = validation_loss(run)
+        reporter.step(run.step, config.train.steps, values, run.step % config.logging.interval == 0 or "val_loss" in values)
+        stopping = stop.agreed()
+        if stopping or run.step % config.checkpoint.interval == 0 or run.step == config.train.steps:
+            path = save(run)
+            if rank0:
+                print(f"saved {path}", flush=True)
+        if stopping:
+            if rank0:
+                print(f"stopped by signal {stop.received} after step {run.step}; resume with --resume auto", flush=True)
+            return EXIT_PREEMPTED
+    plot = reporter.finish()
+    if rank0 and plot is not None:
+        print(f"loss plot: {plot}", flush=True)
+    return 0
+
+
+def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | None = None) -> int:
+    cache = cache or Path(os.environ.get("MTTT_CACHE", Path.home() / ".cache" / "megatron-ttt"))
+    init_parallel(ParallelLayout(config.parallel.tensor_parallel, config.parallel.sequence_parallel),
+                  seed=config.train.seed)
+    try:
+        run = build(config, cache)
+        resume(run, resume_mode)
+        try:
+            return train(run)
+        except FloatingPointError as exc:
+            print(f"mttt pretrain: {exc}", flush=True)
+            return EXIT_NONFINITE
+    finally:
+        destroy_parallel()
