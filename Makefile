@@ -1,10 +1,11 @@
 # The README's two set-up commands. Both install (idempotently) into .venv/ first.
 .PHONY: run test
 
-# The main job on the bundled default: the TTT layer benchmark at T = 512 and 2048.
+# The main job on the bundled default: pretrain the tiny preset on the bundled corpus, on the CPU
+# (run directory runs/default; a second `make run` resumes it and finds it finished).
 run:
 	scripts/install.sh
-	.venv/bin/python benchmarks/ttt_layer.py --seq-lens 512,2048
+	.venv/bin/mttt pretrain
 
 test:
 	scripts/install.sh dev

@@ -14,4 +14,7 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check --quiet)
 "$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" torch==2.13.0
 # DeepSpeed's ops are JIT-compiled on first use; building them at install needs CUDA.
 DS_BUILD_OPS=0 "${pip[@]}" -e "$root$extras"
+# DeepSpeed JIT-compiles its CPU communication op on first use (~1 minute): once, here, into
+# .venv/torch_extensions (where megatron_ttt.training.engine points it), not in the first run.
+"$venv/bin/python" -c "import megatron_ttt.training.engine, deepspeed.comm.torch as c; c.build_shm_op()" >/dev/null
 echo "installed megatron-ttt into $venv ($("$venv/bin/mttt" version))"

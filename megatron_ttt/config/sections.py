@@ -70,7 +70,7 @@ class DataSection:
 
 @dataclass
 class CheckpointSection:
-    interval: int = 100
+    interval: int = 50
     """Save every N steps (and at the end, and on SIGTERM/SIGUSR1)."""
     keep: int = 2
     """Keep the newest K checkpoints."""
@@ -80,7 +80,7 @@ class CheckpointSection:
 class LoggingSection:
     interval: int = 10
     """Print a line every N steps."""
-    eval_interval: int = 100
+    eval_interval: int = 50
     """Validation loss every N steps (0: never)."""
     eval_batches: int = 8
     """Micro-batches of the held-out split per validation."""
@@ -90,7 +90,7 @@ class LoggingSection:
 
 @dataclass
 class TrainSection:
-    steps: int = 300
+    steps: int = 200
     """Optimizer steps."""
     seed: int = 1234
     """Seeds parameter initialization."""

@@ -1,0 +1,52 @@
+"""Launching short pretraining runs as real processes (python or torchrun) for the tests."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+FAST = ["train.steps=6", "data.seq_len=64", "data.micro_batch_size=4", "data.global_batch_tokens=512",
+        "data.num_workers=0", "data.bundled_vocab_size=512", "logging.eval_interval=3", "logging.interval=1",
+        "logging.tensorboard=false", "checkpoint.interval=3", "checkpoint.keep=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(run_dir: Path, overrides: list[str], nproc: int = 1) -> list[str]:
+    args = ["-m", "megatron_ttt.cli", "pretrain", f"run_dir={run_dir}", *FAST, *overrides]
+    if nproc == 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+            f"--master-port={free_port()}", *args]
+
+
+def environment(cache: Path) -> dict:
+    return os.environ | {"MTTT_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def pretrain(run_dir: Path, cache: Path, overrides: list[str] = (), nproc: int = 1, check: bool = True):
+    out = subprocess.run(command(run_dir, list(overrides), nproc), env=environment(cache), capture_output=True,
+                         text=True)
+    if check and out.returncode != 0:
+        raise AssertionError(f"pretrain exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train_loss"] for r in rows}
+
+
+def final_weights(run_dir: Path, tag: str | None = None, tp_rank: int = 0) -> dict[str, torch.Tensor]:
+    root = run_dir / "checkpoints"
+    tag = tag or (root / "latest").read_text().strip()
+    state = torch.load(root / tag / f"mp_rank_{tp_rank:02d}_model_states.pt", map_location="cpu", weights_only=False)
+    return state["module"]

@@ -1,0 +1,108 @@
+"""Short real pretraining runs: exact resume, ZeRO stages, TP vs DP, signals, kills, faults."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from megatron_ttt.training.signals import EXIT_PREEMPTED
+from tests.training.runs import command, environment, final_weights, losses, pretrain
+
+
+def test_loss_falls_and_the_run_directory_is_complete(tmp_path, cache):
+    run = tmp_path / "run"
+    pretrain(run, cache, ["train.steps=12", "checkpoint.interval=6"])
+    curve = losses(run)
+    assert sorted(curve) == list(range(1, 13)) and curve[12] < curve[1] - 0.5
+    assert (run / "loss.png").exists() and (run / "config.yaml").exists()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000006", "step-00000012"]
+
+
+@pytest.mark.parametrize("overrides, nproc", [([], 1), pytest.param(["parallel.zero_stage=2"], 2,
+                                                                     marks=pytest.mark.slow)])
+def test_resume_equals_an_uninterrupted_run(tmp_path, cache, overrides, nproc):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    pretrain(whole, cache, overrides, nproc)
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-00000006")
+    (cut / "checkpoints" / "latest").write_text("step-00000003")
+    (cut / "metrics.jsonl").write_text("".join(line + "\n" for line in (cut / "metrics.jsonl").read_text().splitlines()[:3]))
+    out = pretrain(cut, cache, overrides, nproc)
+    assert "resumed from" in out.stdout and "at step 3" in out.stdout
+    assert losses(cut) == losses(whole)
+    a, b = final_weights(whole), final_weights(cut)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[n], b[n]) for n in a if a[n] is not None), "final weights differ after resume"
+
+
+@pytest.mark.slow
+def test_zero_stages_agree_at_data_parallel_2(tmp_path, cache):
+    curves = {stage: losses(pretrain(tmp_path / f"z{stage}", cache, [f"parallel.zero_stage={stage}"], 2) and
+                            tmp_path / f"z{stage}") for stage in (0, 1, 2, 3)}
+    for stage in (1, 2, 3):
+        for step, loss in curves[0].items():
+            assert abs(curves[stage][step] - loss) <= 1e-5 * abs(loss), (stage, step, curves[stage][step], loss)
+
+
+@pytest.mark.slow
+def test_tensor_parallel_equals_data_parallel(tmp_path, cache):
+    dp = losses(pretrain(tmp_path / "dp", cache, [], 2) and tmp_path / "dp")
+    tp = losses(pretrain(tmp_path / "tp", cache, ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2)
+                and tmp_path / "tp")
+    for step in dp:
+        assert abs(tp[step] - dp[step]) <= 1e-5 * abs(dp[step]), (step, tp[step], dp[step])
+
+
+def _start(run, cache, overrides):
+    proc = subprocess.Popen(command(run, overrides), env=environment(cache), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "latest").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigusr1_saves_and_exits_with_the_documented_status(tmp_path, cache):
+    run = tmp_path / "run"
+    proc = _start(run, cache, ["train.steps=10000", "checkpoint.interval=2"])
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    step = max(losses(run))
+    assert (run / "checkpoints" / "latest").read_text() == f"step-{step:08d}" and "stopped by signal" in out
+
+
+def test_kill_9_mid_checkpoint_leaves_a_loadable_latest(tmp_path, cache):
+    run = tmp_path / "run"
+    proc = _start(run, cache, ["train.steps=10000", "checkpoint.interval=1", "checkpoint.keep=3"])
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    latest = (run / "checkpoints" / "latest").read_text()
+    out = pretrain(run, cache, ["train.steps=10000", "checkpoint.interval=1", "checkpoint.keep=3",
+                                f"train.steps={int(latest.split('-')[1]) + 1}"])
+    assert f"at step {int(latest.split('-')[1])}" in out.stdout
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path, cache):
+    run = tmp_path / "run"
+    pretrain(run, cache, ["train.steps=3"])
+    out = pretrain(run, cache, ["train.steps=3", "model.layer_type=mlp"], check=False)
+    assert out.returncode == 2 and "model.layer_type: checkpoint 'linear', requested 'mlp'" in out.stderr
+
+
+def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path, cache):
+    run = tmp_path / "run"
+    out = pretrain(run, cache, ["train.steps=5", "checkpoint.interval=1", "optimizer.lr=1e12",
+                                "optimizer.grad_clip=0", "optimizer.warmup_fraction=0"], check=False)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert re.search(r"step \d+: the (loss is (nan|inf)|weights hold NaN or inf)", out.stdout), out.stdout[-2000:]
+    for tag in (run / "checkpoints").glob("step-*"):
+        assert all(torch.isfinite(t).all() for t in final_weights(run, tag.name).values() if t.is_floating_point())
