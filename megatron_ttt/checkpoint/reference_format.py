@@ -6,6 +6,7 @@ rules below are the whole mapping; `to_local` and `to_full` apply them in the tw
 check every name and shape on the way.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -121,17 +122,17 @@ def to_local(full: dict[str, torch.Tensor], cfg: TTTModelConfig, tp_rank: int = 
              source: str = "reference weights") -> dict[str, torch.Tensor]:
     """Reference-format tensors -> our parameters on TP rank `tp_rank` of `tp_size`."""
     check_reference(full, cfg, source)
-    local = {}
-    for rule in rules(cfg):
-        if rule.fused is not None:
-            components = {n: _from_ref(full[ref], rule) for n, ref in zip(rule.fused.names, rule.refs)}
-            components = {n: t.reshape(t.shape[0], -1) for n, t in components.items()}  # lr weight [H,1,D] -> [H,D]
-            local[rule.ours] = rule.fused.shard(components, tp_rank, tp_size)
-        else:
-            t = _from_ref(full[rule.refs[0]], rule)
-            local[rule.ours] = t if rule.split_dim is None else t.chunk(tp_size, dim=rule.split_dim)[tp_rank]
-        local[rule.ours] = local[rule.ours].contiguous()
-    return local
+    return {rule.ours: local_tensor(rule, full.__getitem__, tp_rank, tp_size) for rule in rules(cfg)}
+
+
+def local_tensor(rule: Rule, reference: Callable[[str], torch.Tensor], tp_rank: int, tp_size: int) -> torch.Tensor:
+    """Our TP-local tensor of one rule, from `reference(name)` (the full reference tensors)."""
+    if rule.fused is not None:
+        components = {n: _from_ref(reference(ref), rule) for n, ref in zip(rule.fused.names, rule.refs)}
+        components = {n: t.reshape(t.shape[0], -1) for n, t in components.items()}  # lr weight [H,1,D] -> [H,D]
+        return rule.fused.shard(components, tp_rank, tp_size).contiguous()
+    t = _from_ref(reference(rule.refs[0]), rule)
+    return (t if rule.split_dim is None else t.chunk(tp_size, dim=rule.split_dim)[tp_rank]).contiguous()
 
 
 def to_full(locals_by_rank: list[dict[str, torch.Tensor]], cfg: TTTModelConfig) -> dict[str, torch.Tensor]:

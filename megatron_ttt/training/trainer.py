@@ -14,6 +14,7 @@ from megatron.core import parallel_state
 from megatron_ttt.checkpoint.model_dir import build_model
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+from megatron_ttt.models.init import initialize
 from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.presets import preset
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
@@ -53,8 +54,9 @@ def build(config: PretrainConfig, cache: Path) -> Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     manifest = training_manifest(config.data, cache)
-    torch.manual_seed(config.train.seed)
     model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size))
+    initialize(model, config.train.seed, parallel_state.get_tensor_model_parallel_rank(),
+               parallel_state.get_tensor_model_parallel_world_size())
     model.block_checkpointing = config.parallel.block_checkpointing
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     engine, _ = build_engine(model, config, dp_size)
