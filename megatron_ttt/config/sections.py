@@ -41,8 +41,11 @@ class OptimizerSection:
     weight_decay: float = 0.1
     """AdamW decoupled weight decay (not on biases, norms and token offsets)."""
     beta1: float = 0.9
+    """AdamW first-moment decay."""
     beta2: float = 0.95
+    """AdamW second-moment decay."""
     eps: float = 1e-8
+    """AdamW denominator epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm (TP-correct: split tensors counted once)."""
     inner_lr_warmup_from: float = 0.01

@@ -1,0 +1,68 @@
+"""Training throughput and peak memory of `mttt pretrain` on this machine.
+
+Each case is a real `mttt pretrain` process (fp32, ZeRO 0, one process) on the bundled corpus:
+tokens/s is the median over the steps after the first (from metrics.jsonl), peak RSS the
+process's maximum resident set. The baseline of each preset is the run without time-axis or
+block checkpointing, measured in the same invocation.
+
+    python benchmarks/train_step.py
+    python benchmarks/train_step.py --presets tiny --steps 5 --json rows.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = [("none", []), ("time G=4", ["model.time_checkpoint_group=4"]), ("blocks", ["parallel.block_checkpointing=true"])]
+
+
+def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:
+    run_dir = Path(tempfile.mkdtemp(dir=tmp))
+    cmd = [sys.executable, "-m", "megatron_ttt.cli", "pretrain", f"run_dir={run_dir}", f"model.preset={preset}",
+           f"train.steps={steps}", f"data.seq_len={seq_len}", f"data.micro_batch_size={micro_batch}",
+           f"data.global_batch_tokens={seq_len * micro_batch}", "data.num_workers=0", "logging.eval_interval=0",
+           "logging.tensorboard=false", f"checkpoint.interval={10**6}", "logging.interval=1000", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[1:]),
+            "peak_rss_mib": usage.ru_maxrss / 1024, "final_loss": rows[-1]["train_loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", default="tiny,125m")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets.split(","):
+            for name, extra in CASES:
+                row = {"preset": preset, "checkpointing": name} | run_case(preset, extra, args.steps, args.seq_len,
+                                                                           args.micro_batch, Path(tmp))
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    print(f"fp32, ZeRO 0, 1 process, seq-len {args.seq_len}, micro-batch {args.micro_batch}, {args.steps} steps")
+    print(f"{'preset':<7} {'checkpointing':<14} {'tokens/s':>10} {'x none':>7} {'peak RSS MiB':>13} {'x none':>7}")
+    base = {}
+    for r in rows:
+        b = base.setdefault(r["preset"], r)
+        print(f"{r['preset']:<7} {r['checkpointing']:<14} {r['tokens_per_s']:>10,.0f} "
+              f"{r['tokens_per_s'] / b['tokens_per_s']:>7.2f} {r['peak_rss_mib']:>13,.0f} "
+              f"{r['peak_rss_mib'] / b['peak_rss_mib']:>7.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
