@@ -16,5 +16,6 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check --quiet)
 DS_BUILD_OPS=0 "${pip[@]}" -e "$root$extras"
 # DeepSpeed JIT-compiles its CPU communication op on first use (~1 minute): once, here, into
 # .venv/torch_extensions (where megatron_ttt.training.engine points it), not in the first run.
-"$venv/bin/python" -c "import megatron_ttt.training.engine; from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null 2>&1
+"$venv/bin/python" -c "import megatron_ttt.training.engine; from deepspeed.comm.torch import build_shm_op; build_shm_op()" \
+    >/dev/null 2>&1 || { echo "install.sh: building DeepSpeed's CPU communication op failed" >&2; exit 1; }
 echo "installed megatron-ttt into $venv ($("$venv/bin/mttt" version))"
