@@ -25,8 +25,9 @@ def init_parallel(layout: ParallelLayout, seed: int = 0, store: dist.Store | Non
     apply_cpu_shims()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if store is None and "RANK" not in os.environ:
-            # A single process (no launcher): DeepSpeed still reads the launcher's variables.
+        if store is None and "MASTER_ADDR" not in os.environ:
+            # A single process (no launcher, which would set MASTER_ADDR): an in-memory store.
+            # DeepSpeed still reads the launcher's rank variables.
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         elif store is not None:
