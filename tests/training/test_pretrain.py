@@ -106,3 +106,11 @@ def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path, cache):
     assert re.search(r"step \d+: the (loss is (nan|inf)|weights hold NaN or inf)", out.stdout), out.stdout[-2000:]
     for tag in (run / "checkpoints").glob("step-*"):
         assert all(torch.isfinite(t).all() for t in final_weights(run, tag.name).values() if t is not None)
+
+
+def test_checkpointing_switches_keep_the_losses_and_bf16_trains(tmp_path, cache):
+    plain = losses(pretrain(tmp_path / "plain", cache) and tmp_path / "plain")
+    for name, switch in (("blocks", "parallel.block_checkpointing=true"), ("time", "model.time_checkpoint_group=2")):
+        assert losses(pretrain(tmp_path / name, cache, [switch]) and tmp_path / name) == plain, name
+    bf16 = losses(pretrain(tmp_path / "bf16", cache, ["train.dtype=bf16"]) and tmp_path / "bf16")
+    assert all(abs(bf16[s] - plain[s]) < 0.05 for s in plain) and bf16[6] < bf16[1]
