@@ -33,12 +33,13 @@ def _logprobs(args: argparse.Namespace) -> int:
         cfg = read_model_config(Path(args.checkpoint))
         tokens = check_token_ids(np.load(args.input), cfg.vocab_size, args.input)
         model = load_model(Path(args.checkpoint))
-        logp = token_logprobs(model, tokens, args.batch_size, show_progress=True)
-        if torch.distributed.get_rank() == 0:
+        rank0 = torch.distributed.get_rank() == 0
+        logp = token_logprobs(model, tokens, args.batch_size, show_progress=rank0)
+        if rank0:
             np.save(args.output, logp.numpy().astype(np.float32))
+            print(f"wrote {args.output}: float32 {tuple(logp.shape)}")
     finally:
         destroy_parallel()
-    print(f"wrote {args.output}: float32 {tuple(logp.shape)}")
     return 0
 
 
