@@ -67,7 +67,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pr
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
         _apply(config, nested, "override")
+    check(config)
     return config
+
+
+POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.interval", "logging.eval_batches",
+            "data.seq_len", "data.micro_batch_size", "data.global_batch_tokens", "parallel.tensor_parallel")
+
+
+def check(config: PretrainConfig) -> None:
+    """Values that must be at least 1 (logging.eval_interval may be 0: no validation)."""
+    bad = [f"{key}={value}" for key in POSITIVE
+           if (value := getattr(getattr(config, key.split(".")[0]), key.split(".")[1])) < 1]
+    if config.logging.eval_interval < 0:
+        bad.append(f"logging.eval_interval={config.logging.eval_interval}")
+    if bad:
+        raise ConfigError(f"these must be at least 1 (eval_interval at least 0): {', '.join(bad)}")
 
 
 def to_dict(config) -> dict:

@@ -20,7 +20,7 @@ def reference_init(name: str, shape: tuple[int, ...], cfg: TTTModelConfig, seed:
     zeros for biases and token offsets."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
     if ".conv" in name and "norm" not in name:
-        bound = 1.0 / shape[-1] ** 0.5
+        bound = 1.0 / cfg.conv_kernel ** 0.5  # weight and bias, as nn.Conv1d (fan-in = kernel)
         return (torch.rand(shape, generator=g) * 2 - 1) * bound
     if name.endswith(("norm.weight", "ttt_norm_weight")):
         return torch.ones(shape)

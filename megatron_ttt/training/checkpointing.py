@@ -5,6 +5,7 @@ has finished; `RUN/checkpoints/latest` (the tag, DeepSpeed's format) is replaced
 a crash mid-write leaves the previous checkpoint as the latest complete one.
 """
 
+import json
 import os
 import random
 import shutil
@@ -19,6 +20,8 @@ from megatron_ttt.data.manifest import write_atomic
 from megatron_ttt.errors import UserInputError
 
 PREFIX = "step-"
+RUN_CONFIG = "run_config.json"
+"""The resolved config, beside DeepSpeed's files: read on resume without loading any weights."""
 
 
 class ResumeError(UserInputError):
@@ -51,10 +54,17 @@ def set_rng_state(state: dict) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def _all_finite(module: torch.nn.Module) -> bool:
+    """Whether every rank's weights are finite (agreed by all ranks, so all stop together)."""
+    finite = torch.tensor([float(all(torch.isfinite(p).all() for p in module.parameters()))])
+    dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Path:
     root, tag = checkpoint_root(run_dir), f"{PREFIX}{step:08d}"
     partial = f".partial-{tag}"
-    if not all(torch.isfinite(p).all() for p in engine.module.parameters()):
+    if not _all_finite(engine.module):
         raise FloatingPointError(f"step {step}: the weights hold NaN or inf; no checkpoint is written")
     if dist.get_rank() == 0:
         shutil.rmtree(root / partial, ignore_errors=True)
@@ -63,13 +73,29 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Pat
                            save_latest=False)
     dist.barrier()
     if dist.get_rank() == 0:
+        write_atomic(root / partial / RUN_CONFIG, json.dumps(client_state["config"], indent=1) + "\n")
         shutil.rmtree(root / tag, ignore_errors=True)
         os.replace(root / partial, root / tag)
         write_atomic(root / "latest", tag)
-        for old in sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old)
+        _prune(root, step, keep)
     dist.barrier()
     return root / tag
+
+
+def _prune(root: Path, step: int, keep: int) -> None:
+    """Keep the newest `keep` checkpoints up to `step`; never the one just written, never a
+    newer one (a run resumed from an older checkpoint leaves those alone)."""
+    older = sorted((int(p.name[len(PREFIX):]), p) for p in root.glob(f"{PREFIX}*") if p.is_dir()
+                   and int(p.name[len(PREFIX):]) < step)
+    for _, path in older[:max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(path)
+
+
+def saved_config(run_dir: Path, tag: str) -> dict:
+    path = checkpoint_root(run_dir) / tag / RUN_CONFIG
+    if not path.exists():
+        raise ResumeError(f"{path.parent} has no {RUN_CONFIG}; it is not a complete checkpoint of this trainer")
+    return json.loads(path.read_text())
 
 
 def load(engine, run_dir: Path, tag: str) -> dict:

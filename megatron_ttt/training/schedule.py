@@ -14,7 +14,7 @@ def learning_rate(opt: OptimizerSection, step: int, total_steps: int) -> float:
     warm = warmup_steps(opt, total_steps)
     if step < warm:
         return opt.lr * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+    progress = min(1.0, (step - warm) / max(1, total_steps - 1 - warm))
     return opt.min_lr + 0.5 * (opt.lr - opt.min_lr) * (1 + math.cos(math.pi * progress))
 
 

@@ -1,5 +1,6 @@
 """The pretraining loop: build everything from a PretrainConfig, train, checkpoint, resume."""
 
+import json
 import math
 import os
 import time
@@ -80,13 +81,20 @@ def resume(run: Run, mode: str) -> None:
         raise checkpointing.ResumeError(f"{run.run_dir} already holds checkpoints; pass --resume auto to continue "
                                         "it, or choose another run_dir")
     path = checkpointing.checkpoint_root(run.run_dir) / tag
-    saved = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["config"]
-    checkpointing.check_same_model(saved, to_dict(run.config), path)
+    checkpointing.check_same_model(checkpointing.saved_config(run.run_dir, tag), to_dict(run.config), path)
     state = checkpointing.load(run.engine, run.run_dir, tag)
     run.loader.load_state_dict(state["loader"])
     run.step = state["step"]
     if dist.get_rank() == 0:
+        drop_metrics_after(run.run_dir / "metrics.jsonl", run.step)
         print(f"resumed from {path} at step {run.step}", flush=True)
+
+
+def drop_metrics_after(metrics: Path, step: int) -> None:
+    """Steps after the checkpoint are trained again: their old lines go."""
+    if metrics.exists():
+        keep = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
+        metrics.write_text("".join(line + "\n" for line in keep))
 
 
 def average_over_data_parallel(value: float) -> float:
@@ -146,6 +154,7 @@ def train_step(run: Run, batches) -> tuple[float, float]:
 def validation_loss(run: Run) -> float:
     model = run.engine.module
     model.eval()
+    run.val_loader.consumed_samples = 0  # the same held-out samples at every evaluation
     batches, losses = iter(run.val_loader), []
     for _ in range(min(run.config.logging.eval_batches, run.val_loader.samples_per_epoch //
                        (run.config.data.micro_batch_size * run.val_loader.dp_size))):
@@ -164,6 +173,17 @@ def train(run: Run) -> int:
     """Train to the configured step count; the exit status (0, or EXIT_PREEMPTED on a signal)."""
     config, rank0 = run.config, dist.get_rank() == 0
     reporter = Reporter(run.run_dir, rank0, config.logging.tensorboard)
+    try:
+        status = _loop(run, reporter)
+    finally:
+        plot = reporter.finish()
+    if rank0 and plot is not None and status == 0:
+        print(f"loss plot: {plot}", flush=True)
+    return status
+
+
+def _loop(run: Run, reporter: Reporter) -> int:
+    config, rank0 = run.config, dist.get_rank() == 0
     stop, batches = StopRequests(), iter(run.loader)
     tokens_per_step = config.data.global_batch_tokens
     while run.step < config.train.steps:
@@ -185,9 +205,6 @@ def train(run: Run) -> int:
             if rank0:
                 print(f"stopped by signal {stop.received} after step {run.step}; resume with --resume auto", flush=True)
             return EXIT_PREEMPTED
-    plot = reporter.finish()
-    if rank0 and plot is not None:
-        print(f"loss plot: {plot}", flush=True)
     return 0
 
 

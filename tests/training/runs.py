@@ -48,5 +48,9 @@ def losses(run_dir: Path) -> dict[int, float]:
 def final_weights(run_dir: Path, tag: str | None = None, tp_rank: int = 0) -> dict[str, torch.Tensor]:
     root = run_dir / "checkpoints"
     tag = tag or (root / "latest").read_text().strip()
-    state = torch.load(root / tag / f"mp_rank_{tp_rank:02d}_model_states.pt", map_location="cpu", weights_only=False)
-    return state["module"]
+    path = root / tag / f"mp_rank_{tp_rank:02d}_model_states.pt"
+    if not path.exists():  # ZeRO-3: the weights live partitioned in the optimizer states
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(root), tag)
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]

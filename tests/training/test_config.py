@@ -23,6 +23,8 @@ def test_yaml_then_overrides(tmp_path):
     ("parallel.sequence_parallel=maybe", "is not a boolean"),
     ("train", "not of the form section.key=value"),
     ("model=3", "is a section"),
+    ("checkpoint.interval=0", r"must be at least 1 .*checkpoint.interval=0"),
+    ("logging.eval_batches=0", r"logging.eval_batches=0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
