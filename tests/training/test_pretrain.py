@@ -115,4 +115,7 @@ def test_checkpointing_switches_keep_the_losses_and_bf16_trains(tmp_path, cache)
     for name, switch in (("blocks", "parallel.block_checkpointing=true"), ("time", "model.time_checkpoint_group=2")):
         assert losses(pretrain(tmp_path / name, cache, [switch]) and tmp_path / name) == plain, name
     bf16 = losses(pretrain(tmp_path / "bf16", cache, ["train.dtype=bf16"]) and tmp_path / "bf16")
-    assert all(abs(bf16[s] - plain[s]) < 0.05 for s in plain) and bf16[6] < bf16[1]
+    # Same initial weights: the first loss agrees to bf16 rounding. After that bf16 arithmetic
+    # drifts (0.064 after 6 steps when measured); it must still train.
+    assert abs(bf16[1] - plain[1]) < 0.01 and bf16[6] < bf16[1] - 0.2
+    assert max(abs(bf16[s] - plain[s]) for s in plain) < 0.15
