@@ -6,7 +6,7 @@ from pathlib import Path
 
 from megatron_ttt.data import Manifest, Tokenizer
 from megatron_ttt.data.manifest import ShardSettings
-from megatron_ttt.data_prep.corpus import bundled_corpus
+from megatron_ttt.data_prep.corpus import bundled_corpus, default_cache_dir
 from megatron_ttt.data_prep.merge import merge_manifests, slice_manifests
 from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.report import print_shard_report
@@ -14,10 +14,6 @@ from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.data_prep.sources import BAD_UTF8, FORMATS, TEXT_DOCS, SourceOptions
 from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
 from megatron_ttt.data_prep.verify import verify_shards
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MTTT_CACHE", Path.home() / ".cache" / "megatron-ttt"))
 
 
 def _inputs(args: argparse.Namespace) -> tuple[str, ...]:

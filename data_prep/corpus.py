@@ -5,6 +5,7 @@ topic per document, spread over a few files so that sharding it has tasks to run
 """
 
 import json
+import os
 from pathlib import Path
 
 from pydoc_data.topics import topics
@@ -12,6 +13,11 @@ from pydoc_data.topics import topics
 from megatron_ttt.data.manifest import write_atomic
 
 BUNDLED_FILES = 4
+
+
+def default_cache_dir() -> Path:
+    """Where prepared defaults (the bundled corpus, its tokenizer and shards) are kept."""
+    return Path(os.environ.get("MTTT_CACHE", Path.home() / ".cache" / "megatron-ttt"))
 
 
 def bundled_corpus(directory: Path, files: int = BUNDLED_FILES) -> list[Path]:

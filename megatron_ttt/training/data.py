@@ -13,19 +13,24 @@ from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
 
 
+def bundled_manifest_path(data: DataSection, cache: Path) -> Path:
+    return cache / f"shards-bpe-{data.bundled_vocab_size}-L{data.seq_len}" / "manifest.json"
+
+
 def prepare_bundled(data: DataSection, cache: Path) -> Path:
     """Tokenizer and shards of the bundled corpus under `cache` (reused when present)."""
+    path = bundled_manifest_path(data, cache)
+    if path.exists():
+        return path
     inputs = tuple(str(p) for p in bundled_corpus(cache / "python-reference"))
     prefix = cache / f"tokenizer-bpe-{data.bundled_vocab_size}" / "sp"
     if not Path(f"{prefix}.model").exists():
         train_tokenizer(TokenizerTraining(inputs, str(prefix), vocab_size=data.bundled_vocab_size))
     info = Tokenizer(f"{prefix}.model").info()
-    out = cache / f"shards-bpe-{data.bundled_vocab_size}-L{data.seq_len}"
     settings = ShardSettings(data.seq_len, token_dtype(info.vocab_size).name, info, inputs, "auto", "blank-line",
                              "text", 0.05, 0, 10**9, "replace", False)
-    if not (out / "manifest.json").exists():
-        shard_corpus(ShardJob(out, settings, workers=1), show_progress=False)
-    return out / "manifest.json"
+    shard_corpus(ShardJob(path.parent, settings, workers=1), show_progress=False)
+    return path
 
 
 def training_manifest(data: DataSection, cache: Path) -> Manifest:
@@ -34,7 +39,7 @@ def training_manifest(data: DataSection, cache: Path) -> Manifest:
         if dist.get_rank() == 0:
             prepare_bundled(data, cache)
         dist.barrier()
-        path = prepare_bundled(data, cache)
+        path = bundled_manifest_path(data, cache)
     else:
         path = Path(data.manifest)
     manifest = Manifest.load(path)

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from megatron.core import parallel_state
 from megatron_ttt.checkpoint.model_dir import build_model
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+from megatron_ttt.data_prep.corpus import default_cache_dir
 from megatron_ttt.models.init import initialize
 from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.presets import preset
@@ -209,7 +209,7 @@ def _loop(run: Run, reporter: Reporter) -> int:
 
 
 def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | None = None) -> int:
-    cache = cache or Path(os.environ.get("MTTT_CACHE", Path.home() / ".cache" / "megatron-ttt"))
+    cache = cache or default_cache_dir()
     init_parallel(ParallelLayout(config.parallel.tensor_parallel, config.parallel.sequence_parallel),
                   seed=config.train.seed)
     try:
