@@ -13,7 +13,7 @@ import torch
 from megatron_ttt.checkpoint.model_dir import CheckpointError, build_model, load_model, save_model
 from megatron_ttt.checkpoint.reference_format import to_full, to_local
 from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
-from megatron_ttt.eval.logprobs import token_logprobs
+from megatron_ttt.eval.logprobs import next_token_logprobs, token_logprobs
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.reference_model import reference_logits
@@ -30,8 +30,7 @@ def check_sequences(cfg: TTTModelConfig) -> torch.Tensor:
 
 def reference_logprobs(tensors: dict[str, torch.Tensor], cfg: TTTModelConfig, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        logp = torch.log_softmax(reference_logits({n: t.float() for n, t in tensors.items()}, cfg, tokens), -1)
-    return logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        return next_token_logprobs(reference_logits({n: t.float() for n, t in tensors.items()}, cfg, tokens), tokens)
 
 
 def self_check(source: dict[str, torch.Tensor], model: TTTLanguageModel, what: str) -> float:

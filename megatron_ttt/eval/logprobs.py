@@ -19,6 +19,12 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, source: str) -> torch.Tens
     return torch.from_numpy(ids.astype(np.int64))
 
 
+def next_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """logits [N, T, V] of tokens [N, T] -> float32 [N, T-1]: log p(tokens[:, t+1] | ..t)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
 @torch.no_grad()
 def token_logprobs(model: TTTLanguageModel, tokens: torch.Tensor, batch_size: int = 8,
                    show_progress: bool = False) -> torch.Tensor:
@@ -27,7 +33,5 @@ def token_logprobs(model: TTTLanguageModel, tokens: torch.Tensor, batch_size: in
     out = []
     for start in tqdm(range(0, tokens.shape[0], batch_size), unit="batch", disable=not show_progress):
         batch = tokens[start:start + batch_size]
-        logits = model.gather_logits(model(batch)).float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        out.append(logp.gather(-1, batch[:, 1:, None]).squeeze(-1))
+        out.append(next_token_logprobs(model.gather_logits(model(batch)), batch))
     return torch.cat(out)
