@@ -1,0 +1,66 @@
+"""The autograd wrapper both fused TTT ops share: launch the forward and backward kernels.
+
+Both ops take (q, k, v, lr, coeff, ln_weight, ln_bias, *initial state) and return
+(z, *final state, *final step sums): TTT-Linear's state is (W, b), TTT-MLP's (W1, b1, W2, b2).
+A subclass names its two kernels and the compile-time sizes they need.
+"""
+
+import torch
+import triton
+
+from megatron_ttt.kernels.host import checkpoint_group_size, dot_precision, per_head, row_tile, rows
+
+
+class FusedTTTFunction(torch.autograd.Function):
+    """forward(ctx, mini_batch, group, q, k, v, lr, coeff, ln_weight, ln_bias, *state)."""
+
+    forward_kernel = None
+    backward_kernel = None
+
+    @staticmethod
+    def sizes(q: torch.Tensor, state: tuple[torch.Tensor, ...]) -> dict:
+        """Compile-time widths of the kernels (D, and HID for an MLP)."""
+        raise NotImplementedError
+
+    @classmethod
+    def forward(cls, ctx, mini_batch, group, q, k, v, lr, coeff, ln_weight, ln_bias, *state):
+        B, H, T, D = q.shape
+        n_blocks = triton.cdiv(T, mini_batch)
+        G = checkpoint_group_size(group, n_blocks)
+        n_ckpt = triton.cdiv(n_blocks, G)
+        inputs = [x.contiguous() for x in (q, k, v, lr)] + [coeff.float().contiguous(), ln_weight.contiguous(),
+                                                             ln_bias.contiguous()]
+        state0 = [rows(s) for s in state]
+        z = torch.empty_like(inputs[0])
+        final = [torch.empty_like(s) for s in state0]
+        steps = [torch.zeros_like(s) for s in state0]
+        ckpts = [s.new_empty(s.shape[0], n_ckpt, *s.shape[1:]) for s in state0]
+        meta = dict(cls.sizes(q, state), BL=row_tile(mini_batch), G=G, PREC=dot_precision(q.dtype))
+        cls.forward_kernel[(B * H,)](*inputs, *state0, z, *final, *steps, *ckpts, T, H, mini_batch, n_blocks, **meta)
+        ctx.save_for_backward(*inputs, *ckpts)
+        ctx.meta, ctx.mini_batch, ctx.n_blocks, ctx.state_dtypes = meta, mini_batch, n_blocks, [s.dtype for s in state]
+        shape = lambda x: x.reshape(B, H, *x.shape[1:])  # noqa: E731
+        return (z, *map(shape, final), *map(shape, steps))
+
+    @classmethod
+    def backward(cls, ctx, dz, *d_state):
+        q, k, v, lr, coeff, ln_weight, ln_bias, *ckpts = ctx.saved_tensors
+        B, H, T, _ = q.shape
+        n_state = len(ckpts)
+        d_final = [rows(g) for g in d_state[:n_state]]
+        d_steps = [rows(g) for g in d_state[n_state:]]
+        dq, dk, dv, dlr = (torch.empty_like(x) for x in (q, k, v, lr))
+        d_state0 = [torch.empty_like(g) for g in d_final]
+        BL = ctx.meta["BL"]
+        dln_w, dln_b = (q.new_empty(B * H, q.shape[-1], dtype=torch.float32) for _ in range(2))
+        dcoeff = q.new_empty(B * H, BL, dtype=torch.float32)
+        scratch = [c.new_empty(c.shape[0], ctx.meta["G"], *c.shape[2:]) for c in ckpts]
+        cls.backward_kernel[(B * H,)](
+            q, k, v, lr, coeff, ln_weight, ln_bias, *ckpts, dz.contiguous(), *d_final, *d_steps,
+            dq, dk, dv, dlr, *d_state0, dln_w, dln_b, dcoeff, *scratch,
+            T, H, ctx.mini_batch, ctx.n_blocks, **ctx.meta,
+        )
+        d_state0 = [g.reshape(B, H, *g.shape[1:]).to(dtype) for g, dtype in zip(d_state0, ctx.state_dtypes)]
+        d_coeff = dcoeff.sum(0)[: ctx.mini_batch].to(coeff.dtype)
+        d_ln = [per_head(g, B).to(ln_weight.dtype) for g in (dln_w, dln_b)]
+        return (None, None, dq, dk, dv, dlr, d_coeff, *d_ln, *d_state0)

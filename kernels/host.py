@@ -1,0 +1,41 @@
+"""Host-side helpers shared by the TTT kernels' launchers: tile sizes, precision, input checks."""
+
+import torch
+import triton
+
+
+def row_tile(mini_batch: int) -> int:
+    """Rows of a mini-batch tile: the mini-batch rounded up to a power of two, at least 16 (tl.dot's minimum)."""
+    return max(16, triton.next_power_of_2(mini_batch))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs get exact fp32 products (the twin's numbers); half inputs may use tf32 on the state."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def checkpoint_group_size(checkpoint_group: int, n_blocks: int) -> int:
+    """G of the kernels: 0 (no checkpointing) keeps every mini-batch's starting state, as G = 1 does."""
+    if checkpoint_group < 0:
+        raise ValueError(f"checkpoint_group must be >= 0 (0 = off), got {checkpoint_group}")
+    return max(1, min(checkpoint_group, n_blocks))
+
+
+def check_kernel_inputs(q: torch.Tensor, widths: tuple[int, ...], mini_batch_size: int) -> None:
+    """Raise ValueError for what the kernels do not take; shapes are checked by the caller."""
+    if not all(w >= 16 and w & (w - 1) == 0 for w in widths):
+        raise ValueError(f"the Triton TTT kernels need power-of-two widths >= 16, got {widths}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"the Triton TTT kernels take fp32, fp16 or bf16 inputs, got {q.dtype}")
+    if mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
+
+
+def rows(x: torch.Tensor) -> torch.Tensor:
+    """[B,H,...] -> contiguous [B*H,...] fp32: one row per program."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]).float().contiguous()
+
+
+def per_head(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Per-program partial sums [B*H,...] of a per-head parameter's gradient -> [H,...]."""
+    return x.reshape(batch, -1, *x.shape[1:]).sum(0)
