@@ -13,6 +13,7 @@ LN_EPS = tl.constexpr(1e-6)
 GELU_C = tl.constexpr(0.7978845608028654)
 """sqrt(2 / pi), the tanh-GELU constant."""
 GELU_A = tl.constexpr(0.044715)
+# Module constants go on the right of an operator: constexpr * tensor stays a constexpr in the interpreter.
 
 
 @triton.jit
@@ -46,6 +47,16 @@ def store_vector(ptr, x, start, T, mini_batch, BL: tl.constexpr):
     rows = tl.arange(0, BL)
     valid = (rows < mini_batch) & (start + rows < T)
     tl.store(ptr + start + rows, x.to(ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def block_inputs(q_ptr, k_ptr, v_ptr, lr_ptr, start, T, mini_batch, D: tl.constexpr, BL: tl.constexpr):
+    """(q, k, v - k, lr) of one mini-batch: the tiles every kernel starts from."""
+    q = load_rows(q_ptr, start, T, mini_batch, D, BL)
+    k = load_rows(k_ptr, start, T, mini_batch, D, BL)
+    target = load_rows(v_ptr, start, T, mini_batch, D, BL) - k
+    lr = load_vector(lr_ptr, start, T, mini_batch, BL)
+    return q, k, target, lr
 
 
 @triton.jit
@@ -112,24 +123,24 @@ def residual_layer_norm_backward(dout, xhat, rstd, ln_w, D: tl.constexpr):
 
 
 @triton.jit
-def tanh(x):
+def stable_tanh(x):
     # 1 - 2 / (e^{2x} + 1) saturates to +-1 without overflow issues (inf -> 1, 0 -> -1).
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
 
 
 @triton.jit
 def gelu_tanh(x):
-    return 0.5 * x * (1.0 + tanh(GELU_C * (x + GELU_A * x * x * x)))
+    return 0.5 * x * (1.0 + stable_tanh((x + x * x * x * GELU_A) * GELU_C))
 
 
 @triton.jit
 def gelu_tanh_grads(x):
     """(gelu'(x), gelu''(x)) of the tanh-approximated GELU."""
-    t = tanh(GELU_C * (x + GELU_A * x * x * x))
-    du = GELU_C * (1.0 + 3.0 * GELU_A * x * x)
+    t = stable_tanh((x + x * x * x * GELU_A) * GELU_C)
+    du = (1.0 + x * x * GELU_A * 3.0) * GELU_C
     sech2 = 1.0 - t * t
     first = 0.5 * (1.0 + t) + 0.5 * x * sech2 * du
-    second = sech2 * (du + 0.5 * x * (6.0 * GELU_A * GELU_C * x - 2.0 * t * du * du))
+    second = sech2 * (du + 0.5 * x * (x * GELU_A * GELU_C * 6.0 - 2.0 * t * du * du))
     return first, second
 
 

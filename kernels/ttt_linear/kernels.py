@@ -11,26 +11,17 @@ import triton
 import triton.language as tl
 
 from megatron_ttt.kernels.common import (
+    block_inputs,
     causal_lr,
     ln_l2_grad,
     ln_l2_grad_backward,
     load_rows,
-    load_vector,
     matrix_offsets,
     residual_layer_norm,
     residual_layer_norm_backward,
     store_rows,
     store_vector,
 )
-
-
-@triton.jit
-def _block_inputs(q_ptr, k_ptr, v_ptr, lr_ptr, start, T, mini_batch, D: tl.constexpr, BL: tl.constexpr):
-    q = load_rows(q_ptr, start, T, mini_batch, D, BL)
-    k = load_rows(k_ptr, start, T, mini_batch, D, BL)
-    target = load_rows(v_ptr, start, T, mini_batch, D, BL) - k
-    lr = load_vector(lr_ptr, start, T, mini_batch, BL)
-    return q, k, target, lr
 
 
 @triton.jit
@@ -62,7 +53,7 @@ def ttt_linear_fwd_kernel(
             tl.store(ckpt_w_ptr + (n * n_ckpt + blk // G) * D * D + dd, w)
             tl.store(ckpt_b_ptr + (n * n_ckpt + blk // G) * D + cols, b)
         start = blk * mini_batch
-        q, k, target, lr = _block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T, start, T,
+        q, k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T, start, T,
                                          mini_batch, D, BL)
         grad, _, _, _, _ = _key_grad(k, target, w, b, ln_w, ln_b, D, PREC)
         attn = causal_lr(c, lr, BL) * (tl.dot(q, tl.trans(k), input_precision=PREC) + 1.0)
@@ -115,7 +106,7 @@ def ttt_linear_bwd_kernel(
         for j in range(count):
             tl.store(scratch_w_ptr + (n * G + j) * D * D + dd, w)
             tl.store(scratch_b_ptr + (n * G + j) * D + cols, b)
-            _, k, target, lr = _block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T,
+            _, k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T,
                                              (first + j) * mini_batch, T, mini_batch, D, BL)
             grad, _, _, _, _ = _key_grad(k, target, w, b, ln_w, ln_b, D, PREC)
             w = w - c_last * tl.dot(tl.trans(k), grad * lr[:, None], input_precision=PREC)
@@ -124,7 +115,7 @@ def ttt_linear_bwd_kernel(
             start = (first + count - 1 - j_back) * mini_batch
             w = tl.load(scratch_w_ptr + (n * G + count - 1 - j_back) * D * D + dd)
             b = tl.load(scratch_b_ptr + (n * G + count - 1 - j_back) * D + cols)
-            q, k, target, lr = _block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T, start, T,
+            q, k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T, start, T,
                                              mini_batch, D, BL)
             dout = load_rows(dz_ptr + seq, start, T, mini_batch, D, BL)
             # Recompute the mini-batch.

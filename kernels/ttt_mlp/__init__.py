@@ -1,0 +1,54 @@
+"""Fused TTT-MLP: the whole inner loop of one (batch, head) in one Triton program."""
+
+import torch
+
+from megatron_ttt.kernels.fused import FusedTTTFunction
+from megatron_ttt.kernels.host import check_kernel_inputs
+from megatron_ttt.kernels.ttt_mlp.kernels import ttt_mlp_bwd_kernel, ttt_mlp_fwd_kernel
+
+
+class TTTMLPFunction(FusedTTTFunction):
+    forward_kernel = ttt_mlp_fwd_kernel
+    backward_kernel = ttt_mlp_bwd_kernel
+
+    @staticmethod
+    def sizes(q, state):
+        return {"D": q.shape[-1], "HID": state[0].shape[-1]}
+
+
+def fused_ttt_mlp(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    lr: torch.Tensor,
+    coeff: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    mini_batch_size: int,
+    checkpoint_group: int = 0,
+) -> tuple[torch.Tensor, ...]:
+    """TTT-MLP over a sequence that starts at a mini-batch boundary, forward and backward in Triton.
+
+    Args:
+        q, k, v: [B,H,T,d] (fp32, fp16 or bf16; d a power of two >= 16).
+        lr: [B,H,T] per-token inner learning rate.
+        coeff: [b] token coefficients c[i] (megatron_ttt.ops.inner.token_coefficients).
+        ln_weight, ln_bias: [H,d] the inner LayerNorm.
+        w1, b1, w2, b2: [B,H,d,h], [B,H,h], [B,H,h,d], [B,H,d] the state before the first token
+            (h a power of two, 4 d in the reference; kept in fp32 on chip).
+        mini_batch_size: b.
+        checkpoint_group: G, mini-batches between the states the forward keeps for the
+            backward (which replays each group); 0 keeps every mini-batch's state.
+
+    Returns:
+        (z [B,H,T,d], w1, b1, w2, b2, step_w1, step_b1, step_w2, step_b2): as fused_ttt_linear,
+        one weight and one step sum per state tensor.
+    """
+    check_kernel_inputs(q, (q.shape[-1], w1.shape[-1]), mini_batch_size)
+    return TTTMLPFunction.apply(mini_batch_size, checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias,
+                                w1, b1, w2, b2)
