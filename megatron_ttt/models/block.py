@@ -14,7 +14,8 @@ from torch import nn
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
-from megatron_ttt.models.layers import RMSNorm, causal_depthwise_conv, replicated_weight
+from megatron_ttt.models.inference_cache import BlockCache
+from megatron_ttt.models.layers import RMSNorm, causal_depthwise_conv, replicated_weight, streaming_causal_conv
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 
 
@@ -72,8 +73,11 @@ class PreConv(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cache: BlockCache | None = None) -> torch.Tensor:
         x = self.norm(h)
+        if cache is not None:
+            y, cache.pre_conv = streaming_causal_conv(x, self.weight, self.bias, cache.pre_conv)
+            return y
         if not self.sequence_parallel:
             return causal_depthwise_conv(x, self.weight, self.bias)
         full = gather_from_sequence_parallel_region(x, group=self.tp_group)
@@ -103,9 +107,10 @@ class TTTBlock(MegatronModule):
         self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         self.mlp = build_module(submodules.mlp, config=config, ttt=ttt, tp_group=tp_group)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """[T(/tp), B, D] -> [T(/tp), B, D]."""
+    def forward(self, h: torch.Tensor, cache: BlockCache | None = None) -> torch.Tensor:
+        """[T(/tp), B, D] -> [T(/tp), B, D]; with a cache, the tokens continue its sequence (and
+        the cache moves past them)."""
         if self.pre_conv is not None:
-            h = h + self.pre_conv(h)
-        h = h + self.mixer(self.seq_norm(h))
+            h = h + self.pre_conv(h, cache)
+        h = h + self.mixer(self.seq_norm(h), None if cache is None else cache.mixer)
         return h + self.mlp(self.ffn_norm(h))

@@ -15,6 +15,7 @@ from megatron.core.transformer.utils import sharded_state_dict_default
 from torch.utils.checkpoint import checkpoint
 
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.layers import RMSNorm, stat_dtype
 from megatron_ttt.models.spec import ttt_block_spec
 
@@ -44,8 +45,10 @@ class TTTLanguageModel(MegatronModule):
             gather_output=False, skip_bias_add=True, skip_weight_param_allocation=ttt.tie_word_embeddings,
             tp_group=self.tp_group)
 
-    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, tokens: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
         """tokens [B, T] -> final hidden states [T(/tp), B, D]."""
+        if cache is not None:
+            return self._cached_hidden_states(tokens, cache)
         h = self.embedding(tokens)
         if not self.sequence_parallel:
             h = h.transpose(0, 1)
@@ -53,11 +56,25 @@ class TTTLanguageModel(MegatronModule):
             h = checkpoint(block, h, use_reentrant=False) if self.block_checkpointing and self.training else block(h)
         return self.final_norm(h)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def _cached_hidden_states(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        if self.sequence_parallel:
+            raise ValueError("inference with a cache needs sequence_parallel off (one token cannot be split over TP)")
+        if len(cache.blocks) != len(self.blocks):
+            raise ValueError(f"the cache holds {len(cache.blocks)} layers, the model has {len(self.blocks)}")
+        h = self.embedding(tokens).transpose(0, 1)
+        for block, block_cache in zip(self.blocks, cache.blocks):
+            h = block(h, block_cache)
+        cache.position += tokens.shape[1]
+        return self.final_norm(h)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                cache: InferenceCache | None = None) -> torch.Tensor:
         """tokens [B, T] -> per-token loss [B, T] if labels are given, else this rank's vocabulary
-        slice of the logits [B, T, V/tp] (`gather_logits` for all of them)."""
+        slice of the logits [B, T, V/tp] (`gather_logits` for all of them). With a cache
+        (InferenceCache.empty for a new sequence) the tokens continue the cached sequence and the
+        cache is updated in place, so a prompt then one token at a time equals one full forward."""
         weight = self.embedding.weight if self.ttt.tie_word_embeddings else None
-        logits, _ = self.output_layer(self.hidden_states(tokens), weight=weight)
+        logits, _ = self.output_layer(self.hidden_states(tokens, cache), weight=weight)
         if labels is None:
             return logits.transpose(0, 1)
         return vocab_parallel_cross_entropy(logits.to(stat_dtype(logits)), labels.t().contiguous()).t()

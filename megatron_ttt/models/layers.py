@@ -43,14 +43,28 @@ def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return y[..., :T].permute(2, 0, 1)
 
 
-def rope_in_mini_batches(x: torch.Tensor, mini_batch_size: int, theta: float) -> torch.Tensor:
-    """Rotary embedding of x [B, H, T, d] at positions t mod mini_batch_size, rotating the
-    interleaved pairs (x[2i], x[2i+1]) by position * theta^(-2i/d): the JAX order the reference
-    reproduces with its permute / rotate-half / un-permute."""
+def streaming_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """causal_depthwise_conv of a sequence's next piece: `past` [K-1, B, C] holds the inputs
+    before x (None: the sequence starts here, as the zero padding). Returns y [T, B, C] and the
+    last K-1 inputs, the `past` of the next piece."""
+    kernel = weight.shape[-1]
+    if past is None:
+        past = x.new_zeros(kernel - 1, *x.shape[1:])
+    window = torch.cat((past, x))
+    y = F.conv1d(window.permute(1, 2, 0), weight, bias, groups=weight.shape[0])
+    return y.permute(2, 0, 1), window[window.shape[0] - (kernel - 1):]
+
+
+def rope_in_mini_batches(x: torch.Tensor, mini_batch_size: int, theta: float, start: int = 0) -> torch.Tensor:
+    """Rotary embedding of x [B, H, T, d] at positions t mod mini_batch_size (t counted from
+    `start`, the tokens before x), rotating the interleaved pairs (x[2i], x[2i+1]) by
+    position * theta^(-2i/d): the JAX order the reference reproduces with its permute /
+    rotate-half / un-permute."""
     d = x.shape[-1]
     dtype = stat_dtype(x)
     inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).to(dtype) / d))
-    position = (torch.arange(x.shape[-2], device=x.device) % mini_batch_size).to(dtype)
+    position = ((start + torch.arange(x.shape[-2], device=x.device)) % mini_batch_size).to(dtype)
     angle = position[:, None] * inv_freq[None, :]
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]

@@ -23,14 +23,16 @@ from torch import nn
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
+from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import (
     causal_depthwise_conv,
     head_parallel_layer_norm,
     replicated_weight,
     rope_in_mini_batches,
+    streaming_causal_conv,
 )
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
-from megatron_ttt.ops import TTTState, ttt_dual
+from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_dual
 from megatron_ttt.ops.inner import gelu_tanh
 
 POST_NORM_EPS = 1e-6
@@ -123,23 +125,42 @@ class TTTMixer(MegatronModule):
         T, B = x.shape[:2]
         return x.reshape(T, B, self.local_heads, self.ttt.head_dim).permute(1, 2, 0, 3)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]."""
+    def _queries_keys(self, parts: dict, cache: MixerCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k [T, B, H*d]; the Mamba backbone's convolutions continue the cached sequence."""
+        if not self.ttt.share_qk:
+            return parts["q"], parts["k"]
+        p = parts["q"]
+        if cache is None:
+            return (causal_depthwise_conv(p, self.conv_q_weight, self.conv_q_bias),
+                    causal_depthwise_conv(p, self.conv_k_weight, self.conv_k_bias))
+        q, _ = streaming_causal_conv(p, self.conv_q_weight, self.conv_q_bias, cache.conv)
+        k, cache.conv = streaming_causal_conv(p, self.conv_k_weight, self.conv_k_bias, cache.conv)
+        return q, k
+
+    def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None) -> torch.Tensor:
+        """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]. With a cache (inference) the
+        tokens continue the cached sequence, and the cache moves past them: one token is one
+        constant-cost decode step."""
         ttt = self.ttt
         projected, _ = self.in_proj(hidden_states)
         parts = self.columns.split(projected, self.tp_size)
-        if ttt.share_qk:
-            q = causal_depthwise_conv(parts["q"], self.conv_q_weight, self.conv_q_bias)
-            k = causal_depthwise_conv(parts["q"], self.conv_k_weight, self.conv_k_bias)
-        else:
-            q, k = parts["q"], parts["k"]
-        q, k = (rope_in_mini_batches(self._heads(t), ttt.mini_batch_size, ttt.rope_theta) for t in (q, k))
+        q, k = self._queries_keys(parts, cache)
+        state = cache.ttt if cache is not None and cache.ttt is not None else None
+        # RoPE positions are t mod b: the state's position inside its mini-batch.
+        start = state.position if state is not None else 0
+        q, k = (rope_in_mini_batches(self._heads(t), ttt.mini_batch_size, ttt.rope_theta, start) for t in (q, k))
         lr_logits = parts["lr"] + self.ttt_lr_bias
         lr = (ttt.ttt_base_lr * self.inner_lr_scale / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
         token_offset = replicated_weight(self.token_offset, self.tp_size > 1, self.tp_group)
-        state = TTTState.initial(self.inner_weights, q.shape[0])
-        z, _ = ttt_dual(q, k, self._heads(parts["v"]), lr, token_offset, self.ttt_norm_weight, self.ttt_norm_bias,
-                        state, mini_batch_size=ttt.mini_batch_size, checkpoint_group=ttt.checkpoint_group)
+        if state is None:
+            state = TTTState.initial(self.inner_weights, q.shape[0])
+        inner = (q, k, self._heads(parts["v"]), lr, token_offset, self.ttt_norm_weight, self.ttt_norm_bias, state)
+        if cache is not None and q.shape[2] == 1:
+            z, state = ttt_decode_step(*inner, mini_batch_size=ttt.mini_batch_size)
+        else:
+            z, state = ttt_dual(*inner, mini_batch_size=ttt.mini_batch_size, checkpoint_group=ttt.checkpoint_group)
+        if cache is not None:
+            cache.ttt = state
         z = z.permute(2, 0, 1, 3).flatten(2)
         out = head_parallel_layer_norm(z, self.post_norm_weight, self.post_norm_bias, POST_NORM_EPS,
                                        ttt.hidden_size, self.tp_group if self.tp_size > 1 else None)
