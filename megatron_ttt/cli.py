@@ -6,8 +6,10 @@ import sys
 
 from megatron_ttt import __version__
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.checkpoint.cli import add_convert_parser, add_eval_parser
+from megatron_ttt.checkpoint.cli import add_convert_parser
 from megatron_ttt.data_prep.cli import add_data_parser
+from megatron_ttt.eval.cli import add_eval_parser, add_generate_parser
+from megatron_ttt.launch.cli import add_launch_parser
 from megatron_ttt.training.cli import add_pretrain_parser
 
 
@@ -26,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(sub)
     add_convert_parser(sub)
     add_eval_parser(sub)
+    add_generate_parser(sub)
+    add_launch_parser(sub)
     return parser
 
 
