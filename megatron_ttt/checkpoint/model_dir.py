@@ -34,6 +34,26 @@ def build_model(cfg: TTTModelConfig, params_dtype: torch.dtype = torch.float32) 
     return TTTLanguageModel(megatron_config(cfg, tp, params_dtype=params_dtype), cfg)
 
 
+def write_weights(model: TTTLanguageModel, directory: Path) -> None:
+    """The model's weights as a dist_checkpointing directory (created here; its parent must exist)."""
+    if torch.distributed.get_rank() == 0:
+        directory.mkdir()
+    torch.distributed.barrier()
+    dist_checkpointing.save(model.sharded_state_dict(), str(directory))
+    torch.distributed.barrier()
+
+
+def read_weights(model: TTTLanguageModel, directory: Path) -> None:
+    """Load a dist_checkpointing directory of weights into the model, at its tensor-parallel size."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory.parent} has no {directory.name}/ directory of weights")
+    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(directory)))
+
+
+def write_model_config(cfg: TTTModelConfig, directory: Path) -> None:
+    (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+
+
 def save_model(model: TTTLanguageModel, directory: Path) -> None:
     """Write the checkpoint to `directory` (which must not exist) in a temporary sibling, renamed
     when complete: a crash leaves no half-written checkpoint under the final name."""
@@ -43,11 +63,9 @@ def save_model(model: TTTLanguageModel, directory: Path) -> None:
     rank0 = torch.distributed.get_rank() == 0
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / WEIGHTS_DIR).mkdir(parents=True)
-        (tmp / CONFIG_FILE).write_text(json.dumps(model.ttt.to_dict(), indent=1) + "\n")
-    torch.distributed.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(tmp / WEIGHTS_DIR))
-    torch.distributed.barrier()
+        tmp.mkdir(parents=True)
+        write_model_config(model.ttt, tmp)
+    write_weights(model, tmp / WEIGHTS_DIR)
     if rank0:
         os.replace(tmp, directory)
     torch.distributed.barrier()
@@ -56,8 +74,5 @@ def save_model(model: TTTLanguageModel, directory: Path) -> None:
 def load_model(directory: Path, params_dtype: torch.dtype = torch.float32) -> TTTLanguageModel:
     """The checkpoint's model at the current tensor-parallel size."""
     model = build_model(read_model_config(directory), params_dtype)
-    weights = directory / WEIGHTS_DIR
-    if not weights.is_dir():
-        raise CheckpointError(f"{directory} has no {WEIGHTS_DIR}/ directory of weights")
-    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(weights)))
+    read_weights(model, directory / WEIGHTS_DIR)
     return model

@@ -1,21 +1,30 @@
-"""Training checkpoints: DeepSpeed's engine state plus ours (step, loader, RNG, config).
+"""Training checkpoints: DeepSpeed's engine state plus ours (step, loader, RNG, config), and the
+layout-free weights and optimizer state (checkpoint/layout_free.py) that resume at another layout.
 
 `RUN/checkpoints/step-NNNNNNNN/` is written under a temporary name and renamed when every rank
 has finished; `RUN/checkpoints/latest` (the tag, DeepSpeed's format) is replaced after that, so
 a crash mid-write leaves the previous checkpoint as the latest complete one.
+
+Resuming at the writing layout (TP, DP, ZeRO stage, dtype) loads DeepSpeed's files: bitwise
+exact, RNG streams included. At another layout the layout-free part is loaded instead; RNG
+streams are per rank and have no counterpart there, so they stay as `train.seed` set them.
 """
 
 import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.checkpoint.model_dir import read_model_config
 from megatron_ttt.data.manifest import write_atomic
 from megatron_ttt.errors import UserInputError
 
@@ -72,6 +81,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Pat
     engine.save_checkpoint(str(root), tag=partial, client_state=client_state | {"rng": rng_state()},
                            save_latest=False)
     dist.barrier()
+    layout_free.save(engine, root / partial, {k: client_state[k] for k in ("step", "loader", "layout")})
     if dist.get_rank() == 0:
         write_atomic(root / partial / RUN_CONFIG, json.dumps(client_state["config"], indent=1) + "\n")
         shutil.rmtree(root / tag, ignore_errors=True)
@@ -106,11 +116,65 @@ def load(engine, run_dir: Path, tag: str) -> dict:
     return client_state
 
 
-def check_same_model(saved: dict, requested: dict, where: Path) -> None:
-    """The model and parallel layout of a checkpoint must be the run's."""
-    differ = [f"{section}.{key}: checkpoint {saved[section].get(key)!r}, requested {value!r}"
-              for section in ("model", "parallel") for key, value in requested[section].items()
-              if saved[section].get(key) != value]
+LAYOUT_KEYS = ("tensor_parallel", "data_parallel", "zero_stage", "dtype")
+"""What shapes DeepSpeed's files; a change of any of them resumes from the layout-free part."""
+
+
+def current_layout(config: dict) -> dict:
+    """This run's layout (parallel state must be initialized)."""
+    return {"tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+            "data_parallel": parallel_state.get_data_parallel_world_size(),
+            "zero_stage": config["parallel"]["zero_stage"], "dtype": config["train"]["dtype"]}
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    path: Path
+    """The checkpoint directory."""
+    tag: str
+    reshard: bool
+    """The layout differs from the writing one: load the layout-free part, not DeepSpeed's files."""
+    vocab_size: int | None
+    """The checkpoint model's (padded) vocabulary, kept at the new TP size; None: not recorded."""
+
+
+def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> ResumePlan | None:
+    """Which checkpoint to resume and how. mode "auto": the latest, if any; "none": start fresh
+    (refused where checkpoints exist). Refuses another model, and layout changes it cannot do."""
+    tag = latest_tag(run_dir)
+    if tag is None:
+        return None
+    if mode == "none":
+        raise ResumeError(f"{run_dir} already holds checkpoints; pass --resume auto to continue it, or choose "
+                          "another run_dir")
+    path = checkpoint_root(run_dir) / tag
+    saved = saved_config(run_dir, tag)
+    check_same_model(saved, requested, path)
+    written = saved_layout(path, saved)
+    differ = [f"{k}: checkpoint {written[k]!r}, requested {layout[k]!r}" for k in LAYOUT_KEYS
+              if written[k] is not None and written[k] != layout[k]]
     if differ:
-        raise ResumeError(f"{where} was written for another model or layout; differing keys: " + "; ".join(differ)
+        layout_free.check_present(path, "it cannot resume at another layout (" + "; ".join(differ) + ")")
+    vocab = read_model_config(path).vocab_size if layout_free.present(path) else None
+    if vocab is not None and vocab % layout["tensor_parallel"]:
+        raise ResumeError(f"{path}: its model's vocabulary of {vocab} does not split over tensor_parallel="
+                          f"{layout['tensor_parallel']}; resume at a TP size dividing it")
+    return ResumePlan(path, tag, bool(differ), vocab)
+
+
+def saved_layout(path: Path, saved_config: dict) -> dict:
+    """The layout a checkpoint was written at (checkpoints of older versions record only the
+    config: their data-parallel size is unknown, given as None)."""
+    if layout_free.present(path):
+        return layout_free.read_trainer_state(path)["layout"]
+    return {"tensor_parallel": saved_config["parallel"]["tensor_parallel"], "data_parallel": None,
+            "zero_stage": saved_config["parallel"]["zero_stage"], "dtype": saved_config["train"]["dtype"]}
+
+
+def check_same_model(saved: dict, requested: dict, where: Path) -> None:
+    """The model of a checkpoint must be the run's (the parallel layout may change)."""
+    differ = [f"model.{key}: checkpoint {saved['model'].get(key)!r}, requested {value!r}"
+              for key, value in requested["model"].items() if saved["model"].get(key) != value]
+    if differ:
+        raise ResumeError(f"{where} was written for another model; differing keys: " + "; ".join(differ)
                           + ". Resume with the checkpoint's settings or start a new run_dir")

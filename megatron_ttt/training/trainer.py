@@ -11,6 +11,7 @@ import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state
 
+from megatron_ttt.checkpoint import layout_free
 from megatron_ttt.checkpoint.model_dir import build_model
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
@@ -38,26 +39,35 @@ class Run:
     loader: TokenLoader
     val_loader: TokenLoader | None
     accumulation: int
+    plan: checkpointing.ResumePlan | None = None
+    """The checkpoint to continue from (chosen before the model is built: it fixes the vocabulary
+    and, at another layout, the weights DeepSpeed starts from)."""
     step: int = 0
 
 
-def model_config(config: PretrainConfig, tokenizer_vocab: int):
+def model_config(config: PretrainConfig, tokenizer_vocab: int, vocab: int | None = None):
+    """vocab: a resumed checkpoint's padded vocabulary (padded at its TP size), kept as it is."""
     m, tp = config.model, config.parallel.tensor_parallel
     multiple = VOCAB_MULTIPLE * tp
-    vocab = math.ceil(tokenizer_vocab / multiple) * multiple
+    vocab = vocab or math.ceil(tokenizer_vocab / multiple) * multiple
     return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size,
                   checkpoint_group=m.time_checkpoint_group)
 
 
-def build(config: PretrainConfig, cache: Path) -> Run:
+def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run:
+    """resume_mode "auto": continue from the latest complete checkpoint if there is one; "none":
+    start fresh (refused where checkpoints exist)."""
     run_dir = Path(config.run_dir)
+    plan = checkpointing.plan_resume(run_dir, resume_mode, to_dict(config), checkpointing.current_layout(to_dict(config)))
     if dist.get_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     manifest = training_manifest(config.data, cache)
-    model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size))
+    model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size, plan and plan.vocab_size))
     initialize(model, config.train.seed, parallel_state.get_tensor_model_parallel_rank(),
                parallel_state.get_tensor_model_parallel_world_size())
+    if plan is not None and plan.reshard:
+        layout_free.load_weights(model, plan.path)
     model.block_checkpointing = config.parallel.block_checkpointing
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     engine, _ = build_engine(model, config, dp_size)
@@ -68,26 +78,25 @@ def build(config: PretrainConfig, cache: Path) -> Run:
     if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size:
         val_loader = TokenLoader(manifest, LoaderConfig(data.micro_batch_size, split="val", shuffle=False,
                                                         num_workers=0), dp_rank, dp_size)
-    return Run(config, run_dir, engine, loader, val_loader, gradient_accumulation(config, dp_size))
+    return Run(config, run_dir, engine, loader, val_loader, gradient_accumulation(config, dp_size), plan)
 
 
-def resume(run: Run, mode: str) -> None:
-    """mode "auto": continue from the latest complete checkpoint if there is one; "none": start
-    fresh (refused where checkpoints exist)."""
-    tag = checkpointing.latest_tag(run.run_dir)
-    if tag is None:
+def resume(run: Run) -> None:
+    """Continue from `run.plan`: DeepSpeed's files at the writing layout, the layout-free part
+    (weights already in the module) at another."""
+    plan = run.plan
+    if plan is None:
         return
-    if mode == "none":
-        raise checkpointing.ResumeError(f"{run.run_dir} already holds checkpoints; pass --resume auto to continue "
-                                        "it, or choose another run_dir")
-    path = checkpointing.checkpoint_root(run.run_dir) / tag
-    checkpointing.check_same_model(checkpointing.saved_config(run.run_dir, tag), to_dict(run.config), path)
-    state = checkpointing.load(run.engine, run.run_dir, tag)
+    if plan.reshard:
+        state = layout_free.load_optimizer(run.engine, plan.path)
+    else:
+        state = checkpointing.load(run.engine, run.run_dir, plan.tag)
     run.loader.load_state_dict(state["loader"])
     run.step = state["step"]
     if dist.get_rank() == 0:
         drop_metrics_after(run.run_dir / "metrics.jsonl", run.step)
-        print(f"resumed from {path} at step {run.step}", flush=True)
+        how = " at another layout (weights, optimizer and loader position resharded)" if plan.reshard else ""
+        print(f"resumed from {plan.path} at step {run.step}{how}", flush=True)
 
 
 def drop_metrics_after(metrics: Path, step: int) -> None:
@@ -165,7 +174,8 @@ def validation_loss(run: Run) -> float:
 
 
 def save(run: Run) -> Path:
-    state = {"step": run.step, "loader": run.loader.state_dict(), "config": to_dict(run.config)}
+    state = {"step": run.step, "loader": run.loader.state_dict(), "config": to_dict(run.config),
+             "layout": checkpointing.current_layout(to_dict(run.config))}
     return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep)
 
 
@@ -213,8 +223,8 @@ def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | No
     init_parallel(ParallelLayout(config.parallel.tensor_parallel, config.parallel.sequence_parallel),
                   seed=config.train.seed)
     try:
-        run = build(config, cache)
-        resume(run, resume_mode)
+        run = build(config, cache, resume_mode)
+        resume(run)
         try:
             return train(run)
         except FloatingPointError as exc:
