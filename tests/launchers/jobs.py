@@ -1,0 +1,60 @@
+"""Submitting `mttt launch` jobs to the test cluster and watching them: states, logs, timestamps."""
+
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tests.launchers.slurm_cluster import Cluster
+
+LOG_LINE = re.compile(r"^\[(\S+Z)\] mttt-slurm: (.*)$", re.M)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def launch(cluster: Cluster, env: dict, *args: str) -> list[str]:
+    """Runs `mttt launch ARGS` against the cluster; the submitted job ids, in order."""
+    out = subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "launch", *args], env=cluster.env | env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return re.findall(r"job (\d+)", out.stdout)
+
+
+def wait_for(condition, what: str, timeout: float = 300, interval: float = 0.1):
+    """Polls condition() until it returns something true; fails naming what was awaited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def state(cluster: Cluster, job_id: str) -> dict:
+    return cluster.job(job_id)
+
+
+def wait_done(cluster: Cluster, job_id: str, log: Path | None = None, timeout: float = 400) -> dict:
+    """Until the job left the queue for good (COMPLETED, FAILED, CANCELLED...); its last state."""
+    def done():
+        info = cluster.job(job_id)
+        return info if info["JobState"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING",
+                                                "REQUEUED", "SUSPENDED") else None
+    try:
+        return wait_for(done, f"job {job_id} to end", timeout, 0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{log.read_text() if log and log.exists() else ''}") from None
+
+
+def events(log: Path) -> list[tuple[str, str]]:
+    """(timestamp, message) of the batch script's own log lines."""
+    return LOG_LINE.findall(log.read_text()) if log.exists() else []
+
+
+def event_time(log: Path, pattern: str) -> str | None:
+    return next((ts for ts, message in events(log) if re.search(pattern, message)), None)

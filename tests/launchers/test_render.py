@@ -1,0 +1,137 @@
+"""Rendering without a cluster: the scripts' essentials, profiles, and every bad input refused."""
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from megatron_ttt.cli import main
+from megatron_ttt.config import load_config
+from megatron_ttt.errors import UserInputError
+from megatron_ttt.launch import data_shard, pretrain
+from megatron_ttt.launch.job import SlurmJob
+from megatron_ttt.launch.profile import bundled_profiles, load_profile
+
+
+def launch(job: str, *args: str) -> int:
+    """`mttt launch JOB --dry-run ARGS` (--dry-run first: data-shard passes what follows -- on)."""
+    return main(["launch", job, "--dry-run", *args])
+
+
+def dry_run(capsys, job: str, *args: str) -> str:
+    assert launch(job, *args) == 0
+    return capsys.readouterr().out
+
+
+def test_dry_run_has_the_essentials(tmp_path, capsys):
+    run = tmp_path / "run"
+    text = dry_run(capsys, "pretrain", "--nodes", "4", "--gpus-per-node", "8", "--time", "2-00:00:00",
+                   "--partition", "gpu", "--account", "lm", "--grace", "240", "--port", "29555",
+                   f"run_dir={run}", "train.steps=30")
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --time=2-00:00:00",
+                 "#SBATCH --partition=gpu", "#SBATCH --account=lm", "#SBATCH --requeue",
+                 "#SBATCH --signal=B:USR1@240", "#SBATCH --open-mode=append"):
+        assert line in text.splitlines(), line
+    assert 'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in text
+    assert re.search(r"^srun --ntasks-per-node=1 ", text, re.M)
+    assert "--nnodes 4 --nproc-per-node 8" in text and '--rdzv-backend c10d --rdzv-endpoint "$head:29555"' in text
+    assert f"pretrain --config {run}/slurm/config.yaml --resume auto" in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text and 'trap on_usr1 USR1' in text
+    assert '= "step-00000030" ]' in text and "SLURM_RESTART_COUNT" in text
+    assert not any(line.startswith("#SBATCH --gpus") for line in text.splitlines())  # cpu-test asks for no GPUs
+    assert not run.exists(), "a dry run writes nothing"
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)  # valid shell
+
+
+def test_gpu_profiles_request_gpus_and_set_the_nccl_block(capsys, tmp_path):
+    text = dry_run(capsys, "pretrain", "--profile", "gpu-infiniband", "--nodes", "2", "--gpus-per-node", "4",
+                   f"run_dir={tmp_path / 'run'}")
+    assert "#SBATCH --gpus-per-node=4" in text and "#SBATCH --cpus-per-task=32" in text
+    block = text.split("# ---- NCCL / network environment")[1].split("# ---- end of NCCL")[0]
+    assert "export NCCL_SOCKET_IFNAME=ib0" in block and "module load" not in block
+    efa = dry_run(capsys, "pretrain", "--profile", "aws-efa", f"run_dir={tmp_path / 'run'}")
+    assert "export FI_PROVIDER=efa" in efa and "srun --ntasks-per-node=1" in efa
+    assert "--container-image=/fsx/images/megatron-ttt.sqsh" in efa
+
+
+@pytest.mark.parametrize("name", bundled_profiles())
+def test_every_bundled_profile_renders_valid_shell(name, tmp_path):
+    launch = pretrain.prepare(load_config(None, [f"run_dir={tmp_path}"]), SlurmJob(), load_profile(name))
+    subprocess.run(["bash", "-n"], input=launch.text, text=True, check=True)
+
+
+def test_a_copied_profile_is_read_from_its_file(tmp_path, capsys):
+    mine = tmp_path / "my-cluster.yaml"
+    mine.write_text(yaml.safe_dump({"gpus": True, "setup": "module load mpi/site", "environment": {"NCCL_DEBUG": "INFO"}}))
+    text = dry_run(capsys, "pretrain", "--profile", str(mine), "--gpus-per-node", "2", f"run_dir={tmp_path / 'r'}")
+    assert "module load mpi/site" in text and "export NCCL_DEBUG=INFO" in text and "#SBATCH --gpus-per-node=2" in text
+    assert f"(profile {mine})" in text
+
+
+def test_data_shard_renders_an_array_and_a_merge(tmp_path, capsys):
+    text = dry_run(capsys, "data-shard", "--array", "3", "--time", "30", "--", "--tokenizer", "t.model",
+                   "--output", str(tmp_path / "ds"), "--seq-len", "64", "--input", "a.jsonl", "b.jsonl")
+    assert "#SBATCH --array=0-2" in text and "#SBATCH --time=30" in text
+    assert '--task-index "$SLURM_ARRAY_TASK_ID" --num-tasks 3' in text
+    assert f"data merge-manifests {tmp_path / 'ds'}" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "--nodes", "0"], r"--nodes 0: a job needs at least 1 node"),
+    (["pretrain", "--gpus-per-node", "0"], r"--gpus-per-node 0"),
+    (["pretrain", "--time", "1:2:3:4"], r"--time '1:2:3:4' is not a SLURM time limit"),
+    (["pretrain", "--time", "1-2:3:4", "--grace", "0"], r"--grace 0"),
+    (["pretrain", "--profile", "no-such-cluster"], r"unknown profile 'no-such-cluster'.*cpu-test"),
+    (["pretrain", "train.steps=0"], r"train.steps"),
+    (["data-shard", "--array", "0", "--", "--tokenizer", "t", "--output", "o", "--seq-len", "8"], r"--array 0"),
+    (["data-shard", "--array", "2", "--", "--tokenizer", "t", "--output", "o", "--seq-len", "8", "--num-tasks", "2"],
+     r"--task-index/--num-tasks are set per array task"),
+])
+def test_bad_options_are_refused_with_their_name(args, message, tmp_path, capsys):
+    assert launch(*args) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_bad_profile_files_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpus: true\nnccl: {}\n")
+    with pytest.raises(UserInputError, match=r"profile .*bad.yaml: unknown key 'nccl'"):
+        load_profile(str(bad))
+    bad.write_text("cpus_per_task: many\n")
+    with pytest.raises(UserInputError, match=r"cpus_per_task = 'many' is not a valid value"):
+        load_profile(str(bad))
+    with pytest.raises(UserInputError, match=r"cannot read profile"):
+        load_profile(str(tmp_path / "missing.yaml"))
+
+
+def test_a_run_dir_with_another_config_is_refused(tmp_path):
+    run = tmp_path / "run"
+    launch = pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=30"]), SlurmJob(), load_profile("cpu-test"))
+    (run / "slurm").mkdir(parents=True)
+    launch.config_path.write_text(yaml.safe_dump(launch.config))
+    pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=30"]), SlurmJob(), load_profile("cpu-test"))
+    with pytest.raises(UserInputError, match=r"already holds a run with another config .*train.steps: 30 there, 40 now"):
+        pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=40"]), SlurmJob(), load_profile("cpu-test"))
+
+
+def test_missing_sbatch_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without SLURM's commands
+    launch = pretrain.prepare(load_config(None, [f"run_dir={tmp_path / 'run'}"]), SlurmJob(), load_profile("cpu-test"))
+    with pytest.raises(UserInputError, match=r"sbatch is not on PATH"):
+        pretrain.submit(launch)
+    assert launch.script.exists() and launch.config_path.exists(), "the script is kept for a later sbatch"
+
+
+def test_data_shard_checks_its_arguments_as_mttt_data_shard_does(tmp_path):
+    with pytest.raises(SystemExit):  # argparse: --seq-len is required
+        data_shard.prepare(SlurmJob(), load_profile("cpu-test"), 2, ["--tokenizer", "t", "--output", str(tmp_path)])
+
+
+def test_the_templates_are_installed_package_data():
+    out = subprocess.run([sys.executable, "-c", "from importlib import resources; r = resources.files("
+                          "'megatron_ttt.launchers'); print(sorted(p.name for p in (r / 'templates').iterdir()))"],
+                         capture_output=True, text=True, check=True)
+    assert "pretrain.sbatch" in out.stdout and "data_shard.sbatch" in out.stdout and shutil.which("bash")

@@ -1,0 +1,110 @@
+"""The launchers on a real one-node SLURM cluster: a 2-process CPU pretraining job equals plain
+torchrun, preemption checkpoints, requeues and resumes to the same weights, scancel does not
+requeue, and a data-prep array plus its merge job equals a local run."""
+
+import json
+import re
+
+import pytest
+import torch
+
+from megatron_ttt.cli import main
+from tests.data_prep.corpora import make_tokenizer, write_corpus
+from tests.launchers.jobs import event_time, events, launch, now, wait_done, wait_for
+from tests.training.runs import FAST, environment, final_weights, free_port, losses, pretrain
+
+pytestmark = pytest.mark.slow
+STEPS = ["train.steps=20", "checkpoint.interval=50", "logging.eval_interval=10"]
+
+
+def job_env(cache) -> dict:
+    return environment(cache)
+
+
+def submit(slurm, cache, run, extra=()) -> tuple[str, object]:
+    (job_id,) = launch(slurm, job_env(cache), "pretrain", "--nodes", "1", "--gpus-per-node", "2",
+                       "--profile", "cpu-test", "--partition", slurm.partition, "--time", "20:00",
+                       "--port", str(free_port()), "--job-name", run.name, f"run_dir={run}", *FAST, *STEPS, *extra)
+    return job_id, run / "slurm" / "logs" / f"{run.name}-{job_id}.out"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, launch_cache):
+    """The same run under plain torchrun, uninterrupted."""
+    run = tmp_path_factory.mktemp("torchrun") / "run"
+    pretrain(run, launch_cache, STEPS, nproc=2)
+    return run
+
+
+def test_pretrain_job_equals_plain_torchrun(slurm, launch_cache, reference, tmp_path):
+    job_id, log = submit(slurm, launch_cache, tmp_path / "job")
+    info = wait_done(slurm, job_id, log)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0", (info, log.read_text())
+    assert event_time(log, r"^finished: step 20 reached") and not event_time(log, "requeue"), log.read_text()
+    assert losses(tmp_path / "job") == losses(reference)
+    train_log = (tmp_path / "job" / "slurm" / "logs" / f"train-{job_id}-r0-node0.log").read_text()
+    assert "step 20/20" in train_log
+
+
+def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_weights(slurm, launch_cache, reference,
+                                                                            tmp_path):
+    run = tmp_path / "preempted"
+    job_id, log = submit(slurm, launch_cache, run)
+    timeline = {"submitted": now()}
+    wait_for(lambda: (run / "metrics.jsonl").exists() and len(losses(run)) >= 2, "step 2 of the first start")
+    timeline["preempt signal sent (scancel --signal=USR1 --batch)"] = now()
+    slurm.run("scancel", "--signal=USR1", "--batch", job_id)
+    wait_for(lambda: slurm.job(job_id)["Restarts"] == "1" and slurm.job(job_id)["JobState"] == "PENDING",
+             f"job {job_id} requeued and pending", timeout=120)
+    timeline["seen pending after requeue"] = now()
+    stopped = re.search(r"latest checkpoint: step-(\d+)", log.read_text())
+    assert stopped and 2 <= int(stopped.group(1)) < 20, log.read_text()
+    slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip the requeue hold
+    timeline["released (StartTime=now)"] = now()
+    train_log = run / "slurm" / "logs" / f"train-{job_id}-r1-node0.log"
+    wait_for(lambda: train_log.exists() and "resumed from" in train_log.read_text(), "the restart's resume")
+    timeline["resume seen in the restart's log"] = now()
+    info = wait_done(slurm, job_id, log)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log.read_text())
+    assert f"at step {int(stopped.group(1))}" in train_log.read_text()
+    for label, pattern in (("USR1 received by the batch shell", "received USR1"),
+                           ("training stopped after its checkpoint", "training exited"),
+                           ("requeued", "requeueing"), ("restart 1 started", r"restart 1 "),
+                           ("finished", "finished")):
+        timeline[label] = event_time(log, pattern)
+    print("\npreempt -> requeue -> resume timeline (UTC):")
+    for label, ts in sorted(timeline.items(), key=lambda kv: kv[1]):
+        print(f"  {ts}  {label}")
+    (run / "timeline.json").write_text(json.dumps(timeline, indent=1))
+    assert all(timeline.values()), timeline
+    assert losses(run) == losses(reference)
+    a, b = final_weights(reference), final_weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a if a[n] is not None)
+
+
+def test_plain_scancel_does_not_requeue(slurm, launch_cache, tmp_path):
+    run = tmp_path / "cancelled"
+    job_id, log = submit(slurm, launch_cache, run, ["train.steps=1000"])
+    wait_for(lambda: event_time(log, "rendezvous"), "the job to start")
+    slurm.run("scancel", job_id)
+    info = wait_done(slurm, job_id, log)
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
+    assert not any("requeue" in message for _, message in events(log)), log.read_text()
+
+
+def test_data_shard_array_and_merge_equal_a_local_run(slurm, tmp_path):
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    inputs = [str(p) for p in write_corpus(tmp_path / "in", files=3)]
+    common = ["--tokenizer", tokenizer.info().path, "--seq-len", "64", "--val-fraction", "0.1", "--input", *inputs]
+    assert main(["data", "shard", "--output", str(tmp_path / "local"), "--quiet", *common]) == 0
+    out = tmp_path / "slurm"
+    array_id, merge_id = launch(slurm, {}, "data-shard", "--array", "2", "--time", "10", "--", "--output", str(out),
+                                *common)
+    logs = out / "slurm" / "logs"
+    for task in (0, 1):
+        assert wait_done(slurm, f"{array_id}_{task}", logs / f"mttt-data-shard-{array_id}-{task}.out")["JobState"] == "COMPLETED"
+    merge = wait_done(slurm, merge_id, logs / f"mttt-data-shard-merge-{merge_id}.out")
+    assert merge["JobState"] == "COMPLETED" and merge["Dependency"] in ("(null)", f"afterok:{array_id}_*(ok)"), merge
+    assert sorted(p.name for p in (out / "manifests").iterdir()) == ["slice-00000-of-00002.json",
+                                                                     "slice-00001-of-00002.json"]
+    assert json.loads((out / "manifest.json").read_text()) == json.loads((tmp_path / "local" / "manifest.json").read_text())
