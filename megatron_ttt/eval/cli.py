@@ -1,0 +1,90 @@
+"""`mttt eval logprobs|perplexity` and `mttt generate`. Heavy imports (megatron-core) happen
+inside the commands, so `mttt --help` starts fast."""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def _logprobs(args: argparse.Namespace) -> int:
+    import torch
+
+    from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
+    from megatron_ttt.eval.logprobs import check_token_ids, token_logprobs
+    from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+
+    init_parallel(ParallelLayout(args.tensor_parallel))
+    try:
+        cfg = read_model_config(Path(args.checkpoint))
+        tokens = check_token_ids(np.load(args.input), cfg.vocab_size, args.input)
+        model = load_model(Path(args.checkpoint))
+        rank0 = torch.distributed.get_rank() == 0
+        logp = token_logprobs(model, tokens, args.batch_size, show_progress=rank0)
+        if rank0:
+            np.save(args.output, logp.numpy().astype(np.float32))
+            print(f"wrote {args.output}: float32 {tuple(logp.shape)}")
+    finally:
+        destroy_parallel()
+    return 0
+
+
+def _perplexity(args: argparse.Namespace) -> int:
+    from megatron_ttt.eval.perplexity_run import run_perplexity
+
+    return run_perplexity(args)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from megatron_ttt.eval.generate_run import run_generate
+
+    return run_generate(args)
+
+
+def _contexts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts like 2048,8192, got {text!r}")
+
+
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory (model_config.json, model/)")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="TP size (launch with torchrun for > 1)")
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(dest="eval_command", metavar="WHAT",
+                                                                                 required=True)
+    p = evals.add_parser("logprobs", help="next-token log-probabilities of token id sequences")
+    _checkpoint_args(p)
+    p.add_argument("--input", required=True, metavar="IDS.npy", help="int64 [N, T] token ids")
+    p.add_argument("--output", required=True, metavar="LP.npy", help="float32 [N, T-1]")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_logprobs)
+
+    p = evals.add_parser("perplexity", help="loss and perplexity (overall and by token position) on a validation split")
+    _checkpoint_args(p)
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="a prepared dataset's manifest.json (or its dir)")
+    p.add_argument("--context", type=_contexts, default=None, metavar="C1,C2,...",
+                   help="context lengths (default: the dataset's seq-len); longer ones join consecutive samples")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward on each data-parallel rank")
+    p.add_argument("--max-samples", type=int, default=None, help="windows per context at most")
+    p.add_argument("--buckets", choices=("log", "linear"), default="log", help="position buckets: doubling or equal")
+    p.add_argument("--num-buckets", type=int, default=32, help="buckets per context with --buckets linear")
+    p.add_argument("--out", default="eval-perplexity", metavar="DIR", help="where the CSVs and the plot go")
+    p.set_defaults(func=_perplexity)
+
+
+def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="continue a prompt (prefill, then constant-memory decoding)")
+    _checkpoint_args(p)
+    p.add_argument("--prompt", required=True, metavar="TEXT")
+    p.add_argument("--tokenizer", default=None, metavar="MODEL", help="sentencepiece .model (default: DIR/tokenizer"
+                   ".model, else the one named by --data)")
+    p.add_argument("--data", default=None, metavar="MANIFEST", help="the training data's manifest, for its tokenizer")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_generate)

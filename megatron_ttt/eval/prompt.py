@@ -1,0 +1,52 @@
+"""Which tokenizer a generation uses, and the prompt's ids."""
+
+from pathlib import Path
+
+import torch
+
+from megatron_ttt.data import Manifest, Tokenizer
+from megatron_ttt.data.tokenizer import file_sha256
+from megatron_ttt.errors import UserInputError
+
+TOKENIZER_FILE = "tokenizer.model"
+"""A sentencepiece model stored in a model directory is used when no other is named."""
+
+
+def _manifest_tokenizer(manifest_path: Path) -> Tokenizer:
+    info = Manifest.load(manifest_path).settings.tokenizer
+    path = Path(info.path)
+    if not path.is_file():
+        raise UserInputError(f"{manifest_path} names the tokenizer {path}, which does not exist here; "
+                             "pass --tokenizer MODEL")
+    if file_sha256(path) != info.sha256:
+        raise UserInputError(f"tokenizer {path} differs from the one {manifest_path} was made with (sha256); "
+                             "pass the right one with --tokenizer MODEL")
+    return Tokenizer(path)
+
+
+def resolve_tokenizer(checkpoint: Path, tokenizer: str | None, data: str | None, model_vocab: int) -> Tokenizer:
+    """--tokenizer, else DIR/tokenizer.model, else the tokenizer named by the --data manifest;
+    its vocabulary must fit the model's (which may be padded beyond it)."""
+    if tokenizer is not None:
+        found = Tokenizer(tokenizer)
+    elif (checkpoint / TOKENIZER_FILE).is_file():
+        found = Tokenizer(checkpoint / TOKENIZER_FILE)
+    elif data is not None:
+        found = _manifest_tokenizer(Path(data))
+    else:
+        raise UserInputError(f"no tokenizer: {checkpoint} has no {TOKENIZER_FILE}; pass --tokenizer MODEL "
+                             "or --data MANIFEST (the dataset the model was trained on)")
+    if found.vocab_size > model_vocab:
+        raise UserInputError(f"tokenizer {found.path} has {found.vocab_size} pieces, more than the vocabulary of "
+                             f"{model_vocab} of the model in {checkpoint}: they do not belong together")
+    return found
+
+
+def prompt_ids(tokenizer: Tokenizer, text: str) -> torch.Tensor:
+    """[1, T]: EOS (the document separator the model was trained with, when the tokenizer has
+    one) then the prompt's pieces."""
+    if not text.strip():
+        raise UserInputError("the prompt is empty; pass some text with --prompt")
+    ids = tokenizer.encode([text])[0]
+    lead = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
+    return torch.tensor([lead + ids], dtype=torch.int64)
