@@ -34,7 +34,7 @@ class FusedTTTFunction(torch.autograd.Function):
         z = torch.empty_like(inputs[0])
         final = [torch.empty_like(s) for s in state0]
         steps = [torch.zeros_like(s) for s in state0]
-        ckpts = [s.new_empty(s.shape[0], n_ckpt, *s.shape[1:]) for s in state0]
+        ckpts = [torch.empty(s.shape[0], n_ckpt, *s.shape[1:], device=s.device) for s in state0]
         meta = dict(cls.sizes(q, state), BL=row_tile(mini_batch), G=G, PREC=dot_precision(q.dtype))
         cls.forward_kernel[(B * H,)](*inputs, *state0, z, *final, *steps, *ckpts, T, H, mini_batch, n_blocks, **meta)
         ctx.save_for_backward(*inputs, *ckpts)
@@ -52,9 +52,9 @@ class FusedTTTFunction(torch.autograd.Function):
         dq, dk, dv, dlr = (torch.empty_like(x) for x in (q, k, v, lr))
         d_state0 = [torch.empty_like(g) for g in d_final]
         BL = ctx.meta["BL"]
-        dln_w, dln_b = (q.new_empty(B * H, q.shape[-1], dtype=torch.float32) for _ in range(2))
-        dcoeff = q.new_empty(B * H, BL, dtype=torch.float32)
-        scratch = [c.new_empty(c.shape[0], ctx.meta["G"], *c.shape[2:]) for c in ckpts]
+        dln_w, dln_b = (torch.empty(B * H, q.shape[-1], device=q.device) for _ in range(2))
+        dcoeff = torch.empty(B * H, BL, device=q.device)
+        scratch = [torch.empty(c.shape[0], ctx.meta["G"], *c.shape[2:], device=c.device) for c in ckpts]
         cls.backward_kernel[(B * H,)](
             q, k, v, lr, coeff, ln_weight, ln_bias, *ckpts, dz.contiguous(), *d_final, *d_steps,
             dq, dk, dv, dlr, *d_state0, dln_w, dln_b, dcoeff, *scratch,

@@ -21,12 +21,20 @@ def checkpoint_group_size(checkpoint_group: int, n_blocks: int) -> int:
     return max(1, min(checkpoint_group, n_blocks))
 
 
+def unsupported(q: torch.Tensor, widths: tuple[int, ...]) -> str | None:
+    """Why the kernels cannot take inputs like q with these inner widths, or None if they can."""
+    if not all(w >= 16 and w & (w - 1) == 0 for w in widths):
+        return f"the inner widths {list(widths)} are not all powers of two >= 16"
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"the inputs are {q.dtype}; the kernels take fp32, fp16 or bf16"
+    return None
+
+
 def check_kernel_inputs(q: torch.Tensor, widths: tuple[int, ...], mini_batch_size: int) -> None:
     """Raise ValueError for what the kernels do not take; shapes are checked by the caller."""
-    if not all(w >= 16 and w & (w - 1) == 0 for w in widths):
-        raise ValueError(f"the Triton TTT kernels need power-of-two widths >= 16, got {widths}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"the Triton TTT kernels take fp32, fp16 or bf16 inputs, got {q.dtype}")
+    reason = unsupported(q, widths)
+    if reason:
+        raise ValueError(f"the Triton TTT kernels cannot run: {reason}")
     if mini_batch_size < 1:
         raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
 

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter. Its switch must be set before
+# triton is first imported (megatron-core imports it), so it is set here, before anything else.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
 

@@ -1,8 +1,10 @@
-"""The TTT inner loop over [B,H,T,d] tensors: dual form (fast), primal form (the twin), decode step."""
+"""The TTT inner loop over [B,H,T,d] tensors: the dispatching entry point, dual form (fast), primal
+form (the twin), decode step."""
 
 from megatron_ttt.ops.decode import ttt_decode_step
+from megatron_ttt.ops.dispatch import BACKENDS, ttt_inner_loop
 from megatron_ttt.ops.dual import ttt_dual
 from megatron_ttt.ops.primal import ttt_primal
 from megatron_ttt.ops.state import TTTState
 
-__all__ = ["TTTState", "ttt_decode_step", "ttt_dual", "ttt_primal"]
+__all__ = ["BACKENDS", "TTTState", "ttt_decode_step", "ttt_dual", "ttt_inner_loop", "ttt_primal"]
