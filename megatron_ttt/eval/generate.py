@@ -64,7 +64,7 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
 
 
 def _next_logits(model: TTTLanguageModel, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-    return model.gather_logits(model(tokens, cache=cache))[:, -1].float()
+    return model.gather_logits(model.last_logits(tokens, cache)).float()
 
 
 @torch.no_grad()

@@ -79,6 +79,15 @@ class TTTLanguageModel(MegatronModule):
             return logits.transpose(0, 1)
         return vocab_parallel_cross_entropy(logits.to(stat_dtype(logits)), labels.t().contiguous()).t()
 
+    def last_logits(self, tokens: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
+        """tokens [B, T] -> this rank's vocabulary slice of the last position's logits [B, V/tp]:
+        the next token's, without computing (or holding) the logits of a long prompt's others."""
+        if self.sequence_parallel:
+            raise ValueError("last_logits needs sequence_parallel off (the last position lives on one rank)")
+        weight = self.embedding.weight if self.ttt.tie_word_embeddings else None
+        logits, _ = self.output_layer(self.hidden_states(tokens, cache)[-1:], weight=weight)
+        return logits[0]
+
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         """For megatron-core dist_checkpointing: every tensor by its global shape (reshardable)."""
         sharded = {}
