@@ -8,6 +8,7 @@ import yaml
 
 from megatron_ttt.config.sections import PretrainConfig
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.ops import BACKENDS
 
 
 class ConfigError(UserInputError):
@@ -83,6 +84,8 @@ def check(config: PretrainConfig) -> None:
         bad.append(f"logging.eval_interval={config.logging.eval_interval}")
     if bad:
         raise ConfigError(f"these must be at least 1 (eval_interval at least 0): {', '.join(bad)}")
+    if config.train.inner_loop_backend not in BACKENDS:
+        raise ConfigError(f"train.inner_loop_backend={config.train.inner_loop_backend!r} is not one of {BACKENDS}")
 
 
 def to_dict(config) -> dict:

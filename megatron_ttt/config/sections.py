@@ -99,6 +99,8 @@ class TrainSection:
     """Seeds parameter initialization."""
     dtype: str = "fp32"
     """fp32 or bf16 (mixed precision, fp32 master weights)."""
+    inner_loop_backend: str = "auto"
+    """TTT inner loop: auto (the fused Triton kernels on GPUs, the PyTorch dual form on CPUs), triton or torch."""
 
 
 @dataclass

@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass
 import torch
 from megatron.core.transformer import TransformerConfig
 
+from megatron_ttt.ops import BACKENDS
+
 LAYER_TYPES = ("linear", "mlp")
 BACKBONES = ("transformer", "mamba")
 
@@ -35,6 +37,8 @@ class TTTModelConfig:
     """Normal init of linears, embedding and inner weights (the reference's initializer_range)."""
     checkpoint_group: int = 0
     """Time-axis checkpointing: keep the inner state every G mini-batches, recompute inside (0: off)."""
+    inner_loop_backend: str = "auto"
+    """"auto": the fused Triton kernels on CUDA, the PyTorch dual form elsewhere; "triton" or "torch" forces one."""
     bos_token_id: int = 1
     eos_token_id: int = 2
 
@@ -44,6 +48,8 @@ class TTTModelConfig:
             problems.append(f"layer_type {self.layer_type!r} is not one of {LAYER_TYPES}")
         if self.backbone not in BACKBONES:
             problems.append(f"backbone {self.backbone!r} is not one of {BACKBONES}")
+        if self.inner_loop_backend not in BACKENDS:
+            problems.append(f"inner_loop_backend {self.inner_loop_backend!r} is not one of {BACKENDS}")
         if self.hidden_size % self.num_heads:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         elif self.head_dim % 2:

@@ -4,7 +4,7 @@ Data flow for a [T(/tp), B, D] input (T/tp under sequence parallelism):
 
     in_proj (column parallel; gathers the sequence)  ->  q|p, [k], v, [gate], lr logits  (local heads)
     [share_qk: q = conv_q(p), k = conv_k(p)]  ->  heads [B, H/tp, T, d]  ->  RoPE(t mod b) on q, k
-    ttt_dual(q, k, v, lr, ...)  ->  z  ->  LayerNorm over all D (moments all-reduced over TP)
+    ttt_inner_loop(q, k, v, lr, ...)  ->  z  ->  LayerNorm over all D (moments all-reduced over TP)
     [* gelu_tanh(gate)]  ->  out_proj (row parallel; reduce-scatters the sequence)  ->  [T(/tp), B, D]
 
 Everything between the two projections is per head, so it runs on local heads without
@@ -32,7 +32,7 @@ from megatron_ttt.models.layers import (
     streaming_causal_conv,
 )
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
-from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_dual
+from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
 
 POST_NORM_EPS = 1e-6
@@ -158,7 +158,8 @@ class TTTMixer(MegatronModule):
         if cache is not None and q.shape[2] == 1:
             z, state = ttt_decode_step(*inner, mini_batch_size=ttt.mini_batch_size)
         else:
-            z, state = ttt_dual(*inner, mini_batch_size=ttt.mini_batch_size, checkpoint_group=ttt.checkpoint_group)
+            z, state = ttt_inner_loop(*inner, mini_batch_size=ttt.mini_batch_size, checkpoint_group=ttt.checkpoint_group,
+                                      backend=ttt.inner_loop_backend)
         if cache is not None:
             cache.ttt = state
         z = z.permute(2, 0, 1, 3).flatten(2)

@@ -51,7 +51,7 @@ def model_config(config: PretrainConfig, tokenizer_vocab: int, vocab: int | None
     multiple = VOCAB_MULTIPLE * tp
     vocab = vocab or math.ceil(tokenizer_vocab / multiple) * multiple
     return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size,
-                  checkpoint_group=m.time_checkpoint_group)
+                  checkpoint_group=m.time_checkpoint_group, inner_loop_backend=config.train.inner_loop_backend)
 
 
 def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run:
