@@ -1,16 +1,22 @@
-"""`mttt convert`: reference checkpoint <-> our model checkpoint, each conversion checking itself.
+"""`mttt convert`: reference checkpoint <-> our model checkpoint, and a training checkpoint (any
+TP, DP, ZeRO stage) -> either; each conversion checking itself.
 
 A conversion computes the next-token log-probabilities of fixed token sequences with the source
 weights (through the dense reference twin) and with the converted model, and fails if they
 differ beyond float32 rounding; the destination appears only after the check passes.
+
+A training checkpoint `RUN/checkpoints/step-N/` is itself a model directory (its layout-free
+part, see layout_free.py); `RUN/` or `RUN/checkpoints/` stand for the latest one.
 """
 
 import shutil
 from pathlib import Path
 
 import torch
+from megatron.core import parallel_state
 
-from megatron_ttt.checkpoint.model_dir import CheckpointError, build_model, load_model, save_model
+from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.checkpoint.model_dir import CONFIG_FILE, CheckpointError, build_model, load_model, save_model
 from megatron_ttt.checkpoint.reference_format import to_full, to_local
 from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
 from megatron_ttt.eval.logprobs import next_token_logprobs, token_logprobs
@@ -52,8 +58,59 @@ def hf_to_mttt(src: Path, dst: Path) -> float:
     return diff
 
 
+def model_source(src: Path) -> Path:
+    """A model directory or training checkpoint; a run directory or its checkpoints/ folder stand
+    for their latest checkpoint."""
+    for pointer in (src / "checkpoints" / "latest", src / "latest"):
+        if pointer.is_file():
+            src = pointer.parent / pointer.read_text().strip()
+            break
+    if not (src / CONFIG_FILE).exists() and (src / "run_config.json").exists():
+        layout_free.check_present(src, "it cannot be converted")
+    if not src.is_dir():
+        raise CheckpointError(f"{src} does not exist")
+    return src
+
+
+def gathered_reference(model: TTTLanguageModel) -> dict[str, torch.Tensor]:
+    """The model's weights in reference format, from every TP rank (collective over TP)."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    local = {n: p.detach().cpu() for n, p in model.named_parameters()}
+    locals_by_rank = [None] * torch.distributed.get_world_size(group)
+    torch.distributed.all_gather_object(locals_by_rank, local, group=group)
+    return to_full(locals_by_rank, model.ttt)
+
+
+def mttt_to_mttt(src: Path, dst: Path) -> float:
+    """A training checkpoint (or model directory) -> a model directory holding only the weights,
+    checked by loading it back at the current TP size; returns the self-check's max difference."""
+    src = model_source(src)
+    if dst.exists():
+        raise CheckpointError(f"{dst} already exists; choose a new destination")
+    model = load_model(src)
+    source = gathered_reference(model)
+    checking = dst.with_name(f".{dst.name}.checking")
+    rank0 = torch.distributed.get_rank() == 0
+    if rank0:
+        shutil.rmtree(checking, ignore_errors=True)
+    torch.distributed.barrier()
+    save_model(model, checking)
+    try:
+        diff = self_check(source, load_model(checking), f"mttt-to-mttt {src}")
+    except CheckpointError:
+        if rank0:
+            shutil.rmtree(checking)
+        raise
+    if rank0:
+        checking.rename(dst)
+    torch.distributed.barrier()
+    return diff
+
+
 def mttt_to_hf(src: Path, dst: Path) -> float:
-    """Our model checkpoint (at TP=1) -> reference directory; returns the self-check's max difference."""
+    """Our model checkpoint or a training checkpoint, written at any layout -> one consolidated
+    reference directory (in one process); returns the self-check's max difference."""
+    src = model_source(src)
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
     model = load_model(src)

@@ -79,6 +79,15 @@ def _twin(model: TTTLanguageModel) -> TTTLanguageModel:
     return twin
 
 
+def _link_fragments(optimizer) -> None:
+    """Point each parameter at its slice of Adam's state (ZeRO 1-2 and the bf16 optimizer).
+    DeepSpeed links them once, after the first parameter group's first step, when the other
+    groups have no state yet; linking again once all have state makes every slice readable."""
+    if hasattr(optimizer, "_hp_optimizer_states_linked"):
+        optimizer._hp_optimizer_states_linked = False
+        optimizer._lazy_init_hp_params_optimizer_state()
+
+
 def adam_step(engine) -> int:
     """Adam's step count (its bias correction), the same for every parameter group."""
     state = _base_optimizer(engine.optimizer).state.values()
@@ -92,6 +101,7 @@ def save(engine, directory: Path, trainer_state: dict) -> None:
     tensor into dist_checkpointing, which also works where ZeRO-3 leaves the module empty."""
     model, rank0 = engine.module, torch.distributed.get_rank() == 0
     twin, params = _twin(model), dict(model.named_parameters())
+    _link_fragments(engine.optimizer)
     if rank0:
         write_model_config(model.ttt, directory)
         (directory / "optimizer").mkdir()
@@ -113,7 +123,7 @@ def load_weights(model: TTTLanguageModel, directory: Path) -> None:
 
 def _materialize_state(optimizer, step: int) -> None:
     """Adam creates its state at the first step; create it now (zeros, overwritten below) for the
-    flat fp32 partitions DeepSpeed hands to it, then let DeepSpeed link each parameter's fragment."""
+    flat fp32 partitions DeepSpeed hands to it, then link each parameter's slice of it."""
     flat = (getattr(optimizer, "single_partition_of_fp32_groups", None)  # ZeRO 1, 2
             or getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO 3
             or getattr(optimizer, "fp32_groups_flat_partition", None)  # bf16 without ZeRO
@@ -123,9 +133,7 @@ def _materialize_state(optimizer, step: int) -> None:
         base.state[t] = {"step": step, "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
     for group in base.param_groups:
         group["step"] = step
-    link = getattr(optimizer, "_lazy_init_hp_params_optimizer_state", None)
-    if link is not None:
-        link()
+    _link_fragments(optimizer)
 
 
 @torch.no_grad()

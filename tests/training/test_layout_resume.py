@@ -1,0 +1,110 @@
+"""Resuming a run at another layout: DP size, ZeRO stage and TP size change between segments of
+one run, each continuing from the previous segment's checkpoint; the losses and final weights
+are compared with the same run trained without interruption at one layout."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from megatron_ttt.checkpoint.model_dir import load_model
+from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from tests.distributed import run_distributed
+from tests.training.runs import losses, pretrain
+
+EVERY_STEP = ["checkpoint.interval=1", "checkpoint.keep=6"]
+SAMPLES_PER_STEP = 8
+"""data.global_batch_tokens 512 / seq_len 64."""
+
+# (overrides, processes) of each segment; segment i resumes from the checkpoint of step i + 1.
+SEGMENTS = [
+    (["parallel.zero_stage=1"], 2),  # DP 1 -> 2, ZeRO 0 -> 1
+    (["parallel.zero_stage=3"], 2),  # ZeRO 1 -> 3
+    ([], 1),  # ZeRO 3 -> 0, DP 2 -> 1
+    (["parallel.tensor_parallel=2", "data.micro_batch_size=8", "parallel.zero_stage=2"], 2),  # TP 1 -> 2
+    (["parallel.zero_stage=2"], 2),  # TP 2 -> 1 (DP 1 -> 2)
+]
+LOSS_TOLERANCE = 1e-5
+"""Relative; the layouts add float32 partial sums in other orders (TP vs DP agree to this, see
+test_pretrain.py). A single different sample would move a loss by ~1e-2."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache):
+    run = tmp_path_factory.mktemp("layout") / "uninterrupted"
+    pretrain(run, cache, EVERY_STEP)
+    return run
+
+
+def cut_at(src, dst, step):
+    """A copy of a run directory whose latest checkpoint is `step` (the newer ones removed)."""
+    shutil.copytree(src, dst)
+    root = dst / "checkpoints"
+    for path in root.glob("step-*"):
+        if int(path.name.split("-")[1]) > step:
+            shutil.rmtree(path)
+    (root / "latest").write_text(f"step-{step:08d}")
+    return dst
+
+
+def layout_free_weights(rank, world, store, directory):
+    init_parallel(ParallelLayout(world), store=store)
+    weights = {n: p.detach().clone() for n, p in load_model(directory).named_parameters()}
+    destroy_parallel()
+    return weights
+
+
+def max_weight_difference(a, b) -> float:
+    wa, wb = (run_distributed(1, layout_free_weights, d / "checkpoints" / "step-00000006")[0] for d in (a, b))
+    assert wa.keys() == wb.keys()
+    return max((wa[n] - wb[n]).abs().max().item() for n in wa)
+
+
+@pytest.mark.slow
+def test_a_run_continues_across_dp_zero_and_tp_changes(tmp_path, cache, uninterrupted):
+    reference, previous, report = losses(uninterrupted), uninterrupted, []
+    for i, (overrides, nproc) in enumerate(SEGMENTS):
+        step = i + 2
+        run = cut_at(previous, tmp_path / f"segment{i}", step)
+        out = pretrain(run, cache, EVERY_STEP + overrides, nproc)
+        assert f"at step {step} at another layout" in out.stdout, out.stdout[-2000:]
+        state = json.loads((run / "checkpoints" / f"step-{step + 1:08d}" / "trainer_state.json").read_text())
+        assert state["loader"]["consumed_samples"] == (step + 1) * SAMPLES_PER_STEP
+        assert state["adam_step"] == step + 1
+        curve = losses(run)
+        assert sorted(curve) == list(range(1, 7))
+        worst = max(abs(curve[s] - reference[s]) / reference[s] for s in range(step + 1, 7))
+        report.append((overrides, nproc, worst, max_weight_difference(uninterrupted, run)))
+        assert worst <= LOSS_TOLERANCE, report
+        previous = run
+    print("segment, losses' largest relative difference, final weights' largest difference:", *report, sep="\n")
+    assert all(weights <= 1e-5 for *_, weights in report), report
+
+
+def test_an_old_checkpoint_at_another_layout_is_refused(tmp_path, cache, uninterrupted):
+    run = cut_at(uninterrupted, tmp_path / "old", 3)
+    step = run / "checkpoints" / "step-00000003"
+    for name in ("model", "optimizer", "trainer_state.json", "model_config.json"):  # as an older version wrote it
+        shutil.rmtree(step / name) if (step / name).is_dir() else (step / name).unlink()
+    out = pretrain(run, cache, EVERY_STEP + ["parallel.zero_stage=1"], check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"{step} has no layout-free weights" in out.stderr and "zero_stage: checkpoint 0, requested 1" in out.stderr
+
+
+def test_a_vocabulary_that_does_not_split_is_refused(tmp_path, cache, uninterrupted):
+    run = cut_at(uninterrupted, tmp_path / "vocab", 3)
+    config = run / "checkpoints" / "step-00000003" / "model_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"vocab_size": 513}))
+    out = pretrain(run, cache, EVERY_STEP + ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2,
+                   check=False)
+    assert out.returncode == 2 and "vocabulary of 513 does not split over tensor_parallel=2" in out.stderr, \
+        out.stderr[-2000:]
+
+
+def test_same_layout_resume_still_uses_deepspeeds_files(tmp_path, cache, uninterrupted):
+    run = cut_at(uninterrupted, tmp_path / "same", 4)
+    out = pretrain(run, cache, EVERY_STEP)
+    assert "at step 4\n" in out.stdout and "another layout" not in out.stdout
+    assert losses(run) == losses(uninterrupted)
+    assert max_weight_difference(uninterrupted, run) == 0.0
