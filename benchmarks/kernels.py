@@ -151,6 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accuracy-only", action="store_true")
     parser.add_argument("--accuracy-len", type=int, default=63)
+    parser.add_argument("--accuracy-head-dim", type=int, help="default: --head-dim on a GPU, 16 in the interpreter")
     parser.add_argument("--seq-lens", default="2048,8192,32768")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=32)
@@ -160,7 +161,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    d_acc = args.head_dim if DEVICE == "cuda" else 16
+    d_acc = args.accuracy_head_dim or (args.head_dim if DEVICE == "cuda" else 16)
     accuracy = [row for kind in ("linear", "mlp")
                 for row in accuracy_rows(kind, args.accuracy_len, args.mini_batch, d_acc, H=2)]
     print(f"accuracy vs the float64 twin on {DEVICE}" + ("" if DEVICE == "cuda" else " (Triton interpreter)"))

@@ -48,7 +48,7 @@ def _errors(case, dtype: torch.dtype, checkpoint_group: int) -> dict[str, float]
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 @pytest.mark.parametrize("d", [16, 64])
 @pytest.mark.parametrize("b", [8, 16])
-@pytest.mark.parametrize("T", [16, 63, 200])
+@pytest.mark.parametrize("T", [16, 63, pytest.param(200, marks=pytest.mark.slow)])
 def test_fp32_matches_twin(kind, T, b, d):
     case = make_case(kind, T, b, B=1, H=2, d=d, dtype=torch.float64, seed=T + b + d)
     errors = _errors(case, torch.float32, checkpoint_group=0 if T == 16 else 3)
