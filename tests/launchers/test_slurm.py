@@ -4,6 +4,7 @@ requeue, and a data-prep array plus its merge job equals a local run."""
 
 import json
 import re
+import time
 
 import pytest
 import torch
@@ -59,6 +60,10 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_weights(slur
     timeline["seen pending after requeue"] = now()
     stopped = re.search(r"latest checkpoint: step-(\d+)", log.read_text())
     assert stopped and 2 <= int(stopped.group(1)) < 20, log.read_text()
+    # Release only once the old allocation is gone: slurmd refuses a credential issued within the
+    # second the previous one was revoked ("Job credential revoked"), the reason for SLURM's hold.
+    wait_for(lambda: slurm.run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle", "the node to be idle again")
+    time.sleep(2)
     slurm.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip the requeue hold
     timeline["released (StartTime=now)"] = now()
     train_log = run / "slurm" / "logs" / f"train-{job_id}-r1-node0.log"
@@ -68,7 +73,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_weights(slur
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log.read_text())
     assert f"at step {int(stopped.group(1))}" in train_log.read_text()
     for label, pattern in (("USR1 received by the batch shell", "received USR1"),
-                           ("training stopped after its checkpoint", "training exited"),
+                           (f"training stopped after its checkpoint at step {int(stopped.group(1))}", "training exited"),
                            ("requeued", "requeueing"), ("restart 1 started", r"restart 1 "),
                            ("finished", "finished")):
         timeline[label] = event_time(log, pattern)
