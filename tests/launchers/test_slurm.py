@@ -90,8 +90,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes_to_the_same_weights(slur
 def test_plain_scancel_does_not_requeue(slurm, launch_cache, tmp_path):
     run = tmp_path / "cancelled"
     job_id, log = submit(slurm, launch_cache, run, ["train.steps=1000"])
-    wait_for(lambda: event_time(log, "rendezvous"), "the job to start")
-    slurm.run("scancel", job_id)
+    wait_for(lambda: (run / "metrics.jsonl").exists(), "the first training step")
+    slurm.run("scancel", job_id)  # SIGTERM to the batch shell and the ranks, which do not requeue
     info = wait_done(slurm, job_id, log)
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
     assert not any("requeue" in message for _, message in events(log)), log.read_text()
