@@ -10,6 +10,7 @@ from megatron_ttt.checkpoint.cli import add_convert_parser
 from megatron_ttt.data_prep.cli import add_data_parser
 from megatron_ttt.eval.cli import add_eval_parser, add_generate_parser
 from megatron_ttt.launch.cli import add_launch_parser
+from megatron_ttt.planning.cli import add_plan_parser
 from megatron_ttt.training.cli import add_pretrain_parser
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_generate_parser(sub)
     add_launch_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 

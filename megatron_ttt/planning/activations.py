@@ -1,0 +1,112 @@
+"""Activation bytes one rank keeps between a micro-batch's forward and its backward.
+
+Every term is the storage autograd saves for the backward in our code (checked against
+saved-tensor hooks on the real modules; docs/planning.md lists them op by op), per token of the
+micro-batch. e is the activation dtype's size (2 bf16, 4 fp32); statistics are fp32 (4 bytes).
+Under sequence parallelism (factor s = tp) the tokens outside the mixer and the MLP are split
+over the TP ranks; inside them the width is split (D/tp, F/tp, H/tp) and the sequence is whole.
+"""
+
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.planning.layout import Layout
+
+
+def inner_parameters(model: TTTModelConfig) -> int:
+    """Elements of one head's inner model: d*d + d (Linear), d*4d + 4d + 4d*d + d (MLP)."""
+    w = model.inner_widths
+    return sum(a * c + c for a, c in zip(w[:-1], w[1:]))
+
+
+def outside_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """Norms and residual-stream tensors of a layer, per token: each RMSNorm keeps its fp32
+    input and its normed output ((4 + e) D), the in-projection and fc1 keep their inputs (e D
+    each, the local sequence shard under SP); the pre-conv keeps its (gathered) input (e D)."""
+    D, e = model.hidden_size, layout.act_bytes
+    norms = 3 if model.pre_conv else 2
+    return (norms * (4 + e) * D + 2 * e * D) / layout.sp + (e * D if model.pre_conv else 0)
+
+
+def mixer_fixed_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """What a mixer keeps whatever the time-axis checkpointing, per token: the fused projection
+    (q|v|gate|lr or q|k|v|lr: 3D + H), the mini-batched copies of q, k and v - k (3D), the inner
+    lr and its sigmoid (2H), eta, q k^T + 1 and the first layer's dual-form matrix (3 H b), and
+    the post-norm (fp32 centred input 4D, normed, scaled, and with the gate: gate activation and
+    gated product: e D each)."""
+    D, H, b, e = model.hidden_size, model.num_heads, model.mini_batch_size, layout.act_bytes
+    post = 4 * D + e * D * (4 if model.use_gate else 2)
+    return (e * (3 * D + H) + 3 * e * D + 2 * e * H + 3 * e * H * b + post) / layout.tp
+
+
+def inner_loop_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """The inner loop without time-axis checkpointing, per token: every mini-batch keeps its
+    inner-model intermediates (Linear: the LayerNorm-L2 gradient's five tensors, the gradient and
+    the lr-weighted keys, 7D; MLP: 63D and two b x b matrices per head), the output LayerNorm's two
+    tensors (2D), and two inner states per mini-batch (the new weights and the gradient step:
+    2 H P_inner / b per token)."""
+    D, H, b, e = model.hidden_size, model.num_heads, model.mini_batch_size, layout.act_bytes
+    intermediates = 7 * D if model.layer_type == "linear" else 63 * D + 2 * H * b
+    return e * (intermediates + 2 * D + 2 * H * inner_parameters(model) / b) / layout.tp
+
+
+def inner_loop_checkpointed_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """With time-axis checkpointing (G mini-batches a group), per token: only the inner state at
+    every group's start (H P_inner / (b G)); the group's intermediates are recomputed."""
+    H, b, e = model.num_heads, model.mini_batch_size, layout.act_bytes
+    return e * H * inner_parameters(model) / (b * layout.time_ckpt) / layout.tp
+
+
+def mlp_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """SwiGLU, per token: fc1's output (gate|up, 2F), silu(gate) (F) and the product fc2 reads (F)."""
+    return 4 * model.intermediate_size * layout.act_bytes / layout.tp
+
+
+def ttt_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """The TTT inner loop's share per token and layer, as configured (time-axis checkpointing or not)."""
+    if layout.time_ckpt:
+        return inner_loop_checkpointed_bytes(model, layout)
+    return inner_loop_bytes(model, layout)
+
+
+def layer_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """Everything one layer keeps per token, no block checkpointing."""
+    return (outside_bytes(model, layout) + mixer_fixed_bytes(model, layout) + ttt_bytes(model, layout)
+            + mlp_bytes(model, layout))
+
+
+def head_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """Kept by the final norm, the head and the loss, per token: norm ((4 + e) D) and head input
+    (e D), and the vocabulary-parallel cross entropy's fp32 softmax (4 V / tp)."""
+    D, e = model.hidden_size, layout.act_bytes
+    return ((4 + 2 * e) * D) / layout.sp + 4 * model.vocab_size / layout.tp
+
+
+def head_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """Live for a moment inside the loss, per token: the head's logits (e V / tp) and, under bf16,
+    their fp32 copy (4 V / tp); the loss shifts that copy into the softmax it keeps."""
+    e = layout.act_bytes
+    return (e + (4 if e == 2 else 0)) * model.vocab_size / layout.tp
+
+
+def recompute_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """The largest recomputation alive in the backward, per micro-batch (bytes): one block's
+    activations under block checkpointing, else one time-axis group of one layer's inner loop."""
+    tokens = layout.micro_tokens
+    if layout.block_ckpt:
+        return tokens * layer_bytes(model, layout)
+    if layout.time_ckpt:
+        group_tokens = min(layout.time_ckpt * model.mini_batch_size, layout.seq_len) * layout.micro_batch
+        return group_tokens * inner_loop_bytes(model, layout)
+    return 0.0
+
+
+def stored_bytes(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
+    """Activation bytes alive at the end of one micro-batch's forward, by part."""
+    tokens, L = layout.micro_tokens, model.num_layers
+    if layout.block_ckpt:
+        # Only each block's input is kept; its inner loop's share is recomputed with it.
+        blocks = L * tokens * layout.act_bytes * model.hidden_size / layout.sp
+        ttt = 0.0
+    else:
+        ttt = L * tokens * ttt_bytes(model, layout)
+        blocks = L * tokens * layer_bytes(model, layout) - ttt
+    return {"ttt": ttt, "blocks": blocks, "head": tokens * head_bytes(model, layout)}

@@ -1,0 +1,71 @@
+"""`mttt plan`: memory, FLOPs, communication and step time of a layout, or the best layouts."""
+
+import argparse
+from dataclasses import fields
+
+from megatron_ttt.planning.hardware import GPUS
+
+SEARCHED = ("tp", "zero", "time_ckpt", "micro_batch", "block_ckpt")
+
+
+def add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="per-GPU memory, FLOPs, communication and step time of a layout",
+                       description="Without --tp/--zero/--time-ckpt/--micro-batch/--block-ckpt, the ones left out "
+                                   "are searched and the fastest layouts that fit are shown. See docs/planning.md.")
+    p.add_argument("--preset", default="7b", help="tiny, 125m, 350m, 760m, 1.3b or 7b (default 7b)")
+    p.add_argument("--layer-type", default="linear", choices=("linear", "mlp"))
+    p.add_argument("--backbone", default="mamba", choices=("mamba", "transformer"))
+    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpu", default="a100-80gb", choices=sorted(GPUS))
+    p.add_argument("--tp", type=int)
+    p.add_argument("--zero", type=int)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--micro-batch", type=int)
+    p.add_argument("--global-batch-tokens", type=int, default=524288, help="tokens per step (default 0.5M)")
+    p.add_argument("--time-ckpt", type=int, metavar="G", help="time-axis checkpoint group, mini-batches (0: off)")
+    p.add_argument("--block-ckpt", choices=("on", "off"))
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
+    p.add_argument("--no-sequence-parallel", action="store_true")
+    p.add_argument("--assume", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override an assumption (see docs/planning.md): " + ", ".join(_assumption_names()))
+    p.add_argument("--top", type=int, default=5, help="layouts shown when searching")
+    p.set_defaults(func=_plan)
+
+
+def _assumption_names() -> list[str]:
+    from megatron_ttt.planning.hardware import Assumptions
+
+    return [f.name for f in fields(Assumptions)]
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from megatron_ttt.errors import UserInputError
+    from megatron_ttt.models.presets import SIZES, preset
+    from megatron_ttt.planning.hardware import Assumptions, gpu
+    from megatron_ttt.planning.layout import Layout
+    from megatron_ttt.planning.report import report, table
+    from megatron_ttt.planning.search import plan, search
+
+    if args.preset not in SIZES:
+        raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(SIZES)}")
+    if args.vocab_size < 1:
+        raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
+    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size)
+    device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
+    given = {"tp": args.tp, "zero": args.zero, "time_ckpt": args.time_ckpt, "micro_batch": args.micro_batch,
+             "block_ckpt": None if args.block_ckpt is None else args.block_ckpt == "on"}
+    base = Layout(args.nodes, args.gpus_per_node, seq_len=args.seq_len, global_batch_tokens=args.global_batch_tokens,
+                  dtype=args.dtype, sequence_parallel=not args.no_sequence_parallel,
+                  **{k: v for k, v in given.items() if v is not None})
+    open_options = {k for k, v in given.items() if v is None}
+    if open_options:
+        plans = search(model, base, open_options, device, assume, keep=args.top)
+        print(table(model, plans, device))
+        print()
+        best = plans[0]
+    else:
+        best = plan(model, base, device, assume)
+    print(report(model, best, device, assume))
+    return 0

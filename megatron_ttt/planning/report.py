@@ -1,0 +1,76 @@
+"""The text `mttt plan` prints: one layout in full, or the best layouts as a table."""
+
+from dataclasses import fields
+
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.presets import parameter_count
+from megatron_ttt.planning import comm, flops
+from megatron_ttt.planning.hardware import GIB, GPU, Assumptions
+from megatron_ttt.planning.layout import Layout
+from megatron_ttt.planning.search import Plan
+
+
+def describe(layout: Layout) -> str:
+    sp = " (SP)" if layout.sp > 1 else ""
+    time = f"time-axis G={layout.time_ckpt}" if layout.time_ckpt else "time-axis off"
+    return (f"TP {layout.tp}{sp} x DP {layout.dp}, ZeRO {layout.zero}, seq {layout.seq_len}, micro-batch "
+            f"{layout.micro_batch} x {layout.accumulation} accumulation, {time}, blocks "
+            f"{'on' if layout.block_ckpt else 'off'}, {layout.dtype}")
+
+
+def table(model: TTTModelConfig, plans: list[Plan], gpu: GPU) -> str:
+    lines = [f"best layouts ({len(plans)} shown), {plans[0].layout.nodes} x {plans[0].layout.gpus_per_node} {gpu.name}:",
+             f"{'TP':>3} {'DP':>4} {'ZeRO':>4} {'micro':>5} {'time G':>6} {'blocks':>6} {'GiB/GPU':>8} "
+             f"{'step s':>7} {'tokens/s':>10} {'MFU':>6}"]
+    for p in plans:
+        lay, est = p.layout, p.estimate
+        lines.append(f"{lay.tp:>3} {lay.dp:>4} {lay.zero:>4} {lay.micro_batch:>5} {lay.time_ckpt or 'off':>6} "
+                     f"{'on' if lay.block_ckpt else 'off':>6} {p.memory.total / GIB:>8.1f} {est.step_s:>7.2f} "
+                     f"{est.tokens_per_s:>10,.0f} {est.mfu:>6.1%}")
+    return "\n".join(lines)
+
+
+def _memory_lines(p: Plan, gpu: GPU) -> list[str]:
+    m, lay = p.memory, p.layout
+    time = f"time-axis G={lay.time_ckpt}" if lay.time_ckpt else "no time-axis ckpt"
+    rows = [("parameters", m.parameters), ("gradients", m.gradients), (f"optimizer states (ZeRO {lay.zero})", m.optimizer),
+            (f"TTT activations ({time})", m.ttt_activations),
+            ("  the same without time-axis ckpt", m.ttt_activations_no_time_ckpt),
+            (f"block activations (blocks {'on' if lay.block_ckpt else 'off'})", m.block_activations),
+            ("head and loss", m.head_activations), ("recomputation in the backward", m.recompute),
+            ("communication buffers (ZeRO buckets)", m.buffers), ("fragmentation margin + CUDA context", m.fragmentation)]
+    lines = ["memory per GPU                                   GiB"]
+    lines += [f"  {name:<44} {value / GIB:>7.2f}" for name, value in rows]
+    verdict = "fits" if m.fits(gpu) else "DOES NOT FIT"
+    lines.append(f"  {'total':<44} {m.total / GIB:>7.2f}  of {gpu.memory_gib:g}: {verdict}")
+    return lines
+
+
+def _flops_lines(model: TTTModelConfig) -> list[str]:
+    layer, L = flops.layer_flops(model), model.num_layers
+    lines = ["forward FLOPs per token                     GFLOP"]
+    for f in fields(layer):
+        lines.append(f"  {f.name.replace('_', ' ') + f' ({L} layers)':<42} {L * getattr(layer, f.name) / 1e9:>7.3f}")
+    lines.append(f"  {'head':<42} {flops.head_flops(model) / 1e9:>7.3f}")
+    lines.append(f"  training (3 x forward): {flops.model_flops(model) / 1e9:.2f} GFLOP/token "
+                 f"(6 N = {6 * parameter_count(model) / 1e9:.2f})")
+    return lines
+
+
+def _comm_lines(model: TTTModelConfig, p: Plan) -> list[str]:
+    traffic = comm.traffic(model, p.layout)
+    lines = ["sent per GPU per step                             GB"]
+    lines += [f"  {f.name.replace('_', ' '):<44} {getattr(traffic, f.name) / 1e9:>7.2f}" for f in fields(traffic)
+              if getattr(traffic, f.name)]
+    return lines if len(lines) > 1 else lines + ["  nothing (one GPU)"]
+
+
+def report(model: TTTModelConfig, p: Plan, gpu: GPU, assume: Assumptions) -> str:
+    lay, est = p.layout, p.estimate
+    head = (f"{model.layer_type} {model.backbone} model, {parameter_count(model) / 1e9:.2f} B parameters, "
+            f"on {lay.nodes} x {lay.gpus_per_node} {gpu.name}\nlayout: {describe(lay)}")
+    timing = (f"step: compute {est.compute_s:.3f} s + TP comm {est.tp_comm_s:.3f} s + DP comm {est.dp_comm_s:.3f} s "
+              f"= {est.step_s:.3f} s; {est.tokens_per_s:,.0f} tokens/s; MFU {est.mfu:.1%}")
+    stated = "assumptions: " + ", ".join(f"{f.name}={getattr(assume, f.name):g}" for f in fields(assume))
+    return "\n".join([head, "", *_memory_lines(p, gpu), "", *_flops_lines(model), "", *_comm_lines(model, p), "",
+                      timing, stated])
