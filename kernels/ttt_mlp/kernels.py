@@ -209,7 +209,8 @@ def ttt_mlp_bwd_kernel(
             dxb2 += tl.dot(dxx, x2, input_precision=PREC)
             dx2 = tl.dot(tl.trans(dxx), xb2, input_precision=PREC)
             # xb2 = gelu(zb1); zb1 = q W1 + b1 - (eta * qk) g1, qk = q k^T + 1
-            dzb1 = dxb2 * gelu_tanh_grads(zb1)[0]
+            gelu_b1, _ = gelu_tanh_grads(zb1)
+            dzb1 = dxb2 * gelu_b1
             dq += tl.dot(dzb1, tl.trans(w1), input_precision=PREC)
             dw1 += tl.dot(tl.trans(q), dzb1, input_precision=PREC)
             db1 += tl.sum(dzb1, 0)
