@@ -15,7 +15,7 @@ DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch")
 
 SLURM_CONF = """\
 ClusterName=mttt-test
-SlurmctldHost={host}
+SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -42,7 +42,7 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 KillWait=10
 MinJobAge=600
-NodeName={host} CPUs={cpus} State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
 
@@ -86,6 +86,7 @@ class Cluster:
         return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
     def stop(self) -> None:
+        """Stops the daemons this cluster started (by their pids), then removes its directory."""
         for proc in reversed(self.processes):
             proc.terminate()
             try:
@@ -93,6 +94,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _munge(root: Path) -> tuple[subprocess.Popen, Path]:
