@@ -5,16 +5,19 @@ with clear errors for bad inputs."""
 import itertools
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.checkpoint.reference_format import to_local
 from megatron_ttt.cli import main
 from megatron_ttt.eval.generate import SamplingConfig, generate, sample_next
 from megatron_ttt.models.config import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from tests.distributed import run_distributed
 from tests.models.tp_cases import TINY, rel
 from tests.models.weights import random_reference_weights
 
@@ -85,3 +88,22 @@ def test_bad_inputs_are_named(eval_data, capsys, change, message):
     args = ["generate"] + [x for k, v in values.items() if v is not None for x in (k, v)]
     assert main(args) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def tp_generation(rank: int, world: int, store, tp: int, model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    init_parallel(ParallelLayout(tp), store=store)
+    try:
+        prompt = torch.arange(3, 14)[None]
+        out = generate(load_model(Path(model_dir)), prompt, SamplingConfig(max_new_tokens=18, temperature=1.0, seed=2),
+                       keep_logits=True)
+        return out.tokens, out.logits
+    finally:
+        destroy_parallel()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_generation_equals_one_process(eval_data):
+    tokens, logits = tp_generation(0, 1, None, 1, str(eval_data.model_dir))
+    for tp_tokens, tp_logits in run_distributed(2, tp_generation, 2, str(eval_data.model_dir)):
+        assert torch.equal(tp_tokens, tokens)
+        assert rel(tp_logits, logits) < 1e-5
