@@ -11,8 +11,10 @@ import torch
 import megatron_ttt.checkpoint.convert as convert
 from megatron_ttt.checkpoint.model_dir import CheckpointError, load_model
 from megatron_ttt.checkpoint.reference_io import read_reference
+from megatron_ttt.config.sections import DataSection
 from megatron_ttt.eval.logprobs import token_logprobs
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.training.data import prepare_bundled
 from tests.distributed import run_distributed
 from tests.training.runs import final_weights, pretrain
 
@@ -20,7 +22,9 @@ TP2_ZERO2 = ["train.steps=3", "parallel.tensor_parallel=2", "parallel.zero_stage
 
 
 @pytest.fixture(scope="module")
-def tp2_run(tmp_path_factory, cache):
+def tp2_run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    prepare_bundled(DataSection(seq_len=64, bundled_vocab_size=512), cache)
     run = tmp_path_factory.mktemp("tp2") / "run"
     pretrain(run, cache, TP2_ZERO2, nproc=2)
     return run
@@ -121,3 +125,9 @@ class TestSelfCheck:
         shutil.rmtree(step)
         with pytest.raises(CheckpointError, match="does not exist"):
             convert.mttt_to_hf(tmp_path / "run", tmp_path / "hf")
+
+    def test_tensor_parallel_is_refused_where_one_directory_is_written(self, tmp_path, capsys):
+        from megatron_ttt.cli import main
+
+        assert main(["convert", "mttt-to-hf", str(tmp_path / "run"), str(tmp_path / "hf"), "--tensor-parallel", "2"]) == 2
+        assert "only mttt-to-mttt runs at TP > 1 (mttt-to-hf writes one consolidated directory" in capsys.readouterr().err

@@ -17,17 +17,16 @@ EVERY_STEP = ["checkpoint.interval=1", "checkpoint.keep=6"]
 SAMPLES_PER_STEP = 8
 """data.global_batch_tokens 512 / seq_len 64."""
 
-# (overrides, processes) of each segment; segment i resumes from the checkpoint of step i + 1.
+# (overrides, processes) of each segment; segment i resumes from the checkpoint of step i + 2.
 SEGMENTS = [
     (["parallel.zero_stage=1"], 2),  # DP 1 -> 2, ZeRO 0 -> 1
     (["parallel.zero_stage=3"], 2),  # ZeRO 1 -> 3
     ([], 1),  # ZeRO 3 -> 0, DP 2 -> 1
-    (["parallel.tensor_parallel=2", "data.micro_batch_size=8", "parallel.zero_stage=2"], 2),  # TP 1 -> 2
-    (["parallel.zero_stage=2"], 2),  # TP 2 -> 1 (DP 1 -> 2)
+    (["parallel.tensor_parallel=2", "data.micro_batch_size=8", "parallel.zero_stage=2"], 2),  # TP 1 -> 2, ZeRO 0 -> 2
 ]
 LOSS_TOLERANCE = 1e-5
 """Relative; the layouts add float32 partial sums in other orders (TP vs DP agree to this, see
-test_pretrain.py). A single different sample would move a loss by ~1e-2."""
+test_pretrain.py); a lost or repeated sample would change a batch's loss by far more."""
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +73,12 @@ def test_a_run_continues_across_dp_zero_and_tp_changes(tmp_path, cache, uninterr
         assert state["adam_step"] == step + 1
         curve = losses(run)
         assert sorted(curve) == list(range(1, 7))
-        worst = max(abs(curve[s] - reference[s]) / reference[s] for s in range(step + 1, 7))
-        report.append((overrides, nproc, worst, max_weight_difference(uninterrupted, run)))
-        assert worst <= LOSS_TOLERANCE, report
+        report.append((overrides, nproc, max(abs(curve[s] - reference[s]) / reference[s] for s in range(step + 1, 7))))
         previous = run
-    print("segment, losses' largest relative difference, final weights' largest difference:", *report, sep="\n")
-    assert all(weights <= 1e-5 for *_, weights in report), report
+    weights = max_weight_difference(uninterrupted, previous)
+    print("segment, losses' largest relative difference:", *report, f"final weights: {weights:.2e}", sep="\n")
+    assert all(worst <= LOSS_TOLERANCE for *_, worst in report), report
+    assert weights <= 1e-5, weights
 
 
 def test_an_old_checkpoint_at_another_layout_is_refused(tmp_path, cache, uninterrupted):
@@ -98,8 +97,8 @@ def test_a_vocabulary_that_does_not_split_is_refused(tmp_path, cache, uninterrup
     config.write_text(json.dumps(json.loads(config.read_text()) | {"vocab_size": 513}))
     out = pretrain(run, cache, EVERY_STEP + ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2,
                    check=False)
-    assert out.returncode == 2 and "vocabulary of 513 does not split over tensor_parallel=2" in out.stderr, \
-        out.stderr[-2000:]
+    assert out.returncode != 0, out.stderr[-2000:]  # torchrun reports its ranks' status 2 as 1
+    assert "vocabulary of 513 does not split over tensor_parallel=2" in out.stderr
 
 
 def test_same_layout_resume_still_uses_deepspeeds_files(tmp_path, cache, uninterrupted):
@@ -108,3 +107,15 @@ def test_same_layout_resume_still_uses_deepspeeds_files(tmp_path, cache, uninter
     assert "at step 4\n" in out.stdout and "another layout" not in out.stdout
     assert losses(run) == losses(uninterrupted)
     assert max_weight_difference(uninterrupted, run) == 0.0
+
+
+@pytest.mark.slow
+def test_an_fp32_checkpoint_resumes_in_bf16(tmp_path, cache, uninterrupted):
+    run = cut_at(uninterrupted, tmp_path / "bf16", 3)
+    out = pretrain(run, cache, EVERY_STEP + ["train.dtype=bf16", "parallel.zero_stage=1"])
+    assert "at step 3 at another layout" in out.stdout
+    fp32, bf16 = losses(uninterrupted), losses(run)
+    # The same weights in bf16 arithmetic: the first resumed loss agrees to bf16 rounding (a wrong
+    # or missing load would start from another loss entirely, e.g. 6.25 at initialization).
+    assert abs(bf16[4] - fp32[4]) < 0.01, (bf16, fp32)
+    assert max(abs(bf16[s] - fp32[s]) for s in (5, 6)) < 0.05, (bf16, fp32)
