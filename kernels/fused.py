@@ -9,6 +9,7 @@ import torch
 import triton
 
 from megatron_ttt.kernels.host import checkpoint_group_size, dot_precision, per_head, row_tile, rows
+from megatron_ttt.kernels.resources import current_target, shared_memory_shortfall
 
 
 class FusedTTTFunction(torch.autograd.Function):
@@ -23,11 +24,25 @@ class FusedTTTFunction(torch.autograd.Function):
         raise NotImplementedError
 
     @classmethod
+    def launch_meta(cls, q: torch.Tensor, state: tuple[torch.Tensor, ...], mini_batch: int, group: int) -> dict:
+        """The compile-time arguments both kernels get."""
+        G = checkpoint_group_size(group, triton.cdiv(q.shape[2], mini_batch))
+        return dict(cls.sizes(q, state), BL=row_tile(mini_batch), G=G, PREC=dot_precision(q.dtype))
+
+    @classmethod
+    def shared_memory_shortfall(cls, q: torch.Tensor, state: tuple[torch.Tensor, ...], mini_batch: int,
+                                group: int) -> str | None:
+        """Why the kernels cannot launch on q's CUDA device, or None if they can."""
+        target, available = current_target(q.device)
+        return shared_memory_shortfall((cls.forward_kernel, cls.backward_kernel), q.dtype,
+                                       cls.launch_meta(q, state, mini_batch, group), target, available)
+
+    @classmethod
     def forward(cls, ctx, mini_batch, group, q, k, v, lr, coeff, ln_weight, ln_bias, *state):
         B, H, T, D = q.shape
         n_blocks = triton.cdiv(T, mini_batch)
-        G = checkpoint_group_size(group, n_blocks)
-        n_ckpt = triton.cdiv(n_blocks, G)
+        meta = cls.launch_meta(q, state, mini_batch, group)
+        n_ckpt = triton.cdiv(n_blocks, meta["G"])
         inputs = [x.contiguous() for x in (q, k, v, lr)] + [coeff.float().contiguous(), ln_weight.contiguous(),
                                                              ln_bias.contiguous()]
         state0 = [rows(s) for s in state]
@@ -35,7 +50,6 @@ class FusedTTTFunction(torch.autograd.Function):
         final = [torch.empty_like(s) for s in state0]
         steps = [torch.zeros_like(s) for s in state0]
         ckpts = [torch.empty(s.shape[0], n_ckpt, *s.shape[1:], device=s.device) for s in state0]
-        meta = dict(cls.sizes(q, state), BL=row_tile(mini_batch), G=G, PREC=dot_precision(q.dtype))
         cls.forward_kernel[(B * H,)](*inputs, *state0, z, *final, *steps, *ckpts, T, H, mini_batch, n_blocks, **meta)
         ctx.save_for_backward(*inputs, *ckpts)
         ctx.meta, ctx.mini_batch, ctx.n_blocks, ctx.state_dtypes = meta, mini_batch, n_blocks, [s.dtype for s in state]

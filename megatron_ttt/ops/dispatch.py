@@ -8,6 +8,7 @@ never interprets.
 """
 
 import os
+import warnings
 
 import torch
 
@@ -49,23 +50,29 @@ def ttt_inner_loop(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
-    if backend == "triton" and (reason := triton_unsupported(q, state)):
+    use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
+    reason = triton_unsupported(q, state) if use_triton else None
+    if use_triton and not reason and q.is_cuda:
+        reason = _kernels(state)[1].shared_memory_shortfall(q, state.weights, mini_batch_size, checkpoint_group)
+        if reason and backend == "auto":
+            warnings.warn(f"the Triton TTT kernels cannot run here ({reason}); using the PyTorch dual form")
+    if backend == "triton" and reason:
         raise ValueError(f"backend 'triton' cannot run: {reason}")
-    if backend == "torch" or (backend == "auto" and (not q.is_cuda or triton_unsupported(q, state))):
+    if not use_triton or reason:
         return ttt_dual(q, k, v, lr, token_offset, ln_weight, ln_bias, state,
                         mini_batch_size=mini_batch_size, checkpoint_group=checkpoint_group)
-    return _fused(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size, checkpoint_group)
-
-
-def _fused(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size, checkpoint_group):
-    # Imported here: Triton decides between compiling and interpreting when a kernel is defined.
-    from megatron_ttt.kernels.ttt_linear import fused_ttt_linear
-    from megatron_ttt.kernels.ttt_mlp import fused_ttt_mlp
-
-    op = fused_ttt_linear if len(state.weights) == 2 else fused_ttt_mlp
-    coeff = token_coefficients(token_offset)
-    z, *rest = op(q, k, v, lr, coeff, ln_weight, ln_bias, *state.weights,
-                  mini_batch_size=mini_batch_size, checkpoint_group=checkpoint_group)
+    fused, _ = _kernels(state)
+    z, *rest = fused(q, k, v, lr, token_coefficients(token_offset), ln_weight, ln_bias, *state.weights,
+                     mini_batch_size=mini_batch_size, checkpoint_group=checkpoint_group)
     n = len(state.weights)
     position = q.shape[2] % mini_batch_size
     return z, TTTState(tuple(rest[:n]), tuple(rest[n:]) if position else None, position)
+
+
+def _kernels(state: TTTState):
+    """The public function and the autograd.Function of the op that fits the state."""
+    # Imported here: Triton decides between compiling and interpreting when a kernel is defined.
+    from megatron_ttt.kernels.ttt_linear import TTTLinearFunction, fused_ttt_linear
+    from megatron_ttt.kernels.ttt_mlp import TTTMLPFunction, fused_ttt_mlp
+
+    return (fused_ttt_linear, TTTLinearFunction) if len(state.weights) == 2 else (fused_ttt_mlp, TTTMLPFunction)
