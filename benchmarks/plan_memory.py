@@ -7,8 +7,8 @@ is `planning.memory.memory(..., on_gpu=False)`: the same terms as on a GPU witho
 context and the allocator margin, which a CPU run does not have. The error is
 (predicted - measured) / measured of the largest rank.
 
-    python benchmarks/plan_memory.py                      # the full matrix (about 15 minutes)
-    python benchmarks/plan_memory.py --cases tiny --json rows.json
+    python benchmarks/plan_memory.py --cases tiny --json rows.json   # 16 runs, ~25 s each on 2 idle cores
+    python benchmarks/plan_memory.py --cases 125m --only 0 1 3     # 125m: a few minutes a run
 """
 
 import argparse
@@ -108,12 +108,12 @@ def main() -> None:
                          "measured_mib": measured / 2**20, "predicted_mib": predicted / 2**20,
                          "error": (predicted - measured) / measured})
             tqdm.write(json.dumps(rows[-1]))
+            if args.json:  # after every run: a long matrix keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{'configuration':<36} {'measured MiB':>13} {'predicted MiB':>14} {'error':>7}")
     for r in rows:
         print(f"{r['case']:<36} {r['measured_mib']:>13,.1f} {r['predicted_mib']:>14,.1f} {r['error']:>+7.1%}")
     print(f"largest |error|: {max(abs(r['error']) for r in rows):.1%}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -75,16 +75,16 @@ def layer_bytes(model: TTTModelConfig, layout: Layout) -> float:
 
 def head_bytes(model: TTTModelConfig, layout: Layout) -> float:
     """Kept by the final norm, the head and the loss, per token: norm ((4 + e) D) and head input
-    (e D), and the vocabulary-parallel cross entropy's fp32 softmax (4 V / tp)."""
+    (e D), and the fp32 logits that megatron-core's vocabulary-parallel cross entropy shifts and
+    exponentiates in place into the softmax it keeps (4 V / tp)."""
     D, e = model.hidden_size, layout.act_bytes
     return ((4 + 2 * e) * D) / layout.sp + 4 * model.vocab_size / layout.tp
 
 
 def head_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
-    """Live for a moment inside the loss, per token: the head's logits (e V / tp) and, under bf16,
-    their fp32 copy (4 V / tp); the loss shifts that copy into the softmax it keeps."""
-    e = layout.act_bytes
-    return (e + (4 if e == 2 else 0)) * model.vocab_size / layout.tp
+    """Live for a moment at the loss, per token: under bf16 the head's bf16 logits (2 V / tp) beside
+    their fp32 copy; under fp32 the loss works in the logits themselves (nothing more)."""
+    return (2 if layout.act_bytes == 2 else 0) * model.vocab_size / layout.tp
 
 
 def recompute_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:

@@ -1,6 +1,7 @@
 """`mttt plan`: memory, FLOPs, communication and step time of a layout, or the best layouts."""
 
 import argparse
+import warnings
 from dataclasses import fields
 
 from megatron_ttt.planning.hardware import GPUS
@@ -41,8 +42,10 @@ def _assumption_names() -> list[str]:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    with warnings.catch_warnings():  # megatron-core's import warns about optional CUDA extensions
+        warnings.simplefilter("ignore")
+        from megatron_ttt.models.presets import SIZES, preset
     from megatron_ttt.errors import UserInputError
-    from megatron_ttt.models.presets import SIZES, preset
     from megatron_ttt.planning.hardware import Assumptions, gpu
     from megatron_ttt.planning.layout import Layout
     from megatron_ttt.planning.report import report, table

@@ -7,7 +7,7 @@ weights, fp32 gradients and Adam's two moments. Stage 1 partitions the optimizer
 also the gradients, stage 3 also the working weights.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.presets import parameter_count
@@ -34,7 +34,11 @@ class States:
     parameters: float
     """Working weights (bf16 or fp32); 1/N of them under ZeRO-3."""
     gradients: float
-    """Working gradients plus, under bf16, the fp32 gradients the optimizer steps on."""
+    """Gradients that live from the backward to the step (working ones, and the fp32 ones the
+    ZeRO optimizers make for their partition at the step)."""
+    persistent_gradients: float
+    """Gradient buffers allocated once and kept (bf16 stage 0: the fp32 accumulation copy;
+    stage 3: the flat partition buffer)."""
     optimizer: float
     """fp32 master weights and Adam's two moments (1/N of them from ZeRO-1 on)."""
 
@@ -43,15 +47,15 @@ def model_states(model: TTTModelConfig, layout: Layout) -> States:
     """Bytes of parameters, gradients and optimizer states on one rank."""
     psi, n, z, e = local_parameters(model, layout.tp), layout.dp, layout.zero, layout.act_bytes
     params = e * psi / (n if z == 3 else 1)
-    working_grads = e * psi / (n if z >= 2 else 1)
-    # Stage 0 bf16 (DeepSpeed's BF16_Optimizer) keeps a whole fp32 gradient copy; the ZeRO
-    # optimizers keep the fp32 gradient of the owned partition; stage 0 fp32 steps on .grad itself.
     if z == 0:
-        fp32_grads = 4 * psi if e == 2 else 0
-    else:
-        fp32_grads = 4 * psi / n
-    master = (4 * psi if e == 2 else 0) if z == 0 else 4 * psi / n
-    return States(params, working_grads + fp32_grads, master + 8 * psi / (n if z >= 1 else 1))
+        # fp32: torch AdamW steps on .grad; bf16: DeepSpeed's BF16_Optimizer accumulates the bf16
+        # .grad into a kept fp32 copy and steps a fp32 master copy.
+        grads, kept = e * psi, (4 * psi if e == 2 else 0)
+        master = 4 * psi if e == 2 else 0
+        return States(params, grads, kept, master + 8 * psi)
+    working = e * psi / (n if z >= 2 else 1)
+    kept = e * psi / n if z == 3 else 0
+    return States(params, working + 4 * psi / n, kept, (4 + 8) * psi / n)
 
 
 def buffer_bytes(model: TTTModelConfig, layout: Layout, assume: Assumptions) -> float:
@@ -69,10 +73,13 @@ def buffer_bytes(model: TTTModelConfig, layout: Layout, assume: Assumptions) -> 
 
 @dataclass(frozen=True)
 class Memory:
-    """Bytes per GPU at the peak of a step (the start of the last micro-batch's backward)."""
+    """Bytes per GPU, by term, and their peak over a step."""
 
     parameters: float
     gradients: float
+    """Gradients alive from the backward to the step."""
+    persistent_gradients: float
+    """Gradient buffers kept for the whole run."""
     optimizer: float
     ttt_activations: float
     """The TTT inner loop's saved tensors, as configured."""
@@ -86,14 +93,23 @@ class Memory:
     """The largest recomputation alive in the backward (one block or one time-axis group)."""
     buffers: float
     """DeepSpeed's ZeRO buckets."""
-    fragmentation: float
+    accumulating: bool
+    """Gradient accumulation: the gradients of earlier micro-batches live through later forwards."""
+    fragmentation: float = 0.0
     """Allocator margin plus the memory outside it (CUDA context, NCCL)."""
 
     @property
     def allocated(self) -> float:
-        """What the allocator hands out at the peak (the measured peak's counterpart)."""
-        return (self.parameters + self.gradients + self.optimizer + self.ttt_activations + self.block_activations
-                + self.head_activations + self.recompute + self.buffers)
+        """The allocator's peak (the measured peak's counterpart): the kept states plus the larger
+        of the activation peak (end of the forward, or a recomputation in the backward) and the
+        gradients at the end of the backward; both together when accumulation keeps the
+        gradients through the forward."""
+        kept = self.parameters + self.persistent_gradients + self.optimizer + self.buffers
+        stored = self.ttt_activations + self.block_activations
+        acts = stored + max(self.head_activations, self.recompute)
+        if self.accumulating:
+            return kept + self.gradients + acts
+        return kept + max(acts, self.gradients + self.recompute)
 
     @property
     def total(self) -> float:
@@ -111,8 +127,8 @@ def memory(model: TTTModelConfig, layout: Layout, assume: Assumptions, on_gpu: b
     no_ckpt = 0.0 if layout.block_ckpt else (
         model.num_layers * tokens * activations.inner_loop_bytes(model, layout))
     head = stored["head"] + tokens * activations.head_transient_bytes(model, layout)
-    partial = Memory(states.parameters, states.gradients, states.optimizer, stored["ttt"], no_ckpt,
-                     stored["blocks"], head, activations.recompute_transient_bytes(model, layout),
-                     buffer_bytes(model, layout, assume), 0.0)
+    partial = Memory(states.parameters, states.gradients, states.persistent_gradients, states.optimizer, stored["ttt"],
+                     no_ckpt, stored["blocks"], head, activations.recompute_transient_bytes(model, layout),
+                     buffer_bytes(model, layout, assume), layout.accumulation > 1)
     margin = assume.fragmentation * partial.allocated + assume.cuda_context_gib * GIB if on_gpu else 0.0
-    return Memory(**{**partial.__dict__, "fragmentation": margin})
+    return replace(partial, fragmentation=margin)

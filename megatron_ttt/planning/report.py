@@ -33,7 +33,8 @@ def table(model: TTTModelConfig, plans: list[Plan], gpu: GPU) -> str:
 def _memory_lines(p: Plan, gpu: GPU) -> list[str]:
     m, lay = p.memory, p.layout
     time = f"time-axis G={lay.time_ckpt}" if lay.time_ckpt else "no time-axis ckpt"
-    rows = [("parameters", m.parameters), ("gradients", m.gradients), (f"optimizer states (ZeRO {lay.zero})", m.optimizer),
+    rows = [("parameters", m.parameters), ("gradients (backward to step)", m.gradients),
+            ("gradient buffers kept", m.persistent_gradients), (f"optimizer states (ZeRO {lay.zero})", m.optimizer),
             (f"TTT activations ({time})", m.ttt_activations),
             ("  the same without time-axis ckpt", m.ttt_activations_no_time_ckpt),
             (f"block activations (blocks {'on' if lay.block_ckpt else 'off'})", m.block_activations),

@@ -41,14 +41,17 @@ def candidates(base: Layout, open_options: set[str]) -> list[Layout]:
 def search(model: TTTModelConfig, base: Layout, open_options: set[str], gpu: GPU, assume: Assumptions,
            keep: int = 5) -> list[Plan]:
     """The `keep` fastest layouts that fit (ties: less memory first)."""
-    plans = []
+    plans, errors = [], []
     for layout in candidates(base, open_options):
         try:
             candidate = plan(model, layout, gpu, assume)
-        except UserInputError:
-            continue  # e.g. a micro-batch that does not divide the global batch
+        except UserInputError as exc:
+            errors.append(exc)  # e.g. a micro-batch that does not divide the global batch
+            continue
         if candidate.memory.fits(gpu):
             plans.append(candidate)
+    if errors and len(errors) == len(candidates(base, open_options)):
+        raise errors[0]  # no choice of the open options makes the given ones valid
     if not plans:
         raise UserInputError(f"no layout of {base.nodes} x {base.gpus_per_node} {gpu.name} fits "
                              f"(searched {', '.join(sorted(open_options)) or 'nothing'}); add GPUs, shorten "

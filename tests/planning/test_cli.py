@@ -1,0 +1,46 @@
+"""`mttt plan` end to end: one layout, a search, and bad input."""
+
+import pytest
+
+from megatron_ttt.cli import main
+from megatron_ttt.models.presets import preset
+from megatron_ttt.planning.hardware import GPUS, Assumptions
+from megatron_ttt.planning.layout import Layout
+from megatron_ttt.planning.search import plan, search
+
+
+def test_one_layout_prints_every_part(capsys):
+    assert main(["plan", "--preset", "7b", "--nodes", "4", "--gpus-per-node", "8", "--tp", "8", "--zero", "1",
+                 "--micro-batch", "1", "--time-ckpt", "4", "--block-ckpt", "off", "--seq-len", "2048"]) == 0
+    out = capsys.readouterr().out
+    for part in ("optimizer states (ZeRO 1)", "TTT activations (time-axis G=4)", "fits", "dual form",
+                 "tp all gather", "dp reduce scatter", "MFU", "matmul_efficiency=0.6"):
+        assert part in out, part
+
+
+def test_search_returns_fitting_layouts_fastest_first():
+    model, gpu = preset("7b"), GPUS["a100-80gb"]
+    base = Layout(4, 8, seq_len=32768, global_batch_tokens=4 * 2**20)
+    plans = search(model, base, {"tp", "zero", "time_ckpt", "micro_batch", "block_ckpt"}, gpu, Assumptions())
+    assert plans and all(p.memory.fits(gpu) for p in plans)
+    speeds = [p.estimate.tokens_per_s for p in plans]
+    assert speeds == sorted(speeds, reverse=True)
+
+
+def test_time_axis_checkpointing_shrinks_only_the_ttt_share():
+    model, gpu = preset("7b", "mlp"), GPUS["a100-80gb"]
+    off = plan(model, Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192), gpu, Assumptions()).memory
+    on = plan(model, Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192, time_ckpt=4), gpu, Assumptions()).memory
+    assert on.ttt_activations < off.ttt_activations / 4
+    assert on.block_activations == off.block_activations and on.parameters == off.parameters
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tp", "3"], "--tp 3 does not divide"),
+    (["--assume", "warp_speed=2"], "--assume 'warp_speed=2'"),
+    (["--global-batch-tokens", "1000", "--tp", "1", "--micro-batch", "1"], "--global-batch-tokens 1000"),
+    (["--seq-len", "0", "--tp", "1"], "--seq-len 0 must be >= 1"),
+])
+def test_bad_input_is_named(capsys, args, message):
+    assert main(["plan", "--nodes", "1", *args]) == 2
+    assert message in capsys.readouterr().err
