@@ -40,6 +40,7 @@ def test_dry_run_has_the_essentials(tmp_path, capsys):
     assert "--nnodes 4 --nproc-per-node 8" in text and '--rdzv-backend c10d --rdzv-endpoint "$head:29555"' in text
     assert f"pretrain --config {run}/slurm/config.yaml --resume auto" in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text and 'trap on_usr1 USR1' in text
+    assert f'stop_file="{run}/slurm/stop-$SLURM_JOB_ID-$restart"' in text and "ps -o pid= --ppid" in text
     assert '= "step-00000030" ]' in text and "SLURM_RESTART_COUNT" in text
     assert not any(line.startswith("#SBATCH --gpus") for line in text.splitlines())  # cpu-test asks for no GPUs
     assert not run.exists(), "a dry run writes nothing"
