@@ -68,3 +68,21 @@ def test_cache_for_another_model_is_refused(single_process_parallel):
     model = build("linear", "mamba", torch.float32)
     with pytest.raises(ValueError, match="cache holds 3 layers, the model has 2"):
         model(torch.zeros(1, 4, dtype=torch.int64), cache=InferenceCache.empty(3))
+
+
+@pytest.mark.parametrize("layer_type,backbone", CASES)
+def test_decode_work_does_not_grow_with_the_prefix(single_process_parallel, layer_type, backbone):
+    """The same floating-point operations for a token after 9 or after 201 tokens (both one
+    token into a mini-batch, so the same branch of the step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build(layer_type, backbone, torch.float32)
+    flops = []
+    with torch.no_grad():
+        for prefix in (9, 201):
+            cache = InferenceCache.empty(len(model.blocks))
+            model(torch.zeros(1, prefix, dtype=torch.int64), cache=cache)
+            with FlopCounterMode(display=False) as counter:
+                model(torch.zeros(1, 1, dtype=torch.int64), cache=cache)
+            flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 0
