@@ -35,10 +35,6 @@ def wait_for(condition, what: str, timeout: float = 300, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def state(cluster: Cluster, job_id: str) -> dict:
-    return cluster.job(job_id)
-
-
 def wait_done(cluster: Cluster, job_id: str, log: Path | None = None, timeout: float = 400) -> dict:
     """Until the job left the queue for good (COMPLETED, FAILED, CANCELLED...); its last state."""
     def done():

@@ -17,12 +17,8 @@ pytestmark = pytest.mark.slow
 STEPS = ["train.steps=20", "checkpoint.interval=50", "logging.eval_interval=10"]
 
 
-def job_env(cache) -> dict:
-    return environment(cache)
-
-
 def submit(slurm, cache, run, extra=()) -> tuple[str, object]:
-    (job_id,) = launch(slurm, job_env(cache), "pretrain", "--nodes", "1", "--gpus-per-node", "2",
+    (job_id,) = launch(slurm, environment(cache), "pretrain", "--nodes", "1", "--gpus-per-node", "2",
                        "--profile", "cpu-test", "--partition", slurm.partition, "--time", "20:00",
                        "--port", str(free_port()), "--job-name", run.name, f"run_dir={run}", *FAST, *STEPS, *extra)
     return job_id, run / "slurm" / "logs" / f"{run.name}-{job_id}.out"
