@@ -115,6 +115,7 @@ def test_an_fp32_checkpoint_resumes_in_bf16(tmp_path, cache, uninterrupted):
     out = pretrain(run, cache, EVERY_STEP + ["train.dtype=bf16", "parallel.zero_stage=1"])
     assert "at step 3 at another layout" in out.stdout
     fp32, bf16 = losses(uninterrupted), losses(run)
+    print("fp32 -> bf16 resume, |bf16 - fp32| loss at steps 4-6:", [abs(bf16[s] - fp32[s]) for s in (4, 5, 6)])
     # The same weights in bf16 arithmetic: the first resumed loss agrees to bf16 rounding (a wrong
     # or missing load would start from another loss entirely, e.g. 6.25 at initialization).
     assert abs(bf16[4] - fp32[4]) < 0.01, (bf16, fp32)
