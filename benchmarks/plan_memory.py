@@ -14,6 +14,7 @@ context and the allocator margin, which a CPU run does not have. The error is
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,12 @@ LAYOUTS = [
 FIXED = ("data.num_workers=0", "data.bundled_vocab_size=512", "logging.eval_interval=0", "logging.tensorboard=false")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def overrides_of(case: str, nproc: int, layout: tuple[str, ...], steps: int, run_dir: Path) -> list[str]:
     base = dict(o.split("=", 1) for o in CASES[case] + layout)
     tp = int(base.get("parallel.tensor_parallel", 1))
@@ -59,7 +66,7 @@ def overrides_of(case: str, nproc: int, layout: tuple[str, ...], steps: int, run
 def measure(overrides: list[str], nproc: int, cache: Path, out: Path) -> list[dict]:
     module = ["-m", "megatron_ttt.planning.measure", str(out), *overrides]
     launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                  f"--nproc-per-node={nproc}", "--master-port=0"]
+                                                  f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
     env = os.environ | {"MTTT_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([*launch, *module], env=env, capture_output=True, text=True)
     if proc.returncode != 0:

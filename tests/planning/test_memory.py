@@ -13,6 +13,7 @@ from megatron_ttt.planning.hardware import Assumptions
 from megatron_ttt.planning.layout import Layout
 from megatron_ttt.planning.measure import planned
 from megatron_ttt.planning.memory import local_parameters, memory, model_states
+from tests.training.runs import free_port
 
 BOUND = 0.15
 """Largest relative error allowed between predicted and measured peak bytes."""
@@ -51,7 +52,7 @@ def _measure(tmp_path, nproc: int, overrides: list[str]) -> tuple[float, float]:
     tokens = 256 * 4 * nproc // tp
     args = [f"run_dir={tmp_path / 'run'}", *RUN, f"data.global_batch_tokens={tokens}", *overrides]
     launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                  f"--nproc-per-node={nproc}", "--master-port=0"]
+                                                  f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
     out = tmp_path / "peak.json"
     env = os.environ | {"MTTT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([*launch, "-m", "megatron_ttt.planning.measure", str(out), *args], env=env,
