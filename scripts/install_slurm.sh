@@ -14,4 +14,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
-echo "install_slurm.sh: installed $(dpkg-query -W -f 'slurm-wlm ${Version}, munge ${Version}' slurm-wlm munge)"
+echo "install_slurm.sh: installed $(dpkg-query -W -f '${Package} ${Version}  ' slurm-wlm munge)"
