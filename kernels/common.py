@@ -66,6 +66,18 @@ def matrix_offsets(R: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
+def load_matrix(ptr, R: tl.constexpr, C: tl.constexpr):
+    """A row-major [R, C] fp32 matrix."""
+    return tl.load(ptr + matrix_offsets(R, C))
+
+
+@triton.jit
+def load_transposed(ptr, R: tl.constexpr, C: tl.constexpr):
+    """The [C, R] transpose of a row-major [R, C] fp32 matrix, read transposed."""
+    return tl.load(ptr + tl.arange(0, C)[:, None] + tl.arange(0, R)[None, :] * C)
+
+
+@triton.jit
 def normalize(x, D: tl.constexpr):
     """((x - mean) * rstd, rstd) over the last dim of [BL, D]; rstd is [BL]."""
     centered = x - (tl.sum(x, 1) / D)[:, None]

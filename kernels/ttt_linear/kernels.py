@@ -47,7 +47,7 @@ def ttt_linear_fwd_kernel(
     ln_b = tl.load(ln_b_ptr + (n % H) * D + cols).to(tl.float32)
     c = tl.load(coeff_ptr + tl.arange(0, BL), mask=tl.arange(0, BL) < mini_batch, other=0.0)
     c_last = tl.load(coeff_ptr + mini_batch - 1)
-    n_ckpt = tl.cdiv(n_blocks, G)
+    n_ckpt = (n_blocks + G - 1) // G
     for blk in range(n_blocks):
         if blk % G == 0:
             tl.store(ckpt_w_ptr + (n * n_ckpt + blk // G) * D * D + dd, w)
@@ -95,7 +95,7 @@ def ttt_linear_bwd_kernel(
     dln_w = tl.zeros([D], tl.float32)
     dln_b = tl.zeros([D], tl.float32)
     dc = tl.zeros([BL], tl.float32)
-    n_ckpt = tl.cdiv(n_blocks, G)
+    n_ckpt = (n_blocks + G - 1) // G
     for group_back in range(n_ckpt):
         group = n_ckpt - 1 - group_back
         first = group * G
