@@ -101,14 +101,6 @@ def test_a_vocabulary_that_does_not_split_is_refused(tmp_path, cache, uninterrup
     assert "vocabulary of 513 does not split over tensor_parallel=2" in out.stderr
 
 
-def test_same_layout_resume_still_uses_deepspeeds_files(tmp_path, cache, uninterrupted):
-    run = cut_at(uninterrupted, tmp_path / "same", 4)
-    out = pretrain(run, cache, EVERY_STEP)
-    assert "at step 4\n" in out.stdout and "another layout" not in out.stdout
-    assert losses(run) == losses(uninterrupted)
-    assert max_weight_difference(uninterrupted, run) == 0.0
-
-
 @pytest.mark.slow
 def test_an_fp32_checkpoint_resumes_in_bf16(tmp_path, cache, uninterrupted):
     run = cut_at(uninterrupted, tmp_path / "bf16", 3)
