@@ -74,13 +74,13 @@ def measure(overrides: list[str], nproc: int, cache: Path, out: Path) -> list[di
     return json.loads(out.read_text())
 
 
-def predict(overrides: list[str], nproc: int) -> float:
+def predict(overrides: list[str], nproc: int, sequence_parallel: bool) -> float:
     from megatron_ttt.config import load_config
     from megatron_ttt.planning.hardware import Assumptions
     from megatron_ttt.planning.measure import planned
     from megatron_ttt.planning.memory import memory
 
-    model, layout = planned(load_config(None, overrides), nproc)
+    model, layout = planned(load_config(None, overrides), nproc, sequence_parallel)
     return memory(model, layout, Assumptions(), on_gpu=False).allocated
 
 
@@ -110,8 +110,12 @@ def main() -> None:
             overrides = overrides_of(case, nproc, layout, args.steps, Path(tmp) / f"run{len(rows)}")
             ranks = measure(overrides, nproc, Path(tmp) / "cache", Path(tmp) / "peak.json")
             measured = max(r["peak_bytes"] for r in ranks)
-            predicted = predict(overrides, nproc)
-            rows.append({"case": label(case, nproc, layout), "index": index, "overrides": overrides[1:],
+            predicted = predict(overrides, nproc, ranks[0]["sequence_parallel"])
+            name = label(case, nproc, layout)
+            if "parallel.sequence_parallel=true" in layout and not ranks[0]["sequence_parallel"]:
+                name += " (not built)"  # the trainer's model ignores parallel.sequence_parallel
+            rows.append({"case": name, "index": index, "overrides": overrides[1:],
+                         "sequence_parallel_built": ranks[0]["sequence_parallel"],
                          "measured_mib": measured / 2**20, "predicted_mib": predicted / 2**20,
                          "error": (predicted - measured) / measured})
             tqdm.write(json.dumps(rows[-1]))

@@ -34,7 +34,7 @@ def _cpu_peak(events) -> int:
     return peak
 
 
-def _train(config, steps: int) -> None:
+def _train(config, steps: int) -> bool:
     from megatron_ttt.data_prep.corpus import default_cache_dir
     from megatron_ttt.training.trainer import build, set_schedules, train_step
 
@@ -44,29 +44,32 @@ def _train(config, steps: int) -> None:
         set_schedules(run)
         train_step(run, batches)
         run.step += 1
+    return run.engine.module.sequence_parallel
 
 
-def peak_bytes(config) -> int:
-    """This rank's peak tensor memory over building and `config.train.steps` steps."""
+def peak_bytes(config) -> tuple[int, bool]:
+    """This rank's peak tensor memory over building and `config.train.steps` steps, and whether
+    the model that ran was built sequence parallel."""
     import deepspeed  # noqa: F401  imported before the window: its import is runtime baseline
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        _train(config, config.train.steps)
+        sequence_parallel = _train(config, config.train.steps)
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        return torch.cuda.max_memory_allocated() - base, sequence_parallel
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _train(config, config.train.steps)
-    return _cpu_peak(prof.profiler.kineto_results.events())
+        sequence_parallel = _train(config, config.train.steps)
+    return _cpu_peak(prof.profiler.kineto_results.events()), sequence_parallel
 
 
-def planned(config, nproc: int):
+def planned(config, nproc: int, sequence_parallel: bool):
     """The model and Layout a pretraining config describes on `nproc` CPU processes (the
-    vocabulary rounded as the trainer rounds the bundled tokenizer's)."""
+    vocabulary rounded as the trainer rounds the bundled tokenizer's). `sequence_parallel` is
+    what the measured model was built with (a measured row says), not what the config asked for."""
     from megatron_ttt.planning.layout import Layout
     from megatron_ttt.training.trainer import model_config
 
@@ -75,7 +78,7 @@ def planned(config, nproc: int):
     layout = Layout(1, nproc, tp=parallel.tensor_parallel, zero=parallel.zero_stage, seq_len=data.seq_len,
                     micro_batch=data.micro_batch_size, global_batch_tokens=data.global_batch_tokens,
                     time_ckpt=config.model.time_checkpoint_group, block_ckpt=parallel.block_checkpointing,
-                    dtype=config.train.dtype, sequence_parallel=parallel.sequence_parallel)
+                    dtype=config.train.dtype, sequence_parallel=sequence_parallel)
     return model, layout
 
 def main(argv: list[str]) -> int:
@@ -87,8 +90,10 @@ def main(argv: list[str]) -> int:
     init_parallel(ParallelLayout(config.parallel.tensor_parallel, config.parallel.sequence_parallel),
                   seed=config.train.seed)
     try:
+        peak, sequence_parallel = peak_bytes(config)
         row = {"rank": dist.get_rank(), "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
-               "dp_rank": parallel_state.get_data_parallel_rank(), "peak_bytes": peak_bytes(config)}
+               "dp_rank": parallel_state.get_data_parallel_rank(), "peak_bytes": peak,
+               "sequence_parallel": sequence_parallel}
         rows = [None] * dist.get_world_size()
         dist.all_gather_object(rows, row)
         if dist.get_rank() == 0:
