@@ -33,5 +33,5 @@ def run_generate(args: argparse.Namespace) -> int:
         steps = max(len(ids) - 1, 1)
         print(f"{prompt.shape[1]} prompt tokens: prefill {prompt.shape[1] / out.prefill_seconds:.0f} tok/s; "
               f"{len(ids)} new tokens: {1e3 * out.decode_seconds / steps:.2f} ms/token; cache "
-              f"{out.cache_bytes / 2**10:.1f} KiB", file=sys.stderr)
+              f"{out.cache_bytes / 2**10:.1f} KiB on this rank", file=sys.stderr)
     return 0
