@@ -31,11 +31,11 @@ class FusedTTTFunction(torch.autograd.Function):
 
     @classmethod
     def shared_memory_shortfall(cls, q: torch.Tensor, state: tuple[torch.Tensor, ...], mini_batch: int,
-                                group: int) -> str | None:
-        """Why the kernels cannot launch on q's CUDA device, or None if they can."""
+                                group: int, backward: bool) -> str | None:
+        """Why the kernels (the forward, and the backward if asked) cannot launch on q's CUDA device."""
         target, available = current_target(q.device)
-        return shared_memory_shortfall((cls.forward_kernel, cls.backward_kernel), q.dtype,
-                                       cls.launch_meta(q, state, mini_batch, group), target, available)
+        kernels = (cls.forward_kernel, cls.backward_kernel) if backward else (cls.forward_kernel,)
+        return shared_memory_shortfall(kernels, q.dtype, cls.launch_meta(q, state, mini_batch, group), target, available)
 
     @classmethod
     def forward(cls, ctx, mini_batch, group, q, k, v, lr, coeff, ln_weight, ln_bias, *state):

@@ -53,7 +53,8 @@ def ttt_inner_loop(
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     reason = triton_unsupported(q, state) if use_triton else None
     if use_triton and not reason and q.is_cuda:
-        reason = _kernels(state)[1].shared_memory_shortfall(q, state.weights, mini_batch_size, checkpoint_group)
+        reason = _shared_memory_shortfall((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size,
+                                          checkpoint_group)
         if reason and backend == "auto":
             warnings.warn(f"the Triton TTT kernels cannot run here ({reason}); using the PyTorch dual form")
     if backend == "triton" and reason:
@@ -67,6 +68,13 @@ def ttt_inner_loop(
     n = len(state.weights)
     position = q.shape[2] % mini_batch_size
     return z, TTTState(tuple(rest[:n]), tuple(rest[n:]) if position else None, position)
+
+
+def _shared_memory_shortfall(inputs, state: TTTState, mini_batch_size: int, checkpoint_group: int) -> str | None:
+    """Why the kernels would not launch on this GPU; the backward counts only if a gradient is wanted."""
+    backward = torch.is_grad_enabled() and any(x.requires_grad for x in (*inputs, *state.weights))
+    return _kernels(state)[1].shared_memory_shortfall(inputs[0], state.weights, mini_batch_size, checkpoint_group,
+                                                      backward)
 
 
 def _kernels(state: TTTState):
