@@ -93,6 +93,9 @@ class Memory:
     """The largest recomputation alive in the backward (one block or one time-axis group)."""
     buffers: float
     """DeepSpeed's ZeRO buckets."""
+    optimizer_step: float
+    """Temporaries of the optimizer step: on the CPU DeepSpeed falls back to torch's foreach AdamW,
+    which holds one fp32 tensor per stepped parameter (4 bytes each); on a GPU its FusedAdam none."""
     accumulating: bool
     """Gradient accumulation: the gradients of earlier micro-batches live through later forwards."""
     fragmentation: float = 0.0
@@ -102,14 +105,15 @@ class Memory:
     def allocated(self) -> float:
         """The allocator's peak (the measured peak's counterpart): the kept states plus the larger
         of the activation peak (end of the forward, or a recomputation in the backward) and the
-        gradients at the end of the backward; both together when accumulation keeps the
-        gradients through the forward."""
+        gradients at the end of the backward or in the step; both together when accumulation
+        keeps the gradients through the forward."""
         kept = self.parameters + self.persistent_gradients + self.optimizer + self.buffers
         stored = self.ttt_activations + self.block_activations
         acts = stored + max(self.head_activations, self.recompute)
+        late = max(self.recompute, self.optimizer_step)
         if self.accumulating:
-            return kept + self.gradients + acts
-        return kept + max(acts, self.gradients + self.recompute)
+            return kept + self.gradients + max(acts, late)
+        return kept + max(acts, self.gradients + late)
 
     @property
     def total(self) -> float:
@@ -127,8 +131,9 @@ def memory(model: TTTModelConfig, layout: Layout, assume: Assumptions, on_gpu: b
     no_ckpt = 0.0 if layout.block_ckpt else (
         model.num_layers * tokens * activations.inner_loop_bytes(model, layout))
     head = stored["head"] + tokens * activations.head_transient_bytes(model, layout)
+    stepped = local_parameters(model, layout.tp) / (layout.dp if layout.zero else 1)
     partial = Memory(states.parameters, states.gradients, states.persistent_gradients, states.optimizer, stored["ttt"],
                      no_ckpt, stored["blocks"], head, activations.recompute_transient_bytes(model, layout),
-                     buffer_bytes(model, layout, assume), layout.accumulation > 1)
+                     buffer_bytes(model, layout, assume), 0.0 if on_gpu else 4 * stepped, layout.accumulation > 1)
     margin = assume.fragmentation * partial.allocated + assume.cuda_context_gib * GIB if on_gpu else 0.0
     return replace(partial, fragmentation=margin)

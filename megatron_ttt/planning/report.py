@@ -39,7 +39,8 @@ def _memory_lines(p: Plan, gpu: GPU) -> list[str]:
             ("  the same without time-axis ckpt", m.ttt_activations_no_time_ckpt),
             (f"block activations (blocks {'on' if lay.block_ckpt else 'off'})", m.block_activations),
             ("head and loss", m.head_activations), ("recomputation in the backward", m.recompute),
-            ("communication buffers (ZeRO buckets)", m.buffers), ("fragmentation margin + CUDA context", m.fragmentation)]
+            ("communication buffers (ZeRO buckets)", m.buffers), ("optimizer-step temporaries", m.optimizer_step),
+            ("fragmentation margin + CUDA context", m.fragmentation)]
     lines = ["memory per GPU                                   GiB"]
     lines += [f"  {name:<44} {value / GIB:>7.2f}" for name, value in rows]
     verdict = "fits" if m.fits(gpu) else "DOES NOT FIT"
