@@ -41,8 +41,8 @@ def candidates(base: Layout, open_options: set[str]) -> list[Layout]:
 def search(model: TTTModelConfig, base: Layout, open_options: set[str], gpu: GPU, assume: Assumptions,
            keep: int = 5) -> list[Plan]:
     """The `keep` fastest layouts that fit (ties: less memory first)."""
-    plans, errors = [], []
-    for layout in candidates(base, open_options):
+    plans, errors, layouts = [], [], candidates(base, open_options)
+    for layout in layouts:
         try:
             candidate = plan(model, layout, gpu, assume)
         except UserInputError as exc:
@@ -50,7 +50,7 @@ def search(model: TTTModelConfig, base: Layout, open_options: set[str], gpu: GPU
             continue
         if candidate.memory.fits(gpu):
             plans.append(candidate)
-    if errors and len(errors) == len(candidates(base, open_options)):
+    if errors and len(errors) == len(layouts):
         raise errors[0]  # no choice of the open options makes the given ones valid
     if not plans:
         raise UserInputError(f"no layout of {base.nodes} x {base.gpus_per_node} {gpu.name} fits "
