@@ -94,8 +94,8 @@ class Memory:
     buffers: float
     """DeepSpeed's ZeRO buckets."""
     optimizer_step: float
-    """Temporaries of the optimizer step: on the CPU DeepSpeed falls back to torch's foreach AdamW,
-    which holds one fp32 tensor per stepped parameter (4 bytes each); on a GPU its FusedAdam none."""
+    """Temporaries of the optimizer step: DeepSpeed's FusedAdam on the CPU holds one fp32 tensor per
+    stepped parameter (4 bytes each; measured); its CUDA kernels update in place (none)."""
     accumulating: bool
     """Gradient accumulation: the gradients of earlier micro-batches live through later forwards."""
     fragmentation: float = 0.0
