@@ -8,7 +8,7 @@ context and the allocator margin, which a CPU run does not have. The error is
 (predicted - measured) / measured of the largest rank.
 
     python benchmarks/plan_memory.py --cases tiny --json rows.json   # 16 runs, ~25 s each on 2 idle cores
-    python benchmarks/plan_memory.py --cases 125m --only 0 1 3     # 125m: a few minutes a run
+    python benchmarks/plan_memory.py --cases 125m --only 0 2 3 7 13  # 125m fp32: 1-4 minutes a run
 """
 
 import argparse
