@@ -28,10 +28,11 @@ def read_model_config(directory: Path) -> TTTModelConfig:
     return TTTModelConfig(**json.loads(path.read_text()))
 
 
-def build_model(cfg: TTTModelConfig, params_dtype: torch.dtype = torch.float32) -> TTTLanguageModel:
+def build_model(cfg: TTTModelConfig, params_dtype: torch.dtype = torch.float32,
+                sequence_parallel: bool = False) -> TTTLanguageModel:
     """The model at the current tensor-parallel size (parallel state must be initialized)."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    return TTTLanguageModel(megatron_config(cfg, tp, params_dtype=params_dtype), cfg)
+    return TTTLanguageModel(megatron_config(cfg, tp, sequence_parallel, params_dtype), cfg)
 
 
 def write_weights(model: TTTLanguageModel, directory: Path) -> None:

@@ -18,7 +18,7 @@ from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.data_prep.corpus import default_cache_dir
 from megatron_ttt.models.init import initialize
 from megatron_ttt.models.mixer import TTTMixer
-from megatron_ttt.models.presets import preset
+from megatron_ttt.models.presets import parameter_count, preset
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
 from megatron_ttt.training import checkpointing
 from megatron_ttt.training.data import training_manifest
@@ -63,7 +63,8 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     manifest = training_manifest(config.data, cache)
-    model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size, plan and plan.vocab_size))
+    model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size, plan and plan.vocab_size),
+                        sequence_parallel=config.parallel.sequence_parallel)
     initialize(model, config.train.seed, parallel_state.get_tensor_model_parallel_rank(),
                parallel_state.get_tensor_model_parallel_world_size())
     if plan is not None and plan.reshard:
@@ -218,12 +219,23 @@ def _loop(run: Run, reporter: Reporter) -> int:
     return 0
 
 
+def describe(run: Run) -> str:
+    """One line on what was built: the model's size and the parallel layout it runs in."""
+    model = run.engine.module
+    tp, dp = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_data_parallel_world_size()
+    sp = " with sequence parallel" if model.config.sequence_parallel else ""
+    return (f"model: {parameter_count(model.ttt):,} parameters; layout: TP {tp}{sp}, DP {dp}, "
+            f"ZeRO {run.config.parallel.zero_stage}, {run.config.train.dtype}")
+
+
 def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | None = None) -> int:
     cache = cache or default_cache_dir()
     init_parallel(ParallelLayout(config.parallel.tensor_parallel, config.parallel.sequence_parallel),
                   seed=config.train.seed)
     try:
         run = build(config, cache, resume_mode)
+        if dist.get_rank() == 0:
+            print(describe(run), flush=True)
         resume(run)
         try:
             return train(run)
