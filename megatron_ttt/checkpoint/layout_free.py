@@ -14,6 +14,8 @@ it loads at any TP size, and every DP rank then takes its ZeRO partition from th
 """
 
 import json
+import multiprocessing
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from deepspeed.utils import (
     safe_set_full_optimizer_state,
 )
 
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from megatron_ttt.checkpoint.model_dir import (
@@ -37,6 +40,7 @@ from megatron_ttt.checkpoint.model_dir import (
 )
 from megatron_ttt.data.manifest import write_atomic
 from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.training.signals import ignore_stop_signals
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 TRAINER_STATE = "trainer_state.json"
@@ -52,7 +56,7 @@ def read_trainer_state(directory: Path) -> dict:
     return json.loads((directory / TRAINER_STATE).read_text())
 
 
-def _base_optimizer(optimizer):
+def base_optimizer(optimizer):
     """The torch optimizer that holds Adam's state (DeepSpeed's ZeRO and bf16 wrappers keep it as
     `.optimizer`; without ZeRO in fp32 the engine's optimizer is Adam itself)."""
     return getattr(optimizer, "optimizer", optimizer)
@@ -90,8 +94,20 @@ def _link_fragments(optimizer) -> None:
 
 def adam_step(engine) -> int:
     """Adam's step count (its bias correction), the same for every parameter group."""
-    state = _base_optimizer(engine.optimizer).state.values()
+    state = base_optimizer(engine.optimizer).state.values()
     return max((int(s["step"]) for s in state), default=0)
+
+
+def _signal_proof_writer() -> None:
+    """dist_checkpointing's torch_dist writer sends its results through a queue served by a
+    process it spawns at the first save and keeps (filesystem_async._results_queue). A signal to
+    the whole job (scancel, preemption) killed that process, and the checkpoint the signal asks
+    for then failed. Serve the queue from a process that ignores those signals instead. (The
+    writers it forks per save inherit the rank's handlers and are safe.)"""
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(initializer=ignore_stop_signals)
+        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 
 @torch.no_grad()
@@ -100,6 +116,7 @@ def save(engine, directory: Path, trainer_state: dict) -> None:
     Collective: every rank calls it. A plain twin of the model at this TP size carries each
     tensor into dist_checkpointing, which also works where ZeRO-3 leaves the module empty."""
     model, rank0 = engine.module, torch.distributed.get_rank() == 0
+    _signal_proof_writer()
     twin, params = _twin(model), dict(model.named_parameters())
     _link_fragments(engine.optimizer)
     if rank0:
@@ -128,7 +145,7 @@ def _materialize_state(optimizer, step: int) -> None:
             or getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO 3
             or getattr(optimizer, "fp32_groups_flat_partition", None)  # bf16 without ZeRO
             or [p for g in optimizer.param_groups for p in g["params"]])  # fp32 without ZeRO
-    base = _base_optimizer(optimizer)
+    base = base_optimizer(optimizer)
     for t in flat:
         base.state[t] = {"step": step, "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
     for group in base.param_groups:

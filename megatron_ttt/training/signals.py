@@ -10,6 +10,14 @@ EXIT_PREEMPTED = 75
 """The run saved a checkpoint on a signal and stopped early: requeue it with `--resume auto`."""
 EXIT_NONFINITE = 3
 """The loss became NaN or infinite; no checkpoint was written for that step."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+"""What SLURM (scancel, preemption, the time limit) or a terminal sends to every process of a job."""
+
+
+def ignore_stop_signals() -> None:
+    """For helper processes of a rank: the rank itself decides when to stop (after its checkpoint)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StopRequests:

@@ -21,6 +21,7 @@ from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.presets import parameter_count, preset
 from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
 from megatron_ttt.training import checkpointing
+from megatron_ttt.training.adam_history import replay_bias_correction
 from megatron_ttt.training.data import training_manifest
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
 from megatron_ttt.training.report import Reporter
@@ -92,6 +93,7 @@ def resume(run: Run) -> None:
         state = layout_free.load_optimizer(run.engine, plan.path)
     else:
         state = checkpointing.load(run.engine, run.run_dir, plan.tag)
+    replay_bias_correction(layout_free.base_optimizer(run.engine.optimizer), layout_free.adam_step(run.engine))
     run.loader.load_state_dict(state["loader"])
     run.step = state["step"]
     if dist.get_rank() == 0:
