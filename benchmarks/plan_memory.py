@@ -74,6 +74,16 @@ def measure(overrides: list[str], nproc: int, cache: Path, out: Path) -> list[di
     return json.loads(out.read_text())
 
 
+def check_built(overrides: list[str], built: bool) -> None:
+    """The model that ran must be sequence parallel exactly when the row asks for it (with TP > 1):
+    otherwise the row would measure one layout and predict another."""
+    asked = dict(o.split("=", 1) for o in overrides)
+    wanted = asked.get("parallel.sequence_parallel") == "true" and int(asked.get("parallel.tensor_parallel", 1)) > 1
+    if built != wanted:
+        raise RuntimeError(f"{' '.join(overrides)}: the trained model was built with sequence_parallel={built}, "
+                           f"the row asks for {wanted}")
+
+
 def predict(overrides: list[str], nproc: int, sequence_parallel: bool) -> float:
     from megatron_ttt.config import load_config
     from megatron_ttt.planning.hardware import Assumptions
@@ -110,11 +120,9 @@ def main() -> None:
             overrides = overrides_of(case, nproc, layout, args.steps, Path(tmp) / f"run{len(rows)}")
             ranks = measure(overrides, nproc, Path(tmp) / "cache", Path(tmp) / "peak.json")
             measured = max(r["peak_bytes"] for r in ranks)
+            check_built(overrides, ranks[0]["sequence_parallel"])
             predicted = predict(overrides, nproc, ranks[0]["sequence_parallel"])
-            name = label(case, nproc, layout)
-            if "parallel.sequence_parallel=true" in layout and not ranks[0]["sequence_parallel"]:
-                name += " (not built)"  # the trainer's model ignores parallel.sequence_parallel
-            rows.append({"case": name, "index": index, "overrides": overrides[1:],
+            rows.append({"case": label(case, nproc, layout), "index": index, "overrides": overrides[1:],
                          "sequence_parallel_built": ranks[0]["sequence_parallel"],
                          "measured_mib": measured / 2**20, "predicted_mib": predicted / 2**20,
                          "error": (predicted - measured) / measured})
