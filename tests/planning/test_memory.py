@@ -59,6 +59,8 @@ def _measure(tmp_path, nproc: int, overrides: list[str]) -> tuple[float, float]:
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = json.loads(out.read_text())
+    asked = "parallel.sequence_parallel=true" in overrides and tp > 1
+    assert all(r["sequence_parallel"] == asked for r in ranks), ranks  # the model built is the one asked for
     measured = max(r["peak_bytes"] for r in ranks)
     model, layout = planned(load_config(None, args), nproc, ranks[0]["sequence_parallel"])
     return memory(model, layout, Assumptions(), on_gpu=False).allocated, measured
@@ -72,5 +74,14 @@ def test_predicted_peak_matches_a_measured_run(tmp_path):
 @pytest.mark.slow
 def test_predicted_peak_matches_a_tensor_parallel_bf16_run(tmp_path):
     overrides = ["train.dtype=bf16", "parallel.tensor_parallel=2", "model.time_checkpoint_group=4"]
+    predicted, measured = _measure(tmp_path, 2, overrides)
+    assert abs(predicted - measured) / measured < BOUND, (predicted, measured)
+
+
+@pytest.mark.slow
+def test_predicted_peak_matches_a_sequence_parallel_bf16_run(tmp_path):
+    """The planner's sequence-parallel terms against a model built with sequence parallelism."""
+    overrides = ["train.dtype=bf16", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true",
+                 "model.time_checkpoint_group=4"]
     predicted, measured = _measure(tmp_path, 2, overrides)
     assert abs(predicted - measured) / measured < BOUND, (predicted, measured)
