@@ -62,10 +62,26 @@ def base_optimizer(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
+def _flat_slice(optimizer, param: torch.nn.Parameter, key: str | None) -> torch.Tensor | None:
+    """bf16 without ZeRO (DeepSpeed's FP16_Optimizer in bf16 mode): the parameter's slice of its
+    group's flat fp32 master (key None) or of that master's Adam moment; None for other optimizers.
+    The flat master holds the group's parameters back to back, in order, unpadded."""
+    for group, flat in zip(getattr(optimizer, "fp16_groups", ()), getattr(optimizer, "fp32_groups_flat", ())):
+        offset = 0
+        for p in group:
+            if p is param:
+                whole = flat if key is None else base_optimizer(optimizer).state[flat][key]
+                return whole[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+    return None
+
+
 def _whole(engine, param: torch.nn.Parameter, key: str | None) -> torch.Tensor:
     """This TP rank's whole fp32 tensor of a parameter (key None) or of one of its Adam moments,
     gathered over the data-parallel group where ZeRO or the bf16 optimizer partition it."""
     value = safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
+    if value is None:
+        value = _flat_slice(engine.optimizer, param, key)
     if value is not None:
         return value
     # fp32 without ZeRO: Adam updates the module's parameters in place.
@@ -143,7 +159,8 @@ def _materialize_state(optimizer, step: int) -> None:
     flat fp32 partitions DeepSpeed hands to it, then link each parameter's slice of it."""
     flat = (getattr(optimizer, "single_partition_of_fp32_groups", None)  # ZeRO 1, 2
             or getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO 3
-            or getattr(optimizer, "fp32_groups_flat_partition", None)  # bf16 without ZeRO
+            or getattr(optimizer, "fp32_groups_flat_partition", None)  # bf16 optimizer (pipelines)
+            or getattr(optimizer, "fp32_groups_flat", None)  # bf16 without ZeRO
             or [p for g in optimizer.param_groups for p in g["params"]])  # fp32 without ZeRO
     base = base_optimizer(optimizer)
     for t in flat:
@@ -157,6 +174,8 @@ def _materialize_state(optimizer, step: int) -> None:
 def _set(engine, param: torch.nn.Parameter, value: torch.Tensor, key: str | None) -> None:
     if hasattr(param, "ds_id") or hasattr(param, "_hp_mapping"):
         (safe_set_full_fp32_param(param, value) if key is None else safe_set_full_optimizer_state(param, value, key))
+    elif (flat := _flat_slice(engine.optimizer, param, key)) is not None:
+        flat.copy_(value)
     elif key is not None:
         engine.optimizer.state[param][key].copy_(value)
 
