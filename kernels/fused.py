@@ -2,7 +2,8 @@
 
 Both ops take (q, k, v, lr, coeff, ln_weight, ln_bias, *initial state) and return
 (z, *final state, *final step sums): TTT-Linear's state is (W, b), TTT-MLP's (W1, b1, W2, b2).
-A subclass names its two kernels and the compile-time sizes they need.
+A subclass names its two kernels (`forward_kernel`, `backward_kernel`) and the compile-time
+widths they need (`sizes(q, state) -> dict`).
 """
 
 import torch
@@ -14,14 +15,6 @@ from megatron_ttt.kernels.resources import current_target, shared_memory_shortfa
 
 class FusedTTTFunction(torch.autograd.Function):
     """forward(ctx, mini_batch, group, q, k, v, lr, coeff, ln_weight, ln_bias, *state)."""
-
-    forward_kernel = None
-    backward_kernel = None
-
-    @staticmethod
-    def sizes(q: torch.Tensor, state: tuple[torch.Tensor, ...]) -> dict:
-        """Compile-time widths of the kernels (D, and HID for an MLP)."""
-        raise NotImplementedError
 
     @classmethod
     def launch_meta(cls, q: torch.Tensor, state: tuple[torch.Tensor, ...], mini_batch: int, group: int) -> dict:
