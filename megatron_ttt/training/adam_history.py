@@ -17,7 +17,8 @@ def replay_bias_correction(base_optimizer, steps: int) -> None:
     """Bring the CPU kernel's running beta powers to where `steps` optimizer steps leave them."""
     if not isinstance(base_optimizer, FusedAdam) or get_accelerator().device_name() != "cpu":
         return
-    group = next(g for g in base_optimizer.param_groups if g["params"])
+    # Every group has the same betas and eps; under ZeRO-3 a rank's groups may hold no parameters.
+    group = base_optimizer.param_groups[0]
     beta1, beta2 = group["betas"]
     scratch = [[torch.zeros(1)] for _ in range(4)]  # gradient, parameter, exp_avg, exp_avg_sq
     for step in range(1, steps + 1):
