@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from megatron_ttt.checkpoint.model_dir import build_model
+from megatron_ttt.models.build import build_model
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.presets import preset
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 
 
 def timed(fn) -> float:
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    init_parallel(ParallelLayout())
+    init_parallel(ModelParallel())
     try:
         model = build_model(preset("tiny", args.layer_type, args.backbone)).eval()
         measure(model, 64, 4, 1, seed=0)  # warm-up

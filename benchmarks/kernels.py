@@ -38,10 +38,10 @@ def run_op(backend: str, leaves: list[torch.Tensor], b: int, group: int) -> list
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
     state = TTTState.initial(tuple(weights), q.shape[0])
     if backend == "twin":
-        z, state = ttt_dual(q, k, v, lr, offset, ln_w, ln_b, state, mini_batch_size=b, checkpoint_group=group)
+        z, state = ttt_dual(q, k, v, lr, offset, ln_w, ln_b, state, mini_batch_size=b, time_checkpoint_group=group)
     else:
         z, state = ttt_inner_loop(q, k, v, lr, offset, ln_w, ln_b, state, mini_batch_size=b,
-                                  checkpoint_group=group, backend="triton")
+                                  time_checkpoint_group=group, backend="triton")
     return [z, *state.weights, *(state.grads or ())]
 
 
@@ -172,7 +172,7 @@ def main() -> None:
         print(f"\nceilings on {result['device']}: {result['ceilings']}")
         cases = [(kind, T) for T in map(int, args.seq_lens.split(",")) for kind in ("linear", "mlp")]
         result["speed"] = [row for kind, T in tqdm(cases, desc="speed") for row in speed_rows(
-            kind, args.batch, args.heads, T, args.head_dim, args.mini_batch, args.checkpoint_group, args.repeats)]
+            kind, args.batch, args.heads, T, args.head_dim, args.mini_batch, args.time_checkpoint_group, args.repeats)]
         print_table(result["speed"], ["op", "impl", "T", "fwd_ms", "fwd_bwd_ms", "fwd_bwd_speedup_vs_twin",
                                       "fwd_tflops", "fwd_gbps"])
     if args.json:

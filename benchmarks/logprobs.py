@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_ttt.checkpoint.reference_format import to_full
+from megatron_ttt.models.parameters import to_full
 from megatron_ttt.checkpoint.reference_io import write_reference
-from megatron_ttt.eval.logprobs import token_logprobs
+from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.models.presets import preset
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 
 REFERENCE_SIDE = """
 import json, statistics, sys, time
@@ -67,8 +67,8 @@ def main() -> None:
     parser.add_argument("--reference-python", default=sys.executable, help="a Python with transformers installed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    init_parallel(ParallelLayout())
-    from megatron_ttt.checkpoint.model_dir import build_model
+    init_parallel(ModelParallel())
+    from megatron_ttt.models.build import build_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,11 +30,11 @@ CASES = {
 LAYOUTS = [
     (1, ("train.dtype=fp32",)),
     (1, ("train.dtype=bf16",)),
-    (1, ("train.dtype=fp32", "model.time_checkpoint_group=4")),
+    (1, ("train.dtype=fp32", "parallel.time_checkpoint_group=4")),
     (1, ("train.dtype=fp32", "parallel.block_checkpointing=true")),
-    (1, ("train.dtype=bf16", "model.time_checkpoint_group=4")),
+    (1, ("train.dtype=bf16", "parallel.time_checkpoint_group=4")),
     (1, ("train.dtype=fp32", "model.layer_type=mlp")),
-    (1, ("train.dtype=fp32", "model.layer_type=mlp", "model.time_checkpoint_group=4")),
+    (1, ("train.dtype=fp32", "model.layer_type=mlp", "parallel.time_checkpoint_group=4")),
     (2, ("train.dtype=fp32", "parallel.zero_stage=1")),
     (2, ("train.dtype=fp32", "parallel.zero_stage=2")),
     (2, ("train.dtype=fp32", "parallel.zero_stage=3")),
@@ -44,7 +44,7 @@ LAYOUTS = [
     (2, ("train.dtype=fp32", "parallel.tensor_parallel=2")),
     (2, ("train.dtype=fp32", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true")),
     (2, ("train.dtype=bf16", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true",
-         "model.time_checkpoint_group=4")),
+         "parallel.time_checkpoint_group=4")),
 ]
 FIXED = ("data.num_workers=0", "data.bundled_vocab_size=512", "logging.eval_interval=0", "logging.tensorboard=false")
 
@@ -96,7 +96,7 @@ def predict(overrides: list[str], nproc: int, sequence_parallel: bool) -> float:
 
 def label(case: str, nproc: int, layout: tuple[str, ...]) -> str:
     short = {"train.dtype=": "", "parallel.zero_stage=": "Z", "parallel.tensor_parallel=": "TP",
-             "parallel.sequence_parallel=true": "SP", "model.time_checkpoint_group=": "time G=",
+             "parallel.sequence_parallel=true": "SP", "parallel.time_checkpoint_group=": "time G=",
              "parallel.block_checkpointing=true": "blocks", "model.layer_type=": ""}
     parts = []
     for item in layout:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-CASES = [("none", []), ("time G=4", ["model.time_checkpoint_group=4"]), ("blocks", ["parallel.block_checkpointing=true"])]
+CASES = [("none", []), ("time G=4", ["parallel.time_checkpoint_group=4"]), ("blocks", ["parallel.block_checkpointing=true"])]
 
 
 def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:

@@ -26,7 +26,7 @@ from megatron_ttt.ops import TTTState, ttt_dual, ttt_primal
 IMPLS = {
     "primal": lambda *a, b: ttt_primal(*a, mini_batch_size=b),
     "dual": lambda *a, b: ttt_dual(*a, mini_batch_size=b),
-    "dual+ckpt4": lambda *a, b: ttt_dual(*a, mini_batch_size=b, checkpoint_group=4),
+    "dual+ckpt4": lambda *a, b: ttt_dual(*a, mini_batch_size=b, time_checkpoint_group=4),
 }
 
 # The primal form holds b per-token copies of the inner weights per mini-batch for its backward:

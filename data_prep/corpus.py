@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydoc_data.topics import topics
 
-from megatron_ttt.data.manifest import write_atomic
+from megatron_ttt.atomic import write_atomic
 
 BUNDLED_FILES = 4
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from megatron_ttt.data import DataError, Manifest, ShardEntry, Tokenizer
-from megatron_ttt.data.manifest import SPLITS, ShardSettings, TaskEntry, write_atomic
+from megatron_ttt.atomic import write_atomic
+from megatron_ttt.data.manifest import SPLITS, ShardSettings, TaskEntry
 from megatron_ttt.data_prep.task import read_marker, run_task
 
 Result = tuple[TaskEntry, dict[str, list[ShardEntry]]]

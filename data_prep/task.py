@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_ttt.data import DataError, ShardEntry, Tokenizer
-from megatron_ttt.data.manifest import SPLITS, ShardSettings, TaskEntry, write_atomic
+from megatron_ttt.atomic import write_atomic
+from megatron_ttt.data.manifest import SPLITS, ShardSettings, TaskEntry
 from megatron_ttt.data_prep.pack import ProgressFn, ShardSink, remove_task_shards
 from megatron_ttt.data_prep.sources import SourceOptions, SourceStats, iter_documents
 

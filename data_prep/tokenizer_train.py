@@ -9,7 +9,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from megatron_ttt.data import DataError, Tokenizer
-from megatron_ttt.data.manifest import write_atomic
+from megatron_ttt.atomic import write_atomic
 from megatron_ttt.data_prep.sources import SourceOptions, SourceStats, iter_documents
 
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}

@@ -9,7 +9,7 @@ widths they need (`sizes(q, state) -> dict`).
 import torch
 import triton
 
-from megatron_ttt.kernels.host import checkpoint_group_size, dot_precision, per_head, row_tile, rows
+from megatron_ttt.kernels.host import time_checkpoint_group_size, dot_precision, per_head, row_tile, rows
 from megatron_ttt.kernels.resources import current_target, shared_memory_shortfall
 
 
@@ -19,7 +19,7 @@ class FusedTTTFunction(torch.autograd.Function):
     @classmethod
     def launch_meta(cls, q: torch.Tensor, state: tuple[torch.Tensor, ...], mini_batch: int, group: int) -> dict:
         """The compile-time arguments both kernels get."""
-        G = checkpoint_group_size(group, triton.cdiv(q.shape[2], mini_batch))
+        G = time_checkpoint_group_size(group, triton.cdiv(q.shape[2], mini_batch))
         return dict(cls.sizes(q, state), BL=row_tile(mini_batch), G=G, PREC=dot_precision(q.dtype))
 
     @classmethod

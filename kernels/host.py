@@ -3,6 +3,8 @@
 import torch
 import triton
 
+from megatron_ttt.run_options import check_time_checkpoint_group
+
 
 def row_tile(mini_batch: int) -> int:
     """Rows of a mini-batch tile: the mini-batch rounded up to a power of two, at least 16 (tl.dot's minimum)."""
@@ -14,11 +16,10 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def checkpoint_group_size(checkpoint_group: int, n_blocks: int) -> int:
+def time_checkpoint_group_size(time_checkpoint_group: int, n_blocks: int) -> int:
     """G of the kernels: 0 (no checkpointing) keeps every mini-batch's starting state, as G = 1 does."""
-    if checkpoint_group < 0:
-        raise ValueError(f"checkpoint_group must be >= 0 (0 = off), got {checkpoint_group}")
-    return max(1, min(checkpoint_group, n_blocks))
+    check_time_checkpoint_group(time_checkpoint_group)
+    return max(1, min(time_checkpoint_group, n_blocks))
 
 
 def unsupported(q: torch.Tensor, widths: tuple[int, ...]) -> str | None:

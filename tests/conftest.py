@@ -8,7 +8,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +27,6 @@ def nan_poisoned_empty(monkeypatch):
 @pytest.fixture(scope="module")
 def single_process_parallel():
     """A one-process gloo group with TP=1 in the test process, torn down after the module."""
-    init_parallel(ParallelLayout())
+    init_parallel(ModelParallel())
     yield
     destroy_parallel()

@@ -1,8 +1,26 @@
+import argparse
 import subprocess
 import sys
 
+import pytest
+
 from megatron_ttt import __version__
-from megatron_ttt.cli import main
+from megatron_ttt.cli import build_parser, main
+
+COMMANDS = ("data", "pretrain", "convert", "eval", "generate", "launch", "plan", "version")
+
+
+def _subcommands() -> dict[str, str]:
+    """The subcommands build_parser() registers, each with its help text."""
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {choice.dest: choice.help for choice in action._choices_actions}
+    assert helps.keys() == action.choices.keys()
+    return helps
+
+
+def _flat(text: str) -> str:
+    """Whitespace collapsed, so argparse's line wrapping does not matter."""
+    return " ".join(text.split())
 
 
 def test_version(capsys):
@@ -11,8 +29,46 @@ def test_version(capsys):
 
 
 def test_help_lists_commands(capsys):
+    commands = _subcommands()
+    assert sorted(commands) == sorted(COMMANDS)
     assert main([]) == 0
-    assert "version" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    out = _flat(captured.out)
+    assert out.startswith("usage: mttt [-h] COMMAND")
+    for name, help_text in commands.items():
+        assert help_text, f"{name} has no help text"
+        assert f"{name} {_flat(help_text)}" in out, f"top-level help lacks {name!r}: {help_text!r}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mttt {command} "), out.splitlines()[:1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--preset", "bogus"], "mttt plan: error: --preset 'bogus': choose one of tiny, "),
+    (["launch", "pretrain", "--dry-run", "--profile", "/nonexistent/profile.yaml"],
+     "mttt launch: error: cannot read profile /nonexistent/profile.yaml: "),
+])
+def test_user_error_is_one_line_and_status_2(argv, message, capsys):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_user_error_exit_status_as_a_process():
+    result = subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "plan", "--vocab-size", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "mttt plan: error: --vocab-size 0 must be >= 1"
 
 
 def test_unknown_command_fails():

@@ -28,7 +28,7 @@ def fused_ttt_linear(
     b0: torch.Tensor,
     *,
     mini_batch_size: int,
-    checkpoint_group: int = 0,
+    time_checkpoint_group: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """TTT-Linear over a sequence that starts at a mini-batch boundary, forward and backward in Triton.
 
@@ -39,7 +39,7 @@ def fused_ttt_linear(
         ln_weight, ln_bias: [H,d] the inner LayerNorm.
         w0, b0: [B,H,d,d], [B,H,d] the state before the first token (kept in fp32 on chip).
         mini_batch_size: b.
-        checkpoint_group: G, mini-batches between the states the forward keeps for the
+        time_checkpoint_group: G, mini-batches between the states the forward keeps for the
             backward (which replays each group); 0 keeps every mini-batch's state.
 
     Returns:
@@ -48,4 +48,4 @@ def fused_ttt_linear(
         after it; the lr-weighted gradient sums of an incomplete last mini-batch (zeros if none).
     """
     check_kernel_inputs(q, (q.shape[-1],), mini_batch_size)
-    return TTTLinearFunction.apply(mini_batch_size, checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias, w0, b0)
+    return TTTLinearFunction.apply(mini_batch_size, time_checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias, w0, b0)

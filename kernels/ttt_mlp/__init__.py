@@ -30,7 +30,7 @@ def fused_ttt_mlp(
     b2: torch.Tensor,
     *,
     mini_batch_size: int,
-    checkpoint_group: int = 0,
+    time_checkpoint_group: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """TTT-MLP over a sequence that starts at a mini-batch boundary, forward and backward in Triton.
 
@@ -42,7 +42,7 @@ def fused_ttt_mlp(
         w1, b1, w2, b2: [B,H,d,h], [B,H,h], [B,H,h,d], [B,H,d] the state before the first token
             (h a power of two, 4 d in the reference; kept in fp32 on chip).
         mini_batch_size: b.
-        checkpoint_group: G, mini-batches between the states the forward keeps for the
+        time_checkpoint_group: G, mini-batches between the states the forward keeps for the
             backward (which replays each group); 0 keeps every mini-batch's state.
 
     Returns:
@@ -50,5 +50,5 @@ def fused_ttt_mlp(
         one weight and one step sum per state tensor.
     """
     check_kernel_inputs(q, (q.shape[-1], w1.shape[-1]), mini_batch_size)
-    return TTTMLPFunction.apply(mini_batch_size, checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias,
+    return TTTMLPFunction.apply(mini_batch_size, time_checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias,
                                 w1, b1, w2, b2)

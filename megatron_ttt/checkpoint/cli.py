@@ -8,17 +8,14 @@ from pathlib import Path
 def _convert(args: argparse.Namespace) -> int:
     from megatron_ttt.checkpoint.convert import hf_to_mttt, mttt_to_hf, mttt_to_mttt
     from megatron_ttt.errors import UserInputError
-    from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
     if args.tensor_parallel != 1 and args.direction != "mttt-to-mttt":
         raise UserInputError(f"--tensor-parallel {args.tensor_parallel}: only mttt-to-mttt runs at TP > 1 "
                              f"({args.direction} writes one consolidated directory in one process)")
-    init_parallel(ParallelLayout(args.tensor_parallel))
-    try:
+    with parallel_groups(ModelParallel(args.tensor_parallel)):
         convert = {"hf-to-mttt": hf_to_mttt, "mttt-to-hf": mttt_to_hf, "mttt-to-mttt": mttt_to_mttt}[args.direction]
         diff = convert(Path(args.src), Path(args.dst))
-    finally:
-        destroy_parallel()
     print(f"wrote {args.dst}; self-check: log-probabilities match the source to {diff:.1e}")
     return 0
 

@@ -6,23 +6,24 @@ weights (through the dense reference twin) and with the converted model, and fai
 differ beyond float32 rounding; the destination appears only after the check passes.
 
 A training checkpoint `RUN/checkpoints/step-N/` is itself a model directory (its layout-free
-part, see layout_free.py); `RUN/` or `RUN/checkpoints/` stand for the latest one.
+part, see layout_free.py); a run directory stands for its latest one (run_dir.py).
 """
 
-import shutil
 from pathlib import Path
 
 import torch
 from megatron.core import parallel_state
 
-from megatron_ttt.checkpoint import layout_free
-from megatron_ttt.checkpoint.model_dir import CONFIG_FILE, CheckpointError, build_model, load_model, save_model
-from megatron_ttt.checkpoint.reference_format import to_full, to_local
+from megatron_ttt.atomic import written_atomically
+from megatron_ttt.checkpoint.model_dir import load_model, save_model
 from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
-from megatron_ttt.eval.logprobs import next_token_logprobs, token_logprobs
+from megatron_ttt.checkpoint.run_dir import CheckpointError, resolve_model_source
+from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.models.parameters import to_full, to_local
 from megatron_ttt.models.reference_model import reference_logits
+from megatron_ttt.models.scoring import next_token_logprobs, token_logprobs
 
 CHECK_TOLERANCE = 1e-4
 """Largest allowed |difference| of a float32 log-probability (values are O(1-10))."""
@@ -58,20 +59,6 @@ def hf_to_mttt(src: Path, dst: Path) -> float:
     return diff
 
 
-def model_source(src: Path) -> Path:
-    """A model directory or training checkpoint; a run directory or its checkpoints/ folder stand
-    for their latest checkpoint."""
-    for pointer in (src / "checkpoints" / "latest", src / "latest"):
-        if pointer.is_file():
-            src = pointer.parent / pointer.read_text().strip()
-            break
-    if not (src / CONFIG_FILE).exists() and (src / "run_config.json").exists():
-        layout_free.check_present(src, "it cannot be converted")
-    if not src.is_dir():
-        raise CheckpointError(f"{src} does not exist")
-    return src
-
-
 def gathered_reference(model: TTTLanguageModel) -> dict[str, torch.Tensor]:
     """The model's weights in reference format, from every TP rank (collective over TP)."""
     group = parallel_state.get_tensor_model_parallel_group()
@@ -82,46 +69,30 @@ def gathered_reference(model: TTTLanguageModel) -> dict[str, torch.Tensor]:
 
 
 def mttt_to_mttt(src: Path, dst: Path) -> float:
-    """A training checkpoint (or model directory) -> a model directory holding only the weights,
-    checked by loading it back at the current TP size; returns the self-check's max difference."""
-    src = model_source(src)
+    """A training checkpoint, run directory or model directory -> a model directory holding only
+    the weights, checked by loading it back at the current TP size; returns the self-check's max
+    difference. Collective over the process group."""
+    src = resolve_model_source(src)
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
     model = load_model(src)
     source = gathered_reference(model)
-    checking = dst.with_name(f".{dst.name}.checking")
-    rank0 = torch.distributed.get_rank() == 0
-    if rank0:
-        shutil.rmtree(checking, ignore_errors=True)
-    torch.distributed.barrier()
-    save_model(model, checking)
-    try:
+    with written_atomically(dst, renames=torch.distributed.get_rank() == 0, shared=True) as checking:
+        torch.distributed.barrier()
+        save_model(model, checking)
         diff = self_check(source, load_model(checking), f"mttt-to-mttt {src}")
-    except CheckpointError:
-        if rank0:
-            shutil.rmtree(checking)
-        raise
-    if rank0:
-        checking.rename(dst)
     torch.distributed.barrier()
     return diff
 
 
 def mttt_to_hf(src: Path, dst: Path) -> float:
-    """Our model checkpoint or a training checkpoint, written at any layout -> one consolidated
-    reference directory (in one process); returns the self-check's max difference."""
-    src = model_source(src)
+    """Our model checkpoint, a training checkpoint written at any layout, or a run directory -> one
+    consolidated reference directory (in one process); returns the self-check's max difference."""
+    src = resolve_model_source(src)
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
     model = load_model(src)
     tensors = to_full([{n: p.detach() for n, p in model.named_parameters()}], model.ttt)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_reference(tmp, model.ttt, tensors)
-    try:
-        diff = self_check(read_reference(tmp)[1], model, f"mttt-to-hf {src}")
-    except CheckpointError:
-        shutil.rmtree(tmp)
-        raise
-    tmp.rename(dst)
-    return diff
+    with written_atomically(dst) as tmp:
+        write_reference(tmp, model.ttt, tensors)
+        return self_check(read_reference(tmp)[1], model, f"mttt-to-hf {src}")

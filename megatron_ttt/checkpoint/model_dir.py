@@ -2,37 +2,29 @@
 dist_checkpointing directory `model/` (so it loads at any tensor-parallel size)."""
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import dist_checkpointing
 
-from megatron_ttt.errors import UserInputError
-from megatron_ttt.models.config import TTTModelConfig, megatron_config
+from megatron_ttt.atomic import written_atomically
+from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, CheckpointError
+from megatron_ttt.models.build import build_model
+from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.run_options import InnerLoopOptions
 
-CONFIG_FILE = "model_config.json"
 WEIGHTS_DIR = "model"
 
 
-class CheckpointError(UserInputError):
-    pass
-
-
 def read_model_config(directory: Path) -> TTTModelConfig:
-    path = directory / CONFIG_FILE
+    path = directory / MODEL_CONFIG
     if not path.exists():
-        raise CheckpointError(f"{directory} is not a model checkpoint: it has no {CONFIG_FILE}")
-    return TTTModelConfig(**json.loads(path.read_text()))
-
-
-def build_model(cfg: TTTModelConfig, params_dtype: torch.dtype = torch.float32,
-                sequence_parallel: bool = False) -> TTTLanguageModel:
-    """The model at the current tensor-parallel size (parallel state must be initialized)."""
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    return TTTLanguageModel(megatron_config(cfg, tp, sequence_parallel, params_dtype), cfg)
+        raise CheckpointError(f"{directory} is not a model checkpoint: it has no {MODEL_CONFIG}")
+    try:
+        return TTTModelConfig.from_dict(json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid model config: {exc}") from None
 
 
 def write_weights(model: TTTLanguageModel, directory: Path) -> None:
@@ -52,28 +44,27 @@ def read_weights(model: TTTLanguageModel, directory: Path) -> None:
 
 
 def write_model_config(cfg: TTTModelConfig, directory: Path) -> None:
-    (directory / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    (directory / MODEL_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
 
 
 def save_model(model: TTTLanguageModel, directory: Path) -> None:
-    """Write the checkpoint to `directory` (which must not exist) in a temporary sibling, renamed
-    when complete: a crash leaves no half-written checkpoint under the final name."""
+    """Write the checkpoint to `directory` (which must not exist) under a temporary name, renamed
+    when complete. Collective over the process group."""
     if directory.exists():
         raise CheckpointError(f"{directory} already exists; choose a new destination")
-    tmp = directory.with_name(f".{directory.name}.partial")
     rank0 = torch.distributed.get_rank() == 0
-    if rank0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_model_config(model.ttt, tmp)
-    write_weights(model, tmp / WEIGHTS_DIR)
-    if rank0:
-        os.replace(tmp, directory)
+    with written_atomically(directory, renames=rank0, shared=True) as tmp:
+        if rank0:
+            tmp.mkdir(parents=True)
+            write_model_config(model.ttt, tmp)
+        write_weights(model, tmp / WEIGHTS_DIR)
     torch.distributed.barrier()
 
 
-def load_model(directory: Path, params_dtype: torch.dtype = torch.float32) -> TTTLanguageModel:
-    """The checkpoint's model at the current tensor-parallel size."""
-    model = build_model(read_model_config(directory), params_dtype)
+def load_model(directory: Path, params_dtype: torch.dtype = torch.float32,
+               inner_loop: InnerLoopOptions = InnerLoopOptions()) -> TTTLanguageModel:
+    """The checkpoint's model at the current tensor-parallel size, running as `inner_loop` says
+    (whatever the run that wrote it used)."""
+    model = build_model(read_model_config(directory), inner_loop, params_dtype)
     read_weights(model, directory / WEIGHTS_DIR)
     return model

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from megatron_ttt.checkpoint.reference_format import ReferenceFormatError
+from megatron_ttt.models.parameters import ReferenceFormatError
 from megatron_ttt.models.config import TTTModelConfig
 
 # Our field <- the reference's config key.
@@ -16,6 +16,8 @@ _SAME_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "rms_norm_eps", 
 
 
 def config_from_reference(ref: dict, source: str) -> TTTModelConfig:
+    """Our model config from the reference's. Its scan_checkpoint_group_size is how the reference
+    ran (time-axis checkpointing), not what the model is: ours is chosen per run."""
     if ref.get("model_type") != "ttt":
         raise ReferenceFormatError(f"{source}: model_type is {ref.get('model_type')!r}, expected 'ttt'")
     if ref.get("ttt_layer_type", "linear") not in ("linear", "mlp"):
@@ -33,8 +35,7 @@ def config_from_reference(ref: dict, source: str) -> TTTModelConfig:
         return TTTModelConfig(**fields, num_layers=ref["num_hidden_layers"], num_heads=ref["num_attention_heads"],
                               layer_type=ref.get("ttt_layer_type", "linear"),
                               backbone="mamba" if switches["use_gate"] else "transformer",
-                              init_std=ref.get("initializer_range", 0.02),
-                              checkpoint_group=ref.get("scan_checkpoint_group_size", 0))
+                              init_std=ref.get("initializer_range", 0.02))
     except KeyError as exc:
         raise ReferenceFormatError(f"{source}: missing config key {exc}") from None
     except ValueError as exc:
@@ -46,7 +47,7 @@ def config_to_reference(cfg: TTTModelConfig) -> dict:
             "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
             "ttt_layer_type": cfg.layer_type, "use_gate": cfg.use_gate, "share_qk": cfg.share_qk,
             "pre_conv": cfg.pre_conv, "hidden_act": "silu", "initializer_range": cfg.init_std,
-            "scan_checkpoint_group_size": cfg.checkpoint_group, "pretraining_tp": 1, "use_cache": False,
+            "scan_checkpoint_group_size": 0, "pretraining_tp": 1, "use_cache": False,
             "torch_dtype": "float32"}
 
 

@@ -8,7 +8,12 @@ import yaml
 
 from megatron_ttt.config.sections import PretrainConfig
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.ops import BACKENDS
+from megatron_ttt.models.config import BACKBONES, LAYER_TYPES
+from megatron_ttt.models.presets import SIZES
+from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group
+
+MOVED = {"model.time_checkpoint_group": "parallel.time_checkpoint_group"}
+"""Keys that moved to another section: named in the error."""
 
 
 class ConfigError(UserInputError):
@@ -30,19 +35,22 @@ def _convert(value, kind, where: str):
         raise ConfigError(f"{where}: {value!r} is not a {kind.__name__}") from None
 
 
-def _apply(obj, values: dict, where: str):
+def _apply(obj, values: dict, where: str, prefix: str = ""):
+    """Set `values` on the dataclass `obj`; `where` names the source, `prefix` the section."""
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        dotted = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+            hint = f"; it is now {MOVED[dotted]}" if dotted in MOVED else ""
+            raise ConfigError(f"{where}: unknown key {dotted!r}{hint} (known: {', '.join(sorted(names))})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key} is a section; give its keys")
-            _apply(current, value, f"{where}.{key}")
+                raise ConfigError(f"{where}: {dotted} is a section; give its keys")
+            _apply(current, value, where, f"{dotted}.")
         else:
-            setattr(obj, key, _convert(value, hints[key], f"{where}.{key}"))
+            setattr(obj, key, _convert(value, hints[key], f"{where}: {dotted}"))
     return obj
 
 
@@ -73,19 +81,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pr
 
 
 POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.interval", "logging.eval_batches",
-            "data.seq_len", "data.micro_batch_size", "data.global_batch_tokens", "parallel.tensor_parallel")
+            "data.seq_len", "data.micro_batch_size", "data.global_batch_tokens", "parallel.tensor_parallel",
+            "model.mini_batch_size")
+CHOICES = {"model.preset": tuple(SIZES), "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
+           "parallel.zero_stage": (0, 1, 2, 3), "train.dtype": ("fp32", "bf16"), "train.inner_loop_backend": BACKENDS}
+
+
+def _get(config: PretrainConfig, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
 
 
 def check(config: PretrainConfig) -> None:
-    """Values that must be at least 1 (logging.eval_interval may be 0: no validation)."""
-    bad = [f"{key}={value}" for key in POSITIVE
-           if (value := getattr(getattr(config, key.split(".")[0]), key.split(".")[1])) < 1]
+    """Every value on its own; ConfigError naming each key that is wrong."""
+    bad = [f"{key}={_get(config, key)} (must be at least 1)" for key in POSITIVE if _get(config, key) < 1]
     if config.logging.eval_interval < 0:
-        bad.append(f"logging.eval_interval={config.logging.eval_interval}")
+        bad.append(f"logging.eval_interval={config.logging.eval_interval} (must be at least 0: 0 is never)")
+    bad += [f"{key}={_get(config, key)!r} (choose one of {', '.join(map(str, choices))})"
+            for key, choices in CHOICES.items() if _get(config, key) not in choices]
+    try:
+        check_time_checkpoint_group(config.parallel.time_checkpoint_group)
+    except ValueError as exc:
+        bad.append(f"parallel.{exc}")
     if bad:
-        raise ConfigError(f"these must be at least 1 (eval_interval at least 0): {', '.join(bad)}")
-    if config.train.inner_loop_backend not in BACKENDS:
-        raise ConfigError(f"train.inner_loop_backend={config.train.inner_loop_backend!r} is not one of {BACKENDS}")
+        raise ConfigError("; ".join(bad))
+
+
+def check_world_size(config: PretrainConfig, world_size: int) -> None:
+    """What the config asks of `world_size` processes: TP dividing it, and a global batch that is a
+    whole number of micro-batches over the data-parallel ranks. Checked before any process group
+    is built."""
+    tp, data = config.parallel.tensor_parallel, config.data
+    if world_size % tp:
+        raise ConfigError(f"parallel.tensor_parallel={tp} does not divide the {world_size} processes of this run "
+                          "(the data-parallel size is processes / tensor_parallel)")
+    per_step = data.micro_batch_size * (world_size // tp) * data.seq_len
+    if data.global_batch_tokens % per_step:
+        raise ConfigError(f"data.global_batch_tokens={data.global_batch_tokens} is not a multiple of "
+                          f"data.micro_batch_size x data-parallel size x data.seq_len = {data.micro_batch_size} x "
+                          f"{world_size // tp} x {data.seq_len} = {per_step}")
 
 
 def to_dict(config) -> dict:

@@ -3,6 +3,8 @@
 
 from dataclasses import dataclass, field
 
+from megatron_ttt.run_options import InnerLoopOptions
+
 
 @dataclass
 class ModelSection:
@@ -14,8 +16,6 @@ class ModelSection:
     """mamba (gate, shared q/k convs, pre-conv) or transformer."""
     mini_batch_size: int = 16
     """Tokens per inner-loop gradient step."""
-    time_checkpoint_group: int = 0
-    """Time-axis checkpointing: keep the inner state every G mini-batches, recompute inside (0: off)."""
 
 
 @dataclass
@@ -28,6 +28,9 @@ class ParallelSection:
     """DeepSpeed ZeRO stage over the data-parallel group: 0, 1, 2 or 3."""
     block_checkpointing: bool = False
     """Recompute each block's activations in the backward (torch activation checkpointing)."""
+    time_checkpoint_group: int = 0
+    """Time-axis checkpointing inside the TTT inner loop: keep its state every G mini-batches and
+    recompute inside them in the backward (0: off); bitwise neutral, may change on resume."""
 
 
 @dataclass
@@ -114,3 +117,7 @@ class PretrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     train: TrainSection = field(default_factory=TrainSection)
+
+    def inner_loop(self) -> InnerLoopOptions:
+        """How the model's TTT layers run (handed to the model, never saved with it)."""
+        return InnerLoopOptions(self.train.inner_loop_backend, self.parallel.time_checkpoint_group)

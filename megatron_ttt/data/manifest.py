@@ -6,12 +6,12 @@ give the same manifest byte for byte however the work was split, killed or resum
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from megatron_ttt.atomic import write_atomic
 from megatron_ttt.data.errors import DataError
 from megatron_ttt.data.tokenizer import TokenizerInfo
 
@@ -139,9 +139,3 @@ class Manifest:
                        slice=tuple(body["slice"]) if body["slice"] else None, directory=path.parent)
         except (KeyError, TypeError) as exc:
             raise DataError(f"manifest {path} is missing or has a malformed field: {exc}") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -11,21 +11,21 @@ def _logprobs(args: argparse.Namespace) -> int:
     import torch
 
     from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
-    from megatron_ttt.eval.logprobs import check_token_ids, token_logprobs
-    from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+    from megatron_ttt.checkpoint.run_dir import resolve_model_source
+    from megatron_ttt.eval.logprobs import check_token_ids
+    from megatron_ttt.models.scoring import token_logprobs
+    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
-    init_parallel(ParallelLayout(args.tensor_parallel))
-    try:
-        cfg = read_model_config(Path(args.checkpoint))
+    checkpoint = resolve_model_source(Path(args.checkpoint))
+    with parallel_groups(ModelParallel(args.tensor_parallel)):
+        cfg = read_model_config(checkpoint)
         tokens = check_token_ids(np.load(args.input), cfg.vocab_size, args.input)
-        model = load_model(Path(args.checkpoint))
+        model = load_model(checkpoint)
         rank0 = torch.distributed.get_rank() == 0
         logp = token_logprobs(model, tokens, args.batch_size, show_progress=rank0)
         if rank0:
             np.save(args.output, logp.numpy().astype(np.float32))
             print(f"wrote {args.output}: float32 {tuple(logp.shape)}")
-    finally:
-        destroy_parallel()
     return 0
 
 
@@ -49,7 +49,9 @@ def _contexts(text: str) -> tuple[int, ...]:
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory (model_config.json, model/)")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a model directory, a training checkpoint (RUN/checkpoints/step-N) or a run directory (its "
+                        "latest checkpoint)")
     p.add_argument("--tensor-parallel", type=int, default=1, help="TP size (launch with torchrun for > 1)")
 
 

@@ -7,26 +7,24 @@ from pathlib import Path
 import torch
 
 from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
+from megatron_ttt.checkpoint.run_dir import resolve_model_source
 from megatron_ttt.eval.generate import SamplingConfig, generate
 from megatron_ttt.eval.prompt import prompt_ids, resolve_tokenizer
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    checkpoint = Path(args.checkpoint)
+    checkpoint = resolve_model_source(Path(args.checkpoint))
     cfg = read_model_config(checkpoint)
     tokenizer = resolve_tokenizer(checkpoint, args.tokenizer, args.data, cfg.vocab_size)
     prompt = prompt_ids(tokenizer, args.prompt)
     eos = tokenizer.eos_id if tokenizer.eos_id >= 0 else None
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed, eos, tokenizer.vocab_size)
     sampling.check()
-    init_parallel(ParallelLayout(args.tensor_parallel))
-    try:
+    with parallel_groups(ModelParallel(args.tensor_parallel)):
         model = load_model(checkpoint)
         rank0 = torch.distributed.get_rank() == 0
         out = generate(model, prompt, sampling, show_progress=rank0)
-    finally:
-        destroy_parallel()
     if rank0:
         ids = out.tokens[0].tolist()
         print(args.prompt + tokenizer.decode([i for i in ids if i != eos]))

@@ -1,11 +1,9 @@
-"""Next-token log-probabilities of token sequences under a model."""
+"""`mttt eval logprobs`: the token ids a user gives, checked against the model's vocabulary."""
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.models.language_model import TTTLanguageModel
 
 
 def check_token_ids(ids: np.ndarray, vocab_size: int, source: str) -> torch.Tensor:
@@ -17,21 +15,3 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, source: str) -> torch.Tens
         raise UserInputError(f"{source}: token ids span [{ids.min()}, {ids.max()}], outside the model's "
                              f"vocabulary of {vocab_size}")
     return torch.from_numpy(ids.astype(np.int64))
-
-
-def next_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """logits [N, T, V] of tokens [N, T] -> float32 [N, T-1]: log p(tokens[:, t+1] | ..t)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-
-
-@torch.no_grad()
-def token_logprobs(model: TTTLanguageModel, tokens: torch.Tensor, batch_size: int = 8,
-                   show_progress: bool = False) -> torch.Tensor:
-    """tokens [N, T] -> float32 [N, T-1]: log p(tokens[:, t+1] | tokens[:, :t+1])."""
-    model.eval()
-    out = []
-    for start in tqdm(range(0, tokens.shape[0], batch_size), unit="batch", disable=not show_progress):
-        batch = tokens[start:start + batch_size]
-        out.append(next_token_logprobs(model.gather_logits(model(batch)), batch))
-    return torch.cat(out)

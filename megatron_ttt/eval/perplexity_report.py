@@ -3,12 +3,11 @@
 import csv
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-from megatron_ttt.data.manifest import write_atomic
+from megatron_ttt.atomic import write_atomic, written_atomically
 from megatron_ttt.eval.perplexity import ContextResult
 
 SUMMARY_CSV = "perplexity.csv"
@@ -71,10 +70,9 @@ def plot(rows: list[dict], path: Path, log_x: bool) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    with written_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(results: list[ContextResult], out: Path, kind: str, count: int) -> dict[str, Path]:

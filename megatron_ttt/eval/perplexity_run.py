@@ -8,12 +8,13 @@ import torch
 from megatron.core import parallel_state
 
 from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
+from megatron_ttt.checkpoint.run_dir import resolve_model_source
 from megatron_ttt.data import Manifest
 from megatron_ttt.data.loader import ShardedSamples
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.eval.perplexity import PerplexityConfig, TokenStream, check_contexts, evaluate_context
 from megatron_ttt.eval.perplexity_report import write_report
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -35,14 +36,14 @@ def _stream(args: argparse.Namespace, vocab_size: int) -> TokenStream:
 
 def run_perplexity(args: argparse.Namespace) -> int:
     _check_args(args)
-    init_parallel(ParallelLayout(args.tensor_parallel))
-    try:
-        cfg = read_model_config(Path(args.checkpoint))
+    checkpoint = resolve_model_source(Path(args.checkpoint))
+    with parallel_groups(ModelParallel(args.tensor_parallel)):
+        cfg = read_model_config(checkpoint)
         stream = _stream(args, cfg.vocab_size)
         contexts = args.context or (stream.samples.manifest.settings.seq_len,)
         check_contexts(contexts, cfg.mini_batch_size, stream.length, args.data)
         config = PerplexityConfig(contexts, args.batch_size, args.max_samples)
-        model = load_model(Path(args.checkpoint))
+        model = load_model(checkpoint)
         rank0 = torch.distributed.get_rank() == 0
         dp_group = parallel_state.get_data_parallel_group()
         results = [evaluate_context(model, stream, c, config, dp_group, show_progress=rank0) for c in contexts]
@@ -52,6 +53,4 @@ def run_perplexity(args: argparse.Namespace) -> int:
                 print(f"context {r.context:>6}: {r.windows} windows, {r.tokens} tokens, loss {r.loss:.4f}, "
                       f"perplexity {math.exp(r.loss):.3f}")
             print("wrote " + ", ".join(str(p) for p in paths.values()))
-    finally:
-        destroy_parallel()
     return 0

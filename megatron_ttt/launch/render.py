@@ -6,6 +6,7 @@ import shlex
 import sys
 from importlib import resources
 
+from megatron_ttt.checkpoint.run_dir import latest_pointer, step_tag
 from megatron_ttt.launch.job import SlurmJob
 from megatron_ttt.launch.profile import Profile
 
@@ -43,7 +44,8 @@ def step_prefix(profile: Profile, srun: bool = True) -> str:
     return "".join(f"{w} " for w in words if w)
 
 
-def common(job: SlurmJob, profile: Profile, log_dir, per_node_gpus: bool) -> dict[str, object]:
+def job_values(job: SlurmJob, profile: Profile, log_dir, per_node_gpus: bool) -> dict[str, object]:
+    """The placeholders every template has: job name, logs, sbatch options, setup, python."""
     return {"profile": profile.name, "job_name": job.job_name, "log_dir": shlex.quote(str(log_dir)),
             "sbatch_options": sbatch_options(job, profile, per_node_gpus),
             "setup": profile.setup.strip() or "# (none)",
@@ -51,19 +53,18 @@ def common(job: SlurmJob, profile: Profile, log_dir, per_node_gpus: bool) -> dic
 
 
 def render_pretrain(job: SlurmJob, profile: Profile, run_dir, config_path, total_steps: int) -> str:
-    # The tag trainer checkpoints get (megatron_ttt.training.checkpointing: step-NNNNNNNN).
-    return fill("pretrain.sbatch", common(job, profile, run_dir / "slurm" / "logs", True) | {
+    return fill("pretrain.sbatch", job_values(job, profile, run_dir / "slurm" / "logs", True) | {
         "nodes": job.nodes, "procs_per_node": job.procs_per_node, "grace_seconds": job.grace_seconds,
         "port": job.port, "environment": environment_block(profile), "step_prefix": step_prefix(profile),
         "config": shlex.quote(str(config_path)), "run_dir": run_dir, "total_steps": total_steps,
-        "final_step": f"{total_steps:08d}"})
+        "latest_pointer": latest_pointer(run_dir), "final_tag": step_tag(total_steps)})
 
 
 def render_data_shard(job: SlurmJob, profile: Profile, output, shard_args: list[str], num_tasks: int) -> str:
-    return fill("data_shard.sbatch", common(job, profile, output / "slurm" / "logs", False) | {
+    return fill("data_shard.sbatch", job_values(job, profile, output / "slurm" / "logs", False) | {
         "wrapper": step_prefix(profile, srun=False), "num_tasks": num_tasks, "last_task": num_tasks - 1, "shard_args": shlex.join(shard_args)})
 
 
 def render_merge(job: SlurmJob, profile: Profile, output) -> str:
-    return fill("merge_manifests.sbatch", common(job, profile, output / "slurm" / "logs", False) | {
+    return fill("merge_manifests.sbatch", job_values(job, profile, output / "slurm" / "logs", False) | {
         "wrapper": step_prefix(profile, srun=False), "output": shlex.quote(str(output))})

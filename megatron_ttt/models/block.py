@@ -15,8 +15,15 @@ from torch import nn
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.inference_cache import BlockCache
-from megatron_ttt.models.layers import RMSNorm, causal_depthwise_conv, replicated_weight, streaming_causal_conv
+from megatron_ttt.models.layers import (
+    RMSNorm,
+    causal_depthwise_conv,
+    parallel_linear_args,
+    replicated_weight,
+    streaming_causal_conv,
+)
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
+from megatron_ttt.run_options import InnerLoopOptions
 
 
 def mlp_columns(ttt: TTTModelConfig) -> FusedColumns:
@@ -37,12 +44,11 @@ class SwiGLUMLP(MegatronModule):
         super().__init__(config)
         self.tp_size = config.tensor_model_parallel_size
         self.columns = mlp_columns(ttt)
-        common = dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
-                      tp_group=tp_group)
+        linear = parallel_linear_args(config, tp_group)
         self.fc1 = build_module(submodules.fc1, ttt.hidden_size, self.columns.width(), gather_output=False,
-                                tp_comm_buffer_name="fc1", **common)
+                                tp_comm_buffer_name="fc1", **linear)
         self.fc2 = build_module(submodules.fc2, ttt.intermediate_size, ttt.hidden_size, input_is_parallel=True,
-                                tp_comm_buffer_name="fc2", **common)
+                                tp_comm_buffer_name="fc2", **linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, _ = self.fc1(x)
@@ -95,7 +101,8 @@ class TTTBlockSubmodules:
 
 class TTTBlock(MegatronModule):
     def __init__(self, config: TransformerConfig, submodules: TTTBlockSubmodules, ttt: TTTModelConfig,
-                 layer_number: int = 1, tp_group: torch.distributed.ProcessGroup | None = None):
+                 inner_loop: InnerLoopOptions = InnerLoopOptions(), layer_number: int = 1,
+                 tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
         if tp_group is None:
             tp_group = parallel_state.get_tensor_model_parallel_group()
@@ -103,7 +110,8 @@ class TTTBlock(MegatronModule):
         dtype, sp = config.params_dtype, config.sequence_parallel
         self.pre_conv = PreConv(config, ttt, tp_group) if ttt.pre_conv else None
         self.seq_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
-        self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, layer_number=layer_number, tp_group=tp_group)
+        self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, inner_loop=inner_loop,
+                                  layer_number=layer_number, tp_group=tp_group)
         self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         self.mlp = build_module(submodules.mlp, config=config, ttt=ttt, tp_group=tp_group)
 

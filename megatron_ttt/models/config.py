@@ -1,14 +1,14 @@
-"""The model's configuration: the reference's hyper-parameters, named as our code uses them."""
+"""What the model is: the reference's hyper-parameters, named as our code uses them.
 
-from dataclasses import asdict, dataclass
+How it runs (inner-loop backend, time-axis checkpointing, parallel sizes) is not here: see
+megatron_ttt.run_options. Plain Python, so configs and the planner load without torch.
+"""
 
-import torch
-from megatron.core.transformer import TransformerConfig
-
-from megatron_ttt.ops import BACKENDS
+from dataclasses import asdict, dataclass, fields
 
 LAYER_TYPES = ("linear", "mlp")
 BACKBONES = ("transformer", "mamba")
+RUN_OPTIONS_SAVED_BY_OLDER_BUILDS = ("checkpoint_group", "inner_loop_backend")
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,6 @@ class TTTModelConfig:
     tie_word_embeddings: bool = True
     init_std: float = 0.02
     """Normal init of linears, embedding and inner weights (the reference's initializer_range)."""
-    checkpoint_group: int = 0
-    """Time-axis checkpointing: keep the inner state every G mini-batches, recompute inside (0: off)."""
-    inner_loop_backend: str = "auto"
-    """"auto": the fused Triton kernels on CUDA, the PyTorch dual form elsewhere; "triton" or "torch" forces one."""
     bos_token_id: int = 1
     eos_token_id: int = 2
 
@@ -48,8 +44,6 @@ class TTTModelConfig:
             problems.append(f"layer_type {self.layer_type!r} is not one of {LAYER_TYPES}")
         if self.backbone not in BACKBONES:
             problems.append(f"backbone {self.backbone!r} is not one of {BACKBONES}")
-        if self.inner_loop_backend not in BACKENDS:
-            problems.append(f"inner_loop_backend {self.inner_loop_backend!r} is not one of {BACKENDS}")
         if self.hidden_size % self.num_heads:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         elif self.head_dim % 2:
@@ -82,18 +76,12 @@ class TTTModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-def megatron_config(model: TTTModelConfig, tensor_parallel: int = 1, sequence_parallel: bool = False,
-                    params_dtype: torch.dtype = torch.float32, cpu_init: bool | None = None) -> TransformerConfig:
-    """The megatron-core config the parallel layers read (sizes, TP/SP, dtype, init)."""
-    return TransformerConfig(
-        num_layers=model.num_layers, hidden_size=model.hidden_size, num_attention_heads=model.num_heads,
-        ffn_hidden_size=model.intermediate_size, tensor_model_parallel_size=tensor_parallel,
-        sequence_parallel=sequence_parallel and tensor_parallel > 1, params_dtype=params_dtype,
-        bf16=params_dtype == torch.bfloat16, fp16=params_dtype == torch.float16,
-        use_cpu_initialization=not torch.cuda.is_available() if cpu_init is None else cpu_init,
-        init_method_std=model.init_std, add_bias_linear=False, gated_linear_unit=True,
-        normalization="RMSNorm", layernorm_epsilon=model.rms_norm_eps, gradient_accumulation_fusion=False,
-        bias_activation_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
-        bias_dropout_fusion=False, apply_rope_fusion=False, hidden_dropout=0.0, attention_dropout=0.0,
-        cuda_graph_scope=[])
+    @classmethod
+    def from_dict(cls, values: dict, source: str) -> "TTTModelConfig":
+        """The config saved as `values` in `source`. Run options that older builds saved with the
+        model are ignored; any other unknown key is an error naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known - set(RUN_OPTIONS_SAVED_BY_OLDER_BUILDS))
+        if unknown:
+            raise ValueError(f"{source}: unknown model config keys {unknown} (known: {', '.join(sorted(known))})")
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -18,10 +18,12 @@ from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.layers import RMSNorm, stat_dtype
 from megatron_ttt.models.spec import ttt_block_spec
+from megatron_ttt.run_options import InnerLoopOptions
 
 
 class TTTLanguageModel(MegatronModule):
     def __init__(self, config: TransformerConfig, ttt: TTTModelConfig,
+                 inner_loop: InnerLoopOptions = InnerLoopOptions(),
                  tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
         self.ttt = ttt
@@ -36,14 +38,20 @@ class TTTLanguageModel(MegatronModule):
                                                 reduce_scatter_embeddings=self.sequence_parallel, config=config,
                                                 tp_group=self.tp_group)
         spec = ttt_block_spec(ttt)
-        self.blocks = torch.nn.ModuleList(build_module(spec, config=config, ttt=ttt, layer_number=i + 1,
-                                                       tp_group=self.tp_group) for i in range(ttt.num_layers))
+        self.blocks = torch.nn.ModuleList(build_module(spec, config=config, ttt=ttt, inner_loop=inner_loop,
+                                                       layer_number=i + 1, tp_group=self.tp_group)
+                                          for i in range(ttt.num_layers))
         self.final_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, self.sequence_parallel,
                                   self.tp_group)
         self.output_layer = ColumnParallelLinear(
             ttt.hidden_size, ttt.vocab_size, config=config, init_method=config.init_method, bias=False,
             gather_output=False, skip_bias_add=True, skip_weight_param_allocation=ttt.tie_word_embeddings,
             tp_group=self.tp_group)
+
+    def set_inner_lr_scale(self, scale: float) -> None:
+        """Multiply every TTT layer's inner base lr by `scale` (TTT-MLP's inner-lr warm-up)."""
+        for block in self.blocks:
+            block.mixer.inner_lr_scale = scale
 
     def hidden_states(self, tokens: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
         """tokens [B, T] -> final hidden states [T(/tp), B, D]."""

@@ -9,6 +9,13 @@ from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from torch import nn
 
 
+def parallel_linear_args(config, tp_group) -> dict:
+    """What every column- and row-parallel linear of ours shares: no bias, the bias never added
+    inside, megatron-core's init, this model's tensor-parallel group."""
+    return dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
+                tp_group=tp_group)
+
+
 def stat_dtype(x: torch.Tensor) -> torch.dtype:
     """Statistics and angles in float32 at least (as the reference), float64 stays float64."""
     return torch.promote_types(x.dtype, torch.float32)

@@ -27,6 +27,7 @@ from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import (
     causal_depthwise_conv,
     head_parallel_layer_norm,
+    parallel_linear_args,
     replicated_weight,
     rope_in_mini_batches,
     streaming_causal_conv,
@@ -34,6 +35,7 @@ from megatron_ttt.models.layers import (
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
 from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
+from megatron_ttt.run_options import InnerLoopOptions
 
 POST_NORM_EPS = 1e-6
 
@@ -63,24 +65,24 @@ class TTTMixer(MegatronModule):
     """A TTT layer (Linear or MLP inner model, by `ttt.layer_type`) over local heads."""
 
     def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig,
-                 layer_number: int = 1, tp_group: torch.distributed.ProcessGroup | None = None):
+                 inner_loop: InnerLoopOptions = InnerLoopOptions(), layer_number: int = 1,
+                 tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
         tp = config.tensor_model_parallel_size
         if ttt.num_heads % tp:
             raise ValueError(f"num_heads {ttt.num_heads} is not divisible by the tensor-parallel size {tp}")
-        self.ttt, self.layer_number, self.tp_size = ttt, layer_number, tp
+        self.ttt, self.inner_loop, self.layer_number, self.tp_size = ttt, inner_loop, layer_number, tp
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
         self.local_heads = ttt.num_heads // tp
         self.local_width = self.local_heads * ttt.head_dim
         self.columns = in_proj_columns(ttt)
         self.inner_lr_scale = 1.0
-        """Multiplies ttt_base_lr; the trainer warms it up for TTT-MLP."""
-        common = dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
-                      tp_group=self.tp_group)
+        """Multiplies ttt_base_lr (TTTLanguageModel.set_inner_lr_scale: TTT-MLP's inner-lr warm-up)."""
+        linear = parallel_linear_args(config, self.tp_group)
         self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
-                                    tp_comm_buffer_name="ttt_in_proj", **common)
+                                    tp_comm_buffer_name="ttt_in_proj", **linear)
         self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
-                                     tp_comm_buffer_name="ttt_out_proj", **common)
+                                     tp_comm_buffer_name="ttt_out_proj", **linear)
         self._init_head_params(config.params_dtype)
 
     def _init_head_params(self, dtype: torch.dtype) -> None:
@@ -158,8 +160,8 @@ class TTTMixer(MegatronModule):
         if cache is not None and q.shape[2] == 1:
             z, state = ttt_decode_step(*inner, mini_batch_size=ttt.mini_batch_size)
         else:
-            z, state = ttt_inner_loop(*inner, mini_batch_size=ttt.mini_batch_size, checkpoint_group=ttt.checkpoint_group,
-                                      backend=ttt.inner_loop_backend)
+            z, state = ttt_inner_loop(*inner, mini_batch_size=ttt.mini_batch_size, backend=self.inner_loop.backend,
+                                      time_checkpoint_group=self.inner_loop.time_checkpoint_group)
         if cache is not None:
             cache.ttt = state
         z = z.permute(2, 0, 1, 3).flatten(2)

@@ -12,16 +12,16 @@ import warnings
 
 import torch
 
-from megatron_ttt.kernels.host import unsupported
 from megatron_ttt.ops.dual import ttt_dual
 from megatron_ttt.ops.inner import token_coefficients
 from megatron_ttt.ops.state import TTTState, check_inputs
-
-BACKENDS = ("auto", "triton", "torch")
+from megatron_ttt.run_options import check_backend
 
 
 def triton_unsupported(q: torch.Tensor, state: TTTState) -> str | None:
     """Why the Triton kernels cannot run these inputs, or None if they can."""
+    from megatron_ttt.kernels.host import unsupported  # Triton loads when the kernels are first wanted
+
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         return f"the tensors are on {q.device}, not CUDA (set TRITON_INTERPRET=1 to interpret the kernels on CPU)"
     if state.position:
@@ -40,40 +40,39 @@ def ttt_inner_loop(
     state: TTTState,
     *,
     mini_batch_size: int = 16,
-    checkpoint_group: int = 0,
+    time_checkpoint_group: int = 0,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence.
 
     Arguments and results as `ttt_dual`; backend is "auto", "triton" or "torch".
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     reason = triton_unsupported(q, state) if use_triton else None
     if use_triton and not reason and q.is_cuda:
         reason = _shared_memory_shortfall((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size,
-                                          checkpoint_group)
+                                          time_checkpoint_group)
         if reason and backend == "auto":
             warnings.warn(f"the Triton TTT kernels cannot run here ({reason}); using the PyTorch dual form")
     if backend == "triton" and reason:
         raise ValueError(f"backend 'triton' cannot run: {reason}")
     if not use_triton or reason:
         return ttt_dual(q, k, v, lr, token_offset, ln_weight, ln_bias, state,
-                        mini_batch_size=mini_batch_size, checkpoint_group=checkpoint_group)
+                        mini_batch_size=mini_batch_size, time_checkpoint_group=time_checkpoint_group)
     fused, _ = _kernels(state)
     z, *rest = fused(q, k, v, lr, token_coefficients(token_offset), ln_weight, ln_bias, *state.weights,
-                     mini_batch_size=mini_batch_size, checkpoint_group=checkpoint_group)
+                     mini_batch_size=mini_batch_size, time_checkpoint_group=time_checkpoint_group)
     n = len(state.weights)
     position = q.shape[2] % mini_batch_size
     return z, TTTState(tuple(rest[:n]), tuple(rest[n:]) if position else None, position)
 
 
-def _shared_memory_shortfall(inputs, state: TTTState, mini_batch_size: int, checkpoint_group: int) -> str | None:
+def _shared_memory_shortfall(inputs, state: TTTState, mini_batch_size: int, time_checkpoint_group: int) -> str | None:
     """Why the kernels would not launch on this GPU; the backward counts only if a gradient is wanted."""
     backward = torch.is_grad_enabled() and any(x.requires_grad for x in (*inputs, *state.weights))
-    return _kernels(state)[1].shared_memory_shortfall(inputs[0], state.weights, mini_batch_size, checkpoint_group,
+    return _kernels(state)[1].shared_memory_shortfall(inputs[0], state.weights, mini_batch_size, time_checkpoint_group,
                                                       backward)
 
 

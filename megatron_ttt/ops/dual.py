@@ -13,7 +13,7 @@ The sequence is padded so that mini-batches align with absolute positions: a sta
 to a whole mini-batch. Pad tokens have lr = 0, so they add exact zeros to every sum.
 
 Time-axis checkpointing keeps only the state at the start of every group of
-`checkpoint_group` mini-batches: the group runs without a graph in the forward and again, with
+`time_checkpoint_group` mini-batches: the group runs without a graph in the forward and again, with
 one, in the backward. Every mini-batch gets its own view of every shared tensor (unbind), so no
 gradient is ever summed across mini-batches except by one final sum; checkpointed gradients are
 therefore bitwise equal to stored ones.
@@ -32,6 +32,7 @@ from megatron_ttt.ops.inner import (
     token_coefficients,
 )
 from megatron_ttt.ops.state import TTTState, check_inputs, from_rows, head_param_rows, to_rows
+from megatron_ttt.run_options import check_time_checkpoint_group
 
 
 def ttt_dual(
@@ -45,7 +46,7 @@ def ttt_dual(
     state: TTTState,
     *,
     mini_batch_size: int = 16,
-    checkpoint_group: int = 0,
+    time_checkpoint_group: int = 0,
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence, in dual form.
 
@@ -56,15 +57,14 @@ def ttt_dual(
         ln_weight, ln_bias: [H,d] the inner LayerNorm.
         state: the state before the first token (TTTState.initial for a fresh sequence).
         mini_batch_size: b, tokens per inner gradient step.
-        checkpoint_group: G, mini-batches per time-axis checkpoint group; 0 stores everything.
+        time_checkpoint_group: G, mini-batches per time-axis checkpoint group; 0 stores everything.
 
     Returns:
         z: [B,H,T,d], z_t = q_t + LN(g_{theta_t}(q_t)).
         the state after the last token.
     """
     check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
-    if checkpoint_group < 0:
-        raise ValueError(f"checkpoint_group must be >= 0 (0 = off), got {checkpoint_group}")
+    check_time_checkpoint_group(time_checkpoint_group)
     B, H, T, d = q.shape
     b = mini_batch_size
     lead = state.position
@@ -86,7 +86,7 @@ def ttt_dual(
     per_block = (q_blk, k_blk, blocks(v) - k_blk, lr_blk, eta, attn0) + tuple(
         x.unsqueeze(1).expand(x.shape[0], n_blocks, *x.shape[1:]) for x in shared
     )
-    group = checkpoint_group or n_blocks
+    group = time_checkpoint_group or n_blocks
     # split (then unbind in _scan), not indexing: their backwards are one cat / stack, where
     # per-block indexing would zero-fill a full-size gradient for every block.
     per_group = list(zip(*(x.split(group, dim=1) for x in per_block)))
@@ -98,11 +98,11 @@ def ttt_dual(
     for start, tensors in zip(range(0, n_blocks, group), per_group):
         complete = [n < n_blocks - 1 or last_complete for n in range(start, min(start + group, n_blocks))]
         args = (*weights, *(grads or ()), *tensors)
-        flags = (complete, len(weights), grads is not None)
-        if checkpoint_group:
-            outputs = _GroupCheckpoint.apply(flags, *args)
+        scan_spec = (complete, len(weights), grads is not None)
+        if time_checkpoint_group:
+            outputs = _GroupCheckpoint.apply(scan_spec, *args)
         else:
-            outputs = _scan(flags, *args)
+            outputs = _scan(scan_spec, *args)
         z, weights, grads = _unflatten(outputs, len(weights))
         outs.append(z)
 
@@ -116,14 +116,14 @@ def ttt_dual(
     return z, new_state
 
 
-def _scan(flags, *args) -> tuple[torch.Tensor, ...]:
+def _scan(scan_spec, *args) -> tuple[torch.Tensor, ...]:
     """A run of consecutive mini-batches: (outputs z, *weights after, *grads after).
 
     args: the state's weights (and grads), then (q, k, v - k, lr, eta, attn0, coeff, ln_w, ln_b)
     of these mini-batches, [N, blocks, ...] each; all top-level, so a checkpoint saves them.
     The output LayerNorm runs here too, so a checkpointed group keeps none of its intermediates.
     """
-    complete, n_weights, has_grads = flags
+    complete, n_weights, has_grads = scan_spec
     weights = args[:n_weights]
     grads = args[n_weights : 2 * n_weights] if has_grads else None
     per_group = args[2 * n_weights if has_grads else n_weights :]
@@ -146,17 +146,17 @@ class _GroupCheckpoint(torch.autograd.Function):
     """_scan that keeps only its inputs and runs again in the backward."""
 
     @staticmethod
-    def forward(ctx, flags, *args):
-        ctx.flags = flags
+    def forward(ctx, scan_spec, *args):
+        ctx.scan_spec = scan_spec
         ctx.save_for_backward(*args)
         with torch.no_grad():
-            return _scan(flags, *args)
+            return _scan(scan_spec, *args)
 
     @staticmethod
     def backward(ctx, *grad_outputs):
         args = [x.detach().requires_grad_(x.requires_grad) for x in ctx.saved_tensors]
         with torch.enable_grad():
-            outputs = _scan(ctx.flags, *args)
+            outputs = _scan(ctx.scan_spec, *args)
         used = [(y, g) for y, g in zip(outputs, grad_outputs) if y.requires_grad]
         wanted = [x for x in args if x.requires_grad]
         found = iter(torch.autograd.grad([y for y, _ in used], wanted, [g for _, g in used], allow_unused=True))

@@ -1,6 +1,8 @@
 """Starting torch.distributed and megatron-core's model-parallel groups."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -12,14 +14,16 @@ from megatron_ttt.parallel.cpu_shims import apply_cpu_shims
 
 
 @dataclass(frozen=True)
-class ParallelLayout:
+class ModelParallel:
+    """How each model replica is split over ranks (the data-parallel size is what remains)."""
+
     tensor_parallel: int = 1
     """Ranks that split each layer's heads (and the vocabulary); data parallel takes the rest."""
     sequence_parallel: bool = False
     """Split the sequence over the TP ranks outside the mixers and MLPs (needs tensor_parallel > 1)."""
 
 
-def init_parallel(layout: ParallelLayout, seed: int = 0, store: dist.Store | None = None) -> None:
+def init_parallel(layout: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> None:
     """Join the process group (torchrun's environment; a single process without one) and build
     the tensor/data-parallel groups. On a machine without CUDA: gloo and the CPU shims."""
     apply_cpu_shims()
@@ -48,3 +52,14 @@ def destroy_parallel() -> None:
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def parallel_groups(model_parallel: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> Iterator[None]:
+    """The process group and megatron-core's groups for the body of a `with`, torn down after it
+    (also when it fails)."""
+    init_parallel(model_parallel, seed, store)
+    try:
+        yield
+    finally:
+        destroy_parallel()

@@ -52,7 +52,7 @@ def inner_loop_checkpointed_bytes(model: TTTModelConfig, layout: Layout) -> floa
     """With time-axis checkpointing (G mini-batches a group), per token: only the inner state at
     every group's start (H P_inner / (b G)); the group's intermediates are recomputed."""
     H, b, e = model.num_heads, model.mini_batch_size, layout.act_bytes
-    return e * H * inner_parameters(model) / (b * layout.time_ckpt) / layout.tp
+    return e * H * inner_parameters(model) / (b * layout.time_checkpoint_group) / layout.tp
 
 
 def mlp_bytes(model: TTTModelConfig, layout: Layout) -> float:
@@ -62,7 +62,7 @@ def mlp_bytes(model: TTTModelConfig, layout: Layout) -> float:
 
 def ttt_bytes(model: TTTModelConfig, layout: Layout) -> float:
     """The TTT inner loop's share per token and layer, as configured (time-axis checkpointing or not)."""
-    if layout.time_ckpt:
+    if layout.time_checkpoint_group:
         return inner_loop_checkpointed_bytes(model, layout)
     return inner_loop_bytes(model, layout)
 
@@ -93,8 +93,8 @@ def recompute_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
     tokens = layout.micro_tokens
     if layout.block_ckpt:
         return tokens * layer_bytes(model, layout)
-    if layout.time_ckpt:
-        group_tokens = min(layout.time_ckpt * model.mini_batch_size, layout.seq_len) * layout.micro_batch
+    if layout.time_checkpoint_group:
+        group_tokens = min(layout.time_checkpoint_group * model.mini_batch_size, layout.seq_len) * layout.micro_batch
         return group_tokens * inner_loop_bytes(model, layout)
     return 0.0
 

@@ -80,6 +80,6 @@ def executed_flops(model: TTTModelConfig, layout: Layout) -> tuple[float, float]
     if layout.block_ckpt:
         gemm += L * (layer.total - layer.ttt)
         ttt += L * layer.ttt
-    elif layout.time_ckpt:
+    elif layout.time_checkpoint_group:
         ttt += L * layer.ttt
     return gemm, ttt

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.run_options import check_time_checkpoint_group
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Layout:
     """Samples per rank per forward/backward."""
     global_batch_tokens: int = 524288
     """Tokens per optimizer step over all ranks (sets the gradient accumulation)."""
-    time_ckpt: int = 0
+    time_checkpoint_group: int = 0
     """Time-axis checkpoint group G in mini-batches (0: off)."""
     block_ckpt: bool = False
     """Recompute every block in the backward."""
@@ -71,8 +72,10 @@ def check(layout: Layout, model: TTTModelConfig) -> None:
         problems.append(f"--zero {layout.zero}: choose 0, 1, 2 or 3")
     if layout.dtype not in ("bf16", "fp32"):
         problems.append(f"--dtype {layout.dtype!r}: choose bf16 or fp32")
-    if layout.time_ckpt < 0:
-        problems.append(f"--time-ckpt {layout.time_ckpt} must be >= 0 (0: off)")
+    try:
+        check_time_checkpoint_group(layout.time_checkpoint_group)
+    except ValueError as exc:
+        problems.append(f"--time-checkpoint-group: {exc}")
     if layout.world % layout.tp:
         problems.append(f"--tp {layout.tp} does not divide the {layout.world} GPUs")
     if model.num_heads % layout.tp or model.vocab_size % layout.tp:

@@ -77,19 +77,18 @@ def planned(config, nproc: int, sequence_parallel: bool):
     model = model_config(config, data.bundled_vocab_size)
     layout = Layout(1, nproc, tp=parallel.tensor_parallel, zero=parallel.zero_stage, seq_len=data.seq_len,
                     micro_batch=data.micro_batch_size, global_batch_tokens=data.global_batch_tokens,
-                    time_ckpt=config.model.time_checkpoint_group, block_ckpt=parallel.block_checkpointing,
+                    time_checkpoint_group=parallel.time_checkpoint_group, block_ckpt=parallel.block_checkpointing,
                     dtype=config.train.dtype, sequence_parallel=sequence_parallel)
     return model, layout
 
 def main(argv: list[str]) -> int:
     from megatron_ttt.config import load_config
-    from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
     out, overrides = Path(argv[0]), argv[1:]
     config = load_config(None, overrides)
-    init_parallel(ParallelLayout(config.parallel.tensor_parallel, config.parallel.sequence_parallel),
-                  seed=config.train.seed)
-    try:
+    model_parallel = ModelParallel(config.parallel.tensor_parallel, config.parallel.sequence_parallel)
+    with parallel_groups(model_parallel, seed=config.train.seed):
         peak, sequence_parallel = peak_bytes(config)
         row = {"rank": dist.get_rank(), "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
                "dp_rank": parallel_state.get_data_parallel_rank(), "peak_bytes": peak,
@@ -98,8 +97,6 @@ def main(argv: list[str]) -> int:
         dist.all_gather_object(rows, row)
         if dist.get_rank() == 0:
             out.write_text(json.dumps(rows) + "\n")
-    finally:
-        destroy_parallel()
     return 0
 
 

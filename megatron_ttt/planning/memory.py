@@ -83,7 +83,7 @@ class Memory:
     optimizer: float
     ttt_activations: float
     """The TTT inner loop's saved tensors, as configured."""
-    ttt_activations_no_time_ckpt: float
+    ttt_activations_without_time_checkpointing: float
     """The same without time-axis checkpointing (for comparison)."""
     block_activations: float
     """Everything else the layers keep (norms, projections, post-norm, MLP)."""

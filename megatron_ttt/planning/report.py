@@ -12,7 +12,7 @@ from megatron_ttt.planning.search import Plan
 
 def describe(layout: Layout) -> str:
     sp = " (SP)" if layout.sp > 1 else ""
-    time = f"time-axis G={layout.time_ckpt}" if layout.time_ckpt else "time-axis off"
+    time = f"time-axis G={layout.time_checkpoint_group}" if layout.time_checkpoint_group else "time-axis off"
     return (f"TP {layout.tp}{sp} x DP {layout.dp}, ZeRO {layout.zero}, seq {layout.seq_len}, micro-batch "
             f"{layout.micro_batch} x {layout.accumulation} accumulation, {time}, blocks "
             f"{'on' if layout.block_ckpt else 'off'}, {layout.dtype}")
@@ -24,7 +24,7 @@ def table(model: TTTModelConfig, plans: list[Plan], gpu: GPU) -> str:
              f"{'step s':>7} {'tokens/s':>10} {'MFU':>6}"]
     for p in plans:
         lay, est = p.layout, p.estimate
-        lines.append(f"{lay.tp:>3} {lay.dp:>4} {lay.zero:>4} {lay.micro_batch:>5} {lay.time_ckpt or 'off':>6} "
+        lines.append(f"{lay.tp:>3} {lay.dp:>4} {lay.zero:>4} {lay.micro_batch:>5} {lay.time_checkpoint_group or 'off':>6} "
                      f"{'on' if lay.block_ckpt else 'off':>6} {p.memory.total / GIB:>8.1f} {est.step_s:>7.2f} "
                      f"{est.tokens_per_s:>10,.0f} {est.mfu:>6.1%}")
     return "\n".join(lines)
@@ -32,11 +32,11 @@ def table(model: TTTModelConfig, plans: list[Plan], gpu: GPU) -> str:
 
 def _memory_lines(p: Plan, gpu: GPU) -> list[str]:
     m, lay = p.memory, p.layout
-    time = f"time-axis G={lay.time_ckpt}" if lay.time_ckpt else "no time-axis ckpt"
+    time = f"time-axis G={lay.time_checkpoint_group}" if lay.time_checkpoint_group else "no time-axis ckpt"
     rows = [("parameters", m.parameters), ("gradients (backward to step)", m.gradients),
             ("gradient buffers kept", m.persistent_gradients), (f"optimizer states (ZeRO {lay.zero})", m.optimizer),
             (f"TTT activations ({time})", m.ttt_activations),
-            ("  the same without time-axis ckpt", m.ttt_activations_no_time_ckpt),
+            ("  the same without time-axis ckpt", m.ttt_activations_without_time_checkpointing),
             (f"block activations (blocks {'on' if lay.block_ckpt else 'off'})", m.block_activations),
             ("head and loss", m.head_activations), ("recomputation in the backward", m.recompute),
             ("communication buffers (ZeRO buckets)", m.buffers), ("optimizer-step temporaries", m.optimizer_step),

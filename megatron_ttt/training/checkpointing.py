@@ -1,9 +1,9 @@
 """Training checkpoints: DeepSpeed's engine state plus ours (step, loader, RNG, config), and the
 layout-free weights and optimizer state (checkpoint/layout_free.py) that resume at another layout.
 
-`RUN/checkpoints/step-NNNNNNNN/` is written under a temporary name and renamed when every rank
-has finished; `RUN/checkpoints/latest` (the tag, DeepSpeed's format) is replaced after that, so
-a crash mid-write leaves the previous checkpoint as the latest complete one.
+Each checkpoint (checkpoint/run_dir.py names the paths) is written under a temporary name and
+renamed when every rank has finished; the `latest` pointer is replaced after that, so a crash
+mid-write leaves the previous checkpoint as the latest complete one.
 
 Resuming at the writing layout (TP, DP, ZeRO stage, dtype) loads DeepSpeed's files: bitwise
 exact, RNG streams included. At another layout the layout-free part is loaded instead; RNG
@@ -11,7 +11,6 @@ streams are per rank and have no counterpart there, so they stay as `train.seed`
 """
 
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -23,32 +22,23 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
+from megatron_ttt.atomic import write_atomic, written_atomically
 from megatron_ttt.checkpoint import layout_free
 from megatron_ttt.checkpoint.model_dir import read_model_config
-from megatron_ttt.data.manifest import write_atomic
+from megatron_ttt.checkpoint.run_dir import (
+    RUN_CONFIG,
+    checkpoints_dir,
+    latest_pointer,
+    latest_tag,
+    saved_steps,
+    step_tag,
+)
 from megatron_ttt.errors import UserInputError
-
-PREFIX = "step-"
-RUN_CONFIG = "run_config.json"
-"""The resolved config, beside DeepSpeed's files: read on resume without loading any weights."""
+from megatron_ttt.training import zero_state
 
 
 class ResumeError(UserInputError):
     pass
-
-
-def checkpoint_root(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def latest_tag(run_dir: Path) -> str | None:
-    pointer = checkpoint_root(run_dir) / "latest"
-    if not pointer.exists():
-        return None
-    tag = pointer.read_text().strip()
-    if not (checkpoint_root(run_dir) / tag).is_dir():
-        raise ResumeError(f"{pointer} names {tag}, which does not exist; point it at a complete checkpoint")
-    return tag
 
 
 def rng_state() -> dict:
@@ -71,47 +61,43 @@ def _all_finite(module: torch.nn.Module) -> bool:
 
 
 def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Path:
-    root, tag = checkpoint_root(run_dir), f"{PREFIX}{step:08d}"
-    partial = f".partial-{tag}"
+    root, tag, rank0 = checkpoints_dir(run_dir), step_tag(step), dist.get_rank() == 0
     if not _all_finite(engine.module):
         raise FloatingPointError(f"step {step}: the weights hold NaN or inf; no checkpoint is written")
-    if dist.get_rank() == 0:
-        shutil.rmtree(root / partial, ignore_errors=True)
-    dist.barrier()
-    engine.save_checkpoint(str(root), tag=partial, client_state=client_state | {"rng": rng_state()},
-                           save_latest=False)
-    dist.barrier()
-    layout_free.save(engine, root / partial, {k: client_state[k] for k in ("step", "loader", "layout")})
-    if dist.get_rank() == 0:
-        write_atomic(root / partial / RUN_CONFIG, json.dumps(client_state["config"], indent=1) + "\n")
-        shutil.rmtree(root / tag, ignore_errors=True)
-        os.replace(root / partial, root / tag)
-        write_atomic(root / "latest", tag)
-        _prune(root, step, keep)
+    with written_atomically(root / tag, renames=rank0, shared=True) as partial:
+        dist.barrier()
+        engine.save_checkpoint(str(root), tag=partial.name, client_state=client_state | {"rng": rng_state()},
+                               save_latest=False)
+        dist.barrier()
+        zero_state.save(engine, partial, {k: client_state[k] for k in ("step", "loader", "layout")})
+        if rank0:
+            write_atomic(partial / RUN_CONFIG, json.dumps(client_state["config"], indent=1) + "\n")
+    if rank0:
+        write_atomic(latest_pointer(run_dir), tag)
+        _prune(run_dir, step, keep)
     dist.barrier()
     return root / tag
 
 
-def _prune(root: Path, step: int, keep: int) -> None:
+def _prune(run_dir: Path, step: int, keep: int) -> None:
     """Keep the newest `keep` checkpoints up to `step`; never the one just written, never a
     newer one (a run resumed from an older checkpoint leaves those alone)."""
-    older = sorted((int(p.name[len(PREFIX):]), p) for p in root.glob(f"{PREFIX}*") if p.is_dir()
-                   and int(p.name[len(PREFIX):]) < step)
-    for _, path in older[:max(0, len(older) - (keep - 1))]:
+    older = [path for saved, path in saved_steps(run_dir) if saved < step]
+    for path in older[:max(0, len(older) - (keep - 1))]:
         shutil.rmtree(path)
 
 
 def saved_config(run_dir: Path, tag: str) -> dict:
-    path = checkpoint_root(run_dir) / tag / RUN_CONFIG
+    path = checkpoints_dir(run_dir) / tag / RUN_CONFIG
     if not path.exists():
         raise ResumeError(f"{path.parent} has no {RUN_CONFIG}; it is not a complete checkpoint of this trainer")
     return json.loads(path.read_text())
 
 
 def load(engine, run_dir: Path, tag: str) -> dict:
-    path, client_state = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag)
+    path, client_state = engine.load_checkpoint(str(checkpoints_dir(run_dir)), tag=tag)
     if path is None:
-        raise ResumeError(f"DeepSpeed could not load {checkpoint_root(run_dir) / tag}")
+        raise ResumeError(f"DeepSpeed could not load {checkpoints_dir(run_dir) / tag}")
     set_rng_state(client_state["rng"])
     return client_state
 
@@ -147,7 +133,7 @@ def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> Resu
     if mode == "none":
         raise ResumeError(f"{run_dir} already holds checkpoints; pass --resume auto to continue it, or choose "
                           "another run_dir")
-    path = checkpoint_root(run_dir) / tag
+    path = checkpoints_dir(run_dir) / tag
     saved = saved_config(run_dir, tag)
     check_same_model(saved, requested, path)
     written = saved_layout(path, saved)

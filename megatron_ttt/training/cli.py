@@ -1,13 +1,19 @@
 """`mttt pretrain`."""
 
 import argparse
+import os
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from megatron_ttt.config import load_config
+    from megatron_ttt.config.loading import check_world_size
+
+    config = load_config(args.config, args.overrides)
+    # Before the trainer (and megatron-core, DeepSpeed) is imported: a config error is one line.
+    check_world_size(config, int(os.environ.get("WORLD_SIZE", 1)))
     from megatron_ttt.training.trainer import pretrain
 
-    return pretrain(load_config(args.config, args.overrides), args.resume)
+    return pretrain(config, args.resume)
 
 
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +13,14 @@ import yaml
 from megatron.core import parallel_state
 
 from megatron_ttt.checkpoint import layout_free
-from megatron_ttt.checkpoint.model_dir import build_model
 from megatron_ttt.config import PretrainConfig, to_dict
+from megatron_ttt.config.loading import check_world_size
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.data_prep.corpus import default_cache_dir
-from megatron_ttt.models.init import initialize
-from megatron_ttt.models.mixer import TTTMixer
+from megatron_ttt.models.build import build_model
 from megatron_ttt.models.presets import parameter_count, preset
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
-from megatron_ttt.training import checkpointing
+from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+from megatron_ttt.training import checkpointing, zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
 from megatron_ttt.training.data import training_manifest
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
@@ -51,8 +51,7 @@ def model_config(config: PretrainConfig, tokenizer_vocab: int, vocab: int | None
     m, tp = config.model, config.parallel.tensor_parallel
     multiple = VOCAB_MULTIPLE * tp
     vocab = vocab or math.ceil(tokenizer_vocab / multiple) * multiple
-    return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size,
-                  checkpoint_group=m.time_checkpoint_group, inner_loop_backend=config.train.inner_loop_backend)
+    return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size)
 
 
 def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run:
@@ -65,9 +64,8 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     manifest = training_manifest(config.data, cache)
     model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size, plan and plan.vocab_size),
-                        sequence_parallel=config.parallel.sequence_parallel)
-    initialize(model, config.train.seed, parallel_state.get_tensor_model_parallel_rank(),
-               parallel_state.get_tensor_model_parallel_world_size())
+                        config.inner_loop(), sequence_parallel=config.parallel.sequence_parallel,
+                        init_seed=config.train.seed)
     if plan is not None and plan.reshard:
         layout_free.load_weights(model, plan.path)
     model.block_checkpointing = config.parallel.block_checkpointing
@@ -90,10 +88,10 @@ def resume(run: Run) -> None:
     if plan is None:
         return
     if plan.reshard:
-        state = layout_free.load_optimizer(run.engine, plan.path)
+        state = zero_state.load(run.engine, plan.path)
     else:
         state = checkpointing.load(run.engine, run.run_dir, plan.tag)
-    replay_bias_correction(layout_free.base_optimizer(run.engine.optimizer), layout_free.adam_step(run.engine))
+    replay_bias_correction(zero_state.base_optimizer(run.engine.optimizer), zero_state.adam_step(run.engine))
     run.loader.load_state_dict(state["loader"])
     run.step = state["step"]
     if dist.get_rank() == 0:
@@ -121,10 +119,7 @@ def set_schedules(run: Run) -> float:
     for group in run.engine.optimizer.param_groups:
         group["lr"] = lr
     model = run.engine.module
-    scale = inner_lr_scale(opt, model.ttt.layer_type, model.ttt.ttt_base_lr, run.step, total)
-    for module in model.modules():
-        if isinstance(module, TTTMixer):
-            module.inner_lr_scale = scale
+    model.set_inner_lr_scale(inner_lr_scale(opt, model.ttt.layer_type, model.ttt.ttt_base_lr, run.step, total))
     return lr
 
 
@@ -231,10 +226,11 @@ def describe(run: Run) -> str:
 
 
 def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | None = None) -> int:
+    # Also for callers of this function: config errors come before any process group exists.
+    check_world_size(config, int(os.environ.get("WORLD_SIZE", 1)))
     cache = cache or default_cache_dir()
-    init_parallel(ParallelLayout(config.parallel.tensor_parallel, config.parallel.sequence_parallel),
-                  seed=config.train.seed)
-    try:
+    model_parallel = ModelParallel(config.parallel.tensor_parallel, config.parallel.sequence_parallel)
+    with parallel_groups(model_parallel, seed=config.train.seed):
         run = build(config, cache, resume_mode)
         if dist.get_rank() == 0:
             print(describe(run), flush=True)
@@ -244,5 +240,3 @@ def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | No
         except FloatingPointError as exc:
             print(f"mttt pretrain: {exc}", flush=True)
             return EXIT_NONFINITE
-    finally:
-        destroy_parallel()

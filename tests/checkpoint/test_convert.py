@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import megatron_ttt.checkpoint.convert as convert
 from megatron_ttt.checkpoint.model_dir import CheckpointError, load_model
-from megatron_ttt.checkpoint.reference_format import ReferenceFormatError
+from megatron_ttt.models.parameters import ReferenceFormatError
 from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
 from megatron_ttt.cli import main
 from tests.models.tp_cases import TINY
@@ -102,7 +102,7 @@ def test_logprobs_command_matches_the_reference(tmp_path, capsys):
     np.save(tmp_path / "ids.npy", ids)
     args = ["eval", "logprobs", "--checkpoint", str(tmp_path / "ours"), "--input", str(tmp_path / "ids.npy"),
             "--output", str(tmp_path / "lp.npy"), "--batch-size", "2"]
-    from megatron_ttt.parallel.setup import destroy_parallel, init_parallel, ParallelLayout
+    from megatron_ttt.parallel.setup import destroy_parallel, init_parallel, ModelParallel
 
     destroy_parallel()  # the command sets up (and tears down) its own process group
     try:
@@ -115,4 +115,4 @@ def test_logprobs_command_matches_the_reference(tmp_path, capsys):
         assert main(args[:4] + ["--input", str(tmp_path / "bad.npy")] + args[6:]) == 2
         assert "outside the model's vocabulary of 64" in capsys.readouterr().err
     finally:
-        init_parallel(ParallelLayout())
+        init_parallel(ModelParallel())

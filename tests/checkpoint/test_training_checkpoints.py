@@ -12,8 +12,8 @@ import megatron_ttt.checkpoint.convert as convert
 from megatron_ttt.checkpoint.model_dir import CheckpointError, load_model
 from megatron_ttt.checkpoint.reference_io import read_reference
 from megatron_ttt.config.sections import DataSection
-from megatron_ttt.eval.logprobs import token_logprobs
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.models.scoring import token_logprobs
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from megatron_ttt.training.data import prepare_bundled
 from tests.distributed import run_distributed
 from tests.training.runs import final_weights, pretrain
@@ -32,7 +32,7 @@ def tp2_run(tmp_path_factory):
 
 def evaluate(rank, world, store, directory, tokens):
     """Log-probs of `tokens` and this TP rank's weights, loaded at TP=world."""
-    init_parallel(ParallelLayout(world), store=store)
+    init_parallel(ModelParallel(world), store=store)
     model = load_model(directory)
     out = token_logprobs(model, tokens), {n: p.detach().clone() for n, p in model.named_parameters()}
     destroy_parallel()
@@ -40,7 +40,7 @@ def evaluate(rank, world, store, directory, tokens):
 
 
 def convert_at(rank, world, store, direction, src, dst):
-    init_parallel(ParallelLayout(world), store=store)
+    init_parallel(ModelParallel(world), store=store)
     diff = getattr(convert, direction)(src, dst)
     destroy_parallel()
     return diff
@@ -121,7 +121,7 @@ class TestSelfCheck:
         step.mkdir(parents=True)
         (step / "run_config.json").write_text("{}")
         (step.parent / "latest").write_text(step.name)
-        with pytest.raises(CheckpointError, match=f"{step} has no layout-free weights .*cannot be converted"):
+        with pytest.raises(CheckpointError, match=f"{step} is a training checkpoint written by an older version, without the layout-free weights"):
             convert.mttt_to_hf(tmp_path / "run", tmp_path / "hf")
         shutil.rmtree(step)
         with pytest.raises(CheckpointError, match="does not exist"):

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_ttt.checkpoint.model_dir import build_model, save_model
+from megatron_ttt.checkpoint.model_dir import save_model
+from megatron_ttt.models.build import build_model
 from megatron_ttt.data import Manifest
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.data_prep.corpora import make_tokenizer, settings, write_corpus
 
 SEQ_LEN = 32
@@ -46,7 +47,7 @@ def eval_data(tmp_path_factory) -> EvalData:
     inputs = write_corpus(root / "in", files=2, docs_per_file=40)
     job = ShardJob(root / "ds", settings(tokenizer, inputs, seq_len=SEQ_LEN, val_fraction=0.3), workers=1)
     manifest = shard_corpus(job, show_progress=False)[0]
-    init_parallel(ParallelLayout())
+    init_parallel(ModelParallel())
     try:
         _save(MODEL, root / "model", seed=0)
         _save(TTTModelConfig(**(MODEL.to_dict() | {"vocab_size": 512})), root / "small", seed=0)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from megatron_ttt.checkpoint.model_dir import load_model
-from megatron_ttt.checkpoint.reference_format import to_local
+from megatron_ttt.models.parameters import to_local
 from megatron_ttt.cli import main
 from megatron_ttt.eval.generate import SamplingConfig, generate, sample_next
-from megatron_ttt.models.config import megatron_config
+from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.distributed import run_distributed
 from tests.models.tp_cases import TINY, rel
 from tests.models.weights import random_reference_weights
@@ -25,7 +25,7 @@ from tests.models.weights import random_reference_weights
 @pytest.fixture
 def one_process():
     """Per test, so the commands' tests below can set up their own process group."""
-    init_parallel(ParallelLayout())
+    init_parallel(ModelParallel())
     yield
     destroy_parallel()
 
@@ -91,7 +91,7 @@ def test_bad_inputs_are_named(eval_data, capsys, change, message):
 
 
 def tp_generation(rank: int, world: int, store, tp: int, model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
-    init_parallel(ParallelLayout(tp), store=store)
+    init_parallel(ModelParallel(tp), store=store)
     try:
         prompt = torch.arange(3, 14)[None]
         out = generate(load_model(Path(model_dir)), prompt, SamplingConfig(max_new_tokens=18, temperature=1.0, seed=2),

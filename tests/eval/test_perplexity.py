@@ -13,10 +13,10 @@ from megatron.core import parallel_state
 from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.cli import main
 from megatron_ttt.data.loader import ShardedSamples
-from megatron_ttt.eval.logprobs import token_logprobs
+from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.eval.perplexity import PerplexityConfig, TokenStream, evaluate_context
 from megatron_ttt.eval.perplexity_report import bucket_edges
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.distributed import run_distributed
 
 
@@ -29,7 +29,7 @@ def independent_losses(data, contexts: list[int], max_windows: int) -> dict[int,
     """The val split read sample by sample, joined, cut into windows; -mean of token_logprobs."""
     samples = ShardedSamples(data.manifest, "val")
     stream = np.concatenate([samples[i] for i in range(len(samples))]).astype(np.int64)
-    init_parallel(ParallelLayout())
+    init_parallel(ModelParallel())
     try:
         model = load_model(data.model_dir)
         out = {}
@@ -67,7 +67,7 @@ def test_linear_buckets_cover_the_context():
 
 
 def parallel_nll(rank: int, world: int, store, tp: int, model_dir: str, manifest) -> np.ndarray:
-    init_parallel(ParallelLayout(tp), store=store)
+    init_parallel(ModelParallel(tp), store=store)
     try:
         model = load_model(Path(model_dir))
         stream = TokenStream(ShardedSamples(manifest, "val"))

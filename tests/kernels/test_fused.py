@@ -19,7 +19,7 @@ def _outputs(z: torch.Tensor, state: TTTState) -> list[torch.Tensor]:
     return [z, *state.weights, *(state.grads or ())]
 
 
-def _run(case, backend: str, dtype: torch.dtype, checkpoint_group: int):
+def _run(case, backend: str, dtype: torch.dtype, time_checkpoint_group: int):
     """Outputs and gradients of the inner loop with the case's leaves cast to dtype."""
     leaves = [x.detach().to(DEVICE, dtype).requires_grad_() for x in case.leaves()]
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
@@ -27,16 +27,16 @@ def _run(case, backend: str, dtype: torch.dtype, checkpoint_group: int):
     run = ttt_dual if backend == "twin" else ttt_inner_loop
     kwargs = {} if backend == "twin" else {"backend": backend}
     z, state = run(q, k, v, lr, offset, ln_w, ln_b, state, mini_batch_size=case.mini_batch_size,
-                   checkpoint_group=checkpoint_group, **kwargs)
+                   time_checkpoint_group=time_checkpoint_group, **kwargs)
     outputs = _outputs(z, state)
     cotangents = torch.Generator().manual_seed(1)
     loss = sum((y * torch.randn(y.shape, generator=cotangents, dtype=torch.float64).to(y)).sum() for y in outputs)
     return outputs, torch.autograd.grad(loss, leaves)
 
 
-def _errors(case, dtype: torch.dtype, checkpoint_group: int) -> dict[str, float]:
+def _errors(case, dtype: torch.dtype, time_checkpoint_group: int) -> dict[str, float]:
     want_out, want_grads = _run(case, "twin", torch.float64, 0)
-    got_out, got_grads = _run(case, "triton", dtype, checkpoint_group)
+    got_out, got_grads = _run(case, "triton", dtype, time_checkpoint_group)
     assert len(got_out) == len(want_out)
     names = ["z"] + [f"state[{i}]" for i in range(len(got_out) - 1)]
     names += [f"d{n}" for n in GRAD_NAMES] + [f"dW0[{i}]" for i in range(len(case.weights))]
@@ -51,7 +51,7 @@ def _errors(case, dtype: torch.dtype, checkpoint_group: int) -> dict[str, float]
 @pytest.mark.parametrize("T", [16, 63, pytest.param(200, marks=pytest.mark.slow)])
 def test_fp32_matches_twin(kind, T, b, d):
     case = make_case(kind, T, b, B=1, H=2, d=d, dtype=torch.float64, seed=T + b + d)
-    errors = _errors(case, torch.float32, checkpoint_group=0 if T == 16 else 3)
+    errors = _errors(case, torch.float32, time_checkpoint_group=0 if T == 16 else 3)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-4, f"{worst}: relative RMS error {errors[worst]:.2e} > 1e-4 ({errors})"
 
@@ -61,7 +61,7 @@ def test_bf16_inputs_match_twin(kind):
     # The twin sees the same bf16-rounded inputs in float64; the kernel keeps its state and
     # arithmetic in fp32, so what remains is the bf16 rounding of the outputs and gradients.
     case = make_case(kind, 40, 16, B=1, H=2, d=16, dtype=torch.bfloat16, seed=7)
-    errors = _errors(case, torch.bfloat16, checkpoint_group=2)
+    errors = _errors(case, torch.bfloat16, time_checkpoint_group=2)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-2, f"{worst}: relative RMS error {errors[worst]:.2e} > 1e-2 ({errors})"
 

@@ -1,20 +1,19 @@
 """The model on the Triton kernels equals the model on the PyTorch dual form: loss and every gradient."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 
-from megatron_ttt.checkpoint.model_dir import build_model
+from megatron_ttt.models.build import build_model
 from megatron_ttt.models.presets import preset
+from megatron_ttt.run_options import InnerLoopOptions
 from tests.ops.inputs import rel_err
 
 
 @pytest.mark.parametrize("layer_type", ["linear", "mlp"])
 def test_triton_model_equals_torch_model(single_process_parallel, layer_type):
     torch.manual_seed(0)
-    cfg = preset("tiny", layer_type, "mamba", vocab_size=128, num_layers=1, checkpoint_group=2)
-    models = {b: build_model(replace(cfg, inner_loop_backend=b)) for b in ("torch", "triton")}
+    cfg = preset("tiny", layer_type, "mamba", vocab_size=128, num_layers=1)
+    models = {b: build_model(cfg, InnerLoopOptions(b, time_checkpoint_group=2)) for b in ("torch", "triton")}
     models["triton"].load_state_dict(models["torch"].state_dict())
     tokens = torch.randint(0, 128, (2, 37))
     grads = {}

@@ -6,17 +6,17 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
-from megatron_ttt.models.config import megatron_config
+from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.checkpoint.reference_format import to_full, to_local
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.models.parameters import to_full, to_local
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.models.weights import random_reference_weights
 
 
 def load_then_save(rank: int, world: int, store, cfg, load_from: str | None, save_to: str | None):
     """A model at TP=world, loaded from the dist checkpoint `load_from` (or from seeded reference
     weights), then saved to `save_to`. Returns its weights in reference format and its logits."""
-    init_parallel(ParallelLayout(world), store=store)
+    init_parallel(ModelParallel(world), store=store)
     model = TTTLanguageModel(megatron_config(cfg, world), cfg)
     if load_from:
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), load_from))

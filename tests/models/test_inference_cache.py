@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from megatron_ttt.checkpoint.reference_format import to_local
-from megatron_ttt.models.config import megatron_config
+from megatron_ttt.models.parameters import to_local
+from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.language_model import TTTLanguageModel
 from tests.models.tp_cases import TINY, rel

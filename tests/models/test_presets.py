@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_ttt.models.config import megatron_config
+from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.presets import SIZES, parameter_count, preset
 

@@ -7,11 +7,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state
 
-from megatron_ttt.models.config import TTTModelConfig, megatron_config
+from megatron_ttt.models.build import megatron_config
+from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.checkpoint.reference_format import to_full, to_local
+from megatron_ttt.models.parameters import to_full, to_local
 from megatron_ttt.models.reference_model import reference_logits
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.models.weights import random_reference_weights
 
 TINY = TTTModelConfig(vocab_size=64, hidden_size=32, num_heads=4, num_layers=2, intermediate_size=48,
@@ -36,7 +37,7 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict], dtype=tor
     out = []
     for case in cases:
         cfg = replace(TINY, layer_type=case["layer_type"], backbone=case["backbone"])
-        init_parallel(ParallelLayout(world, case["sequence_parallel"]), store=store)
+        init_parallel(ModelParallel(world, case["sequence_parallel"]), store=store)
         tp_group, tp_rank = parallel_state.get_tensor_model_parallel_group(), parallel_state.get_tensor_model_parallel_rank()
         weights = random_reference_weights(cfg, seed=1, dtype=dtype)
         g = torch.Generator().manual_seed(2)

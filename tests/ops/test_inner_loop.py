@@ -65,12 +65,12 @@ def test_gradcheck_dual(kind):
 def test_checkpointing_is_bitwise_identical(kind, group):
     case = make_case(kind, T=63, b=4).requires_grad_()
     z_ref, s_ref = ttt_dual(*case.args(), mini_batch_size=4)
-    z_ckpt, s_ckpt = ttt_dual(*case.args(), mini_batch_size=4, checkpoint_group=group)
+    z_ckpt, s_ckpt = ttt_dual(*case.args(), mini_batch_size=4, time_checkpoint_group=group)
     assert torch.equal(z_ckpt, z_ref)
     for a, e in zip(s_ckpt.weights + s_ckpt.grads, s_ref.weights + s_ref.grads):
         assert torch.equal(a, e)
-    for name, g_ckpt, g_ref in zip(NAMES, _grads(ttt_dual, case, checkpoint_group=group), _grads(ttt_dual, case)):
-        assert torch.equal(g_ckpt, g_ref), f"d/d{name} differs with checkpoint_group={group}"
+    for name, g_ckpt, g_ref in zip(NAMES, _grads(ttt_dual, case, time_checkpoint_group=group), _grads(ttt_dual, case)):
+        assert torch.equal(g_ckpt, g_ref), f"d/d{name} differs with time_checkpoint_group={group}"
 
 
 @pytest.mark.parametrize("split", [1, 5, 16, 33, 62])
@@ -131,7 +131,7 @@ def test_bad_inputs_are_named():
         ttt_dual(q, k, v, lr, off, ln_w, ln_b, state, mini_batch_size=8)
     with pytest.raises(ValueError, match="^state layer 0"):
         ttt_dual(q, k, v, lr, off, ln_w, ln_b, TTTState.initial(case.weights, 3), mini_batch_size=4)
-    with pytest.raises(ValueError, match="^checkpoint_group"):
-        ttt_dual(q, k, v, lr, off, ln_w, ln_b, state, mini_batch_size=4, checkpoint_group=-1)
+    with pytest.raises(ValueError, match="^time_checkpoint_group"):
+        ttt_dual(q, k, v, lr, off, ln_w, ln_b, state, mini_batch_size=4, time_checkpoint_group=-1)
     with pytest.raises(ValueError, match="takes one token"):
         ttt_decode_step(q, k, v, lr, off, ln_w, ln_b, state, mini_batch_size=4)

@@ -11,7 +11,7 @@ from megatron_ttt.planning.search import plan, search
 
 def test_one_layout_prints_every_part(capsys):
     assert main(["plan", "--preset", "7b", "--nodes", "4", "--gpus-per-node", "8", "--tp", "8", "--zero", "1",
-                 "--micro-batch", "1", "--time-ckpt", "4", "--block-ckpt", "off", "--seq-len", "2048"]) == 0
+                 "--micro-batch", "1", "--time-checkpoint-group", "4", "--block-ckpt", "off", "--seq-len", "2048"]) == 0
     out = capsys.readouterr().out
     for part in ("optimizer states (ZeRO 1)", "TTT activations (time-axis G=4)", "fits", "dual form",
                  "tp all gather", "dp reduce scatter", "MFU", "matmul_efficiency=0.6"):
@@ -21,7 +21,7 @@ def test_one_layout_prints_every_part(capsys):
 def test_search_returns_fitting_layouts_fastest_first():
     model, gpu = preset("7b"), GPUS["a100-80gb"]
     base = Layout(4, 8, seq_len=32768, global_batch_tokens=4 * 2**20)
-    plans = search(model, base, {"tp", "zero", "time_ckpt", "micro_batch", "block_ckpt"}, gpu, Assumptions())
+    plans = search(model, base, {"tp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt"}, gpu, Assumptions())
     assert plans and all(p.memory.fits(gpu) for p in plans)
     speeds = [p.estimate.tokens_per_s for p in plans]
     assert speeds == sorted(speeds, reverse=True)
@@ -30,7 +30,7 @@ def test_search_returns_fitting_layouts_fastest_first():
 def test_time_axis_checkpointing_shrinks_only_the_ttt_share():
     model, gpu = preset("7b", "mlp"), GPUS["a100-80gb"]
     off = plan(model, Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192), gpu, Assumptions()).memory
-    on = plan(model, Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192, time_ckpt=4), gpu, Assumptions()).memory
+    on = plan(model, Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192, time_checkpoint_group=4), gpu, Assumptions()).memory
     assert on.ttt_activations < off.ttt_activations / 4
     assert on.block_activations == off.block_activations and on.parameters == off.parameters
 

@@ -13,7 +13,7 @@ from megatron_ttt.planning import flops
 def test_forward_flops_equal_the_counted_matmuls(single_process_parallel, layer_type, backbone):
     """Every matmul, bmm and convolution the model runs, as torch counts them. The mamba
     backbone's convolutions also count their K - 1 padded outputs (0.03% here)."""
-    from megatron_ttt.checkpoint.model_dir import build_model
+    from megatron_ttt.models.build import build_model
 
     model = preset("tiny", layer_type, backbone, vocab_size=512)
     net = build_model(model)

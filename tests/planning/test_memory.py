@@ -26,7 +26,7 @@ RUN = ["train.steps=2", "data.seq_len=256", "data.micro_batch_size=4", "data.num
 def test_local_parameters_match_a_built_model(single_process_parallel, layer_type, backbone):
     """Psi per TP rank: the built model's TP-split parameters (megatron-core's tensor_model_parallel
     tag) over tp, plus the rest whole."""
-    from megatron_ttt.checkpoint.model_dir import build_model
+    from megatron_ttt.models.build import build_model
 
     model = preset("tiny", layer_type, backbone, vocab_size=512)
     params = list(build_model(model).parameters())
@@ -73,7 +73,7 @@ def test_predicted_peak_matches_a_measured_run(tmp_path):
 
 @pytest.mark.slow
 def test_predicted_peak_matches_a_tensor_parallel_bf16_run(tmp_path):
-    overrides = ["train.dtype=bf16", "parallel.tensor_parallel=2", "model.time_checkpoint_group=4"]
+    overrides = ["train.dtype=bf16", "parallel.tensor_parallel=2", "parallel.time_checkpoint_group=4"]
     predicted, measured = _measure(tmp_path, 2, overrides)
     assert abs(predicted - measured) / measured < BOUND, (predicted, measured)
 
@@ -82,6 +82,6 @@ def test_predicted_peak_matches_a_tensor_parallel_bf16_run(tmp_path):
 def test_predicted_peak_matches_a_sequence_parallel_bf16_run(tmp_path):
     """The planner's sequence-parallel terms against a model built with sequence parallelism."""
     overrides = ["train.dtype=bf16", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true",
-                 "model.time_checkpoint_group=4"]
+                 "parallel.time_checkpoint_group=4"]
     predicted, measured = _measure(tmp_path, 2, overrides)
     assert abs(predicted - measured) / measured < BOUND, (predicted, measured)

@@ -1,12 +1,16 @@
 """Configs: YAML + overrides with types checked, and the generated reference in the docs."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from megatron_ttt.config import load_config
-from megatron_ttt.config.loading import ConfigError
+from megatron_ttt.config.loading import ConfigError, check_world_size
 from megatron_ttt.config.reference import markdown
+from megatron_ttt.run_options import InnerLoopOptions
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -18,17 +22,57 @@ def test_yaml_then_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.stepz=5", "unknown key 'stepz'"),
-    ("train.steps=many", "override.train.steps: 'many' is not a int"),
+    ("train.stepz=5", "unknown key 'train.stepz'"),
+    ("model.time_checkpoint_group=4", "unknown key 'model.time_checkpoint_group'; it is now parallel.time_checkpoint_group"),
+    ("train.steps=many", "override: train.steps: 'many' is not a int"),
     ("parallel.sequence_parallel=maybe", "is not a boolean"),
     ("train", "not of the form section.key=value"),
     ("model=3", "is a section"),
-    ("checkpoint.interval=0", r"must be at least 1 .*checkpoint.interval=0"),
+    ("checkpoint.interval=0", r"checkpoint.interval=0 \(must be at least 1\)"),
     ("logging.eval_batches=0", r"logging.eval_batches=0"),
+    ("model.preset=7x", r"model.preset='7x' \(choose one of tiny, 125m"),
+    ("model.layer_type=conv", r"model.layer_type='conv'"),
+    ("parallel.zero_stage=4", r"parallel.zero_stage=4"),
+    ("train.dtype=fp16", r"train.dtype='fp16'"),
+    ("train.inner_loop_backend=cuda", r"train.inner_loop_backend='cuda'"),
+    ("parallel.time_checkpoint_group=-1", r"parallel.time_checkpoint_group must be an integer >= 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides, world, message", [
+    (["parallel.tensor_parallel=3"], 1, r"parallel.tensor_parallel=3 does not divide the 1 processes"),
+    (["parallel.tensor_parallel=2", "data.global_batch_tokens=1024"], 8,
+     r"data.global_batch_tokens=1024 is not a multiple of .* = 4 x 4 x 256 = 4096"),
+])
+def test_world_size_checks_name_the_keys(overrides, world, message):
+    with pytest.raises(ConfigError, match=message):
+        check_world_size(load_config(None, overrides), world)
+
+
+def test_world_sizes_that_fit():
+    check_world_size(load_config(None, ["parallel.tensor_parallel=3"]), 3)
+    check_world_size(load_config(None, ["parallel.tensor_parallel=2", "data.global_batch_tokens=4096"]), 8)
+
+
+def test_pretrain_config_errors_exit_2_before_any_process_group(tmp_path):
+    """A bad value is a one-line error and exit status 2, in a fresh process, within seconds:
+    nothing (process group, engine, model, data) was built."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR")}
+    for override, message in (("parallel.tensor_parallel=3", "parallel.tensor_parallel=3 does not divide"),
+                              ("model.preset=7x", "model.preset='7x'")):
+        result = subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "pretrain", override,
+                                 f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("mttt pretrain: error: ") and message in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_inner_loop_options_come_from_their_keys():
+    config = load_config(None, ["train.inner_loop_backend=torch", "parallel.time_checkpoint_group=4"])
+    assert config.inner_loop() == InnerLoopOptions("torch", 4)
 
 
 def test_docs_hold_the_generated_reference():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megatron_ttt.checkpoint.model_dir import load_model
-from megatron_ttt.parallel.setup import ParallelLayout, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.distributed import run_distributed
 from tests.training.runs import losses, pretrain
 
@@ -48,7 +48,7 @@ def cut_at(src, dst, step):
 
 
 def layout_free_weights(rank, world, store, directory):
-    init_parallel(ParallelLayout(world), store=store)
+    init_parallel(ModelParallel(world), store=store)
     weights = {n: p.detach().clone() for n, p in load_model(directory).named_parameters()}
     destroy_parallel()
     return weights

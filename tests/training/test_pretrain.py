@@ -140,7 +140,7 @@ def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path, cache):
 
 def test_checkpointing_switches_keep_the_losses_and_bf16_trains(tmp_path, cache):
     plain = losses(pretrain(tmp_path / "plain", cache) and tmp_path / "plain")
-    for name, switch in (("blocks", "parallel.block_checkpointing=true"), ("time", "model.time_checkpoint_group=2")):
+    for name, switch in (("blocks", "parallel.block_checkpointing=true"), ("time", "parallel.time_checkpoint_group=2")):
         assert losses(pretrain(tmp_path / name, cache, [switch]) and tmp_path / name) == plain, name
     bf16 = losses(pretrain(tmp_path / "bf16", cache, ["train.dtype=bf16"]) and tmp_path / "bf16")
     # Same initial weights: the first loss agrees to bf16 rounding. After that bf16 arithmetic

@@ -1,9 +1,11 @@
-"""The reference model's parameters (`TTTForCausalLM` names and shapes) <-> our TP-local ones.
+"""Every parameter of the model, one rule each: its reference-format (`TTTForCausalLM`) name,
+how it is split over TP ranks, how it is initialized and whether it is weight-decayed.
 
 Each of our parameters is built from one reference tensor (split over TP ranks along a dim, or
 replicated) or, for the fused projections, from several (each split, then concatenated). The
-rules below are the whole mapping; `to_local` and `to_full` apply them in the two directions and
-check every name and shape on the way.
+rules drive initialization (models/build.py), the optimizer's weight-decay groups (training/) and
+conversion: `to_local` and `to_full` apply them in the two directions and check every name and
+shape on the way.
 """
 
 from collections.abc import Callable
@@ -32,11 +34,28 @@ class Rule:
     squeeze_dim: int | None = None
     """The reference stores this tensor with an extra singleton dim here."""
     fused: FusedColumns | None = None
+    init: str = "normal"
+    """How the reference initializes it (each component of a fused one): one of INITS."""
+    weight_decay: bool = True
+    """AdamW's decoupled weight decay applies (matrices, embeddings, inner and conv weights)."""
+
+
+INITS = ("normal", "conv", "ones", "zeros")
+"""normal(0, init_std); torch's Conv1d default, uniform(+-1/sqrt(kernel)); ones; zeros."""
+
+
+def _gain(ours: str, ref: str, split_dim: int | None = 0) -> Rule:
+    """A norm's gain: ones, not decayed."""
+    return Rule(ours, (ref,), split_dim=split_dim, init="ones", weight_decay=False)
+
+
+def _bias(ours: str, ref: str, split_dim: int | None = 0, squeeze_dim: int | None = None) -> Rule:
+    """A bias (or the token offsets): zeros, not decayed."""
+    return Rule(ours, (ref,), split_dim=split_dim, squeeze_dim=squeeze_dim, init="zeros", weight_decay=False)
 
 
 def rules(cfg: TTTModelConfig) -> list[Rule]:
-    out = [Rule("embedding.weight", ("model.embed_tokens.weight",)),
-           Rule("final_norm.weight", ("model.norm.weight",), split_dim=None)]
+    out = [Rule("embedding.weight", ("model.embed_tokens.weight",)), _gain("final_norm.weight", "model.norm.weight", None)]
     if not cfg.tie_word_embeddings:
         out.append(Rule("output_layer.weight", ("lm_head.weight",)))
     component_refs = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "gate": "g_proj.weight",
@@ -47,22 +66,23 @@ def rules(cfg: TTTModelConfig) -> list[Rule]:
         m, s = f"{o}mixer.", f"{r}seq_modeling_block."
         out += [Rule(f"{m}in_proj.weight", tuple(s + component_refs[n] for n in columns.names), fused=columns),
                 Rule(f"{m}out_proj.weight", (f"{s}o_proj.weight",), split_dim=1),
-                Rule(f"{m}ttt_norm_weight", (f"{s}ttt_norm_weight",)),
-                Rule(f"{m}ttt_norm_bias", (f"{s}ttt_norm_bias",)),
-                Rule(f"{m}ttt_lr_bias", (f"{s}learnable_ttt_lr_bias",), squeeze_dim=1),
-                Rule(f"{m}token_offset", (f"{s}learnable_token_idx",), split_dim=None),
-                Rule(f"{m}post_norm_weight", (f"{s}post_norm.weight",)),
-                Rule(f"{m}post_norm_bias", (f"{s}post_norm.bias",))]
+                _gain(f"{m}ttt_norm_weight", f"{s}ttt_norm_weight"),
+                _bias(f"{m}ttt_norm_bias", f"{s}ttt_norm_bias"),
+                _bias(f"{m}ttt_lr_bias", f"{s}learnable_ttt_lr_bias", squeeze_dim=1),
+                _bias(f"{m}token_offset", f"{s}learnable_token_idx", split_dim=None),
+                _gain(f"{m}post_norm_weight", f"{s}post_norm.weight"),
+                _bias(f"{m}post_norm_bias", f"{s}post_norm.bias")]
         for j in range(1, len(cfg.inner_widths)):
-            out += [Rule(f"{m}W{j}", (f"{s}W{j}",)), Rule(f"{m}b{j}", (f"{s}b{j}",), squeeze_dim=1)]
+            out += [Rule(f"{m}W{j}", (f"{s}W{j}",)), _bias(f"{m}b{j}", f"{s}b{j}", squeeze_dim=1)]
         if cfg.share_qk:
-            out += [Rule(f"{m}conv_{x}_{p}", (f"{s}conv_{x}.{p}",)) for x in "qk" for p in ("weight", "bias")]
+            out += [Rule(f"{m}conv_{x}_{p}", (f"{s}conv_{x}.{p}",), init="conv", weight_decay=p == "weight")
+                    for x in "qk" for p in ("weight", "bias")]
         if cfg.pre_conv:
-            out += [Rule(f"{o}pre_conv.weight", (f"{r}conv.conv.weight",), split_dim=None),
-                    Rule(f"{o}pre_conv.bias", (f"{r}conv.conv.bias",), split_dim=None),
-                    Rule(f"{o}pre_conv.norm.weight", (f"{r}conv.norm.weight",), split_dim=None)]
-        out += [Rule(f"{o}seq_norm.weight", (f"{r}seq_norm.weight",), split_dim=None),
-                Rule(f"{o}ffn_norm.weight", (f"{r}ffn_norm.weight",), split_dim=None),
+            out += [Rule(f"{o}pre_conv.weight", (f"{r}conv.conv.weight",), split_dim=None, init="conv"),
+                    Rule(f"{o}pre_conv.bias", (f"{r}conv.conv.bias",), split_dim=None, init="conv", weight_decay=False),
+                    _gain(f"{o}pre_conv.norm.weight", f"{r}conv.norm.weight", None)]
+        out += [_gain(f"{o}seq_norm.weight", f"{r}seq_norm.weight", None),
+                _gain(f"{o}ffn_norm.weight", f"{r}ffn_norm.weight", None),
                 Rule(f"{o}mlp.fc1.weight", (f"{r}mlp.gate_proj.weight", f"{r}mlp.up_proj.weight"), fused=mlp_columns(cfg)),
                 Rule(f"{o}mlp.fc2.weight", (f"{r}mlp.down_proj.weight",), split_dim=1)]
     return out

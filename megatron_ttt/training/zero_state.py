@@ -1,0 +1,123 @@
+"""The fp32 weights and Adam moments inside DeepSpeed's optimizers, as whole tensors per parameter:
+what the layout-free part of a checkpoint (checkpoint/layout_free.py) is written from and loaded
+into. Everything here leans on DeepSpeed's internals (flat groups, fragment links, the ZeRO
+optimizers' attribute names); nothing outside training/ needs to.
+"""
+
+import multiprocessing
+from multiprocessing.managers import SyncManager
+from pathlib import Path
+
+import torch
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_full_optimizer_state,
+    safe_set_full_fp32_param,
+    safe_set_full_optimizer_state,
+)
+from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.training.signals import ignore_stop_signals
+
+
+def base_optimizer(optimizer):
+    """The torch optimizer that holds Adam's state (DeepSpeed's ZeRO and bf16 wrappers keep it as
+    `.optimizer`; without ZeRO in fp32 the engine's optimizer is Adam itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def adam_step(engine) -> int:
+    """Adam's step count (its bias correction), the same for every parameter group."""
+    state = base_optimizer(engine.optimizer).state.values()
+    return max((int(s["step"]) for s in state), default=0)
+
+
+def _flat_slice(optimizer, param: torch.nn.Parameter, key: str | None) -> torch.Tensor | None:
+    """bf16 without ZeRO (DeepSpeed's FP16_Optimizer in bf16 mode): the parameter's slice of its
+    group's flat fp32 master (key None) or of that master's Adam moment; None for other optimizers.
+    The flat master holds the group's parameters back to back, in order, unpadded."""
+    for group, flat in zip(getattr(optimizer, "fp16_groups", ()), getattr(optimizer, "fp32_groups_flat", ())):
+        offset = 0
+        for p in group:
+            if p is param:
+                whole = flat if key is None else base_optimizer(optimizer).state[flat][key]
+                return whole[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+    return None
+
+
+def _whole(engine, param: torch.nn.Parameter, key: str | None) -> torch.Tensor:
+    """This TP rank's whole fp32 tensor of a parameter (key None) or of one of its Adam moments,
+    gathered over the data-parallel group where ZeRO or the bf16 optimizer partition it."""
+    value = safe_get_full_fp32_param(param) if key is None else safe_get_full_optimizer_state(param, key)
+    if value is None:
+        value = _flat_slice(engine.optimizer, param, key)
+    if value is not None:
+        return value
+    # fp32 without ZeRO: Adam updates the module's parameters in place.
+    return param.detach() if key is None else engine.optimizer.state[param][key]
+
+
+def _link_fragments(optimizer) -> None:
+    """Point each parameter at its slice of Adam's state (ZeRO 1-2 and the bf16 optimizer).
+    DeepSpeed links them once, after the first parameter group's first step, when the other
+    groups have no state yet; linking again once all have state makes every slice readable."""
+    if hasattr(optimizer, "_hp_optimizer_states_linked"):
+        optimizer._hp_optimizer_states_linked = False
+        optimizer._lazy_init_hp_params_optimizer_state()
+
+
+def _signal_proof_writer() -> None:
+    """dist_checkpointing's torch_dist writer sends its results through a queue served by a
+    process it spawns at the first save and keeps (filesystem_async._results_queue). A signal to
+    the whole job (scancel, preemption) killed that process, and the checkpoint the signal asks
+    for then failed. Serve the queue from a process that ignores those signals instead. (The
+    writers it forks per save inherit the rank's handlers and are safe.)"""
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(initializer=ignore_stop_signals)
+        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
+
+
+def save(engine, directory: Path, trainer_state: dict) -> None:
+    """The layout-free part of the engine's state into `directory` (collective)."""
+    _signal_proof_writer()
+    _link_fragments(engine.optimizer)
+    params = dict(engine.module.named_parameters())
+    layout_free.write(directory, engine.module, lambda key, name: _whole(engine, params[name], key),
+                      trainer_state | {"adam_step": adam_step(engine)})
+
+
+def _materialize_state(optimizer, step: int) -> None:
+    """Adam creates its state at the first step; create it now (zeros, overwritten below) for the
+    flat fp32 partitions DeepSpeed hands to it, then link each parameter's slice of it."""
+    flat = (getattr(optimizer, "single_partition_of_fp32_groups", None)  # ZeRO 1, 2
+            or getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO 3
+            or getattr(optimizer, "fp32_groups_flat_partition", None)  # bf16 optimizer (pipelines)
+            or getattr(optimizer, "fp32_groups_flat", None)  # bf16 without ZeRO
+            or [p for g in optimizer.param_groups for p in g["params"]])  # fp32 without ZeRO
+    base = base_optimizer(optimizer)
+    for t in flat:
+        base.state[t] = {"step": step, "exp_avg": torch.zeros_like(t), "exp_avg_sq": torch.zeros_like(t)}
+    for group in base.param_groups:
+        group["step"] = step
+    _link_fragments(optimizer)
+
+
+@torch.no_grad()
+def _set(engine, param: torch.nn.Parameter, value: torch.Tensor, key: str | None) -> None:
+    if hasattr(param, "ds_id") or hasattr(param, "_hp_mapping"):
+        (safe_set_full_fp32_param(param, value) if key is None else safe_set_full_optimizer_state(param, value, key))
+    elif (flat := _flat_slice(engine.optimizer, param, key)) is not None:
+        flat.copy_(value)
+    elif key is not None:
+        engine.optimizer.state[param][key].copy_(value)
+
+
+def load(engine, directory: Path) -> dict:
+    """Adam's moments and step count, and the exact fp32 master weights (DeepSpeed made its
+    masters from the module, which under bf16 holds rounded copies). Returns the trainer state."""
+    _materialize_state(engine.optimizer, layout_free.read_trainer_state(directory)["adam_step"])
+    params = dict(engine.module.named_parameters())
+    return layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key))
