@@ -1,1 +1,3 @@
-"""The TTT language model as megatron-core modules: config, presets, mixers, block, specs."""
+"""The TTT language model as megatron-core modules: what it is (config, presets), its layers
+(mixers, block, specs), building and initializing it (build.py) from the parameter table
+(parameters.py), scoring, inference caches and the dense reference twin."""

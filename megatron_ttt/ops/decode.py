@@ -24,7 +24,7 @@ def ttt_decode_step(
     mini_batch_size: int = 16,
 ) -> tuple[torch.Tensor, TTTState]:
     """One token: q, k, v [B,H,1,d], lr [B,H,1]; otherwise as ops.dual.ttt_dual. Returns z [B,H,1,d]."""
-    check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
+    check_inputs((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size)
     B, H, T, _ = q.shape
     if T != 1:
         raise ValueError(f"ttt_decode_step takes one token, got T={T}; use ttt_dual for a prefix")

@@ -48,12 +48,12 @@ def ttt_inner_loop(
     Arguments and results as `ttt_dual`; backend is "auto", "triton" or "torch".
     """
     check_backend(backend)
-    check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
+    inputs = (q, k, v, lr, token_offset, ln_weight, ln_bias)
+    check_inputs(inputs, state, mini_batch_size)
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     reason = triton_unsupported(q, state) if use_triton else None
     if use_triton and not reason and q.is_cuda:
-        reason = _shared_memory_shortfall((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size,
-                                          time_checkpoint_group)
+        reason = _shared_memory_shortfall(inputs, state, mini_batch_size, time_checkpoint_group)
         if reason and backend == "auto":
             warnings.warn(f"the Triton TTT kernels cannot run here ({reason}); using the PyTorch dual form")
     if backend == "triton" and reason:

@@ -63,7 +63,7 @@ def ttt_dual(
         z: [B,H,T,d], z_t = q_t + LN(g_{theta_t}(q_t)).
         the state after the last token.
     """
-    check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
+    check_inputs((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size)
     check_time_checkpoint_group(time_checkpoint_group)
     B, H, T, d = q.shape
     b = mini_batch_size

@@ -48,7 +48,7 @@ def ttt_primal(
     mini_batch_size: int = 16,
 ) -> tuple[torch.Tensor, TTTState]:
     """Same arguments and results as ops.dual.ttt_dual (without checkpointing)."""
-    check_inputs(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size)
+    check_inputs((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size)
     B, H, T, d = q.shape
     b = mini_batch_size
     q, k, v, lr, ln_w, ln_b = (to_rows(x) for x in (q, k, v, lr, ln_weight.expand(B, H, d), ln_bias.expand(B, H, d)))

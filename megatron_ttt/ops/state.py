@@ -40,18 +40,10 @@ def head_param_rows(param: torch.Tensor, batch: int) -> torch.Tensor:
     return param.unsqueeze(0).expand(batch, *param.shape).reshape(-1, 1, param.shape[-1])
 
 
-def check_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    lr: torch.Tensor,
-    token_offset: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    state: TTTState,
-    mini_batch_size: int,
-) -> None:
-    """Raise ValueError naming the first argument whose shape does not fit the others."""
+def check_inputs(inputs: tuple[torch.Tensor, ...], state: TTTState, mini_batch_size: int) -> None:
+    """Raise ValueError naming the first argument whose shape does not fit the others. `inputs`:
+    (q, k, v, lr, token_offset, ln_weight, ln_bias), the tensors every entry point takes first."""
+    q, k, v, lr, token_offset, ln_weight, ln_bias = inputs
     if q.dim() != 4:
         raise ValueError(f"q must be [B,H,T,d], got shape {tuple(q.shape)}")
     B, H, T, d = q.shape

@@ -1,1 +1,1 @@
-"""Process groups and the pieces of Megatron's parallel wiring that megatron-core leaves to the trainer."""
+"""Process groups (`init_parallel`, `parallel_groups`), the CPU shims and DeepSpeed's view of megatron-core's groups."""
