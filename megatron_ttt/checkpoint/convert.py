@@ -24,6 +24,7 @@ from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
 from megatron_ttt.models.reference_model import reference_logits
 from megatron_ttt.models.scoring import next_token_logprobs, token_logprobs
+from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 
 CHECK_TOLERANCE = 1e-4
 """Largest allowed |difference| of a float32 log-probability (values are O(1-10))."""
@@ -64,7 +65,8 @@ def gathered_reference(model: TTTLanguageModel) -> dict[str, torch.Tensor]:
     group = parallel_state.get_tensor_model_parallel_group()
     local = {n: p.detach().cpu() for n, p in model.named_parameters()}
     locals_by_rank = [None] * torch.distributed.get_world_size(group)
-    torch.distributed.all_gather_object(locals_by_rank, local, group=group)
+    with single_threaded_collectives():
+        torch.distributed.all_gather_object(locals_by_rank, local, group=group)
     return to_full(locals_by_rank, model.ttt)
 
 

@@ -12,6 +12,7 @@ from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, CheckpointError
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 from megatron_ttt.run_options import InnerLoopOptions
 
 WEIGHTS_DIR = "model"
@@ -32,7 +33,8 @@ def write_weights(model: TTTLanguageModel, directory: Path) -> None:
     if torch.distributed.get_rank() == 0:
         directory.mkdir()
     torch.distributed.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(directory))
+    with single_threaded_collectives():
+        dist_checkpointing.save(model.sharded_state_dict(), str(directory))
     torch.distributed.barrier()
 
 
@@ -40,7 +42,9 @@ def read_weights(model: TTTLanguageModel, directory: Path) -> None:
     """Load a dist_checkpointing directory of weights into the model, at its tensor-parallel size."""
     if not directory.is_dir():
         raise CheckpointError(f"{directory.parent} has no {directory.name}/ directory of weights")
-    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), str(directory)))
+    with single_threaded_collectives():
+        loaded = dist_checkpointing.load(model.sharded_state_dict(), str(directory))
+    model.load_state_dict(loaded)
 
 
 def write_model_config(cfg: TTTModelConfig, directory: Path) -> None:

@@ -34,6 +34,7 @@ from megatron_ttt.checkpoint.run_dir import (
     step_tag,
 )
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 from megatron_ttt.training import zero_state
 
 
@@ -64,7 +65,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Pat
     root, tag, rank0 = checkpoints_dir(run_dir), step_tag(step), dist.get_rank() == 0
     if not _all_finite(engine.module):
         raise FloatingPointError(f"step {step}: the weights hold NaN or inf; no checkpoint is written")
-    with written_atomically(root / tag, renames=rank0, shared=True) as partial:
+    with written_atomically(root / tag, renames=rank0, shared=True) as partial, single_threaded_collectives():
         dist.barrier()
         engine.save_checkpoint(str(root), tag=partial.name, client_state=client_state | {"rng": rng_state()},
                                save_latest=False)
@@ -95,7 +96,8 @@ def saved_config(run_dir: Path, tag: str) -> dict:
 
 
 def load(engine, run_dir: Path, tag: str) -> dict:
-    path, client_state = engine.load_checkpoint(str(checkpoints_dir(run_dir)), tag=tag)
+    with single_threaded_collectives():
+        path, client_state = engine.load_checkpoint(str(checkpoints_dir(run_dir)), tag=tag)
     if path is None:
         raise ResumeError(f"DeepSpeed could not load {checkpoints_dir(run_dir) / tag}")
     set_rng_state(client_state["rng"])
