@@ -1,6 +1,7 @@
 """Next-token log-prob throughput of a model on the CPU: ours vs the reference implementation.
 
-Ours: `token_logprobs` (what `mttt eval logprobs` runs) on the `tiny` preset at TP=1, float32.
+Ours: `token_logprobs` (what `mttt eval logprobs` runs) on a preset (`tiny` by default) at TP=1,
+float32.
 The reference: the public `TTTForCausalLM` (a `ttt.py` you provide; it is not part of this
 repository) loading the same weights, exported by `mttt convert mttt-to-hf`, run in its own
 Python (which needs `transformers`). Both score the same token ids; the table gives the time per
@@ -8,6 +9,7 @@ Python (which needs `transformers`). Both score the same token ids; the table gi
 
     python benchmarks/logprobs.py
     python benchmarks/logprobs.py --reference-code /path/to/ttt-lm-pytorch --reference-python /path/to/python
+    python benchmarks/logprobs.py --preset 125m --shapes 1x2048 --layer-types linear,mlp ...
 """
 
 import argparse
@@ -26,7 +28,7 @@ from megatron_ttt.models.parameters import to_full
 from megatron_ttt.checkpoint.reference_io import write_reference
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.models.presets import preset
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
 REFERENCE_SIDE = """
 import json, statistics, sys, time
@@ -62,18 +64,20 @@ def main() -> None:
     parser.add_argument("--shapes", default="4x512,4x2048,1x8192", help="batch x tokens, comma separated")
     parser.add_argument("--layer-types", default="linear,mlp")
     parser.add_argument("--backbone", default="mamba")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="0: the preset's (32000)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-code", type=Path, help="directory holding the reference ttt.py")
     parser.add_argument("--reference-python", default=sys.executable, help="a Python with transformers installed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    init_parallel(ModelParallel())
     from megatron_ttt.models.build import build_model
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with parallel_groups(ModelParallel()), tempfile.TemporaryDirectory() as tmp:
         for layer_type in args.layer_types.split(","):
-            cfg = preset("tiny", layer_type, args.backbone, vocab_size=4096)
+            vocab = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+            cfg = preset(args.preset, layer_type, args.backbone, **vocab)
             torch.manual_seed(0)
             model = build_model(cfg)
             ref_dir = Path(tmp) / f"ref-{layer_type}"
@@ -96,8 +100,7 @@ def main() -> None:
                             "max_abs_logprob_diff": (ref_lp - lp).abs().max().item()}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-    destroy_parallel()
-    print(f"tiny preset ({args.backbone} backbone), TP=1, float32, {torch.get_num_threads()} threads")
+    print(f"{args.preset} preset ({args.backbone} backbone), TP=1, float32, {torch.get_num_threads()} threads")
     print(f"{'layer':<7} {'batch x T':>11} {'ours ms/1k tok':>15} {'reference ms/1k':>16} {'x ref':>6} {'max |dlogp|':>12}")
     for r in rows:
         ref = r.get("reference_ms_per_1k")
