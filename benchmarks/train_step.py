@@ -3,10 +3,11 @@
 Each case is a real `mttt pretrain` process (fp32, ZeRO 0, one process) on the bundled corpus:
 tokens/s is the median over the steps after the first (from metrics.jsonl), peak RSS the
 process's maximum resident set. The baseline of each preset is the run without time-axis or
-block checkpointing, measured in the same invocation.
+block checkpointing on the eager inner loop ("none"), measured in the same invocation.
 
     python benchmarks/train_step.py
     python benchmarks/train_step.py --presets tiny --steps 5 --json rows.json
+    python benchmarks/train_step.py --presets 125m --seq-len 2048 --micro-batch 1 --cases none,compile
 """
 
 import argparse
@@ -18,7 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CASES = [("none", []), ("time G=4", ["parallel.time_checkpoint_group=4"]), ("blocks", ["parallel.block_checkpointing=true"])]
+CASES = {"none": [], "time G=4": ["parallel.time_checkpoint_group=4"], "blocks": ["parallel.block_checkpointing=true"],
+         "compile": ["train.inner_loop_backend=compile"]}
+"""The variants: checkpointing switches, and the inner loop's mini-batch step compiled."""
 
 
 def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:
@@ -42,22 +45,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"among {', '.join(CASES)}; the first is the baseline")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
-            for name, extra in CASES:
-                row = {"preset": preset, "checkpointing": name} | run_case(preset, extra, args.steps, args.seq_len,
-                                                                           args.micro_batch, Path(tmp))
+            for name in args.cases.split(","):
+                row = {"preset": preset, "variant": name} | run_case(preset, CASES[name], args.steps, args.seq_len,
+                                                                     args.micro_batch, Path(tmp))
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     print(f"fp32, ZeRO 0, 1 process, seq-len {args.seq_len}, micro-batch {args.micro_batch}, {args.steps} steps")
-    print(f"{'preset':<7} {'checkpointing':<14} {'tokens/s':>10} {'x none':>7} {'peak RSS MiB':>13} {'x none':>7}")
+    print(f"{'preset':<7} {'variant':<14} {'tokens/s':>10} {'x base':>7} {'peak RSS MiB':>13} {'x base':>7}")
     base = {}
     for r in rows:
         b = base.setdefault(r["preset"], r)
-        print(f"{r['preset']:<7} {r['checkpointing']:<14} {r['tokens_per_s']:>10,.0f} "
+        print(f"{r['preset']:<7} {r['variant']:<14} {r['tokens_per_s']:>10,.0f} "
               f"{r['tokens_per_s'] / b['tokens_per_s']:>7.2f} {r['peak_rss_mib']:>13,.0f} "
               f"{r['peak_rss_mib'] / b['peak_rss_mib']:>7.2f}")
     if args.json:

@@ -1,10 +1,12 @@
 """Forward+backward time and memory of the TTT inner loop: primal vs dual vs dual + time-axis
-checkpointing, on the CPU.
+checkpointing vs dual with its mini-batch step compiled, on the CPU.
 
 Each case runs in a fresh process, so its peak RSS is its own. "saved MiB" counts the distinct
 storages the autograd graph holds for the backward (torch.autograd.graph.saved_tensors_hooks),
 inputs included; "peak RSS MiB" is the growth of the process's peak resident set over the
-forward+backward, above what the inputs already took.
+forward+backward, above what the inputs already took; "first call s" is the first forward+backward,
+which for dual+compile includes compiling its step (less when torch's on-disk compile cache
+already holds it).
 
     python benchmarks/ttt_layer.py                      # the full table (a few minutes)
     python benchmarks/ttt_layer.py --seq-lens 512 --json rows.json
@@ -27,6 +29,7 @@ IMPLS = {
     "primal": lambda *a, b: ttt_primal(*a, mini_batch_size=b),
     "dual": lambda *a, b: ttt_dual(*a, mini_batch_size=b),
     "dual+ckpt4": lambda *a, b: ttt_dual(*a, mini_batch_size=b, time_checkpoint_group=4),
+    "dual+compile": lambda *a, b: ttt_dual(*a, mini_batch_size=b, compiled=True),
 }
 
 # The primal form holds b per-token copies of the inner weights per mini-batch for its backward:
@@ -88,7 +91,9 @@ def run_case(impl: str, kind: str, T: int, B: int, H: int, d: int, b: int, repea
     torch.set_num_threads(torch.get_num_threads())
     leaves = make_inputs(kind, B, H, T, d, b)
     before = rss_bytes()
+    first = time.perf_counter()
     forward_backward(impl, leaves, b)
+    first = time.perf_counter() - first
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     times = []
     for _ in range(repeats):
@@ -98,14 +103,15 @@ def run_case(impl: str, kind: str, T: int, B: int, H: int, d: int, b: int, repea
     saved = saved_bytes(impl, leaves, b)
     return {
         "impl": impl, "kind": kind, "B": B, "H": H, "T": T, "d": d, "b": b,
-        "fwd_bwd_ms": 1000 * statistics.median(times),
+        "fwd_bwd_ms": 1000 * statistics.median(times), "first_call_s": first,
         "saved_MiB": None if saved is None else saved / 2**20,
         "peak_rss_MiB": max(peak_rss, 0) / 2**20,
     }
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'kind':6} {'T':>5} {'impl':11} {'fwd+bwd ms':>11} {'x dual':>7} {'saved MiB':>10} {'x dual':>7} {'peak RSS MiB':>13}")
+    print(f"{'kind':6} {'T':>5} {'impl':12} {'fwd+bwd ms':>11} {'x dual':>7} {'first call s':>13} {'saved MiB':>10} "
+          f"{'x dual':>7} {'peak RSS MiB':>13}")
     dual = {(r["kind"], r["T"]): r for r in rows if r["impl"] == "dual"}
     for r in rows:
         ref = dual.get((r["kind"], r["T"]))
@@ -113,8 +119,8 @@ def print_table(rows: list[dict]) -> None:
         has_saved = ref and r["saved_MiB"] is not None
         m_ratio = f"{r['saved_MiB'] / ref['saved_MiB']:.2f}" if has_saved else "-"
         saved = "-" if r["saved_MiB"] is None else f"{r['saved_MiB']:.1f}"
-        print(f"{r['kind']:6} {r['T']:>5} {r['impl']:11} {r['fwd_bwd_ms']:>11.1f} {t_ratio:>7} "
-              f"{saved:>10} {m_ratio:>7} {r['peak_rss_MiB']:>13.1f}")
+        print(f"{r['kind']:6} {r['T']:>5} {r['impl']:12} {r['fwd_bwd_ms']:>11.1f} {t_ratio:>7} "
+              f"{r['first_call_s']:>13.2f} {saved:>10} {m_ratio:>7} {r['peak_rss_MiB']:>13.1f}")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ when it is loaded without importing torch.
 
 from dataclasses import dataclass
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "compile")
 
 
 def check_backend(backend: str) -> None:
@@ -27,7 +27,9 @@ class InnerLoopOptions:
 
     backend: str = "auto"
     """auto: the fused Triton kernels on CUDA tensors they support, the PyTorch dual form
-    elsewhere; triton or torch forces one."""
+    elsewhere; triton or torch forces one; compile: the PyTorch dual form with each mini-batch's
+    step through torch.compile (a one-time compile of seconds to a minute per kind of
+    mini-batch, then fewer, fused ops)."""
     time_checkpoint_group: int = 0
     """Time-axis checkpointing: keep the inner state every G mini-batches and recompute inside
     them in the backward (0: off). Saves memory; the numbers are bitwise unchanged."""

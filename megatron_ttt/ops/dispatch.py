@@ -4,7 +4,7 @@
 PyTorch dual form (`ttt_dual`, their twin) everywhere else; "triton" and "torch" force one, and
 "triton" says why when it cannot run. Forced, the kernels also run on CPU tensors under Triton's
 interpreter (TRITON_INTERPRET=1), which is how the tests compare them with the twin; "auto"
-never interprets.
+never interprets. "compile" runs the dual form with each mini-batch's step through torch.compile.
 """
 
 import os
@@ -45,7 +45,7 @@ def ttt_inner_loop(
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence.
 
-    Arguments and results as `ttt_dual`; backend is "auto", "triton" or "torch".
+    Arguments and results as `ttt_dual`; backend is "auto", "triton", "torch" or "compile".
     """
     check_backend(backend)
     inputs = (q, k, v, lr, token_offset, ln_weight, ln_bias)
@@ -59,8 +59,8 @@ def ttt_inner_loop(
     if backend == "triton" and reason:
         raise ValueError(f"backend 'triton' cannot run: {reason}")
     if not use_triton or reason:
-        return ttt_dual(q, k, v, lr, token_offset, ln_weight, ln_bias, state,
-                        mini_batch_size=mini_batch_size, time_checkpoint_group=time_checkpoint_group)
+        return ttt_dual(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size=mini_batch_size,
+                        time_checkpoint_group=time_checkpoint_group, compiled=backend == "compile")
     fused, _ = _kernels(state)
     z, *rest = fused(q, k, v, lr, token_coefficients(token_offset), ln_weight, ln_bias, *state.weights,
                      mini_batch_size=mini_batch_size, time_checkpoint_group=time_checkpoint_group)

@@ -17,7 +17,14 @@ Time-axis checkpointing keeps only the state at the start of every group of
 one, in the backward. Every mini-batch gets its own view of every shared tensor (unbind), so no
 gradient is ever summed across mini-batches except by one final sum; checkpointed gradients are
 therefore bitwise equal to stored ones.
+
+`compiled=True` runs each mini-batch through `torch.compile` of the same step (`compiled_step`):
+one fused graph, and its backward, per kind of mini-batch (complete or not, carried gradients
+or not, grad mode, shapes), reused for every further mini-batch, call, sequence length and
+layer of those shapes. The eager step stays the reference it is compared with.
 """
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +54,7 @@ def ttt_dual(
     *,
     mini_batch_size: int = 16,
     time_checkpoint_group: int = 0,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence, in dual form.
 
@@ -58,6 +66,8 @@ def ttt_dual(
         state: the state before the first token (TTTState.initial for a fresh sequence).
         mini_batch_size: b, tokens per inner gradient step.
         time_checkpoint_group: G, mini-batches per time-axis checkpoint group; 0 stores everything.
+        compiled: run each mini-batch through its torch.compile'd step (compiled once per kind of
+            mini-batch, on first use; see the module docstring).
 
     Returns:
         z: [B,H,T,d], z_t = q_t + LN(g_{theta_t}(q_t)).
@@ -83,7 +93,12 @@ def ttt_dual(
     # layer sees (q, k) on both paths, so its dual-form mixing matrix is known up front.
     attn0 = eta * (q_blk @ k_blk.mT + 1)
     shared = (coeff.unsqueeze(0), head_param_rows(ln_weight, B), head_param_rows(ln_bias, B))
-    per_block = (q_blk, k_blk, blocks(v) - k_blk, lr_blk, eta, attn0) + tuple(
+    per_token = (q_blk, k_blk, blocks(v) - k_blk, lr_blk, eta, attn0)
+    if compiled:
+        # Block-major storage: every mini-batch's slice is then contiguous with the same strides
+        # at any sequence length, so the compiled step's guards hold for every call.
+        per_token = tuple(x.movedim(1, 0).contiguous().movedim(0, 1) for x in per_token)
+    per_block = per_token + tuple(
         x.unsqueeze(1).expand(x.shape[0], n_blocks, *x.shape[1:]) for x in shared
     )
     group = time_checkpoint_group or n_blocks
@@ -98,7 +113,7 @@ def ttt_dual(
     for start, tensors in zip(range(0, n_blocks, group), per_group):
         complete = [n < n_blocks - 1 or last_complete for n in range(start, min(start + group, n_blocks))]
         args = (*weights, *(grads or ()), *tensors)
-        scan_spec = (complete, len(weights), grads is not None)
+        scan_spec = (complete, len(weights), grads is not None, compiled_step() if compiled else _block)
         if time_checkpoint_group:
             outputs = _GroupCheckpoint.apply(scan_spec, *args)
         else:
@@ -123,13 +138,13 @@ def _scan(scan_spec, *args) -> tuple[torch.Tensor, ...]:
     of these mini-batches, [N, blocks, ...] each; all top-level, so a checkpoint saves them.
     The output LayerNorm runs here too, so a checkpointed group keeps none of its intermediates.
     """
-    complete, n_weights, has_grads = scan_spec
+    complete, n_weights, has_grads, step = scan_spec
     weights = args[:n_weights]
     grads = args[n_weights : 2 * n_weights] if has_grads else None
     per_group = args[2 * n_weights if has_grads else n_weights :]
     outs = []
     for block, is_complete in zip(zip(*(x.unbind(1) for x in per_group)), complete):
-        zbar, weights, grads = _block(weights, grads, *block, is_complete)
+        zbar, weights, grads = step(weights, grads, *block, is_complete)
         outs.append(zbar)
     q, ln_w, ln_b = per_group[0], per_group[7], per_group[8]
     z = q + layer_norm(torch.stack(outs, dim=1), ln_w, ln_b)
@@ -183,3 +198,10 @@ def _block(weights, grads, q, k, target, lr, eta, attn0, coeff, ln_w, ln_b, comp
         return h, weights, step
     last = coeff[0, -1]
     return h, tuple(w - last * s for w, s in zip(weights, step)), None
+
+
+@functools.cache
+def compiled_step():
+    """`_block` through torch.compile, built on first use. fullgraph: a graph break would split
+    the step back into many small calls, so it is an error instead."""
+    return torch.compile(_block, fullgraph=True, dynamic=False)
