@@ -76,8 +76,9 @@ class PreConv(nn.Module):
         bound = 1.0 / math.sqrt(ttt.conv_kernel)
         self.weight = nn.Parameter(torch.empty(ttt.hidden_size, 1, ttt.conv_kernel, dtype=config.params_dtype))
         self.bias = nn.Parameter(torch.empty(ttt.hidden_size, dtype=config.params_dtype))
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        if config.perform_initialization:
+            nn.init.uniform_(self.weight, -bound, bound)
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, h: torch.Tensor, cache: BlockCache | None = None) -> torch.Tensor:
         x = self.norm(h)

@@ -83,19 +83,20 @@ class TTTMixer(MegatronModule):
                                     tp_comm_buffer_name="ttt_in_proj", **linear)
         self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
                                      tp_comm_buffer_name="ttt_out_proj", **linear)
-        self._init_head_params(config.params_dtype)
+        self._init_head_params(config.params_dtype, config.perform_initialization)
 
-    def _init_head_params(self, dtype: torch.dtype) -> None:
+    def _init_head_params(self, dtype: torch.dtype, initialize: bool) -> None:
+        """initialize False: allocate only (models/build.py fills every parameter from its rule)."""
         ttt, H, d, D = self.ttt, self.local_heads, self.ttt.head_dim, self.local_width
         std = ttt.init_std
 
         def param(*shape, fill=None, normal=False, uniform=None, split_dim=0):
             t = torch.empty(*shape, dtype=dtype)
-            if normal:
+            if initialize and normal:
                 nn.init.normal_(t, 0.0, std)
-            elif uniform is not None:
+            elif initialize and uniform is not None:
                 nn.init.uniform_(t, -uniform, uniform)
-            else:
+            elif initialize:
                 t.fill_(fill)
             return _tensor_parallel(nn.Parameter(t), split_dim) if split_dim is not None else nn.Parameter(t)
 
