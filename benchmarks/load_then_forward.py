@@ -100,7 +100,8 @@ def main() -> None:
         _spawn(args, "save", checkpoint)
         rows = [_spawn(args, case, checkpoint) for case in CASES]
     base = rows[0]["forward_s"]
-    print(f"preset {args.preset} ({args.layer_type}, {args.backbone}{f', {args.layers} layers' if args.layers else ''}), "
+    layers = f", {args.layers} layers" if args.layers else ""
+    print(f"preset {args.preset} ({args.layer_type}, {args.backbone}{layers}), "
           f"B = 1, T = {args.seq_len}, float32, {args.threads} threads, median of {args.repeats}")
     print(f"{'case':<18} {'forward s':>10} {'vs no load':>11} {'gloo threads':>13}")
     for r in rows:

@@ -76,7 +76,8 @@ def main() -> None:
         (f8, b8), (f16, b16) = inner_loop_counts(kind, 8), inner_loop_counts(kind, 16)
         step, per_layer = decode_counts(kind)
         rows.append({"layer_type": kind, "forward_per_mini_batch": (f16 - f8) / 8,
-                     "backward_per_mini_batch": (b16 - b8) / 8, "decode_step": step, "decode_token_per_layer": per_layer})
+                     "backward_per_mini_batch": (b16 - b8) / 8, "decode_step": step,
+                     "decode_token_per_layer": per_layer})
     print(f"ATen ops (top level), ttt_dual at B={B}, H={H}, d={D}, b={MINI_BATCH}; decode: tiny preset")
     print(f"{'layer':<7} {'fwd / mini-batch':>17} {'bwd / mini-batch':>17} {'decode step':>12} {'token / layer':>14}")
     for r in rows:

@@ -48,4 +48,5 @@ def fused_ttt_linear(
         after it; the lr-weighted gradient sums of an incomplete last mini-batch (zeros if none).
     """
     check_kernel_inputs(q, (q.shape[-1],), mini_batch_size)
-    return TTTLinearFunction.apply(mini_batch_size, time_checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias, w0, b0)
+    return TTTLinearFunction.apply(mini_batch_size, time_checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias,
+                                   w0, b0)

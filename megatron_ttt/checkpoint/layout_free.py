@@ -90,12 +90,11 @@ def load_weights(model: TTTLanguageModel, directory: Path) -> None:
 
 
 @torch.no_grad()
-def read(directory: Path, model: TTTLanguageModel, receive: Callable[[str | None, str, torch.Tensor], None]) -> dict:
+def read(directory: Path, model: TTTLanguageModel, receive: Callable[[str | None, str, torch.Tensor], None]) -> None:
     """Every part at this TP size: `receive(part, parameter name, whole tensor)` for each weight,
-    then each Adam moment. Returns the trainer state."""
+    then each Adam moment (the trainer state: read_trainer_state)."""
     twin = carrier(model)
     for part, sub in PARTS:
         read_weights(twin, directory / sub)
         for name, p in twin.named_parameters():
             receive(part, name, p.detach())
-    return read_trainer_state(directory)

@@ -71,4 +71,3 @@ def initialize(model: TTTLanguageModel, seed: int, tp_rank: int, tp_size: int) -
     for rule in rules(cfg):
         local = local_tensor(rule, lambda name: reference_init(rule, name, shapes[name], cfg, seed), tp_rank, tp_size)
         params[rule.ours].copy_(local)
-

@@ -55,7 +55,8 @@ def _bias(ours: str, ref: str, split_dim: int | None = 0, squeeze_dim: int | Non
 
 
 def rules(cfg: TTTModelConfig) -> list[Rule]:
-    out = [Rule("embedding.weight", ("model.embed_tokens.weight",)), _gain("final_norm.weight", "model.norm.weight", None)]
+    out = [Rule("embedding.weight", ("model.embed_tokens.weight",)),
+           _gain("final_norm.weight", "model.norm.weight", None)]
     if not cfg.tie_word_embeddings:
         out.append(Rule("output_layer.weight", ("lm_head.weight",)))
     component_refs = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "gate": "g_proj.weight",

@@ -23,7 +23,7 @@ class ModelParallel:
     """Split the sequence over the TP ranks outside the mixers and MLPs (needs tensor_parallel > 1)."""
 
 
-def init_parallel(layout: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> None:
+def init_parallel(model_parallel: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> None:
     """Join the process group (torchrun's environment; a single process without one) and build
     the tensor/data-parallel groups. On a machine without CUDA: gloo and the CPU shims."""
     apply_cpu_shims()
@@ -42,9 +42,10 @@ def init_parallel(layout: ModelParallel, seed: int = 0, store: dist.Store | None
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     world = dist.get_world_size()
-    if world % layout.tensor_parallel:
-        raise ValueError(f"world size {world} is not divisible by the tensor-parallel size {layout.tensor_parallel}")
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=layout.tensor_parallel)
+    if world % model_parallel.tensor_parallel:
+        raise ValueError(f"world size {world} is not divisible by the tensor-parallel size "
+                         f"{model_parallel.tensor_parallel}")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=model_parallel.tensor_parallel)
     model_parallel_cuda_manual_seed(seed)
 
 

@@ -11,8 +11,9 @@ SEARCHED = ("tp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt")
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="per-GPU memory, FLOPs, communication and step time of a layout",
-                       description="Without --tp/--zero/--time-checkpoint-group/--micro-batch/--block-ckpt, the ones left out "
-                                   "are searched and the fastest layouts that fit are shown. See docs/planning.md.")
+                       description="Without --tp/--zero/--time-checkpoint-group/--micro-batch/--block-ckpt, the "
+                                   "ones left out are searched and the fastest layouts that fit are shown. See "
+                                   "docs/planning.md.")
     p.add_argument("--preset", default="7b", help="tiny, 125m, 350m, 760m, 1.3b or 7b (default 7b)")
     p.add_argument("--layer-type", default="linear", choices=("linear", "mlp"))
     p.add_argument("--backbone", default="mamba", choices=("mamba", "transformer"))
@@ -25,7 +26,8 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int)
     p.add_argument("--global-batch-tokens", type=int, default=524288, help="tokens per step (default 0.5M)")
-    p.add_argument("--time-checkpoint-group", type=int, metavar="G", help="time-axis checkpoint group, mini-batches (0: off)")
+    p.add_argument("--time-checkpoint-group", type=int, metavar="G",
+                   help="time-axis checkpoint group, mini-batches (0: off)")
     p.add_argument("--block-ckpt", choices=("on", "off"))
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--no-sequence-parallel", action="store_true")
@@ -57,7 +59,8 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
     model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size)
     device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
-    given = {"tp": args.tp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group, "micro_batch": args.micro_batch,
+    given = {"tp": args.tp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
+             "micro_batch": args.micro_batch,
              "block_ckpt": None if args.block_ckpt is None else args.block_ckpt == "on"}
     base = Layout(args.nodes, args.gpus_per_node, seq_len=args.seq_len, global_batch_tokens=args.global_batch_tokens,
                   dtype=args.dtype, sequence_parallel=not args.no_sequence_parallel,

@@ -24,7 +24,8 @@ def table(model: TTTModelConfig, plans: list[Plan], gpu: GPU) -> str:
              f"{'step s':>7} {'tokens/s':>10} {'MFU':>6}"]
     for p in plans:
         lay, est = p.layout, p.estimate
-        lines.append(f"{lay.tp:>3} {lay.dp:>4} {lay.zero:>4} {lay.micro_batch:>5} {lay.time_checkpoint_group or 'off':>6} "
+        group = lay.time_checkpoint_group or "off"
+        lines.append(f"{lay.tp:>3} {lay.dp:>4} {lay.zero:>4} {lay.micro_batch:>5} {group:>6} "
                      f"{'on' if lay.block_ckpt else 'off':>6} {p.memory.total / GIB:>8.1f} {est.step_s:>7.2f} "
                      f"{est.tokens_per_s:>10,.0f} {est.mfu:>6.1%}")
     return "\n".join(lines)

@@ -118,6 +118,8 @@ def _set(engine, param: torch.nn.Parameter, value: torch.Tensor, key: str | None
 def load(engine, directory: Path) -> dict:
     """Adam's moments and step count, and the exact fp32 master weights (DeepSpeed made its
     masters from the module, which under bf16 holds rounded copies). Returns the trainer state."""
-    _materialize_state(engine.optimizer, layout_free.read_trainer_state(directory)["adam_step"])
+    state = layout_free.read_trainer_state(directory)
+    _materialize_state(engine.optimizer, state["adam_step"])
     params = dict(engine.module.named_parameters())
-    return layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key))
+    layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key))
+    return state

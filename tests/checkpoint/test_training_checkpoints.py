@@ -121,7 +121,8 @@ class TestSelfCheck:
         step.mkdir(parents=True)
         (step / "run_config.json").write_text("{}")
         (step.parent / "latest").write_text(step.name)
-        with pytest.raises(CheckpointError, match=f"{step} is a training checkpoint written by an older version, without the layout-free weights"):
+        older = f"{step} is a training checkpoint written by an older version, without the layout-free weights"
+        with pytest.raises(CheckpointError, match=older):
             convert.mttt_to_hf(tmp_path / "run", tmp_path / "hf")
         shutil.rmtree(step)
         with pytest.raises(CheckpointError, match="does not exist"):

@@ -21,7 +21,8 @@ def test_one_layout_prints_every_part(capsys):
 def test_search_returns_fitting_layouts_fastest_first():
     model, gpu = preset("7b"), GPUS["a100-80gb"]
     base = Layout(4, 8, seq_len=32768, global_batch_tokens=4 * 2**20)
-    plans = search(model, base, {"tp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt"}, gpu, Assumptions())
+    open_options = {"tp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt"}
+    plans = search(model, base, open_options, gpu, Assumptions())
     assert plans and all(p.memory.fits(gpu) for p in plans)
     speeds = [p.estimate.tokens_per_s for p in plans]
     assert speeds == sorted(speeds, reverse=True)
@@ -30,7 +31,8 @@ def test_search_returns_fitting_layouts_fastest_first():
 def test_time_axis_checkpointing_shrinks_only_the_ttt_share():
     model, gpu = preset("7b", "mlp"), GPUS["a100-80gb"]
     off = plan(model, Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192), gpu, Assumptions()).memory
-    on = plan(model, Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192, time_checkpoint_group=4), gpu, Assumptions()).memory
+    layout = Layout(1, 8, tp=8, seq_len=8192, global_batch_tokens=8192, time_checkpoint_group=4)
+    on = plan(model, layout, gpu, Assumptions()).memory
     assert on.ttt_activations < off.ttt_activations / 4
     assert on.block_activations == off.block_activations and on.parameters == off.parameters
 

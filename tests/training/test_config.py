@@ -23,7 +23,8 @@ def test_yaml_then_overrides(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("train.stepz=5", "unknown key 'train.stepz'"),
-    ("model.time_checkpoint_group=4", "unknown key 'model.time_checkpoint_group'; it is now parallel.time_checkpoint_group"),
+    ("model.time_checkpoint_group=4",
+     "unknown key 'model.time_checkpoint_group'; it is now parallel.time_checkpoint_group"),
     ("train.steps=many", "override: train.steps: 'many' is not a int"),
     ("parallel.sequence_parallel=maybe", "is not a boolean"),
     ("train", "not of the form section.key=value"),
