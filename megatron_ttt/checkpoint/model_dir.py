@@ -8,6 +8,7 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_ttt.atomic import written_atomically
+from megatron_ttt.checkpoint import torch_dist
 from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, CheckpointError
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
@@ -34,7 +35,7 @@ def write_weights(model: TTTLanguageModel, directory: Path) -> None:
         directory.mkdir()
     torch.distributed.barrier()
     with single_threaded_collectives():
-        dist_checkpointing.save(model.sharded_state_dict(), str(directory))
+        torch_dist.save(model.sharded_state_dict(), directory)
     torch.distributed.barrier()
 
 

@@ -14,12 +14,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 """What SLURM (scancel, preemption, the time limit) or a terminal sends to every process of a job."""
 
 
-def ignore_stop_signals() -> None:
-    """For helper processes of a rank: the rank itself decides when to stop (after its checkpoint)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
 class StopRequests:
     def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
         self.received: int | None = None

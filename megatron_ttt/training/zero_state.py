@@ -4,8 +4,6 @@ into. Everything here leans on DeepSpeed's internals (flat groups, fragment link
 optimizers' attribute names); nothing outside training/ needs to.
 """
 
-import multiprocessing
-from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import torch
@@ -15,10 +13,8 @@ from deepspeed.utils import (
     safe_set_full_fp32_param,
     safe_set_full_optimizer_state,
 )
-from megatron.core.dist_checkpointing.strategies import filesystem_async
 
 from megatron_ttt.checkpoint import layout_free
-from megatron_ttt.training.signals import ignore_stop_signals
 
 
 def base_optimizer(optimizer):
@@ -68,21 +64,8 @@ def _link_fragments(optimizer) -> None:
         optimizer._lazy_init_hp_params_optimizer_state()
 
 
-def _signal_proof_writer() -> None:
-    """dist_checkpointing's torch_dist writer sends its results through a queue served by a
-    process it spawns at the first save and keeps (filesystem_async._results_queue). A signal to
-    the whole job (scancel, preemption) killed that process, and the checkpoint the signal asks
-    for then failed. Serve the queue from a process that ignores those signals instead. (The
-    writers it forks per save inherit the rank's handlers and are safe.)"""
-    if filesystem_async._results_queue is None:
-        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))
-        manager.start(initializer=ignore_stop_signals)
-        filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
-
-
 def save(engine, directory: Path, trainer_state: dict) -> None:
     """The layout-free part of the engine's state into `directory` (collective)."""
-    _signal_proof_writer()
     _link_fragments(engine.optimizer)
     params = dict(engine.module.named_parameters())
     layout_free.write(directory, engine.module, lambda key, name: _whole(engine, params[name], key),

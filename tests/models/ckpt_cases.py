@@ -1,11 +1,14 @@
 """What each rank runs in the dist-checkpoint resharding test."""
 
+import multiprocessing
+import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
+from megatron_ttt.checkpoint import torch_dist
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
@@ -27,7 +30,7 @@ def load_then_save(rank: int, world: int, store, cfg, load_from: str | None, sav
         if rank == 0:
             Path(save_to).mkdir()
         dist.barrier()
-        dist_checkpointing.save(model.sharded_state_dict(), save_to)
+        torch_dist.save(model.sharded_state_dict(), Path(save_to))
     locals_by_rank = [None] * world
     dist.all_gather_object(locals_by_rank, {n: p.detach() for n, p in model.named_parameters()})
     tokens = torch.arange(2 * 19).reshape(2, 19) % cfg.vocab_size
@@ -35,3 +38,29 @@ def load_then_save(rank: int, world: int, store, cfg, load_from: str | None, sav
         logits = model.gather_logits(model(tokens))
     destroy_parallel()
     return to_full(locals_by_rank, cfg), logits
+
+
+def _no_fork():
+    raise AssertionError("a checkpoint save forked a process")
+
+
+def save_in_process(rank: int, world: int, store, cfg, directory: str):
+    """Save a TP=world model with fork() forbidden, then read it back. Returns the helper
+    processes alive after the save and whether every weight came back unchanged."""
+    init_parallel(ModelParallel(world), store=store)
+    model = TTTLanguageModel(megatron_config(cfg, world), cfg)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    if rank == 0:
+        Path(directory).mkdir()
+    dist.barrier()
+    fork, os.fork = os.fork, _no_fork
+    try:
+        torch_dist.save(model.sharded_state_dict(), Path(directory))
+    finally:
+        os.fork = fork
+    children = [p.name for p in multiprocessing.active_children()]
+    loaded = dist_checkpointing.load(model.sharded_state_dict(), directory)
+    same = all(torch.equal(loaded[name], p) for name, p in model.named_parameters())
+    destroy_parallel()
+    return children, same

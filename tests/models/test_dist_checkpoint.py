@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.distributed import run_distributed
-from tests.models.ckpt_cases import load_then_save
+from tests.models.ckpt_cases import load_then_save, save_in_process
 from tests.models.tp_cases import TINY
 
 
@@ -30,3 +30,9 @@ def test_checkpoint_reshards_across_tensor_parallel_sizes(tmp_path, backbone, la
     back = run_distributed(2, load_then_save, cfg, tp1, None)
     assert_same_weights(back[0][0], weights)
     assert torch.equal(back[0][1], logits_tp2) and torch.equal(back[1][1], logits_tp2)
+
+
+def test_a_save_writes_in_each_ranks_own_process(tmp_path):
+    """No forked writers and no helper process (a fork beside gloo's threads can hang a save)."""
+    results = run_distributed(2, save_in_process, TINY, str(tmp_path / "ckpt"))
+    assert results == [([], True), ([], True)]
