@@ -20,6 +20,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from megatron_ttt.kernels.resources import shared_memory  # noqa: E402
 from megatron_ttt.kernels.ttt_linear.kernels import ttt_linear_bwd_kernel, ttt_linear_fwd_kernel  # noqa: E402
+from megatron_ttt.kernels.ttt_mlp import hidden_chunk  # noqa: E402
 from megatron_ttt.kernels.ttt_mlp.kernels import ttt_mlp_bwd_kernel, ttt_mlp_fwd_kernel  # noqa: E402
 
 ARCHS = {80: ("A100", 166912), 90: ("H100/H200", 232448)}
@@ -38,7 +39,7 @@ def main() -> None:
              for arch in map(int, args.archs.split(",")) for kernel in KERNELS[op]]
     rows = []
     for op, d, arch, kernel in tqdm(cases, desc="compiling"):
-        meta = {"D": d, "BL": 16, "G": 4, "PREC": "tf32"} | ({"HID": 4 * d} if op == "mlp" else {})
+        meta = {"D": d, "BL": 16, "G": 4, "PREC": "tf32"} | ({"HID": 4 * d, "HC": hidden_chunk(d, 4 * d)} if op == "mlp" else {})
         need = shared_memory(kernel, torch.bfloat16, tuple(sorted(meta.items())), GPUTarget("cuda", arch, 32))
         gpus, available = ARCHS[arch]
         rows.append({"kernel": kernel.fn.__name__, "d": d, "arch": f"sm_{arch} ({gpus})", "shared_bytes": need,

@@ -2,8 +2,8 @@
 
 Both ops take (q, k, v, lr, coeff, ln_weight, ln_bias, *initial state) and return
 (z, *final state, *final step sums): TTT-Linear's state is (W, b), TTT-MLP's (W1, b1, W2, b2).
-A subclass names its two kernels (`forward_kernel`, `backward_kernel`) and the compile-time
-widths they need (`sizes(q, state) -> dict`).
+A subclass names its two kernels (`forward_kernel`, `backward_kernel`), the compile-time
+widths they need (`sizes(q, state) -> dict`) and any per-program workspace of its backward.
 """
 
 import torch
@@ -15,6 +15,11 @@ from megatron_ttt.kernels.resources import current_target, shared_memory_shortfa
 
 class FusedTTTFunction(torch.autograd.Function):
     """forward(ctx, mini_batch, group, q, k, v, lr, coeff, ln_weight, ln_bias, *state)."""
+
+    @staticmethod
+    def workspace(programs: int, meta: dict, device: torch.device) -> list[torch.Tensor]:
+        """Scratch buffers the backward kernel takes after the state scratch (none by default)."""
+        return []
 
     @classmethod
     def launch_meta(cls, q: torch.Tensor, state: tuple[torch.Tensor, ...], mini_batch: int, group: int) -> dict:
@@ -62,6 +67,7 @@ class FusedTTTFunction(torch.autograd.Function):
         dln_w, dln_b = (torch.empty(B * H, q.shape[-1], device=q.device) for _ in range(2))
         dcoeff = torch.empty(B * H, BL, device=q.device)
         scratch = [torch.empty(c.shape[0], ctx.meta["G"], *c.shape[2:], device=c.device) for c in ckpts]
+        scratch += cls.workspace(B * H, ctx.meta, q.device)
         cls.backward_kernel[(B * H,)](
             q, k, v, lr, coeff, ln_weight, ln_bias, *ckpts, dz.contiguous(), *d_final, *d_steps,
             dq, dk, dv, dlr, *d_state0, dln_w, dln_b, dcoeff, *scratch,

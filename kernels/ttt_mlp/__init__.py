@@ -7,13 +7,30 @@ from megatron_ttt.kernels.host import check_kernel_inputs
 from megatron_ttt.kernels.ttt_mlp.kernels import ttt_mlp_bwd_kernel, ttt_mlp_fwd_kernel
 
 
+MAX_CHUNK_ELEMENTS = 4096
+"""A [D, HC] slice of W1 at most this many fp32 values (16 KiB): the largest operand of any
+product in the kernels (kernels/README.md, "Memory")."""
+
+
+def hidden_chunk(d: int, hidden: int) -> int:
+    """HC, the hidden units the kernels take at a time: a power of two dividing `hidden`, at
+    least 16 (tl.dot's minimum), with a [d, HC] tile of at most MAX_CHUNK_ELEMENTS values."""
+    return min(hidden, max(16, MAX_CHUNK_ELEMENTS // d))
+
+
 class TTTMLPFunction(FusedTTTFunction):
     forward_kernel = ttt_mlp_fwd_kernel
     backward_kernel = ttt_mlp_bwd_kernel
 
     @staticmethod
     def sizes(q, state):
-        return {"D": q.shape[-1], "HID": state[0].shape[-1]}
+        d, hidden = q.shape[-1], state[0].shape[-1]
+        return {"D": d, "HID": hidden, "HC": hidden_chunk(d, hidden)}
+
+    @staticmethod
+    def workspace(programs, meta, device):
+        """dZ1 of the mini-batch being differentiated, between the backward's two passes."""
+        return [torch.empty(programs, meta["BL"], meta["HID"], device=device)]
 
 
 def fused_ttt_mlp(

@@ -51,7 +51,7 @@ def _errors(case, dtype: torch.dtype, time_checkpoint_group: int) -> dict[str, f
 @pytest.mark.parametrize("T", [16, 63, pytest.param(200, marks=pytest.mark.slow)])
 def test_fp32_matches_twin(kind, T, b, d):
     case = make_case(kind, T, b, B=1, H=2, d=d, dtype=torch.float64, seed=T + b + d)
-    errors = _errors(case, torch.float32, time_checkpoint_group=0 if T == 16 else 3)
+    errors = _errors(case, torch.float32, time_checkpoint_group=0 if T == 16 else {8: 1, 16: 4}[b])
     worst = max(errors, key=errors.get)
     assert errors[worst] <= 1e-4, f"{worst}: relative RMS error {errors[worst]:.2e} > 1e-4 ({errors})"
 
@@ -66,9 +66,9 @@ def test_bf16_inputs_match_twin(kind):
     assert errors[worst] <= 1e-2, f"{worst}: relative RMS error {errors[worst]:.2e} > 1e-2 ({errors})"
 
 
-@pytest.mark.parametrize("group", [1, 2, 5])
-def test_checkpoint_group_does_not_change_results(group):
-    case = make_case("linear", 63, 8, B=1, H=2, d=16, dtype=torch.float32, seed=3)
+@pytest.mark.parametrize("kind, group", [("linear", 1), ("linear", 2), ("linear", 5), ("mlp", 1), ("mlp", 4)])
+def test_checkpoint_group_does_not_change_results(kind, group):
+    case = make_case(kind, 63, 8, B=1, H=2, d=16, dtype=torch.float32, seed=3)
     base_out, base_grads = _run(case, "triton", torch.float32, 0)
     out, grads = _run(case, "triton", torch.float32, group)
     for got, want in zip([*out, *grads], [*base_out, *base_grads]):
