@@ -8,14 +8,15 @@ from dataclasses import replace
 
 from megatron_ttt.models.config import TTTModelConfig
 
-# name: (layers, hidden, heads, ffn), from the paper's table; 7b: the Llama-2 7B shape.
+# name: (layers, hidden, heads, ffn), from the paper's table; 7b: the Llama-2 7B shape with head
+# dim 64, as every TTT model uses, where both ops' fused kernels fit an A100 (docs/planning.md).
 SIZES = {
     "tiny": (2, 64, 4, 176),
     "125m": (12, 768, 12, 2048),
     "350m": (24, 1024, 16, 2736),
     "760m": (24, 1536, 16, 4096),
     "1.3b": (24, 2048, 32, 5504),
-    "7b": (32, 4096, 32, 11008),
+    "7b": (32, 4096, 64, 11008),
 }
 BASE_LR = {"linear": 1.0, "mlp": 0.1}
 
