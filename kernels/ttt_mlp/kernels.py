@@ -106,12 +106,14 @@ def _load_chunk(w1_ptr, b1_ptr, w2_ptr, ch, D: tl.constexpr, HID: tl.constexpr, 
 
 
 @triton.jit
-def _store_chunk(w1_ptr, b1_ptr, w2_ptr, w1, b1, w2, ch, D: tl.constexpr, HID: tl.constexpr, HC: tl.constexpr):
-    """Overwrite chunk ch of (W1, b1, W2) in place, after every thread has read the old values."""
+def _store_chunk(w1_ptr, b1_ptr, w2_ptr, w1, b1, w2, ch, D: tl.constexpr, HID: tl.constexpr, HC: tl.constexpr,
+                 write=True):
+    """Overwrite chunk ch of (W1, b1, W2) in place, after every thread has read the old values;
+    nothing where `write` (a scalar condition) is false."""
     tl.debug_barrier()
-    tl.store(w1_ptr + _w1_chunk(ch, D, HID, HC), w1)
-    tl.store(b1_ptr + _b1_chunk(ch, HC), b1)
-    tl.store(w2_ptr + _w2_chunk(ch, D, HC), w2)
+    tl.store(w1_ptr + _w1_chunk(ch, D, HID, HC), w1, mask=tl.full([D, HC], 1, tl.int1) & write)
+    tl.store(b1_ptr + _b1_chunk(ch, HC), b1, mask=tl.full([HC], 1, tl.int1) & write)
+    tl.store(w2_ptr + _w2_chunk(ch, D, HC), w2, mask=tl.full([HC, D], 1, tl.int1) & write)
 
 
 @triton.jit
@@ -144,6 +146,8 @@ def ttt_mlp_fwd_kernel(
             tl.store(ck_b2 + slot * D + cols, b2)
         start = blk * mini_batch
         complete = start + mini_batch <= T
+        # Only the last mini-batch can be incomplete: its state is not stepped (as the twin).
+        step = tl.where(complete, c_last, 0.0)
         q, k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T, start, T,
                                         mini_batch, D, BL)
         g2 = _key_outputs(k, target, w1_ptr, b1_ptr, w2_ptr, b2, ln_w, ln_b, D, HID, HC, BL, PREC)[0]
@@ -162,19 +166,16 @@ def ttt_mlp_fwd_kernel(
             s_w1 = tl.dot(tl.trans(k), lg1, input_precision=PREC)
             s_b1 = tl.sum(lg1, 0)
             s_w2 = tl.dot(tl.trans(x2), lg2, input_precision=PREC)
-            if complete:
-                _store_chunk(w1_ptr, b1_ptr, w2_ptr, w1 - c_last * s_w1, b1 - c_last * s_b1, w2 - c_last * s_w2,
-                             ch, D, HID, HC)
-            else:
-                _store_chunk(acc_w1 + n * D * HID, acc_b1 + n * HID, acc_w2 + n * HID * D, s_w1, s_b1, s_w2,
-                             ch, D, HID, HC)
+            # Step a complete mini-batch's chunk; keep an incomplete one's step sums (returned). Masked
+            # stores, not an `if` around them: Triton 3.6's sm_90 pipeliner fails on that.
+            _store_chunk(w1_ptr, b1_ptr, w2_ptr, w1 - step * s_w1, b1 - step * s_b1, w2 - step * s_w2, ch, D, HID, HC)
+            _store_chunk(acc_w1 + n * D * HID, acc_b1 + n * HID, acc_w2 + n * HID * D, s_w1, s_b1, s_w2, ch, D, HID,
+                         HC, write=not complete)
         zb2 -= tl.dot(eta * (xx + 1.0), g2, input_precision=PREC)
         out = residual_layer_norm(q, zb2, ln_w, ln_b, D)[0]
         store_rows(z_ptr + seq, out, start, T, mini_batch, D, BL)
-        if complete:
-            b2 = b2 - c_last * tl.sum(lg2, 0)
-        else:
-            tl.store(acc_b2 + n * D + cols, tl.sum(lg2, 0))
+        b2 = b2 - step * tl.sum(lg2, 0)
+        tl.store(acc_b2 + n * D + cols, tl.sum(lg2, 0), mask=tl.full([D], 1, tl.int1) & (not complete))
         tl.debug_barrier()
     tl.store(b2_out + n * D + cols, b2)
 
