@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--mini-batch", type=int, default=16)
-    parser.add_argument("--checkpoint-group", type=int, default=4)
+    parser.add_argument("--time-checkpoint-group", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()

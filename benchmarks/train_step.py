@@ -1,13 +1,18 @@
 """Training throughput and peak memory of `mttt pretrain` on this machine.
 
-Each case is a real `mttt pretrain` process (fp32, ZeRO 0, one process) on the bundled corpus:
+Each case is a real `mttt pretrain` process (ZeRO 0, one process) on the bundled corpus:
 tokens/s is the median over the steps after the first (from metrics.jsonl), peak RSS the
-process's maximum resident set. The baseline of each preset is the run without time-axis or
-block checkpointing on the eager inner loop ("none"), measured in the same invocation.
+process's maximum resident set. The baseline of each preset and layer type is the first case
+(by default the run without time-axis or block checkpointing on the default inner loop), measured
+in the same invocation. With --peak-tflops (the device's measured matmul rate) each row also
+gets its MFU: the model's training FLOPs per token (planning/flops.py, the inner loop counted)
+times tokens/s over that peak.
 
     python benchmarks/train_step.py
     python benchmarks/train_step.py --presets tiny --steps 5 --json rows.json
     python benchmarks/train_step.py --presets 125m --seq-len 2048 --micro-batch 1 --cases none,compile
+    python benchmarks/train_step.py --presets 125m --layer-types linear,mlp --dtype bf16 --cases triton,torch \
+        --seq-len 2048 --micro-batch 4 --peak-tflops 790
 """
 
 import argparse
@@ -20,8 +25,18 @@ import tempfile
 from pathlib import Path
 
 CASES = {"none": [], "time G=4": ["parallel.time_checkpoint_group=4"], "blocks": ["parallel.block_checkpointing=true"],
-         "compile": ["train.inner_loop_backend=compile"]}
-"""The variants: checkpointing switches, and the inner loop's mini-batch step compiled."""
+         "compile": ["train.inner_loop_backend=compile"], "torch": ["train.inner_loop_backend=torch"],
+         "triton": ["train.inner_loop_backend=triton"]}
+"""The variants: checkpointing switches, and the inner loop's backend (none: auto)."""
+
+
+def training_flops_per_token(preset: str, layer_type: str) -> float:
+    """Training FLOPs per token of the preset as `mttt pretrain` builds it on the bundled corpus."""
+    from megatron_ttt.config.sections import DataSection
+    from megatron_ttt.models.presets import preset as named
+    from megatron_ttt.planning.flops import model_flops
+
+    return model_flops(named(preset, layer_type, vocab_size=DataSection().bundled_vocab_size))
 
 
 def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:
@@ -42,28 +57,39 @@ def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", default="tiny,125m")
+    parser.add_argument("--layer-types", default="linear")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--cases", default=",".join(CASES), help=f"among {', '.join(CASES)}; the first is the baseline")
+    parser.add_argument("--cases", default="none,time G=4,blocks,compile",
+                        help=f"among {', '.join(CASES)}; the first is the baseline")
+    parser.add_argument("--peak-tflops", type=float, help="the device's matmul rate, for MFU")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
-            for name in args.cases.split(","):
-                row = {"preset": preset, "variant": name} | run_case(preset, CASES[name], args.steps, args.seq_len,
-                                                                     args.micro_batch, Path(tmp))
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"fp32, ZeRO 0, 1 process, seq-len {args.seq_len}, micro-batch {args.micro_batch}, {args.steps} steps")
-    print(f"{'preset':<7} {'variant':<14} {'tokens/s':>10} {'x base':>7} {'peak RSS MiB':>13} {'x base':>7}")
+            for layer_type in args.layer_types.split(","):
+                for name in args.cases.split(","):
+                    extra = [f"model.layer_type={layer_type}", f"train.dtype={args.dtype}", *CASES[name]]
+                    row = {"preset": preset, "layer_type": layer_type, "variant": name, "dtype": args.dtype}
+                    row |= run_case(preset, extra, args.steps, args.seq_len, args.micro_batch, Path(tmp))
+                    if args.peak_tflops:
+                        flops = training_flops_per_token(preset, layer_type) * row["tokens_per_s"]
+                        row["mfu"] = flops / (args.peak_tflops * 1e12)
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+    print(f"{args.dtype}, ZeRO 0, 1 process, seq-len {args.seq_len}, micro-batch {args.micro_batch}, {args.steps} steps")
+    print(f"{'preset':<7} {'layer':<7} {'variant':<14} {'tokens/s':>10} {'x base':>7} {'peak RSS MiB':>13} "
+          f"{'x base':>7} {'MFU':>6}")
     base = {}
     for r in rows:
-        b = base.setdefault(r["preset"], r)
-        print(f"{r['preset']:<7} {r['variant']:<14} {r['tokens_per_s']:>10,.0f} "
+        b = base.setdefault((r["preset"], r["layer_type"]), r)
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        print(f"{r['preset']:<7} {r['layer_type']:<7} {r['variant']:<14} {r['tokens_per_s']:>10,.0f} "
               f"{r['tokens_per_s'] / b['tokens_per_s']:>7.2f} {r['peak_rss_mib']:>13,.0f} "
-              f"{r['peak_rss_mib'] / b['peak_rss_mib']:>7.2f}")
+              f"{r['peak_rss_mib'] / b['peak_rss_mib']:>7.2f} {mfu:>6}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

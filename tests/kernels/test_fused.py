@@ -66,6 +66,18 @@ def test_bf16_inputs_match_twin(kind):
     assert errors[worst] <= 1e-2, f"{worst}: relative RMS error {errors[worst]:.2e} > 1e-2 ({errors})"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 exists only on CUDA GPUs")
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_fp32_inputs_stay_fp32_when_torch_allows_tf32(kind, monkeypatch):
+    """torch's TF32 switch rounds a GPU's fp32 matmuls in PyTorch (the twin's), never the kernels':
+    fp32 inputs take input_precision="ieee", so their errors stay at fp32 rounding."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    case = make_case(kind, 63, 16, B=1, H=2, d=64, dtype=torch.float64, seed=11)
+    errors = _errors(case, torch.float32, time_checkpoint_group=4)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-4, f"{worst}: relative RMS error {errors[worst]:.2e} > 1e-4 under TF32 ({errors})"
+
+
 @pytest.mark.parametrize("kind, group", [("linear", 1), ("linear", 2), ("linear", 5), ("mlp", 1), ("mlp", 4)])
 def test_checkpoint_group_does_not_change_results(kind, group):
     case = make_case(kind, 63, 8, B=1, H=2, d=16, dtype=torch.float32, seed=3)
