@@ -29,6 +29,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU = torch.cuda.is_available()
+LIMITS = {"kernel_tests": 110, "kernel_speed": 110, "pretrain": 180, "planner_memory": 80}
+"""Seconds each step may take: 8 minutes in all. A step over its limit is stopped and reported."""
 PLANNER_LAYOUTS = ["1", "4", "6"]
 """benchmarks/plan_memory.py's layouts: bf16; bf16, time-axis G=4; TTT-MLP fp32, G=4 (one process each)."""
 
@@ -83,20 +85,21 @@ def steps(out: Path, peak: float) -> Iterator[dict]:
     if GPU:
         xdist = subprocess.run([py, "-c", "import xdist"], capture_output=True).returncode == 0
         yield run("kernel_tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels",
-                                   *(["-n", "8"] if xdist else [])], out, 240)
+                                   *(["-n", "8"] if xdist else [])], out, LIMITS["kernel_tests"])
         yield run("kernel_speed", [py, "benchmarks/kernels.py", "--seq-lens", "2048,8192,32768", "--repeats", "3",
-                                   "--json", str(out / "kernel_speed.json")], out, 180)
+                                   "--json", str(out / "kernel_speed.json")], out, LIMITS["kernel_speed"])
     else:
         yield skipped("kernel_tests", "no GPU")
         yield skipped("kernel_speed", "no GPU")
     pretrain = (["--presets", "125m", "--layer-types", "linear,mlp", "--dtype", "bf16", "--cases", "triton,torch",
-                 "--seq-len", "2048", "--micro-batch", "4", "--steps", "5"] if GPU else
+                 "--seq-len", "2048", "--micro-batch", "4", "--steps", "4"] if GPU else
                 ["--presets", "tiny", "--layer-types", "linear,mlp", "--dtype", "fp32", "--cases", "torch",
                  "--steps", "4"])
     yield run("pretrain", [py, "benchmarks/train_step.py", *pretrain, "--peak-tflops", str(peak), "--json",
-                           str(out / "pretrain.json")], out, 240)
-    yield run("planner_memory", [py, "benchmarks/plan_memory.py", "--cases", "125m" if GPU else "tiny", "--only",
-                                 *PLANNER_LAYOUTS, "--json", str(out / "planner_memory.json")], out, 180)
+                           str(out / "pretrain.json")], out, LIMITS["pretrain"])
+    planner = ["--cases", "125m" if GPU else "tiny", "--only", *PLANNER_LAYOUTS]
+    yield run("planner_memory", [py, "benchmarks/plan_memory.py", *planner, "--json", str(out / "planner_memory.json")],
+              out, LIMITS["planner_memory"])
 
 
 PERCENT = {"mfu", "error"}
@@ -120,7 +123,8 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 def report(env: dict, results: list[dict], out: Path) -> str:
     """The markdown summary: the environment, each step's status, then each step's own rows."""
-    parts = [f"# GPU check: {env['device']}", "", table([env], list(env)), "", table(results, ["step", "status", "seconds"])]
+    parts = [f"# GPU check: {env['device']}", "", table([env], list(env)), "",
+             table(results, ["step", "status", "seconds"])]
     sections = {"kernel_speed.json": ("Kernel speed", ["op", "impl", "T", "fwd_ms", "fwd_bwd_ms", "fwd_tflops",
                                                        "fwd_bwd_speedup_vs_twin"]),
                 "pretrain.json": ("mttt pretrain", ["preset", "layer_type", "variant", "dtype", "tokens_per_s", "mfu",

@@ -80,7 +80,8 @@ def main() -> None:
                         row["mfu"] = flops / (args.peak_tflops * 1e12)
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"{args.dtype}, ZeRO 0, 1 process, seq-len {args.seq_len}, micro-batch {args.micro_batch}, {args.steps} steps")
+    print(f"{args.dtype}, ZeRO 0, 1 process, seq-len {args.seq_len}, micro-batch {args.micro_batch}, "
+          f"{args.steps} steps")
     print(f"{'preset':<7} {'layer':<7} {'variant':<14} {'tokens/s':>10} {'x base':>7} {'peak RSS MiB':>13} "
           f"{'x base':>7} {'MFU':>6}")
     base = {}
