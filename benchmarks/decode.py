@@ -7,6 +7,7 @@ is what a model without a cache pays for one new token: a full forward over the 
 
     python benchmarks/decode.py
     python benchmarks/decode.py --prefixes 1024,32768 --layer-type mlp --json decode.json
+    python benchmarks/decode.py --layer-pattern TW --window 512     # a hybrid: TTT + sliding window
 """
 
 import argparse
@@ -62,23 +63,29 @@ def main() -> None:
     parser.add_argument("--baseline-repeats", type=int, default=1)
     parser.add_argument("--layer-type", choices=("linear", "mlp"), default="linear")
     parser.add_argument("--backbone", choices=("mamba", "transformer"), default="mamba")
+    parser.add_argument("--layer-pattern", default="", help="a hybrid's layer pattern (the tiny preset has 2 layers)")
+    parser.add_argument("--window", type=int, default=4096, help="the sliding window of its W layers")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     init_parallel(ModelParallel())
     try:
-        model = build_model(preset("tiny", args.layer_type, args.backbone)).eval()
+        cfg = preset("tiny", args.layer_type, args.backbone, layer_pattern=args.layer_pattern,
+                     attention_window=args.window)
+        model = build_model(cfg).eval()
         measure(model, 64, 4, 1, seed=0)  # warm-up
         rows = [measure(model, int(p), args.tokens, args.baseline_repeats, seed=i)
                 for i, p in enumerate(args.prefixes.split(","))]
     finally:
         destroy_parallel()
-    print(f"preset tiny ({args.layer_type}, {args.backbone}), float32, {args.threads} threads")
+    pattern = f", layer pattern {args.layer_pattern}, window {args.window}" if args.layer_pattern else ""
+    print(f"preset tiny ({args.layer_type}, {args.backbone}{pattern}), float32, {args.threads} threads")
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([r | {"layer_type": args.layer_type, "backbone": args.backbone} for r in rows], f, indent=1)
+            json.dump([r | {"layer_type": args.layer_type, "backbone": args.backbone,
+                            "layer_pattern": args.layer_pattern, "window": args.window} for r in rows], f, indent=1)
 
 
 if __name__ == "__main__":

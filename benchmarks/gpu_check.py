@@ -8,7 +8,7 @@ Each step is one of the project's benchmarks or tests, run as its own process:
 | step | on a GPU | without one |
 |---|---|---|
 | environment | versions, the device, its measured bf16 matmul rate (the MFU peak) | the same, on the CPU |
-| kernel tests | tests/kernels on the device: fp32, bf16, tf32 | skipped (CI runs them in the interpreter) |
+| kernel tests | tests/kernels on the device (fp32, bf16, tf32) and the attention op's (FlexAttention windows) | skipped (CI runs them in the interpreter and on the CPU) |
 | kernel speed | benchmarks/kernels.py at T = 2k, 8k, 32k | skipped |
 | pretrain | 125m, bf16, TTT-Linear and TTT-MLP, Triton and torch inner loops | tiny, fp32, torch inner loop |
 | planner memory | 125m: bf16, bf16 + time-axis G=4, TTT-MLP fp32 + G=4 | the same layouts at tiny |
@@ -85,6 +85,7 @@ def steps(out: Path, peak: float) -> Iterator[dict]:
     if GPU:
         xdist = subprocess.run([py, "-c", "import xdist"], capture_output=True).returncode == 0
         yield run("kernel_tests", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/kernels",
+                                   "tests/ops/test_attention.py",
                                    *(["-n", "8"] if xdist else [])], out, LIMITS["kernel_tests"])
         yield run("kernel_speed", [py, "benchmarks/kernels.py", "--seq-lens", "2048,8192,32768", "--repeats", "3",
                                    "--json", str(out / "kernel_speed.json")], out, LIMITS["kernel_speed"])

@@ -13,6 +13,11 @@ times tokens/s over that peak.
     python benchmarks/train_step.py --presets 125m --seq-len 2048 --micro-batch 1 --cases none,compile
     python benchmarks/train_step.py --presets 125m --layer-types linear,mlp --dtype bf16 --cases triton,torch \
         --seq-len 2048 --micro-batch 4 --peak-tflops 790
+    python benchmarks/train_step.py --presets tiny --patterns T,*,TW --window 512 --seq-lens 2048,8192 \
+        --micro-batch 1 --cases none
+
+--patterns compares layer kinds at the same width and depth: each pattern repeats to the preset's
+layer count (T: TTT, *: full attention, W: sliding-window attention of --window positions).
 """
 
 import argparse
@@ -37,6 +42,14 @@ def training_flops_per_token(preset: str, layer_type: str) -> float:
     from megatron_ttt.planning.flops import model_flops
 
     return model_flops(named(preset, layer_type, vocab_size=DataSection().bundled_vocab_size))
+
+
+def layer_pattern(pattern: str, preset: str) -> str:
+    """`pattern` repeated to the preset's number of layers ("T": every layer TTT)."""
+    from megatron_ttt.models.presets import SIZES
+
+    layers = SIZES[preset][0]
+    return (pattern * layers)[:layers]
 
 
 def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:
@@ -65,31 +78,39 @@ def main() -> None:
     parser.add_argument("--cases", default="none,time G=4,blocks,compile",
                         help=f"among {', '.join(CASES)}; the first is the baseline")
     parser.add_argument("--peak-tflops", type=float, help="the device's matmul rate, for MFU")
+    parser.add_argument("--patterns", default="T", help="layer patterns, each repeated to the preset's depth")
+    parser.add_argument("--window", type=int, default=4096, help="the sliding window of W layers")
+    parser.add_argument("--seq-lens", help="several sequence lengths (overrides --seq-len)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
+    seq_lens = [int(n) for n in args.seq_lens.split(",")] if args.seq_lens else [args.seq_len]
+    grid = [(preset, layer_type, pattern, seq_len, name) for preset in args.presets.split(",")
+            for layer_type in args.layer_types.split(",") for pattern in args.patterns.split(",")
+            for seq_len in seq_lens for name in args.cases.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        for preset in args.presets.split(","):
-            for layer_type in args.layer_types.split(","):
-                for name in args.cases.split(","):
-                    extra = [f"model.layer_type={layer_type}", f"train.dtype={args.dtype}", *CASES[name]]
-                    row = {"preset": preset, "layer_type": layer_type, "variant": name, "dtype": args.dtype}
-                    row |= run_case(preset, extra, args.steps, args.seq_len, args.micro_batch, Path(tmp))
-                    if args.peak_tflops:
-                        flops = training_flops_per_token(preset, layer_type) * row["tokens_per_s"]
-                        row["mfu"] = flops / (args.peak_tflops * 1e12)
-                    rows.append(row)
-                    print(json.dumps(row), file=sys.stderr, flush=True)
-    print(f"{args.dtype}, ZeRO 0, 1 process, seq-len {args.seq_len}, micro-batch {args.micro_batch}, "
-          f"{args.steps} steps")
-    print(f"{'preset':<7} {'layer':<7} {'variant':<14} {'tokens/s':>10} {'x base':>7} {'peak RSS MiB':>13} "
-          f"{'x base':>7} {'MFU':>6}")
+        for preset, layer_type, pattern, seq_len, name in grid:
+            full_pattern = layer_pattern(pattern, preset)
+            extra = [f"model.layer_type={layer_type}", f"train.dtype={args.dtype}", *CASES[name],
+                     f"model.layer_pattern={full_pattern}", f"model.attention_window={args.window}"]
+            row = {"preset": preset, "layer_type": layer_type, "pattern": full_pattern, "seq_len": seq_len,
+                   "variant": name, "dtype": args.dtype}
+            row |= run_case(preset, extra, args.steps, seq_len, args.micro_batch, Path(tmp))
+            if args.peak_tflops and set(full_pattern) == {"T"}:  # the planner counts TTT layers only
+                flops = training_flops_per_token(preset, layer_type) * row["tokens_per_s"]
+                row["mfu"] = flops / (args.peak_tflops * 1e12)
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    print(f"{args.dtype}, ZeRO 0, 1 process, micro-batch {args.micro_batch}, {args.steps} steps; the baseline of "
+          f"each preset, layer type and length is its first row")
+    print(f"{'preset':<7} {'layer':<7} {'pattern':<14} {'seq':>6} {'variant':<14} {'tokens/s':>10} {'x base':>7} "
+          f"{'peak RSS MiB':>13} {'x base':>7} {'MFU':>6}")
     base = {}
     for r in rows:
-        b = base.setdefault((r["preset"], r["layer_type"]), r)
+        b = base.setdefault((r["preset"], r["layer_type"], r["seq_len"]), r)
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-        print(f"{r['preset']:<7} {r['layer_type']:<7} {r['variant']:<14} {r['tokens_per_s']:>10,.0f} "
-              f"{r['tokens_per_s'] / b['tokens_per_s']:>7.2f} {r['peak_rss_mib']:>13,.0f} "
+        print(f"{r['preset']:<7} {r['layer_type']:<7} {r['pattern']:<14} {r['seq_len']:>6} {r['variant']:<14} "
+              f"{r['tokens_per_s']:>10,.0f} {r['tokens_per_s'] / b['tokens_per_s']:>7.2f} {r['peak_rss_mib']:>13,.0f} "
               f"{r['peak_rss_mib'] / b['peak_rss_mib']:>7.2f} {mfu:>6}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

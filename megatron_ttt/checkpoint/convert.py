@@ -2,8 +2,10 @@
 TP, DP, ZeRO stage) -> either; each conversion checking itself.
 
 A conversion computes the next-token log-probabilities of fixed token sequences with the source
-weights (through the dense reference twin) and with the converted model, and fails if they
-differ beyond float32 rounding; the destination appears only after the check passes.
+and with the converted model, and fails if they differ beyond float32 rounding; the destination
+appears only after the check passes. Reference-format weights go through the dense reference twin
+(an implementation of its own); mttt-to-mttt compares the model it loaded with the one it wrote,
+which works for hybrid models too (the reference format has no attention layers).
 
 A training checkpoint `RUN/checkpoints/step-N/` is itself a model directory (its layout-free
 part, see layout_free.py); a run directory stands for its latest one (run_dir.py).
@@ -12,11 +14,10 @@ part, see layout_free.py); a run directory stands for its latest one (run_dir.py
 from pathlib import Path
 
 import torch
-from megatron.core import parallel_state
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint.model_dir import load_model, save_model
-from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
+from megatron_ttt.checkpoint.reference_io import check_reference_model, read_reference, write_reference
 from megatron_ttt.checkpoint.run_dir import CheckpointError, resolve_model_source
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
@@ -24,7 +25,6 @@ from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
 from megatron_ttt.models.reference_model import reference_logits
 from megatron_ttt.models.scoring import next_token_logprobs, token_logprobs
-from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 
 CHECK_TOLERANCE = 1e-4
 """Largest allowed |difference| of a float32 log-probability (values are O(1-10))."""
@@ -42,8 +42,13 @@ def reference_logprobs(tensors: dict[str, torch.Tensor], cfg: TTTModelConfig, to
 
 
 def self_check(source: dict[str, torch.Tensor], model: TTTLanguageModel, what: str) -> float:
+    """Reference-format `source` weights against the converted model."""
     tokens = check_sequences(model.ttt)
-    diff = (reference_logprobs(source, model.ttt, tokens) - token_logprobs(model, tokens)).abs().max().item()
+    return _compare(reference_logprobs(source, model.ttt, tokens), token_logprobs(model, tokens), what)
+
+
+def _compare(want: torch.Tensor, got: torch.Tensor, what: str) -> float:
+    diff = (want - got).abs().max().item()
     if not diff <= CHECK_TOLERANCE:
         raise CheckpointError(f"{what}: the converted model's log-probabilities differ from the source's by {diff:.2e} "
                               f"(allowed {CHECK_TOLERANCE:.0e}); nothing was written")
@@ -60,16 +65,6 @@ def hf_to_mttt(src: Path, dst: Path) -> float:
     return diff
 
 
-def gathered_reference(model: TTTLanguageModel) -> dict[str, torch.Tensor]:
-    """The model's weights in reference format, from every TP rank (collective over TP)."""
-    group = parallel_state.get_tensor_model_parallel_group()
-    local = {n: p.detach().cpu() for n, p in model.named_parameters()}
-    locals_by_rank = [None] * torch.distributed.get_world_size(group)
-    with single_threaded_collectives():
-        torch.distributed.all_gather_object(locals_by_rank, local, group=group)
-    return to_full(locals_by_rank, model.ttt)
-
-
 def mttt_to_mttt(src: Path, dst: Path) -> float:
     """A training checkpoint, run directory or model directory -> a model directory holding only
     the weights, checked by loading it back at the current TP size; returns the self-check's max
@@ -78,11 +73,12 @@ def mttt_to_mttt(src: Path, dst: Path) -> float:
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
     model = load_model(src)
-    source = gathered_reference(model)
+    tokens = check_sequences(model.ttt)
+    want = token_logprobs(model, tokens)
     with written_atomically(dst, renames=torch.distributed.get_rank() == 0, shared=True) as checking:
         torch.distributed.barrier()
         save_model(model, checking)
-        diff = self_check(source, load_model(checking), f"mttt-to-mttt {src}")
+        diff = _compare(want, token_logprobs(load_model(checking), tokens), f"mttt-to-mttt {src}")
     torch.distributed.barrier()
     return diff
 
@@ -94,6 +90,7 @@ def mttt_to_hf(src: Path, dst: Path) -> float:
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
     model = load_model(src)
+    check_reference_model(model.ttt, str(src))
     tensors = to_full([{n: p.detach() for n, p in model.named_parameters()}], model.ttt)
     with written_atomically(dst) as tmp:
         write_reference(tmp, model.ttt, tensors)

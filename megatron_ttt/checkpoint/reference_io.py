@@ -42,7 +42,17 @@ def config_from_reference(ref: dict, source: str) -> TTTModelConfig:
         raise ReferenceFormatError(f"{source}: {exc}") from None
 
 
+def check_reference_model(cfg: TTTModelConfig, source: str) -> None:
+    """The reference model (TTTForCausalLM) has only TTT layers: a hybrid cannot be written."""
+    attention = [i for i, kind in enumerate(cfg.mixers) if kind != "ttt"]
+    if attention:
+        raise ReferenceFormatError(f"{source}: the reference format has no attention layers, and this model's "
+                                   f"layer_pattern {cfg.layer_pattern!r} has attention at layers {attention}; nothing "
+                                   f"was written (mttt-to-mttt converts hybrids)")
+
+
 def config_to_reference(cfg: TTTModelConfig) -> dict:
+    check_reference_model(cfg, "the model config")
     return {"model_type": "ttt", "architectures": ["TTTForCausalLM"], **{k: getattr(cfg, k) for k in _SAME_KEYS},
             "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
             "ttt_layer_type": cfg.layer_type, "use_gate": cfg.use_gate, "share_qk": cfg.share_qk,

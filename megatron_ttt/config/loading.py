@@ -8,7 +8,7 @@ import yaml
 
 from megatron_ttt.config.sections import PretrainConfig
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.models.config import BACKBONES, LAYER_TYPES
+from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, pattern_problems
 from megatron_ttt.models.presets import SIZES
 from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group
 
@@ -33,6 +33,15 @@ def _convert(value, kind, where: str):
         return kind(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {value!r} is not a {kind.__name__}") from None
+
+
+def _override_value(text: str):
+    """A command-line value as YAML reads it (numbers, booleans), or as written where it is not
+    YAML (a layer pattern starting with `*`, which YAML takes for an alias)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _apply(obj, values: dict, where: str, prefix: str = ""):
@@ -74,7 +83,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pr
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _override_value(value)
         _apply(config, nested, "override")
     check(config)
     return config
@@ -103,6 +112,10 @@ def check(config: PretrainConfig) -> None:
         check_time_checkpoint_group(config.parallel.time_checkpoint_group)
     except ValueError as exc:
         bad.append(f"parallel.{exc}")
+    m = config.model
+    if m.preset in SIZES:
+        layers, _, heads, _ = SIZES[m.preset]
+        bad += pattern_problems(m.layer_pattern, layers, m.attention_window, m.num_kv_heads, heads, prefix="model.")
     if bad:
         raise ConfigError("; ".join(bad))
 

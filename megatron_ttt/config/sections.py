@@ -16,6 +16,13 @@ class ModelSection:
     """mamba (gate, shared q/k convs, pre-conv) or transformer."""
     mini_batch_size: int = 16
     """Tokens per inner-loop gradient step."""
+    layer_pattern: str = ""
+    """Each layer's mixer, one symbol per layer: T TTT, * full causal attention, W sliding-window
+    attention (e.g. TWTW); empty: every layer TTT."""
+    attention_window: int = 4096
+    """Positions a sliding-window (W) layer's query attends to, its own included."""
+    num_kv_heads: int = 0
+    """Key/value heads of the attention layers (grouped-query attention); 0: as many as query heads."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The pre-norm TTT block: [h += conv(RMSNorm(h))]; h += TTT(RMSNorm(h)); h += SwiGLU(RMSNorm(h))."""
+"""The pre-norm block: [h += conv(RMSNorm(h))]; h += mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h)).
+The mixer is a TTT layer or, in a hybrid model, causal attention (models/spec.py)."""
 
 import math
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from megatron_ttt.models.layers import (
     replicated_weight,
     streaming_causal_conv,
 )
+from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.run_options import InnerLoopOptions
 
@@ -111,8 +113,9 @@ class TTTBlock(MegatronModule):
         dtype, sp = config.params_dtype, config.sequence_parallel
         self.pre_conv = PreConv(config, ttt, tp_group) if ttt.pre_conv else None
         self.seq_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
-        self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, inner_loop=inner_loop,
-                                  layer_number=layer_number, tp_group=tp_group)
+        run = {"inner_loop": inner_loop} if issubclass(submodules.mixer.module, TTTMixer) else {}
+        self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, layer_number=layer_number,
+                                  tp_group=tp_group, **run)
         self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         self.mlp = build_module(submodules.mlp, config=config, ttt=ttt, tp_group=tp_group)
 

@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, fields
 
 LAYER_TYPES = ("linear", "mlp")
 BACKBONES = ("transformer", "mamba")
+MIXER_SYMBOLS = {"T": "ttt", "*": "attention", "W": "window"}
+"""A layer_pattern's symbols: a TTT layer (of layer_type), full causal attention (megatron-core's
+hybrid symbol for attention), sliding-window causal attention."""
 RUN_OPTIONS_SAVED_BY_OLDER_BUILDS = ("checkpoint_group", "inner_loop_backend")
 
 
@@ -37,6 +40,13 @@ class TTTModelConfig:
     """Normal init of linears, embedding and inner weights (the reference's initializer_range)."""
     bos_token_id: int = 1
     eos_token_id: int = 2
+    layer_pattern: str = ""
+    """One symbol per layer, its mixer: T TTT, * full causal attention, W sliding-window attention
+    (every layer keeps its MLP). Empty: every layer TTT."""
+    attention_window: int = 4096
+    """Positions a W layer's query attends to: its own and the attention_window - 1 before it."""
+    num_kv_heads: int = 0
+    """Key/value heads of the attention layers (grouped-query attention); 0: num_heads."""
 
     def __post_init__(self):
         problems = []
@@ -48,12 +58,23 @@ class TTTModelConfig:
             problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         elif self.head_dim % 2:
             problems.append(f"head_dim {self.head_dim} must be even for RoPE")
+        problems += pattern_problems(self.layer_pattern, self.num_layers, self.attention_window, self.num_kv_heads,
+                                     self.num_heads)
         if problems:
             raise ValueError("TTTModelConfig: " + "; ".join(problems))
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def mixers(self) -> tuple[str, ...]:
+        """Each layer's mixer: "ttt", "attention" or "window"."""
+        return tuple(MIXER_SYMBOLS[c] for c in self.layer_pattern) or ("ttt",) * self.num_layers
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
 
     @property
     def use_gate(self) -> bool:
@@ -85,3 +106,21 @@ class TTTModelConfig:
         if unknown:
             raise ValueError(f"{source}: unknown model config keys {unknown} (known: {', '.join(sorted(known))})")
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def pattern_problems(pattern: str, num_layers: int, window: int, kv_heads: int, num_heads: int,
+                     prefix: str = "") -> list[str]:
+    """What is wrong with a hybrid layer pattern and its attention settings (keys named with
+    `prefix`, e.g. "model." in a pretraining config)."""
+    problems = []
+    unknown = sorted(set(pattern) - set(MIXER_SYMBOLS))
+    if unknown:
+        problems.append(f"{prefix}layer_pattern {pattern!r} has unknown symbols {unknown} (use T: TTT, "
+                        f"*: full attention, W: sliding-window attention)")
+    if pattern and len(pattern) != num_layers:
+        problems.append(f"{prefix}layer_pattern {pattern!r} has {len(pattern)} symbols for {num_layers} layers")
+    if window < 1:
+        problems.append(f"{prefix}attention_window {window} must be at least 1")
+    if kv_heads < 0 or (kv_heads and num_heads % kv_heads):
+        problems.append(f"{prefix}num_kv_heads {kv_heads} must divide num_heads {num_heads} (0: num_heads)")
+    return problems

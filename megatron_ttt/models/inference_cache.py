@@ -1,8 +1,11 @@
-"""The state a TTT model carries between calls at inference: fixed size, whatever the prefix.
+"""The state a model carries between calls at inference: fixed size for TTT and sliding-window
+layers, whatever the prefix; growing with it for full-attention layers.
 
 One `BlockCache` per layer holds this rank's share (its local heads) of:
-- the TTT inner state (ops.state.TTTState: weights at the current mini-batch's start and the
-  gradient sum inside it, with the position in the mini-batch, which is also the RoPE position);
+- a TTT layer's inner state (ops.state.TTTState: weights at the current mini-batch's start and
+  the gradient sum inside it, with the position in the mini-batch, which is also the RoPE position);
+- an attention layer's keys (rotated) and values: all so far, or a window layer's last
+  attention_window - 1;
 - the last `conv_kernel - 1` inputs of each causal convolution (the block's pre-conv, and the
   mixer's conv over p that makes q and k in the Mamba backbone).
 A fresh cache equals an empty prefix: zero convolution history and the learnable initial weights.
@@ -21,12 +24,18 @@ class MixerCache:
     """The inner state after the tokens seen so far; None before the first token."""
     conv: torch.Tensor | None = None
     """[K-1, B, C] last inputs of the q/k convolutions (Mamba backbone); None before the first token."""
+    keys: torch.Tensor | None = None
+    """Attention layers: [B, Hkv, S, d] the keys attended to next (RoPE applied); None before the first token."""
+    values: torch.Tensor | None = None
+    """Attention layers: [B, Hkv, S, d] their values."""
+    tokens: int = 0
+    """Attention layers: tokens seen so far (the RoPE position of the next one)."""
 
 
 @dataclass
 class BlockCache:
     mixer: MixerCache = field(default_factory=MixerCache)
-    """The TTT mixer's state."""
+    """The mixer's state."""
     pre_conv: torch.Tensor | None = None
     """[K-1, B, D] last normed inputs of the pre-conv (Mamba backbone); None before the first token."""
 
@@ -48,10 +57,10 @@ class InferenceCache:
         """Every tensor the cache holds (to measure its size)."""
         out = []
         for block in self.blocks:
-            ttt = block.mixer.ttt
-            if ttt is not None:
-                out += list(ttt.weights) + list(ttt.grads or ())
-            out += [t for t in (block.mixer.conv, block.pre_conv) if t is not None]
+            mixer = block.mixer
+            if mixer.ttt is not None:
+                out += list(mixer.ttt.weights) + list(mixer.ttt.grads or ())
+            out += [t for t in (mixer.conv, mixer.keys, mixer.values, block.pre_conv) if t is not None]
         return out
 
     def nbytes(self) -> int:

@@ -1,4 +1,5 @@
-"""The TTT language model: vocabulary-parallel embedding -> TTT blocks -> RMSNorm -> tied head."""
+"""The TTT language model: vocabulary-parallel embedding -> blocks (TTT, or in a hybrid TTT and
+attention, by the layer pattern) -> RMSNorm -> tied head."""
 
 import torch
 from megatron.core import parallel_state
@@ -17,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.layers import RMSNorm, stat_dtype
-from megatron_ttt.models.spec import ttt_block_spec
+from megatron_ttt.models.mixer import TTTMixer
+from megatron_ttt.models.spec import block_spec
 from megatron_ttt.run_options import InnerLoopOptions
 
 
@@ -37,10 +39,10 @@ class TTTLanguageModel(MegatronModule):
         self.embedding = VocabParallelEmbedding(ttt.vocab_size, ttt.hidden_size, init_method=config.init_method,
                                                 reduce_scatter_embeddings=self.sequence_parallel, config=config,
                                                 tp_group=self.tp_group)
-        spec = ttt_block_spec(ttt)
-        self.blocks = torch.nn.ModuleList(build_module(spec, config=config, ttt=ttt, inner_loop=inner_loop,
-                                                       layer_number=i + 1, tp_group=self.tp_group)
-                                          for i in range(ttt.num_layers))
+        self.blocks = torch.nn.ModuleList(build_module(block_spec(ttt, kind), config=config, ttt=ttt,
+                                                       inner_loop=inner_loop, layer_number=i + 1,
+                                                       tp_group=self.tp_group)
+                                          for i, kind in enumerate(ttt.mixers))
         self.final_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, self.sequence_parallel,
                                   self.tp_group)
         self.output_layer = ColumnParallelLinear(
@@ -51,7 +53,8 @@ class TTTLanguageModel(MegatronModule):
     def set_inner_lr_scale(self, scale: float) -> None:
         """Multiply every TTT layer's inner base lr by `scale` (TTT-MLP's inner-lr warm-up)."""
         for block in self.blocks:
-            block.mixer.inner_lr_scale = scale
+            if isinstance(block.mixer, TTTMixer):
+                block.mixer.inner_lr_scale = scale
 
     def hidden_states(self, tokens: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
         """tokens [B, T] -> final hidden states [T(/tp), B, D]."""

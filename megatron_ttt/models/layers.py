@@ -65,20 +65,32 @@ def streaming_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return y, window[window.shape[0] - (kernel - 1):].clone()
 
 
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [len(positions), d/2] of the rotary angles, pair i turning by
+    position * theta^(-2i/d); computed in stat_dtype, returned in `dtype`."""
+    compute = torch.promote_types(dtype, torch.float32)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).to(compute) / head_dim
+    angle = positions.to(compute)[:, None] * (1.0 / theta ** exponents)[None, :]
+    return angle.cos().to(dtype), angle.sin().to(dtype)
+
+
 def rope_table(mini_batch_size: int, head_dim: int, theta: float, dtype: torch.dtype,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [b, d/2] of the rotary angles at the positions 0..b-1 of a mini-batch, pair i
-    turning by position * theta^(-2i/d); computed in stat_dtype, returned in `dtype`."""
-    compute = torch.promote_types(dtype, torch.float32)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).to(compute) / head_dim))
-    angle = torch.arange(mini_batch_size, device=device).to(compute)[:, None] * inv_freq[None, :]
-    return angle.cos().to(dtype), angle.sin().to(dtype)
+    """cos and sin [b, d/2] at the positions 0..b-1 of a mini-batch (rope_angles)."""
+    return rope_angles(torch.arange(mini_batch_size, device=device), head_dim, theta, dtype)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., T, d] with its interleaved pairs (x[2i], x[2i+1]) turned by the angles of cos, sin
+    [T, d/2]: the JAX order the reference reproduces with its permute / rotate-half / un-permute."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
 
 
 def rope_in_mini_batches(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor], start: int = 0) -> torch.Tensor:
     """Rotary embedding of x [B, H, T, d] at positions t mod b (t counted from `start`, the
-    tokens before x; `table` from rope_table), rotating the interleaved pairs (x[2i], x[2i+1]):
-    the JAX order the reference reproduces with its permute / rotate-half / un-permute."""
+    tokens before x; `table` from rope_table)."""
     cos, sin = table
     T, b, first = x.shape[-2], cos.shape[0], start % cos.shape[0]
     if first + T <= b:  # within one mini-batch (every decode step): a slice, no index tensor
@@ -86,8 +98,7 @@ def rope_in_mini_batches(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tenso
     else:
         position = (start + torch.arange(T, device=x.device)) % b
         cos, sin = cos[position], sin[position]
-    even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+    return rotate_pairs(x, cos, sin)
 
 
 def head_parallel_layer_norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,

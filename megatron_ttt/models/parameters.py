@@ -1,6 +1,10 @@
 """Every parameter of the model, one rule each: its reference-format (`TTTForCausalLM`) name,
 how it is split over TP ranks, how it is initialized and whether it is weight-decayed.
 
+The attention layers of a hybrid model have no counterpart in the reference (it has only TTT
+layers); their rules name them as Llama's `self_attn.{q,k,v,o}_proj`, which keeps conversion
+between our own layouts uniform, and writing the reference format refuses a hybrid.
+
 Each of our parameters is built from one reference tensor (split over TP ranks along a dim, or
 replicated) or, for the fused projections, from several (each split, then concatenated). The
 rules drive initialization (models/build.py), the optimizer's weight-decay groups (training/) and
@@ -14,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.models.attention import qkv_columns
 from megatron_ttt.models.block import mlp_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
@@ -54,30 +59,41 @@ def _bias(ours: str, ref: str, split_dim: int | None = 0, squeeze_dim: int | Non
     return Rule(ours, (ref,), split_dim=split_dim, squeeze_dim=squeeze_dim, init="zeros", weight_decay=False)
 
 
+def _ttt_mixer_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
+    component_refs = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "gate": "g_proj.weight",
+                      "lr": "learnable_ttt_lr_weight"}
+    columns = in_proj_columns(cfg)
+    m, s = f"{o}mixer.", f"{r}seq_modeling_block."
+    out = [Rule(f"{m}in_proj.weight", tuple(s + component_refs[n] for n in columns.names), fused=columns),
+           Rule(f"{m}out_proj.weight", (f"{s}o_proj.weight",), split_dim=1),
+           _gain(f"{m}ttt_norm_weight", f"{s}ttt_norm_weight"),
+           _bias(f"{m}ttt_norm_bias", f"{s}ttt_norm_bias"),
+           _bias(f"{m}ttt_lr_bias", f"{s}learnable_ttt_lr_bias", squeeze_dim=1),
+           _bias(f"{m}token_offset", f"{s}learnable_token_idx", split_dim=None),
+           _gain(f"{m}post_norm_weight", f"{s}post_norm.weight"),
+           _bias(f"{m}post_norm_bias", f"{s}post_norm.bias")]
+    for j in range(1, len(cfg.inner_widths)):
+        out += [Rule(f"{m}W{j}", (f"{s}W{j}",)), _bias(f"{m}b{j}", f"{s}b{j}", squeeze_dim=1)]
+    if cfg.share_qk:
+        out += [Rule(f"{m}conv_{x}_{p}", (f"{s}conv_{x}.{p}",), init="conv", weight_decay=p == "weight")
+                for x in "qk" for p in ("weight", "bias")]
+    return out
+
+
+def _attention_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
+    m, s = f"{o}mixer.", f"{r}self_attn."
+    return [Rule(f"{m}in_proj.weight", tuple(f"{s}{n}_proj.weight" for n in "qkv"), fused=qkv_columns(cfg)),
+            Rule(f"{m}out_proj.weight", (f"{s}o_proj.weight",), split_dim=1)]
+
+
 def rules(cfg: TTTModelConfig) -> list[Rule]:
     out = [Rule("embedding.weight", ("model.embed_tokens.weight",)),
            _gain("final_norm.weight", "model.norm.weight", None)]
     if not cfg.tie_word_embeddings:
         out.append(Rule("output_layer.weight", ("lm_head.weight",)))
-    component_refs = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "gate": "g_proj.weight",
-                      "lr": "learnable_ttt_lr_weight"}
-    columns = in_proj_columns(cfg)
-    for i in range(cfg.num_layers):
+    for i, kind in enumerate(cfg.mixers):
         o, r = f"blocks.{i}.", f"model.layers.{i}."
-        m, s = f"{o}mixer.", f"{r}seq_modeling_block."
-        out += [Rule(f"{m}in_proj.weight", tuple(s + component_refs[n] for n in columns.names), fused=columns),
-                Rule(f"{m}out_proj.weight", (f"{s}o_proj.weight",), split_dim=1),
-                _gain(f"{m}ttt_norm_weight", f"{s}ttt_norm_weight"),
-                _bias(f"{m}ttt_norm_bias", f"{s}ttt_norm_bias"),
-                _bias(f"{m}ttt_lr_bias", f"{s}learnable_ttt_lr_bias", squeeze_dim=1),
-                _bias(f"{m}token_offset", f"{s}learnable_token_idx", split_dim=None),
-                _gain(f"{m}post_norm_weight", f"{s}post_norm.weight"),
-                _bias(f"{m}post_norm_bias", f"{s}post_norm.bias")]
-        for j in range(1, len(cfg.inner_widths)):
-            out += [Rule(f"{m}W{j}", (f"{s}W{j}",)), _bias(f"{m}b{j}", f"{s}b{j}", squeeze_dim=1)]
-        if cfg.share_qk:
-            out += [Rule(f"{m}conv_{x}_{p}", (f"{s}conv_{x}.{p}",), init="conv", weight_decay=p == "weight")
-                    for x in "qk" for p in ("weight", "bias")]
+        out += _ttt_mixer_rules(cfg, o, r) if kind == "ttt" else _attention_rules(cfg, o, r)
         if cfg.pre_conv:
             out += [Rule(f"{o}pre_conv.weight", (f"{r}conv.conv.weight",), split_dim=None, init="conv"),
                     Rule(f"{o}pre_conv.bias", (f"{r}conv.conv.bias",), split_dim=None, init="conv", weight_decay=False),
@@ -97,18 +113,23 @@ def reference_shapes(cfg: TTTModelConfig) -> dict[str, tuple[int, ...]]:
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (V, D)
     widths = cfg.inner_widths
-    for i in range(cfg.num_layers):
+    for i, kind in enumerate(cfg.mixers):
         r = f"model.layers.{i}."
-        s = f"{r}seq_modeling_block."
-        projections = ["q"] + ([] if cfg.share_qk else ["k"]) + ["v", "o"] + (["g"] if cfg.use_gate else [])
-        shapes |= {f"{s}{p}_proj.weight": (D, D) for p in projections}
-        shapes |= {f"{s}learnable_ttt_lr_weight": (H, 1, D), f"{s}learnable_ttt_lr_bias": (H, 1),
-                   f"{s}learnable_token_idx": (b,), f"{s}ttt_norm_weight": (H, d), f"{s}ttt_norm_bias": (H, d),
-                   f"{s}post_norm.weight": (D,), f"{s}post_norm.bias": (D,)}
-        for j in range(1, len(widths)):
-            shapes |= {f"{s}W{j}": (H, widths[j - 1], widths[j]), f"{s}b{j}": (H, 1, widths[j])}
-        if cfg.share_qk:
-            shapes |= {f"{s}conv_{x}.weight": (D, 1, K) for x in "qk"} | {f"{s}conv_{x}.bias": (D,) for x in "qk"}
+        if kind != "ttt":
+            a, kv = f"{r}self_attn.", (cfg.kv_heads * d, D)
+            shapes |= {f"{a}q_proj.weight": (D, D), f"{a}k_proj.weight": kv, f"{a}v_proj.weight": kv,
+                       f"{a}o_proj.weight": (D, D)}
+        else:
+            s = f"{r}seq_modeling_block."
+            projections = ["q"] + ([] if cfg.share_qk else ["k"]) + ["v", "o"] + (["g"] if cfg.use_gate else [])
+            shapes |= {f"{s}{p}_proj.weight": (D, D) for p in projections}
+            shapes |= {f"{s}learnable_ttt_lr_weight": (H, 1, D), f"{s}learnable_ttt_lr_bias": (H, 1),
+                       f"{s}learnable_token_idx": (b,), f"{s}ttt_norm_weight": (H, d), f"{s}ttt_norm_bias": (H, d),
+                       f"{s}post_norm.weight": (D,), f"{s}post_norm.bias": (D,)}
+            for j in range(1, len(widths)):
+                shapes |= {f"{s}W{j}": (H, widths[j - 1], widths[j]), f"{s}b{j}": (H, 1, widths[j])}
+            if cfg.share_qk:
+                shapes |= {f"{s}conv_{x}.weight": (D, 1, K) for x in "qk"} | {f"{s}conv_{x}.bias": (D,) for x in "qk"}
         if cfg.pre_conv:
             shapes |= {f"{r}conv.conv.weight": (D, 1, K), f"{r}conv.conv.bias": (D,), f"{r}conv.norm.weight": (D,)}
         shapes |= {f"{r}seq_norm.weight": (D,), f"{r}ffn_norm.weight": (D,), f"{r}mlp.gate_proj.weight": (F, D),

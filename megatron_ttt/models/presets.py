@@ -42,6 +42,8 @@ def parameter_count(cfg: TTTModelConfig) -> int:
     mixer = (projections * D * D + (H * D + H) + b  # lr weights and biases, token offsets
              + 2 * D + 2 * D + inner  # inner LayerNorm, post-norm, initial inner weights
              + (2 * (D * K + D) if cfg.share_qk else 0))
-    block = mixer + 2 * D + 3 * D * F + ((D * K + D) + D if cfg.pre_conv else 0)
+    attention = D * (D + 2 * cfg.kv_heads * cfg.head_dim) + D * D  # q|k|v, out
+    rest = 2 * D + 3 * D * F + ((D * K + D) + D if cfg.pre_conv else 0)
+    blocks = sum((mixer if kind == "ttt" else attention) + rest for kind in cfg.mixers)
     head = 0 if cfg.tie_word_embeddings else V * D
-    return V * D + cfg.num_layers * block + D + head
+    return V * D + blocks + D + head

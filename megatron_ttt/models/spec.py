@@ -1,8 +1,9 @@
-"""ModuleSpecs of the TTT block: which megatron-core layers build each part."""
+"""ModuleSpecs of the blocks: which megatron-core layers build each part, per layer kind."""
 
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
+from megatron_ttt.models.attention import AttentionMixer, AttentionSubmodules
 from megatron_ttt.models.block import SwiGLUMLP, SwiGLUSubmodules, TTTBlock, TTTBlockSubmodules
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.mixer import TTTLinearMixer, TTTMixerSubmodules, TTTMLPMixer
@@ -10,8 +11,16 @@ from megatron_ttt.models.mixer import TTTLinearMixer, TTTMixerSubmodules, TTTMLP
 MIXERS = {"linear": TTTLinearMixer, "mlp": TTTMLPMixer}
 
 
-def ttt_block_spec(ttt: TTTModelConfig) -> ModuleSpec:
-    mixer = ModuleSpec(module=MIXERS[ttt.layer_type],
-                       submodules=TTTMixerSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+def mixer_spec(ttt: TTTModelConfig, kind: str) -> ModuleSpec:
+    """The mixer of a layer of `kind` (TTTModelConfig.mixers): a TTT mixer or causal attention."""
+    if kind == "ttt":
+        return ModuleSpec(module=MIXERS[ttt.layer_type],
+                          submodules=TTTMixerSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+    window = ttt.attention_window if kind == "window" else None
+    return ModuleSpec(module=AttentionMixer, params={"window": window},
+                      submodules=AttentionSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+
+
+def block_spec(ttt: TTTModelConfig, kind: str = "ttt") -> ModuleSpec:
     mlp = ModuleSpec(module=SwiGLUMLP, submodules=SwiGLUSubmodules(fc1=ColumnParallelLinear, fc2=RowParallelLinear))
-    return ModuleSpec(module=TTTBlock, submodules=TTTBlockSubmodules(mixer=mixer, mlp=mlp))
+    return ModuleSpec(module=TTTBlock, submodules=TTTBlockSubmodules(mixer=mixer_spec(ttt, kind), mlp=mlp))

@@ -42,7 +42,21 @@ class LayerFlops:
         return self.projections + self.convolutions + self.ttt + self.mlp
 
 
+class UnplannedModel(ValueError):
+    """A model the planner has no terms for."""
+
+
+def check_plannable(model: TTTModelConfig) -> None:
+    """The planner's FLOP and memory terms describe TTT layers: a hybrid's attention layers
+    (their FLOPs grow with the context, their KV cache with the window) are not modelled yet."""
+    attention = [i for i, kind in enumerate(model.mixers) if kind != "ttt"]
+    if attention:
+        raise UnplannedModel(f"the planner models TTT layers only; layer_pattern {model.layer_pattern!r} has "
+                             f"attention at layers {attention}")
+
+
 def layer_flops(model: TTTModelConfig) -> LayerFlops:
+    check_plannable(model)
     D, F, H, d, b, K = (model.hidden_size, model.intermediate_size, model.num_heads, model.head_dim,
                         model.mini_batch_size, model.conv_kernel)
     convs = 3 * 2 * D * K if model.pre_conv else 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.presets import parameter_count
 from megatron_ttt.planning import activations
+from megatron_ttt.planning.flops import check_plannable
 from megatron_ttt.planning.hardware import GIB, GPU, Assumptions
 from megatron_ttt.planning.layout import Layout
 
@@ -125,6 +126,7 @@ class Memory:
 
 def memory(model: TTTModelConfig, layout: Layout, assume: Assumptions, on_gpu: bool = True) -> Memory:
     """The per-GPU breakdown; `on_gpu` False drops the GPU-only allocator margin and context."""
+    check_plannable(model)
     states = model_states(model, layout)
     stored = activations.stored_bytes(model, layout)
     tokens = layout.micro_tokens

@@ -51,7 +51,8 @@ def model_config(config: PretrainConfig, tokenizer_vocab: int, vocab: int | None
     m, tp = config.model, config.parallel.tensor_parallel
     multiple = VOCAB_MULTIPLE * tp
     vocab = vocab or math.ceil(tokenizer_vocab / multiple) * multiple
-    return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size)
+    return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size,
+                  layer_pattern=m.layer_pattern, attention_window=m.attention_window, num_kv_heads=m.num_kv_heads)
 
 
 def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run:

@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import megatron_ttt.checkpoint.convert as convert
-from megatron_ttt.checkpoint.model_dir import CheckpointError, load_model
+from megatron_ttt.checkpoint.model_dir import CheckpointError, load_model, save_model
 from megatron_ttt.models.parameters import ReferenceFormatError
 from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
 from megatron_ttt.cli import main
+from megatron_ttt.models.build import build_model
 from tests.models.tp_cases import TINY
 from tests.models.weights import random_reference_weights
 
@@ -116,3 +117,13 @@ def test_logprobs_command_matches_the_reference(tmp_path, capsys):
         assert "outside the model's vocabulary of 64" in capsys.readouterr().err
     finally:
         init_parallel(ModelParallel())
+
+
+def test_a_hybrid_converts_between_our_formats_and_the_reference_format_refuses_it(tmp_path):
+    cfg = replace(TINY, num_layers=3, layer_pattern="T*W", attention_window=5)
+    save_model(build_model(cfg, init_seed=0), tmp_path / "hybrid")
+    assert convert.mttt_to_mttt(tmp_path / "hybrid", tmp_path / "copy") <= convert.CHECK_TOLERANCE
+    assert load_model(tmp_path / "copy").ttt == cfg
+    with pytest.raises(ReferenceFormatError, match=r"no attention layers.*at layers \[1, 2\]; nothing was written"):
+        convert.mttt_to_hf(tmp_path / "hybrid", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

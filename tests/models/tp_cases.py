@@ -61,3 +61,21 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict], dtype=tor
         parallel_state.destroy_model_parallel()
     destroy_parallel()
     return out
+
+
+def hybrid_outputs(rank: int, world: int, store, cfg: TTTModelConfig, sequence_parallel: bool, seq_len: int):
+    """A hybrid model at TP=world in float64 from seeded weights: its logits and every gradient in
+    reference format (gathered over TP)."""
+    init_parallel(ModelParallel(world, sequence_parallel), store=store)
+    tp_group, tp_rank = parallel_state.get_tensor_model_parallel_group(), parallel_state.get_tensor_model_parallel_rank()
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, cfg.vocab_size, (2, seq_len), generator=g)
+    labels = torch.randint(0, cfg.vocab_size, (2, seq_len), generator=g)
+    model = TTTLanguageModel(megatron_config(cfg, world, sequence_parallel, torch.float64), cfg)
+    model.load_state_dict(to_local(random_reference_weights(cfg, seed=1), cfg, tp_rank, world))
+    logits = model.gather_logits(model(tokens))
+    F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").backward()
+    gathered = [None] * world
+    dist.all_gather_object(gathered, {n: p.grad for n, p in model.named_parameters()}, group=tp_group)
+    destroy_parallel()
+    return logits.detach(), to_full(gathered, cfg)

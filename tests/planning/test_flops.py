@@ -6,6 +6,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megatron_ttt.models.presets import preset
 from megatron_ttt.planning import flops
+from megatron_ttt.planning.hardware import Assumptions
+from megatron_ttt.planning.layout import Layout
 
 
 @pytest.mark.parametrize("layer_type", ["linear", "mlp"])
@@ -36,3 +38,13 @@ def test_seven_b_training_flops_are_close_to_six_n():
 
     model = preset("7b")
     assert flops.model_flops(model) == pytest.approx(6 * parameter_count(model), rel=0.02)
+
+
+def test_a_hybrid_model_is_refused_by_name():
+    from megatron_ttt.planning.memory import memory
+
+    model = preset("tiny", layer_pattern="TW")
+    with pytest.raises(flops.UnplannedModel, match=r"layer_pattern 'TW' has attention at layers \[1\]"):
+        flops.model_flops(model)
+    with pytest.raises(flops.UnplannedModel):
+        memory(model, Layout(1, 1, seq_len=64, global_batch_tokens=64), Assumptions())

@@ -57,6 +57,21 @@ def test_resume_after_step_6_equals_an_uninterrupted_run(tmp_path, cache):
     assert all(torch.equal(a[n], b[n]) for n in a if a[n] is not None), "final weights differ after resume"
 
 
+def test_a_hybrid_trains_and_resumes_bitwise(tmp_path, cache):
+    hybrid = ["model.layer_pattern=TW", "model.attention_window=24", "train.steps=12", "checkpoint.interval=6"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    pretrain(whole, cache, hybrid)
+    curve = losses(whole)
+    assert curve[12] < curve[1] - 0.5
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-00000012")
+    (cut / "checkpoints" / "latest").write_text("step-00000006")
+    assert "at step 6" in pretrain(cut, cache, hybrid).stdout
+    assert losses(cut) == curve
+    a, b = final_weights(whole), final_weights(cut)
+    assert all(torch.equal(a[n], b[n]) for n in a if a[n] is not None), "final weights differ after resume"
+
+
 @pytest.mark.slow
 def test_zero_stages_agree_at_data_parallel_2(tmp_path, cache):
     curves = {stage: losses(pretrain(tmp_path / f"z{stage}", cache, [f"parallel.zero_stage={stage}"], 2) and

@@ -1,0 +1,104 @@
+"""Causal self-attention as a megatron-core mixer, beside the TTT layers of a hybrid model.
+
+Data flow for a [T(/tp), B, D] input, as the TTT mixer's:
+
+    in_proj (column parallel; gathers the sequence)  ->  q [H/tp heads], k, v [Hkv/tp heads]
+    RoPE at absolute positions on q, k  ->  ops.causal_attention (full, or a sliding window)
+    out_proj (row parallel; reduce-scatters the sequence)  ->  [T(/tp), B, D]
+
+Heads are split over TP ranks, query and key/value heads alike, so every rank's query heads read
+only its own key/value heads (grouped-query attention needs num_kv_heads divisible by TP).
+At inference the cache holds the keys (rotated) and values seen so far: all of them for full
+attention, the last attention_window - 1 for a sliding window, so a window layer decodes in
+constant memory and time per token.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.fused import FusedColumns
+from megatron_ttt.models.inference_cache import MixerCache
+from megatron_ttt.models.layers import parallel_linear_args, rope_angles, rotate_pairs
+from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
+from megatron_ttt.ops.attention import causal_attention
+
+
+@dataclass
+class AttentionSubmodules:
+    in_proj: ModuleSpec | type = None
+    """Column-parallel fused q|k|v projection (megatron-core ColumnParallelLinear)."""
+    out_proj: ModuleSpec | type = None
+    """Row-parallel out-projection (megatron-core RowParallelLinear)."""
+
+
+def qkv_columns(ttt: TTTModelConfig) -> FusedColumns:
+    kv = ttt.kv_heads * ttt.head_dim
+    return FusedColumns(("q", "k", "v"), (ttt.hidden_size, kv, kv))
+
+
+class AttentionMixer(MegatronModule):
+    """Full causal attention (window None) or sliding-window attention over local heads."""
+
+    def __init__(self, config: TransformerConfig, submodules: AttentionSubmodules, ttt: TTTModelConfig,
+                 window: int | None = None, layer_number: int = 1,
+                 tp_group: torch.distributed.ProcessGroup | None = None):
+        super().__init__(config)
+        tp = config.tensor_model_parallel_size
+        for name, heads in (("num_heads", ttt.num_heads), ("num_kv_heads", ttt.kv_heads)):
+            if heads % tp:
+                raise ValueError(f"layer {layer_number} (attention): {name} {heads} is not divisible by the "
+                                 f"tensor-parallel size {tp}")
+        self.ttt, self.window, self.layer_number, self.tp_size = ttt, window, layer_number, tp
+        self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        self.local_heads, self.local_kv_heads = ttt.num_heads // tp, ttt.kv_heads // tp
+        self.columns = qkv_columns(ttt)
+        linear = parallel_linear_args(config, self.tp_group)
+        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
+                                    tp_comm_buffer_name="attention_qkv", **linear)
+        self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
+                                     tp_comm_buffer_name="attention_out", **linear)
+
+    def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """[T, B, heads*d] -> [B, heads, T, d]."""
+        T, B = x.shape[:2]
+        return x.reshape(T, B, heads, self.ttt.head_dim).permute(1, 2, 0, 3)
+
+    def _cached(self, k: torch.Tensor, v: torch.Tensor, cache: MixerCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values to attend to (the cache's, then these), and the cache moved past
+        them: everything for full attention, the last window - 1 for a window."""
+        if cache.keys is not None:
+            k, v = torch.cat((cache.keys, k), dim=2), torch.cat((cache.values, v), dim=2)
+        keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
+        cache.keys, cache.values = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
+        return k, v
+
+    def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None) -> torch.Tensor:
+        """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]; with a cache the tokens
+        continue the cached sequence and the cache moves past them."""
+        projected, _ = self.in_proj(hidden_states)
+        parts = self.columns.split(projected, self.tp_size)
+        q, k, v = (self._heads(parts[n], h) for n, h in
+                   (("q", self.local_heads), ("k", self.local_kv_heads), ("v", self.local_kv_heads)))
+        start = cache.tokens if cache is not None else 0
+        positions = torch.arange(start, start + q.shape[2], device=q.device)
+        cos, sin = rope_angles(positions, self.ttt.head_dim, self.ttt.rope_theta, q.dtype)
+        q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+        if cache is not None:
+            k, v = self._cached(k, v, cache)
+            cache.tokens += q.shape[2]
+        out = causal_attention(q, k, v, self.window, start)
+        y, _ = self.out_proj(out.permute(2, 0, 1, 3).flatten(2))
+        return y
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """The fused q|k|v projection stored by component, each split over TP by heads."""
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        sharded = with_fused_weight(self.in_proj, f"{prefix}in_proj.", self.columns, self.tp_size, sharded_offsets,
+                                    metadata)
+        return sharded | self.out_proj.sharded_state_dict(f"{prefix}out_proj.", sharded_offsets, metadata)

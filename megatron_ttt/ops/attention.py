@@ -1,0 +1,84 @@
+"""Causal self-attention, full or over a sliding window, for the attention layers of hybrid models.
+
+Queries q [B, H, Tq, d] sit at positions start .. start + Tq - 1; keys and values [B, Hkv, Tk, d]
+are the Tk positions that end with the last query (a cache's keys, then the queries' own), and H
+is a multiple of Hkv (grouped-query attention: query head h reads key head h // (H / Hkv)).
+Query i attends to key j when j <= i and, with a window W, i - j < W. Scores are scaled by
+1/sqrt(d).
+
+`causal_attention` picks the fused kernel: torch's flash / memory-efficient SDPA for full causal
+attention (never a T x T matrix), FlexAttention with a sliding-window block mask for windows on
+CUDA (blocks wholly outside the window are skipped: O(T W) time and memory), and SDPA with an
+explicit boolean mask otherwise (windows on the CPU, and any query that continues a cache).
+`causal_attention_reference` is the obviously correct twin: a float64 masked softmax.
+"""
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def allowed(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[Tq, Tk] bool: may the query at each position attend to the key at each position."""
+    distance = q_positions[:, None] - k_positions[None, :]
+    mask = distance >= 0
+    return mask if window is None else mask & (distance < window)
+
+
+def positions(q: torch.Tensor, k: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The absolute positions of the queries and of the keys (which end with the last query)."""
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if Tk < Tq:
+        raise ValueError(f"{Tk} keys for {Tq} queries: the keys must include the queries' own")
+    end = start + Tq
+    return (torch.arange(start, end, device=q.device), torch.arange(end - Tk, end, device=q.device))
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """FlexAttention is fused only when compiled: one compile per process, reused by every layer."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _window_block_mask(length: int, window: int, device: str):
+    """Which (128 x 128) blocks of a length x length score matrix a sliding window touches."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding_window(b, h, i, j):
+        return (j <= i) & (i - j < window)
+
+    return create_block_mask(sliding_window, None, None, length, length, device=device)
+
+
+def _flex_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    block_mask = _window_block_mask(q.shape[-2], window, str(q.device))
+    return _compiled_flex_attention()(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None,
+                     start: int = 0) -> torch.Tensor:
+    """Attention output [B, H, Tq, d] (see the module docstring)."""
+    gqa = q.shape[1] != k.shape[1]
+    fresh = q.shape[-2] == k.shape[-2] and start == 0
+    if fresh and (window is None or window >= q.shape[-2]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if fresh and q.is_cuda:
+        return _flex_window(q, k, v, window)
+    mask = allowed(*positions(q, k, start), window)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def causal_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None,
+                               start: int = 0) -> torch.Tensor:
+    """The twin: every score, masked, softmaxed, in float64; returned in q's dtype."""
+    group = q.shape[1] // k.shape[1]
+    q64, k64, v64 = (x.double() for x in (q, k, v))
+    k64, v64 = (x.repeat_interleave(group, dim=1) for x in (k64, v64))
+    scores = q64 @ k64.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~allowed(*positions(q, k, start), window), float("-inf"))
+    return (scores.softmax(-1) @ v64).to(q.dtype)
