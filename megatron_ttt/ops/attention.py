@@ -8,8 +8,9 @@ Query i attends to key j when j <= i and, with a window W, i - j < W. Scores are
 
 `causal_attention` picks the fused kernel: torch's flash / memory-efficient SDPA for full causal
 attention (never a T x T matrix), FlexAttention with a sliding-window block mask for windows on
-CUDA (blocks wholly outside the window are skipped: O(T W) time and memory), and SDPA with an
-explicit boolean mask otherwise (windows on the CPU, and any query that continues a cache).
+CUDA (blocks wholly outside the window are skipped: O(T W) time and memory), query blocks each
+against their band of keys for windows elsewhere (O(T W) as well), and SDPA with an explicit mask
+for queries that continue a cache (a decode step: one query, at most W keys in a window layer).
 `causal_attention_reference` is the obviously correct twin: a float64 masked softmax.
 """
 
@@ -60,17 +61,32 @@ def _flex_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int)
     return _compiled_flex_attention()(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
+BAND_BLOCK = 256
+"""Queries per block of the banded sliding window (off CUDA)."""
+
+
+def _banded_window(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, block: int) -> torch.Tensor:
+    """A fresh sequence's sliding window, query block by query block: block i0..i1 attends to the
+    keys i0 - window + 1 .. i1 - 1, so no score outside the band (plus a block's corner) exists."""
+    T, gqa, out = q.shape[-2], q.shape[1] != k.shape[1], []
+    for i0 in range(0, T, block):
+        i1, j0 = min(T, i0 + block), max(0, i0 - window + 1)
+        mask = allowed(torch.arange(i0, i1, device=q.device), torch.arange(j0, i1, device=q.device), window)
+        out.append(F.scaled_dot_product_attention(q[..., i0:i1, :], k[..., j0:i1, :], v[..., j0:i1, :],
+                                                  attn_mask=mask, enable_gqa=gqa))
+    return torch.cat(out, dim=-2)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None,
-                     start: int = 0) -> torch.Tensor:
+                     start: int = 0, band_block: int = BAND_BLOCK) -> torch.Tensor:
     """Attention output [B, H, Tq, d] (see the module docstring)."""
-    gqa = q.shape[1] != k.shape[1]
     fresh = q.shape[-2] == k.shape[-2] and start == 0
     if fresh and (window is None or window >= q.shape[-2]):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    if fresh and q.is_cuda:
-        return _flex_window(q, k, v, window)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+    if fresh:
+        return _flex_window(q, k, v, window) if q.is_cuda else _banded_window(q, k, v, window, band_block)
     mask = allowed(*positions(q, k, start), window)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def causal_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None,

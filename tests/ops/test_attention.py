@@ -32,9 +32,10 @@ def _output_and_grads(fn, leaves, **kw):
 
 @pytest.mark.parametrize("window", [None, 1, 5, 16, 64])
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_fresh_sequence_matches_the_twin(window, kv_heads):
+@pytest.mark.parametrize("band_block", [7, 256])
+def test_fresh_sequence_matches_the_twin(window, kv_heads, band_block):
     leaves = _qkv(37, 37, kv_heads=kv_heads)
-    out, grads = _output_and_grads(causal_attention, leaves, window=window)
+    out, grads = _output_and_grads(causal_attention, leaves, window=window, band_block=band_block)
     want, want_grads = _output_and_grads(causal_attention_reference, leaves, window=window)
     assert close(out, want)
     for name, got, ref in zip("qkv", grads, want_grads):
