@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -32,9 +33,23 @@ def environment(cache: Path) -> dict:
     return os.environ | {"MTTT_CACHE": str(cache), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
+RUN_TIMEOUT = 600
+"""Seconds a test run may take (the longest take about a minute): a hung collective fails the
+test here instead of waiting out gloo's 30-minute timeout."""
+
+
 def pretrain(run_dir: Path, cache: Path, overrides: list[str] = (), nproc: int = 1, check: bool = True):
-    out = subprocess.run(command(run_dir, list(overrides), nproc), env=environment(cache), capture_output=True,
-                         text=True)
+    cmd = command(run_dir, list(overrides), nproc)
+    proc = subprocess.Popen(cmd, env=environment(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and every rank
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"pretrain did not finish in {RUN_TIMEOUT} s and was killed:\n{stdout[-3000:]}\n"
+                             f"{stderr[-3000:]}") from None
+    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if check and out.returncode != 0:
         raise AssertionError(f"pretrain exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
