@@ -45,7 +45,13 @@ LAYOUTS = [
     (2, ("train.dtype=fp32", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true")),
     (2, ("train.dtype=bf16", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true",
          "parallel.time_checkpoint_group=4")),
+    (1, ("train.dtype=fp32", "model.layer_pattern=T*")),
+    (1, ("train.dtype=bf16", "model.layer_pattern=T*")),
+    (1, ("train.dtype=fp32", "model.layer_pattern=T*", "parallel.block_checkpointing=true")),
+    (2, ("train.dtype=fp32", "model.layer_pattern=T*", "parallel.tensor_parallel=2",
+         "parallel.sequence_parallel=true")),
 ]
+"""The last four are hybrids: "T*" repeats to the preset's depth (TTT and full attention alternating)."""
 FIXED = ("data.num_workers=0", "data.bundled_vocab_size=512", "logging.eval_interval=0", "logging.tensorboard=false")
 
 
@@ -55,7 +61,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def to_depth(item: str, case: str) -> str:
+    """A layer pattern override repeated to the case's number of layers; any other as it is."""
+    from megatron_ttt.models.presets import SIZES
+
+    key, _, value = item.partition("=")
+    if key != "model.layer_pattern":
+        return item
+    layers = SIZES[dict(o.split("=", 1) for o in CASES[case])["model.preset"]][0]
+    return f"{key}={(value * layers)[:layers]}"
+
+
 def overrides_of(case: str, nproc: int, layout: tuple[str, ...], steps: int, run_dir: Path) -> list[str]:
+    layout = tuple(to_depth(item, case) for item in layout)
     base = dict(o.split("=", 1) for o in CASES[case] + layout)
     tp = int(base.get("parallel.tensor_parallel", 1))
     tokens = int(base["data.seq_len"]) * int(base["data.micro_batch_size"]) * (nproc // tp)
@@ -97,7 +115,7 @@ def predict(overrides: list[str], nproc: int, sequence_parallel: bool) -> float:
 def label(case: str, nproc: int, layout: tuple[str, ...]) -> str:
     short = {"train.dtype=": "", "parallel.zero_stage=": "Z", "parallel.tensor_parallel=": "TP",
              "parallel.sequence_parallel=true": "SP", "parallel.time_checkpoint_group=": "time G=",
-             "parallel.block_checkpointing=true": "blocks", "model.layer_type=": ""}
+             "parallel.block_checkpointing=true": "blocks", "model.layer_type=": "", "model.layer_pattern=": ""}
     parts = []
     for item in layout:
         for key, name in short.items():

@@ -67,10 +67,19 @@ def ttt_bytes(model: TTTModelConfig, layout: Layout) -> float:
     return inner_loop_bytes(model, layout)
 
 
-def layer_bytes(model: TTTModelConfig, layout: Layout) -> float:
-    """Everything one layer keeps per token, no block checkpointing."""
-    return (outside_bytes(model, layout) + mixer_fixed_bytes(model, layout) + ttt_bytes(model, layout)
-            + mlp_bytes(model, layout))
+def attention_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """What an attention mixer keeps, per token: the rotated q and k and v (D + 2 Hkv d), the
+    attention output and its flattened copy, the out-projection's input (2D), and the fp32
+    log-sum-exp per head (4H)."""
+    D, H, e = model.hidden_size, model.num_heads, layout.act_bytes
+    return (e * (3 * D + 2 * model.kv_heads * model.head_dim) + 4 * H) / layout.tp
+
+
+def layer_bytes(model: TTTModelConfig, layout: Layout, kind: str = "ttt") -> float:
+    """Everything one layer of `kind` (TTTModelConfig.mixers) keeps per token, no block checkpointing."""
+    mixer = (mixer_fixed_bytes(model, layout) + ttt_bytes(model, layout) if kind == "ttt"
+             else attention_bytes(model, layout))
+    return outside_bytes(model, layout) + mixer + mlp_bytes(model, layout)
 
 
 def head_bytes(model: TTTModelConfig, layout: Layout) -> float:
@@ -92,8 +101,8 @@ def recompute_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
     activations under block checkpointing, else one time-axis group of one layer's inner loop."""
     tokens = layout.micro_tokens
     if layout.block_ckpt:
-        return tokens * layer_bytes(model, layout)
-    if layout.time_checkpoint_group:
+        return tokens * max(layer_bytes(model, layout, kind) for kind in set(model.mixers))
+    if layout.time_checkpoint_group and "ttt" in model.mixers:
         group_tokens = min(layout.time_checkpoint_group * model.mini_batch_size, layout.seq_len) * layout.micro_batch
         return group_tokens * inner_loop_bytes(model, layout)
     return 0.0
@@ -107,6 +116,6 @@ def stored_bytes(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
         blocks = L * tokens * layout.act_bytes * model.hidden_size / layout.sp
         ttt = 0.0
     else:
-        ttt = L * tokens * ttt_bytes(model, layout)
-        blocks = L * tokens * layer_bytes(model, layout) - ttt
+        ttt = model.mixers.count("ttt") * tokens * ttt_bytes(model, layout)
+        blocks = tokens * sum(layer_bytes(model, layout, kind) for kind in model.mixers) - ttt
     return {"ttt": ttt, "blocks": blocks, "head": tokens * head_bytes(model, layout)}

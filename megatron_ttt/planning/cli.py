@@ -18,6 +18,10 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-type", default="linear", choices=("linear", "mlp"))
     p.add_argument("--backbone", default="mamba", choices=("mamba", "transformer"))
     p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--layer-pattern", default="", metavar="PATTERN",
+                   help="a hybrid's mixer per layer: T TTT, * full attention, W sliding window (default: all TTT)")
+    p.add_argument("--attention-window", type=int, default=4096, help="the W layers' window")
+    p.add_argument("--num-kv-heads", type=int, default=0, help="the attention layers' key/value heads (0: all)")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu", default="a100-80gb", choices=sorted(GPUS))
@@ -48,6 +52,7 @@ def _plan(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")
         from megatron_ttt.models.presets import SIZES, preset
     from megatron_ttt.errors import UserInputError
+    from megatron_ttt.models.config import pattern_problems
     from megatron_ttt.planning.hardware import Assumptions, gpu
     from megatron_ttt.planning.layout import Layout
     from megatron_ttt.planning.report import report, table
@@ -57,7 +62,14 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(SIZES)}")
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
-    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size)
+    problems = pattern_problems(args.layer_pattern, SIZES[args.preset][0], args.attention_window, args.num_kv_heads,
+                                SIZES[args.preset][2])
+    if problems:
+        raise UserInputError("; ".join(p.replace("layer_pattern", "--layer-pattern").replace(
+            "attention_window", "--attention-window").replace("num_kv_heads", "--num-kv-heads") for p in problems))
+    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size,
+                   layer_pattern=args.layer_pattern, attention_window=args.attention_window,
+                   num_kv_heads=args.num_kv_heads)
     device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
     given = {"tp": args.tp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
              "micro_batch": args.micro_batch,

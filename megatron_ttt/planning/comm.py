@@ -42,15 +42,15 @@ def tensor_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
     in-projection's and fc1's inputs again for their weight gradients; the embedding
     reduce-scatters and the head gathers (and the mirror). Without it: two all-reduces forward
     (out-projection, fc2) and two backward (the column-parallel inputs' gradients), one for the
-    embedding. Both: the post-norm's two fp32 moments and the loss's three fp32 scalars per token,
-    all-reduced forward and backward."""
+    embedding. Both: the TTT layers' post-norm's two fp32 moments and the loss's three fp32 scalars
+    per token, all-reduced forward and backward."""
     t = layout.tp
     if t == 1:
         return {}
     tokens = layout.micro_tokens * layout.accumulation
     A = layout.act_bytes * tokens * model.hidden_size
     ring, L = (t - 1) / t, model.num_layers
-    small = 2 * ring * 4 * tokens * (2 * 2 * L + 3)
+    small = 2 * ring * 4 * tokens * (2 * 2 * model.mixers.count("ttt") + 3)
     if layout.sp > 1:
         gathers = 3 if model.pre_conv else 2
         return {"tp_all_gather": ring * A * (L * (gathers + 2 + 2) + 2),

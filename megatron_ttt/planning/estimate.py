@@ -41,5 +41,5 @@ def estimate(model: TTTModelConfig, layout: Layout, gpu: GPU, assume: Assumption
     tp_s = traffic.tp / tp_bw * (1 - assume.tp_overlap)
     dp_s = traffic.dp / dp_bw * (1 - assume.dp_overlap)
     step = compute + tp_s + dp_s
-    mfu = tokens * flops.model_flops(model) / layout.tp / (step * peak)
+    mfu = tokens * flops.model_flops(model, layout.seq_len) / layout.tp / (step * peak)
     return Estimate(compute, tp_s, dp_s, step, layout.global_batch_tokens / step, mfu)

@@ -2,9 +2,12 @@
 
 A product of [m,k] by [k,n] is 2 m k n FLOPs. Elementwise work (norms, activations, the
 LayerNorm-L2 gradient, RoPE, the convolutions' few taps aside) is not counted: it is bound by
-memory bandwidth, not by the matmul rate. Notation: D width, F SwiGLU width, H heads, d head
-dim, b mini-batch, V vocabulary, K conv kernel. The inner loop's terms are per token and head
-(a mini-batch's b x b products cost 2 b^2 d, i.e. 2 b d per token).
+memory bandwidth, not by the matmul rate. Notation: D width, F SwiGLU width, H heads, Hkv key/value
+heads, d head dim, b mini-batch, V vocabulary, K conv kernel, T sequence length, W window. The
+inner loop's terms are per token and head (a mini-batch's b x b products cost 2 b^2 d, i.e. 2 b d
+per token). Causal attention counts the scores and weighted values a query has keys for,
+4 d per key and head (T / 2 keys on average for full attention, about W for a window): the
+useful work, which a GPU's flash kernels do; masked-out scores are not counted.
 """
 
 from dataclasses import dataclass
@@ -31,6 +34,8 @@ class LayerFlops:
     """The state's update: Linear x^T (lr G) (2 d^2) and lr^T G (2 d); MLP both layers (2 x 8 d^2, 2 x 5 d)."""
     mlp: float
     """SwiGLU: gate and up (2 x 2 D F), down (2 D F)."""
+    attention: float = 0.0
+    """Attention layers: q k^T and the weighted sum of v, 4 d H per key attended (TTT layers: 0)."""
 
     @property
     def ttt(self) -> float:
@@ -39,26 +44,27 @@ class LayerFlops:
 
     @property
     def total(self) -> float:
-        return self.projections + self.convolutions + self.ttt + self.mlp
+        return self.projections + self.convolutions + self.ttt + self.mlp + self.attention
 
 
-class UnplannedModel(ValueError):
-    """A model the planner has no terms for."""
+def mean_keys(seq_len: int, window: int | None) -> float:
+    """Keys a query attends to, averaged over the T positions of a sequence: min(i, W) at position i."""
+    if window is None or window >= seq_len:
+        return (seq_len + 1) / 2
+    return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
 
 
-def check_plannable(model: TTTModelConfig) -> None:
-    """The planner's FLOP and memory terms describe TTT layers: a hybrid's attention layers
-    (their FLOPs grow with the context, their KV cache with the window) are not modelled yet."""
-    attention = [i for i, kind in enumerate(model.mixers) if kind != "ttt"]
-    if attention:
-        raise UnplannedModel(f"the planner models TTT layers only; layer_pattern {model.layer_pattern!r} has "
-                             f"attention at layers {attention}")
-
-
-def layer_flops(model: TTTModelConfig) -> LayerFlops:
-    check_plannable(model)
+def layer_flops(model: TTTModelConfig, kind: str = "ttt", seq_len: int = 0) -> LayerFlops:
+    """A layer of `kind` (TTTModelConfig.mixers); an attention layer's count needs the sequence length."""
     D, F, H, d, b, K = (model.hidden_size, model.intermediate_size, model.num_heads, model.head_dim,
                         model.mini_batch_size, model.conv_kernel)
+    if kind != "ttt":
+        if seq_len < 1:
+            raise ValueError(f"an attention layer's FLOPs depend on the sequence length (got {seq_len})")
+        window = model.attention_window if kind == "window" else None
+        projections = 2 * D * (D + 2 * model.kv_heads * d) + 2 * D * D
+        convs = 2 * D * K if model.pre_conv else 0
+        return LayerFlops(projections, convs, 0.0, 0.0, 0.0, 6 * D * F, 4 * d * H * mean_keys(seq_len, window))
     convs = 3 * 2 * D * K if model.pre_conv else 0
     if model.layer_type == "linear":
         inner, dual, update = 2 * d * d, 2 * d * d + 4 * b * d, 2 * d * d + 2 * d
@@ -67,33 +73,39 @@ def layer_flops(model: TTTModelConfig) -> LayerFlops:
     return LayerFlops(2 * D * (3 * D + H) + 2 * D * D, convs, H * inner, H * dual, H * update, 6 * D * F)
 
 
+def layers(model: TTTModelConfig, seq_len: int = 0) -> list[LayerFlops]:
+    """Every layer's FLOPs, in order."""
+    by_kind = {kind: layer_flops(model, kind, seq_len) for kind in set(model.mixers)}
+    return [by_kind[kind] for kind in model.mixers]
+
+
 def head_flops(model: TTTModelConfig) -> float:
     """The output layer (tied or not): 2 D V per token."""
     return 2 * model.hidden_size * model.vocab_size
 
 
-def forward_flops(model: TTTModelConfig) -> float:
-    """Forward FLOPs per token of the whole model."""
-    return model.num_layers * layer_flops(model).total + head_flops(model)
+def forward_flops(model: TTTModelConfig, seq_len: int = 0) -> float:
+    """Forward FLOPs per token of the whole model (at `seq_len` tokens per sequence: hybrids)."""
+    return sum(layer.total for layer in layers(model, seq_len)) + head_flops(model)
 
 
-def model_flops(model: TTTModelConfig) -> float:
+def model_flops(model: TTTModelConfig, seq_len: int = 0) -> float:
     """Training FLOPs per token as MFU counts them: forward and backward (twice the forward:
     gradients of both operands), no recomputation."""
-    return 3 * forward_flops(model)
+    return 3 * forward_flops(model, seq_len)
 
 
 def executed_flops(model: TTTModelConfig, layout: Layout) -> tuple[float, float]:
-    """Training FLOPs per token the hardware runs, (large GEMMs, inner loop), recomputation
-    included: block checkpointing runs every layer's forward again, time-axis checkpointing
-    the inner loop's forward."""
-    layer = layer_flops(model)
-    L = model.num_layers
-    gemm = 3 * (L * (layer.total - layer.ttt) + head_flops(model))
-    ttt = 3 * L * layer.ttt
+    """Training FLOPs per token the hardware runs, (large GEMMs and attention, inner loop),
+    recomputation included: block checkpointing runs every layer's forward again, time-axis
+    checkpointing the inner loop's forward."""
+    per_layer = layers(model, layout.seq_len)
+    forward_gemm = sum(layer.total - layer.ttt for layer in per_layer)
+    forward_ttt = sum(layer.ttt for layer in per_layer)
+    gemm, ttt = 3 * (forward_gemm + head_flops(model)), 3 * forward_ttt
     if layout.block_ckpt:
-        gemm += L * (layer.total - layer.ttt)
-        ttt += L * layer.ttt
+        gemm += forward_gemm
+        ttt += forward_ttt
     elif layout.time_checkpoint_group:
-        ttt += L * layer.ttt
+        ttt += forward_ttt
     return gemm, ttt

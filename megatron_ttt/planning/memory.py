@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.presets import parameter_count
 from megatron_ttt.planning import activations
-from megatron_ttt.planning.flops import check_plannable
 from megatron_ttt.planning.hardware import GIB, GPU, Assumptions
 from megatron_ttt.planning.layout import Layout
 
@@ -126,12 +125,11 @@ class Memory:
 
 def memory(model: TTTModelConfig, layout: Layout, assume: Assumptions, on_gpu: bool = True) -> Memory:
     """The per-GPU breakdown; `on_gpu` False drops the GPU-only allocator margin and context."""
-    check_plannable(model)
     states = model_states(model, layout)
     stored = activations.stored_bytes(model, layout)
     tokens = layout.micro_tokens
     no_ckpt = 0.0 if layout.block_ckpt else (
-        model.num_layers * tokens * activations.inner_loop_bytes(model, layout))
+        model.mixers.count("ttt") * tokens * activations.inner_loop_bytes(model, layout))
     head = stored["head"] + tokens * activations.head_transient_bytes(model, layout)
     stepped = local_parameters(model, layout.tp) / (layout.dp if layout.zero else 1)
     partial = Memory(states.parameters, states.gradients, states.persistent_gradients, states.optimizer, stored["ttt"],

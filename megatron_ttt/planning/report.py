@@ -49,13 +49,15 @@ def _memory_lines(p: Plan, gpu: GPU) -> list[str]:
     return lines
 
 
-def _flops_lines(model: TTTModelConfig) -> list[str]:
-    layer, L = flops.layer_flops(model), model.num_layers
-    lines = ["forward FLOPs per token                     GFLOP"]
-    for f in fields(layer):
-        lines.append(f"  {f.name.replace('_', ' ') + f' ({L} layers)':<42} {L * getattr(layer, f.name) / 1e9:>7.3f}")
+def _flops_lines(model: TTTModelConfig, seq_len: int) -> list[str]:
+    per_layer, L = flops.layers(model, seq_len), model.num_layers
+    lines = [f"forward FLOPs per token (seq {seq_len})             GFLOP"]
+    for f in fields(flops.LayerFlops):
+        total = sum(getattr(layer, f.name) for layer in per_layer)
+        if total or f.name != "attention":
+            lines.append(f"  {f.name.replace('_', ' ') + f' ({L} layers)':<42} {total / 1e9:>7.3f}")
     lines.append(f"  {'head':<42} {flops.head_flops(model) / 1e9:>7.3f}")
-    lines.append(f"  training (3 x forward): {flops.model_flops(model) / 1e9:.2f} GFLOP/token "
+    lines.append(f"  training (3 x forward): {flops.model_flops(model, seq_len) / 1e9:.2f} GFLOP/token "
                  f"(6 N = {6 * parameter_count(model) / 1e9:.2f})")
     return lines
 
@@ -70,10 +72,11 @@ def _comm_lines(model: TTTModelConfig, p: Plan) -> list[str]:
 
 def report(model: TTTModelConfig, p: Plan, gpu: GPU, assume: Assumptions) -> str:
     lay, est = p.layout, p.estimate
-    head = (f"{model.layer_type} {model.backbone} model, {parameter_count(model) / 1e9:.2f} B parameters, "
+    pattern = f", layer pattern {model.layer_pattern}" if model.layer_pattern else ""
+    head = (f"{model.layer_type} {model.backbone} model{pattern}, {parameter_count(model) / 1e9:.2f} B parameters, "
             f"on {lay.nodes} x {lay.gpus_per_node} {gpu.name}\nlayout: {describe(lay)}")
     timing = (f"step: compute {est.compute_s:.3f} s + TP comm {est.tp_comm_s:.3f} s + DP comm {est.dp_comm_s:.3f} s "
               f"= {est.step_s:.3f} s; {est.tokens_per_s:,.0f} tokens/s; MFU {est.mfu:.1%}")
     stated = "assumptions: " + ", ".join(f"{f.name}={getattr(assume, f.name):g}" for f in fields(assume))
-    return "\n".join([head, "", *_memory_lines(p, gpu), "", *_flops_lines(model), "", *_comm_lines(model, p), "",
-                      timing, stated])
+    return "\n".join([head, "", *_memory_lines(p, gpu), "", *_flops_lines(model, lay.seq_len), "",
+                      *_comm_lines(model, p), "", timing, stated])

@@ -67,7 +67,8 @@ def hybrid_outputs(rank: int, world: int, store, cfg: TTTModelConfig, sequence_p
     """A hybrid model at TP=world in float64 from seeded weights: its logits and every gradient in
     reference format (gathered over TP)."""
     init_parallel(ModelParallel(world, sequence_parallel), store=store)
-    tp_group, tp_rank = parallel_state.get_tensor_model_parallel_group(), parallel_state.get_tensor_model_parallel_rank()
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
     g = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, cfg.vocab_size, (2, seq_len), generator=g)
     labels = torch.randint(0, cfg.vocab_size, (2, seq_len), generator=g)

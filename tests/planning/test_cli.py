@@ -37,11 +37,22 @@ def test_time_axis_checkpointing_shrinks_only_the_ttt_share():
     assert on.block_activations == off.block_activations and on.parameters == off.parameters
 
 
+def test_a_hybrid_plan_counts_its_attention(capsys):
+    assert main(["plan", "--preset", "125m", "--layer-pattern", "TW" * 6, "--attention-window", "1024",
+                 "--num-kv-heads", "4", "--nodes", "1", "--tp", "1", "--zero", "1", "--micro-batch", "1",
+                 "--time-checkpoint-group", "0", "--block-ckpt", "off", "--seq-len", "8192",
+                 "--global-batch-tokens", "65536"]) == 0
+    out = capsys.readouterr().out
+    for part in ("layer pattern TWTWTWTWTWTW", "attention (12 layers)", "seq 8192", "fits"):
+        assert part in out, part
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tp", "3"], "--tp 3 does not divide"),
     (["--assume", "warp_speed=2"], "--assume 'warp_speed=2'"),
     (["--global-batch-tokens", "1000", "--tp", "1", "--micro-batch", "1"], "--global-batch-tokens 1000"),
     (["--seq-len", "0", "--tp", "1"], "--seq-len 0 must be >= 1"),
+    (["--preset", "tiny", "--layer-pattern", "T"], "--layer-pattern 'T' has 1 symbols for 2 layers"),
 ])
 def test_bad_input_is_named(capsys, args, message):
     assert main(["plan", "--nodes", "1", *args]) == 2

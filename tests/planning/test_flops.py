@@ -6,8 +6,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megatron_ttt.models.presets import preset
 from megatron_ttt.planning import flops
-from megatron_ttt.planning.hardware import Assumptions
-from megatron_ttt.planning.layout import Layout
 
 
 @pytest.mark.parametrize("layer_type", ["linear", "mlp"])
@@ -40,11 +38,28 @@ def test_seven_b_training_flops_are_close_to_six_n():
     assert flops.model_flops(model) == pytest.approx(6 * parameter_count(model), rel=0.02)
 
 
-def test_a_hybrid_model_is_refused_by_name():
-    from megatron_ttt.planning.memory import memory
+@pytest.mark.parametrize("seq_len, window", [(1, None), (10, None), (10, 3), (10, 10), (7, 20), (100, 1)])
+def test_mean_keys_counts_every_query(seq_len, window):
+    keys = [min(i + 1, window or seq_len) for i in range(seq_len)]
+    assert flops.mean_keys(seq_len, window) == pytest.approx(sum(keys) / seq_len, rel=1e-12)
 
-    model = preset("tiny", layer_pattern="TW")
-    with pytest.raises(flops.UnplannedModel, match=r"layer_pattern 'TW' has attention at layers \[1\]"):
-        flops.model_flops(model)
-    with pytest.raises(flops.UnplannedModel):
-        memory(model, Layout(1, 1, seq_len=64, global_batch_tokens=64), Assumptions())
+
+def test_a_hybrid_counts_every_matmul_as_torch_does(single_process_parallel):
+    """A TTT layer and a full-attention layer at T = 128: every matmul outside the attention
+    kernel exactly as torch counts it. Torch's counter has no rule for the CPU's fused attention
+    kernel (it counts nothing there; on a GPU it would count the whole T x T rectangle, masked
+    scores included): the planner counts the causal keys, 4 d H (T + 1) / 2 per token."""
+    from megatron_ttt.models.build import build_model
+
+    model = preset("tiny", "linear", "transformer", vocab_size=512, layer_pattern="T*")
+    T, B = 128, 2
+    with FlopCounterMode(display=False) as counter:
+        build_model(model)(torch.randint(0, model.vocab_size, (B, T)))
+    planned_attention = sum(layer.attention for layer in flops.layers(model, T))
+    assert planned_attention == 4 * model.head_dim * model.num_heads * (T + 1) / 2
+    assert counter.get_total_flops() / (T * B) == flops.forward_flops(model, T) - planned_attention
+
+
+def test_an_attention_layer_needs_the_sequence_length():
+    with pytest.raises(ValueError, match="depend on the sequence length"):
+        flops.model_flops(preset("tiny", layer_pattern="TW"))
