@@ -90,6 +90,16 @@ def test_tensor_parallel_equals_data_parallel(tmp_path, cache):
         assert abs(tp[step] - dp[step]) <= 1e-5 * abs(dp[step]), (step, tp[step], dp[step])
 
 
+@pytest.mark.slow
+def test_a_hybrid_at_tensor_parallel_2_with_sp_equals_one_process(tmp_path, cache):
+    hybrid = ["model.layer_pattern=*W", "model.attention_window=24"]
+    one = losses(pretrain(tmp_path / "one", cache, hybrid) and tmp_path / "one")
+    tp_sp = ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true", "data.micro_batch_size=8"]
+    tp = losses(pretrain(tmp_path / "tp", cache, hybrid + tp_sp, 2) and tmp_path / "tp")
+    for step in one:
+        assert abs(tp[step] - one[step]) <= 1e-5 * abs(one[step]), (step, tp[step], one[step])
+
+
 def _start(run, cache, overrides):
     proc = subprocess.Popen(command(run, overrides), env=environment(cache), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
