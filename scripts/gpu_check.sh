@@ -19,4 +19,8 @@ python=${PYTHON:-python3}
 # pyproject's ranges keep every package already there that they accept: torch and Triton above all.
 "$python" -m pip install --disable-pip-version-check --quiet --no-index --find-links "$wheels" \
     --no-build-isolation -e "$root[dev]"
+# flash-linear-attention's kernels join the speed table where their wheel was carried (gpu_wheels.py --fla).
+if compgen -G "$wheels/fla_core-*.whl" > /dev/null; then
+    "$python" -m pip install --disable-pip-version-check --quiet --no-index --find-links "$wheels" fla-core
+fi
 exec "$python" "$root/benchmarks/gpu_check.py" --out "$out"

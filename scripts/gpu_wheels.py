@@ -9,6 +9,10 @@ version the project accepts, which is what keeps the folder small.
 
     python3 scripts/gpu_wheels.py wheels/                     # everything but torch's closure
     python3 scripts/gpu_wheels.py wheels/ --have freeze.txt   # only what the GPU machine lacks
+    python3 scripts/gpu_wheels.py wheels/ --have freeze.txt --fla   # and flash-linear-attention's ops
+
+With --fla the folder also holds fla-core (flash-linear-attention's kernels, pure Python and
+Triton): the GPU check then adds its `chunk_ttt_linear` to the kernel speed table.
 """
 
 import argparse
@@ -26,6 +30,8 @@ TORCH_CLOSURE = {"torch", "triton", "filelock", "fsspec", "jinja2", "markupsafe"
                  "typing-extensions", "setuptools"}
 """torch and what its wheels require: present wherever torch is, never carried."""
 LIMIT_MIB = 64
+FLA = "fla-core==0.6.0"
+"""flash-linear-attention's kernels (it needs einops, which megatron-core brings too)."""
 TARGET = ["--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--platform", "manylinux_2_28_x86_64",
           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "--platform", "any"]
 
@@ -85,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--have", type=Path, help="the GPU machine's `python3 -m pip freeze`")
+    parser.add_argument("--fla", action="store_true", help=f"also carry {FLA} for the kernel speed table")
     args = parser.parse_args()
     if args.have and not args.have.is_file():
         raise SystemExit(f"gpu_wheels.py: --have {args.have}: no such file (make it on the GPU machine with "
@@ -93,7 +100,7 @@ def main() -> None:
     carry = needed(installed(args.have) if args.have else {})
     # DeepSpeed publishes only a source archive: built here into a pure-Python wheel (no ops).
     source_only = {"deepspeed"} & carry.keys()
-    binary = [f"{n}=={v}" for n, v in carry.items() if n not in source_only]
+    binary = [f"{n}=={v}" for n, v in carry.items() if n not in source_only] + ([FLA] if args.fla else [])
     if binary:
         pip("download", "--no-deps", "--only-binary=:all:", *TARGET, "-d", str(args.folder), *binary)
     for name in source_only:
