@@ -63,13 +63,12 @@ def free_port() -> int:
 
 def to_depth(item: str, case: str) -> str:
     """A layer pattern override repeated to the case's number of layers; any other as it is."""
-    from megatron_ttt.models.presets import SIZES
+    from megatron_ttt.models.presets import repeated_pattern
 
     key, _, value = item.partition("=")
     if key != "model.layer_pattern":
         return item
-    layers = SIZES[dict(o.split("=", 1) for o in CASES[case])["model.preset"]][0]
-    return f"{key}={(value * layers)[:layers]}"
+    return f"{key}={repeated_pattern(value, dict(o.split('=', 1) for o in CASES[case])['model.preset'])}"
 
 
 def overrides_of(case: str, nproc: int, layout: tuple[str, ...], steps: int, run_dir: Path) -> list[str]:

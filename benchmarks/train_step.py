@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from megatron_ttt.models.presets import repeated_pattern
+
 CASES = {"none": [], "time G=4": ["parallel.time_checkpoint_group=4"], "blocks": ["parallel.block_checkpointing=true"],
          "compile": ["train.inner_loop_backend=compile"], "torch": ["train.inner_loop_backend=torch"],
          "triton": ["train.inner_loop_backend=triton"]}
@@ -42,14 +44,6 @@ def training_flops_per_token(preset: str, layer_type: str) -> float:
     from megatron_ttt.planning.flops import model_flops
 
     return model_flops(named(preset, layer_type, vocab_size=DataSection().bundled_vocab_size))
-
-
-def layer_pattern(pattern: str, preset: str) -> str:
-    """`pattern` repeated to the preset's number of layers ("T": every layer TTT)."""
-    from megatron_ttt.models.presets import SIZES
-
-    layers = SIZES[preset][0]
-    return (pattern * layers)[:layers]
 
 
 def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:
@@ -90,7 +84,7 @@ def main() -> None:
             for seq_len in seq_lens for name in args.cases.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for preset, layer_type, pattern, seq_len, name in grid:
-            full_pattern = layer_pattern(pattern, preset)
+            full_pattern = repeated_pattern(pattern, preset)
             extra = [f"model.layer_type={layer_type}", f"train.dtype={args.dtype}", *CASES[name],
                      f"model.layer_pattern={full_pattern}", f"model.attention_window={args.window}"]
             row = {"preset": preset, "layer_type": layer_type, "pattern": full_pattern, "seq_len": seq_len,

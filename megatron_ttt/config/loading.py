@@ -115,7 +115,8 @@ def check(config: PretrainConfig) -> None:
     m = config.model
     if m.preset in SIZES:
         layers, _, heads, _ = SIZES[m.preset]
-        bad += pattern_problems(m.layer_pattern, layers, m.attention_window, m.num_kv_heads, heads, prefix="model.")
+        bad += pattern_problems(m.layer_pattern, layers, m.attention_window, m.num_kv_heads, heads,
+                                key=lambda field: f"model.{field}")
     if bad:
         raise ConfigError("; ".join(bad))
 

@@ -4,6 +4,7 @@ How it runs (inner-loop backend, time-axis checkpointing, parallel sizes) is not
 megatron_ttt.run_options. Plain Python, so configs and the planner load without torch.
 """
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 LAYER_TYPES = ("linear", "mlp")
@@ -109,18 +110,19 @@ class TTTModelConfig:
 
 
 def pattern_problems(pattern: str, num_layers: int, window: int, kv_heads: int, num_heads: int,
-                     prefix: str = "") -> list[str]:
-    """What is wrong with a hybrid layer pattern and its attention settings (keys named with
-    `prefix`, e.g. "model." in a pretraining config)."""
+                     key: Callable[[str], str] = str) -> list[str]:
+    """What is wrong with a hybrid layer pattern and its attention settings, each field named by
+    `key(field)` (e.g. "model.layer_pattern" in a pretraining config, "--layer-pattern" on the
+    command line)."""
     problems = []
     unknown = sorted(set(pattern) - set(MIXER_SYMBOLS))
     if unknown:
-        problems.append(f"{prefix}layer_pattern {pattern!r} has unknown symbols {unknown} (use T: TTT, "
+        problems.append(f"{key('layer_pattern')} {pattern!r} has unknown symbols {unknown} (use T: TTT, "
                         f"*: full attention, W: sliding-window attention)")
     if pattern and len(pattern) != num_layers:
-        problems.append(f"{prefix}layer_pattern {pattern!r} has {len(pattern)} symbols for {num_layers} layers")
+        problems.append(f"{key('layer_pattern')} {pattern!r} has {len(pattern)} symbols for {num_layers} layers")
     if window < 1:
-        problems.append(f"{prefix}attention_window {window} must be at least 1")
+        problems.append(f"{key('attention_window')} {window} must be at least 1")
     if kv_heads < 0 or (kv_heads and num_heads % kv_heads):
-        problems.append(f"{prefix}num_kv_heads {kv_heads} must divide num_heads {num_heads} (0: num_heads)")
+        problems.append(f"{key('num_kv_heads')} {kv_heads} must divide num_heads {num_heads} (0: num_heads)")
     return problems

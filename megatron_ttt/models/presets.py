@@ -32,6 +32,13 @@ def preset(name: str, layer_type: str = "linear", backbone: str = "mamba", **ove
     return replace(config, **overrides)
 
 
+def repeated_pattern(motif: str, name: str) -> str:
+    """A layer pattern that repeats `motif` to the depth of preset `name` ("TW" -> "TWTW..." ;
+    "T": every layer TTT)."""
+    layers = SIZES[name][0]
+    return (motif * layers)[:layers]
+
+
 def parameter_count(cfg: TTTModelConfig) -> int:
     """Parameters of the model (the tied head counted once)."""
     D, H, V, F, K, b = (cfg.hidden_size, cfg.num_heads, cfg.vocab_size, cfg.intermediate_size, cfg.conv_kernel,

@@ -63,10 +63,9 @@ def _plan(args: argparse.Namespace) -> int:
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
     problems = pattern_problems(args.layer_pattern, SIZES[args.preset][0], args.attention_window, args.num_kv_heads,
-                                SIZES[args.preset][2])
+                                SIZES[args.preset][2], key=lambda field: "--" + field.replace("_", "-"))
     if problems:
-        raise UserInputError("; ".join(p.replace("layer_pattern", "--layer-pattern").replace(
-            "attention_window", "--attention-window").replace("num_kv_heads", "--num-kv-heads") for p in problems))
+        raise UserInputError("; ".join(problems))
     model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size,
                    layer_pattern=args.layer_pattern, attention_window=args.attention_window,
                    num_kv_heads=args.num_kv_heads)
