@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
 
-from megatron_ttt.checkpoint import torch_dist
+from megatron_ttt.checkpoint.model_dir import write_weights
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
@@ -27,10 +27,7 @@ def load_then_save(rank: int, world: int, store, cfg, load_from: str | None, sav
         weights = random_reference_weights(cfg, seed=3, dtype=torch.float32)
         model.load_state_dict(to_local(weights, cfg, parallel_state.get_tensor_model_parallel_rank(), world))
     if save_to:
-        if rank == 0:
-            Path(save_to).mkdir()
-        dist.barrier()
-        torch_dist.save(model.sharded_state_dict(), Path(save_to))
+        write_weights(model, Path(save_to))
     locals_by_rank = [None] * world
     dist.all_gather_object(locals_by_rank, {n: p.detach() for n, p in model.named_parameters()})
     tokens = torch.arange(2 * 19).reshape(2, 19) % cfg.vocab_size
@@ -45,18 +42,15 @@ def _no_fork():
 
 
 def save_in_process(rank: int, world: int, store, cfg, directory: str):
-    """Save a TP=world model with fork() forbidden, then read it back. Returns the helper
-    processes alive after the save and whether every weight came back unchanged."""
+    """Save a TP=world model's weights with fork() forbidden, then read them back. Returns the
+    helper processes alive after the save and whether every weight came back unchanged."""
     init_parallel(ModelParallel(world), store=store)
     model = TTTLanguageModel(megatron_config(cfg, world), cfg)
     for p in model.parameters():
         torch.nn.init.normal_(p)
-    if rank == 0:
-        Path(directory).mkdir()
-    dist.barrier()
     fork, os.fork = os.fork, _no_fork
     try:
-        torch_dist.save(model.sharded_state_dict(), Path(directory))
+        write_weights(model, Path(directory))
     finally:
         os.fork = fork
     children = [p.name for p in multiprocessing.active_children()]
