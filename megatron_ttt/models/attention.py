@@ -24,7 +24,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.inference_cache import MixerCache
-from megatron_ttt.models.layers import parallel_linear_args, rope_angles, rotate_pairs
+from megatron_ttt.models.layers import RopeTables, parallel_linear_args, rotate_pairs
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
 
@@ -58,6 +58,7 @@ class AttentionMixer(MegatronModule):
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
         self.local_heads, self.local_kv_heads = ttt.num_heads // tp, ttt.kv_heads // tp
         self.columns = qkv_columns(ttt)
+        self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
         linear = parallel_linear_args(config, self.tp_group)
         self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
                                     tp_comm_buffer_name="attention_qkv", **linear)
@@ -86,9 +87,8 @@ class AttentionMixer(MegatronModule):
         q, k, v = (self._heads(parts[n], h) for n, h in
                    (("q", self.local_heads), ("k", self.local_kv_heads), ("v", self.local_kv_heads)))
         start = cache.tokens if cache is not None else 0
-        positions = torch.arange(start, start + q.shape[2], device=q.device)
-        cos, sin = rope_angles(positions, self.ttt.head_dim, self.ttt.rope_theta, q.dtype)
-        q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+        cos, sin = self._rope(start + q.shape[2], q.dtype, q.device)
+        q, k = rotate_pairs(q, cos[start:], sin[start:]), rotate_pairs(k, cos[start:], sin[start:])
         if cache is not None:
             k, v = self._cached(k, v, cache)
             cache.tokens += q.shape[2]

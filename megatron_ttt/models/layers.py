@@ -75,10 +75,23 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float,
     return angle.cos().to(dtype), angle.sin().to(dtype)
 
 
-def rope_table(mini_batch_size: int, head_dim: int, theta: float, dtype: torch.dtype,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [b, d/2] at the positions 0..b-1 of a mini-batch (rope_angles)."""
-    return rope_angles(torch.arange(mini_batch_size, device=device), head_dim, theta, dtype)
+class RopeTables:
+    """cos and sin [n, d/2] of the rotary angles at positions 0..n-1 (rope_angles), computed once
+    per dtype and device and regrown (to at least twice the size) when more positions are asked
+    for: a decode step slices a table instead of recomputing its angles."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.head_dim, self.theta = head_dim, theta
+        self._tables: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, length: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The angles at positions 0..length-1."""
+        cos, sin = self._tables.get((dtype, device), (None, None))
+        if cos is None or cos.shape[0] < length:
+            size = max(length, 0 if cos is None else 2 * cos.shape[0])
+            cos, sin = rope_angles(torch.arange(size, device=device), self.head_dim, self.theta, dtype)
+            self._tables[(dtype, device)] = cos, sin
+        return cos[:length], sin[:length]
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -90,7 +103,7 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 def rope_in_mini_batches(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor], start: int = 0) -> torch.Tensor:
     """Rotary embedding of x [B, H, T, d] at positions t mod b (t counted from `start`, the
-    tokens before x; `table` from rope_table)."""
+    tokens before x; `table`: the angles at positions 0..b-1, from RopeTables)."""
     cos, sin = table
     T, b, first = x.shape[-2], cos.shape[0], start % cos.shape[0]
     if first + T <= b:  # within one mini-batch (every decode step): a slice, no index tensor

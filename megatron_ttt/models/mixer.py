@@ -25,12 +25,12 @@ from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import (
+    RopeTables,
     causal_depthwise_conv,
     head_parallel_layer_norm,
     parallel_linear_args,
     replicated_weight,
     rope_in_mini_batches,
-    rope_table,
     streaming_causal_conv,
 )
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
@@ -77,7 +77,7 @@ class TTTMixer(MegatronModule):
         self.local_heads = ttt.num_heads // tp
         self.local_width = self.local_heads * ttt.head_dim
         self.columns = in_proj_columns(ttt)
-        self._rope_tables: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
         self.inner_lr_scale = 1.0
         """Multiplies ttt_base_lr (TTTLanguageModel.set_inner_lr_scale: TTT-MLP's inner-lr warm-up)."""
         linear = parallel_linear_args(config, self.tp_group)
@@ -125,15 +125,6 @@ class TTTMixer(MegatronModule):
         """The learnable initial inner weights (W1, b1[, W2, b2]) of the local heads."""
         return tuple(getattr(self, n) for n in self.inner_names)
 
-    def _rope_table(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rotary cos/sin of the mini-batch positions, computed once per dtype and device (a
-        decode step would otherwise spend most of its RoPE ops recomputing them)."""
-        key = (dtype, device)
-        if key not in self._rope_tables:
-            self._rope_tables[key] = rope_table(self.ttt.mini_batch_size, self.ttt.head_dim, self.ttt.rope_theta,
-                                                dtype, device)
-        return self._rope_tables[key]
-
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[T, B, H*d] -> [B, H, T, d]."""
         T, B = x.shape[:2]
@@ -162,7 +153,7 @@ class TTTMixer(MegatronModule):
         state = cache.ttt if cache is not None and cache.ttt is not None else None
         # RoPE positions are t mod b: the state's position inside its mini-batch.
         start = state.position if state is not None else 0
-        table = self._rope_table(q.dtype, q.device)
+        table = self._rope(ttt.mini_batch_size, q.dtype, q.device)
         q, k = (rope_in_mini_batches(self._heads(t), table, start) for t in (q, k))
         lr_logits = parts["lr"] + self.ttt_lr_bias
         lr = (ttt.ttt_base_lr * self.inner_lr_scale / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
