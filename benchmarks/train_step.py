@@ -37,13 +37,16 @@ CASES = {"none": [], "time G=4": ["parallel.time_checkpoint_group=4"], "blocks":
 """The variants: checkpointing switches, and the inner loop's backend (none: auto)."""
 
 
-def training_flops_per_token(preset: str, layer_type: str) -> float:
-    """Training FLOPs per token of the preset as `mttt pretrain` builds it on the bundled corpus."""
+def training_flops_per_token(preset: str, layer_type: str, pattern: str, window: int, seq_len: int) -> float:
+    """Training FLOPs per token of the preset as `mttt pretrain` builds it on the bundled corpus
+    (a hybrid's attention counted at `seq_len`)."""
     from megatron_ttt.config.sections import DataSection
     from megatron_ttt.models.presets import preset as named
     from megatron_ttt.planning.flops import model_flops
 
-    return model_flops(named(preset, layer_type, vocab_size=DataSection().bundled_vocab_size))
+    model = named(preset, layer_type, vocab_size=DataSection().bundled_vocab_size, layer_pattern=pattern,
+                  attention_window=window)
+    return model_flops(model, seq_len)
 
 
 def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:
@@ -90,8 +93,9 @@ def main() -> None:
             row = {"preset": preset, "layer_type": layer_type, "pattern": full_pattern, "seq_len": seq_len,
                    "variant": name, "dtype": args.dtype}
             row |= run_case(preset, extra, args.steps, seq_len, args.micro_batch, Path(tmp))
-            if args.peak_tflops and set(full_pattern) == {"T"}:  # the planner counts TTT layers only
-                flops = training_flops_per_token(preset, layer_type) * row["tokens_per_s"]
+            if args.peak_tflops:
+                flops = training_flops_per_token(preset, layer_type, full_pattern, args.window, seq_len)
+                flops *= row["tokens_per_s"]
                 row["mfu"] = flops / (args.peak_tflops * 1e12)
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
