@@ -9,7 +9,7 @@ import yaml
 from megatron_ttt.config.sections import PretrainConfig
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, pattern_problems
-from megatron_ttt.models.presets import SIZES
+from megatron_ttt.models.presets import PRESETS, mixer_settings, shape
 from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group
 
 MOVED = {"model.time_checkpoint_group": "parallel.time_checkpoint_group"}
@@ -92,7 +92,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pr
 POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.interval", "logging.eval_batches",
             "data.seq_len", "data.micro_batch_size", "data.global_batch_tokens", "parallel.tensor_parallel",
             "model.mini_batch_size")
-CHOICES = {"model.preset": tuple(SIZES), "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
+CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
            "parallel.zero_stage": (0, 1, 2, 3), "train.dtype": ("fp32", "bf16"), "train.inner_loop_backend": BACKENDS}
 
 
@@ -113,9 +113,10 @@ def check(config: PretrainConfig) -> None:
     except ValueError as exc:
         bad.append(f"parallel.{exc}")
     m = config.model
-    if m.preset in SIZES:
-        layers, _, heads, _ = SIZES[m.preset]
-        bad += pattern_problems(m.layer_pattern, layers, m.attention_window, m.num_kv_heads, heads,
+    if m.preset in PRESETS:
+        layers, _, heads, _ = shape(m.preset)
+        mixers = mixer_settings(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads)
+        bad += pattern_problems(**mixers, num_layers=layers, num_heads=heads,
                                 key=lambda field: f"model.{field}")
     if bad:
         raise ConfigError("; ".join(bad))

@@ -9,7 +9,8 @@ from megatron_ttt.run_options import InnerLoopOptions
 @dataclass
 class ModelSection:
     preset: str = "tiny"
-    """Model size: tiny, 125m, 350m, 760m, 1.3b or 7b."""
+    """Model size: tiny, 125m, 350m, 760m, 1.3b or 7b; or a hybrid: 125m-hybrid or 7b-hybrid (TTT and
+    sliding-window attention layers alternating, docs/model.md)."""
     layer_type: str = "linear"
     """Inner model: linear (TTT-Linear) or mlp (TTT-MLP)."""
     backbone: str = "mamba"
@@ -18,11 +19,13 @@ class ModelSection:
     """Tokens per inner-loop gradient step."""
     layer_pattern: str = ""
     """Each layer's mixer, one symbol per layer: T TTT, * full causal attention, W sliding-window
-    attention (e.g. TWTW); empty: every layer TTT."""
-    attention_window: int = 4096
-    """Positions a sliding-window (W) layer's query attends to, its own included."""
+    attention (e.g. TWTW); empty: the preset's (every layer TTT but in the hybrid presets)."""
+    attention_window: int = 0
+    """Positions a sliding-window (W) layer's query attends to, its own included; 0: the preset's
+    (4096 but in the hybrid presets)."""
     num_kv_heads: int = 0
-    """Key/value heads of the attention layers (grouped-query attention); 0: as many as query heads."""
+    """Key/value heads of the attention layers (grouped-query attention); 0: the preset's (as many
+    as query heads but in the hybrid presets)."""
 
 
 @dataclass

@@ -109,11 +109,12 @@ class TTTModelConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def pattern_problems(pattern: str, num_layers: int, window: int, kv_heads: int, num_heads: int,
+def pattern_problems(layer_pattern: str, num_layers: int, attention_window: int, num_kv_heads: int, num_heads: int,
                      key: Callable[[str], str] = str) -> list[str]:
     """What is wrong with a hybrid layer pattern and its attention settings, each field named by
     `key(field)` (e.g. "model.layer_pattern" in a pretraining config, "--layer-pattern" on the
     command line)."""
+    pattern, window, kv_heads = layer_pattern, attention_window, num_kv_heads
     problems = []
     unknown = sorted(set(pattern) - set(MIXER_SYMBOLS))
     if unknown:

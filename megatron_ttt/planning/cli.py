@@ -14,14 +14,16 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                        description="Without --tp/--zero/--time-checkpoint-group/--micro-batch/--block-ckpt, the "
                                    "ones left out are searched and the fastest layouts that fit are shown. See "
                                    "docs/planning.md.")
-    p.add_argument("--preset", default="7b", help="tiny, 125m, 350m, 760m, 1.3b or 7b (default 7b)")
+    p.add_argument("--preset", default="7b",
+                   help="tiny, 125m, 350m, 760m, 1.3b, 7b, or a hybrid: 125m-hybrid, 7b-hybrid (default 7b)")
     p.add_argument("--layer-type", default="linear", choices=("linear", "mlp"))
     p.add_argument("--backbone", default="mamba", choices=("mamba", "transformer"))
     p.add_argument("--vocab-size", type=int, default=32000)
     p.add_argument("--layer-pattern", default="", metavar="PATTERN",
-                   help="a hybrid's mixer per layer: T TTT, * full attention, W sliding window (default: all TTT)")
-    p.add_argument("--attention-window", type=int, default=4096, help="the W layers' window")
-    p.add_argument("--num-kv-heads", type=int, default=0, help="the attention layers' key/value heads (0: all)")
+                   help="a hybrid's mixer per layer: T TTT, * full attention, W sliding window (default: the preset's)")
+    p.add_argument("--attention-window", type=int, default=0, help="the W layers' window (default: the preset's)")
+    p.add_argument("--num-kv-heads", type=int, default=0, help="the attention layers' key/value heads (default: "
+                                                                   "the preset's)")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu", default="a100-80gb", choices=sorted(GPUS))
@@ -50,7 +52,7 @@ def _assumption_names() -> list[str]:
 def _plan(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # megatron-core's import warns about optional CUDA extensions
         warnings.simplefilter("ignore")
-        from megatron_ttt.models.presets import SIZES, preset
+        from megatron_ttt.models.presets import PRESETS, mixer_settings, preset, shape
     from megatron_ttt.errors import UserInputError
     from megatron_ttt.models.config import pattern_problems
     from megatron_ttt.planning.hardware import Assumptions, gpu
@@ -58,17 +60,17 @@ def _plan(args: argparse.Namespace) -> int:
     from megatron_ttt.planning.report import report, table
     from megatron_ttt.planning.search import plan, search
 
-    if args.preset not in SIZES:
-        raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(SIZES)}")
+    if args.preset not in PRESETS:
+        raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
-    problems = pattern_problems(args.layer_pattern, SIZES[args.preset][0], args.attention_window, args.num_kv_heads,
-                                SIZES[args.preset][2], key=lambda field: "--" + field.replace("_", "-"))
+    layers, _, heads, _ = shape(args.preset)
+    mixers = mixer_settings(args.preset, args.layer_pattern, args.attention_window, args.num_kv_heads)
+    problems = pattern_problems(**mixers, num_layers=layers, num_heads=heads,
+                                key=lambda field: "--" + field.replace("_", "-"))
     if problems:
         raise UserInputError("; ".join(problems))
-    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size,
-                   layer_pattern=args.layer_pattern, attention_window=args.attention_window,
-                   num_kv_heads=args.num_kv_heads)
+    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size, **mixers)
     device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
     given = {"tp": args.tp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
              "micro_batch": args.micro_batch,

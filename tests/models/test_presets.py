@@ -4,10 +4,10 @@ import pytest
 
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.presets import SIZES, parameter_count, preset
+from megatron_ttt.models.presets import HYBRIDS, SIZES, parameter_count, preset
 
 
-@pytest.mark.parametrize("name", ["tiny", "125m", *(pytest.param(n, marks=pytest.mark.slow) for n in ("350m", "760m", "1.3b"))])
+@pytest.mark.parametrize("name", ["tiny", "125m", "125m-hybrid", *(pytest.param(n, marks=pytest.mark.slow) for n in ("350m", "760m", "1.3b"))])
 @pytest.mark.parametrize("layer_type", ["linear", "mlp"])
 @pytest.mark.parametrize("backbone", ["transformer", "mamba"])
 def test_parameter_count_formula(single_process_parallel, name, layer_type, backbone):
@@ -32,3 +32,17 @@ def test_preset_errors_name_the_problem():
     with pytest.raises(ValueError, match="hidden_size 64 is not divisible by num_heads 5"):
         preset("tiny", num_heads=5)
     assert set(SIZES) >= {"tiny", "125m", "350m", "760m", "1.3b", "7b"}
+
+
+def test_hybrid_presets_have_their_pattern_and_keep_overrides():
+    cfg = preset("125m-hybrid", "mlp")
+    assert (cfg.layer_pattern, cfg.attention_window, cfg.num_kv_heads) == ("TW" * 6, 1024, 4)
+    assert (cfg.num_layers, cfg.hidden_size) == (12, 768) and cfg.mixers.count("window") == 6
+    changed = preset("125m-hybrid", layer_pattern="TTTW" * 3, attention_window=512, num_kv_heads=12)
+    assert (changed.layer_pattern, changed.attention_window, changed.num_kv_heads) == ("TTTW" * 3, 512, 12)
+    plain = preset("125m", layer_pattern="", attention_window=0, num_kv_heads=0)
+    assert (plain.layer_pattern, plain.attention_window, plain.kv_heads) == ("", 4096, 12)
+    for name, hybrid in HYBRIDS.items():
+        cfg = preset(name)
+        assert cfg.kv_heads % 2 == 0 and cfg.num_heads % cfg.kv_heads == 0, name  # splits over TP 2
+        assert parameter_count(cfg) < parameter_count(preset(hybrid.size)), name

@@ -35,7 +35,7 @@ def test_yaml_then_overrides(tmp_path):
     ("model.layer_type=conv", r"model.layer_type='conv'"),
     ("model.layer_pattern=TX", r"model.layer_pattern 'TX' has unknown symbols \['X'\]"),
     ("model.layer_pattern=*W*", r"model.layer_pattern '\*W\*' has 3 symbols for 2 layers"),
-    ("model.attention_window=0", r"model.attention_window 0 must be at least 1"),
+    ("model.attention_window=-1", r"model.attention_window -1 must be at least 1"),
     ("model.num_kv_heads=3", r"model.num_kv_heads 3 must divide num_heads 4"),
     ("parallel.zero_stage=4", r"parallel.zero_stage=4"),
     ("train.dtype=fp16", r"train.dtype='fp16'"),
