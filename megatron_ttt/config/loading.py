@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_ttt.config.sections import PretrainConfig
+from megatron_ttt.config.sections import DataSection, PretrainConfig
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, pattern_problems
 from megatron_ttt.models.presets import PRESETS, mixer_settings, shape
@@ -120,6 +120,33 @@ def check(config: PretrainConfig) -> None:
                                 key=lambda field: f"model.{field}")
     if bad:
         raise ConfigError("; ".join(bad))
+    blend_entries(config.data)
+
+
+def blend_entries(data: DataSection) -> list[tuple[float, str]]:
+    """data.blend as (weight, manifest) pairs; ConfigError naming the entry that is wrong."""
+    words = data.blend.split()
+    if len(words) % 2:
+        raise ConfigError(f"data.blend={data.blend!r}: give pairs of a weight and a manifest "
+                          "(\"0.7 /data/web 0.3 /data/code\")")
+    entries = []
+    for weight, manifest in zip(words[::2], words[1::2]):
+        try:
+            value = float(weight)
+        except ValueError:
+            raise ConfigError(f"data.blend: {weight!r} (before {manifest}) is not a weight") from None
+        if not value > 0:
+            raise ConfigError(f"data.blend: the weight of {manifest} is {weight}; weights must be positive")
+        entries.append((value, manifest))
+    manifests = [m for _, m in entries]
+    repeated = sorted({m for m in manifests if manifests.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"data.blend names {', '.join(repeated)} more than once; give each manifest once, "
+                          "with the sum of its weights")
+    if entries and data.manifest != "bundled":
+        raise ConfigError(f"data.blend and data.manifest={data.manifest} are both set; a blend lists every "
+                          "manifest it trains on")
+    return entries
 
 
 def check_world_size(config: PretrainConfig, world_size: int) -> None:

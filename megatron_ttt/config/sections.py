@@ -70,6 +70,10 @@ class DataSection:
     manifest: str = "bundled"
     """A manifest from `mttt data shard`, or "bundled": the bundled corpus, tokenized and sharded
     on first use into the cache directory."""
+    blend: str = ""
+    """Train on several manifests mixed by weight instead of `manifest`, as Megatron-LM's
+    --data-path: "W1 MANIFEST1 W2 MANIFEST2 ..." (weights are normalized; docs/data.md). Validation
+    scores each manifest's val split on its own; the reported val_loss is their weighted mean."""
     seq_len: int = 256
     """Tokens per sample (must equal the manifest's seq-len)."""
     micro_batch_size: int = 4

@@ -7,6 +7,12 @@ rank r reads the r-th slice of them, so ranks read disjoint samples and the only
 number of positions consumed, which is the same on every rank. That is why a run resumes at the
 exact next sample, and why it may resume with another data-parallel size or micro-batch size:
 the global stream is unchanged, no sample is lost or repeated.
+
+A blend of several manifests (`data.blend`) is the same stream with one more step: the
+position's source comes from `BlendSchedule` (blend.py), with the position's index in that
+source's own stream, which is shuffled per epoch as above (source s > 0 with its own seeds), so
+each source runs through its epochs independently and a small source is upsampled by starting
+its next epoch.
 """
 
 import hashlib
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from megatron_ttt.data.blend import BlendSchedule
 from megatron_ttt.data.errors import DataError
 from megatron_ttt.data.manifest import Manifest
 from megatron_ttt.data.permutation import FeistelPermutation
@@ -45,7 +52,9 @@ class TokenBatch(NamedTuple):
     labels: torch.Tensor
     """[B, L] int64: tokens shifted by one."""
     sample_ids: torch.Tensor
-    """[B] int64: which samples of the split these are."""
+    """[B] int64: which samples of their source's split these are."""
+    sources: torch.Tensor
+    """[B] int64: which source of the blend each sample comes from (0 without a blend)."""
 
 
 class ShardedSamples(Dataset):
@@ -62,6 +71,10 @@ class ShardedSamples(Dataset):
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    def fingerprint(self) -> str:
+        """Identifies the split's samples: the hashes of its shards in order."""
+        return hashlib.sha256("".join(e.sha256 for e in self.entries).encode()).hexdigest()
 
     def _reader(self, shard: int) -> ShardReader:
         if shard not in self._readers:
@@ -80,33 +93,60 @@ class ShardedSamples(Dataset):
                             f"tokenizer's vocabulary of {self.vocab_size}")
         return tokens
 
-    def __getitems__(self, sample_ids: list[int]) -> TokenBatch:
-        samples = torch.from_numpy(np.stack([self[i] for i in sample_ids]).astype(np.int64))
-        return TokenBatch(samples[:, :-1], samples[:, 1:], torch.tensor(sample_ids, dtype=torch.int64))
+
+class BlendedSamples(Dataset):
+    """(source, sample id) -> tokens over the sources' datasets; batches as TokenBatch."""
+
+    def __init__(self, datasets: list[ShardedSamples]):
+        self.datasets = datasets
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> TokenBatch:
+        samples = torch.from_numpy(np.stack([self.datasets[s][i] for s, i in keys]).astype(np.int64))
+        sources, sample_ids = (torch.tensor(column, dtype=torch.int64) for column in zip(*keys))
+        return TokenBatch(samples[:, :-1], samples[:, 1:], sample_ids, sources)
+
+
+class SampleOrder:
+    """Global position -> (source, sample id): the blend's schedule, then each source's epochs."""
+
+    def __init__(self, samples: list[int], weights: list[float], seed: int, shuffle: bool):
+        self.samples, self.seed, self.shuffle = samples, seed, shuffle
+        self.schedule = BlendSchedule(weights)
+
+    def source_seed(self, source: int, epoch: int) -> int:
+        """Source 0 keeps the single-manifest seeds (seed + epoch), so its order is unchanged."""
+        return self.seed + (source << 32) + epoch
+
+    def __call__(self, positions: np.ndarray) -> list[tuple[int, int]]:
+        sources, indices = self.schedule(positions)
+        ids = np.empty_like(indices)
+        for source in np.unique(sources):
+            at = sources == source
+            epochs, within = np.divmod(indices[at], self.samples[source])
+            if not self.shuffle:
+                ids[at] = within
+                continue
+            out = np.empty_like(within)
+            for epoch in np.unique(epochs):
+                here = epochs == epoch
+                out[here] = FeistelPermutation(self.samples[source], self.source_seed(int(source), int(epoch)))(within[here])
+            ids[at] = out
+        return list(zip(sources.tolist(), ids.tolist()))
 
 
 class _MicroBatches:
-    """Sample ids of this rank's micro-batches, from a position onwards (an endless batch sampler)."""
+    """(source, sample id) keys of this rank's micro-batches, from a position onwards (an endless
+    batch sampler)."""
 
-    def __init__(self, start: int, samples: int, config: LoaderConfig, dp_rank: int, dp_size: int):
-        self.start, self.samples, self.config, self.dp_rank, self.dp_size = start, samples, config, dp_rank, dp_size
+    def __init__(self, start: int, order: SampleOrder, micro_batch_size: int, dp_rank: int, dp_size: int):
+        self.start, self.order, self.mb, self.dp_rank, self.dp_size = start, order, micro_batch_size, dp_rank, dp_size
 
-    def ids(self, positions: np.ndarray) -> np.ndarray:
-        epochs, within = np.divmod(positions, self.samples)
-        if not self.config.shuffle:
-            return within
-        out = np.empty_like(within)
-        for epoch in np.unique(epochs):
-            at = epochs == epoch
-            out[at] = FeistelPermutation(self.samples, self.config.seed + int(epoch))(within[at])
-        return out
-
-    def __iter__(self) -> Iterator[list[int]]:
-        mb, position = self.config.micro_batch_size, self.start
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        position = self.start
         while True:
-            first = position + self.dp_rank * mb
-            yield self.ids(np.arange(first, first + mb)).tolist()
-            position += mb * self.dp_size
+            first = position + self.dp_rank * self.mb
+            yield self.order(np.arange(first, first + self.mb))
+            position += self.mb * self.dp_size
 
 
 def _identity(batch: TokenBatch) -> TokenBatch:
@@ -114,45 +154,63 @@ def _identity(batch: TokenBatch) -> TokenBatch:
 
 
 class TokenLoader:
-    """Endless (tokens, labels) micro-batches for one data-parallel rank, with exact resume."""
+    """Endless (tokens, labels) micro-batches for one data-parallel rank, with exact resume, from
+    one manifest or a weighted blend of several."""
 
-    def __init__(self, manifest: Manifest, config: LoaderConfig, dp_rank: int = 0, dp_size: int = 1):
+    def __init__(self, manifests: Manifest | list[Manifest], config: LoaderConfig, dp_rank: int = 0,
+                 dp_size: int = 1, weights: list[float] | None = None):
         if not 0 <= dp_rank < dp_size:
             raise DataError(f"data-parallel rank {dp_rank} is outside 0..{dp_size - 1}")
-        self.manifest, self.config, self.dp_rank, self.dp_size = manifest, config, dp_rank, dp_size
-        self.dataset = ShardedSamples(manifest, config.split, config.verify_sha256)
-        if len(self.dataset) == 0:
-            raise DataError(f"split {config.split!r} of {manifest.directory} has no samples; use more text or a "
-                            "smaller --seq-len (or a larger --val-fraction for validation)")
+        manifests = [manifests] if isinstance(manifests, Manifest) else list(manifests)
+        self.manifests, self.config, self.dp_rank, self.dp_size = manifests, config, dp_rank, dp_size
+        self.weights = list(weights) if weights is not None else [1.0] * len(manifests)
+        self.datasets = [ShardedSamples(m, config.split, config.verify_sha256) for m in manifests]
+        for manifest, dataset in zip(manifests, self.datasets):
+            if len(dataset) == 0:
+                raise DataError(f"split {config.split!r} of {manifest.directory} has no samples; use more text or a "
+                                "smaller --seq-len (or a larger --val-fraction for validation)")
+        self.order = SampleOrder([len(d) for d in self.datasets], self.weights, config.seed, config.shuffle)
         self.consumed_samples = 0
         """Global positions consumed by all ranks together: the whole loader state."""
 
     @property
-    def samples_per_epoch(self) -> int:
-        return len(self.dataset)
+    def samples_per_epoch(self) -> int | list[int]:
+        """Samples of the split; per source for a blend."""
+        sizes = [len(d) for d in self.datasets]
+        return sizes[0] if len(sizes) == 1 else sizes
+
+    def per_source(self) -> np.ndarray:
+        """Samples consumed from each source so far (all ranks together)."""
+        return self.order.schedule.consumed(self.consumed_samples)
 
     def fingerprint(self) -> str:
-        """Identifies the split's samples: the hashes of its shards in order."""
-        return hashlib.sha256("".join(e.sha256 for e in self.dataset.entries).encode()).hexdigest()
+        """Identifies the samples and the mixture: the shards' hashes in order (and, for a blend,
+        the positions each source gets per period)."""
+        if len(self.datasets) == 1:
+            return self.datasets[0].fingerprint()
+        parts = [d.fingerprint() for d in self.datasets] + [str(self.order.schedule.counts.tolist())]
+        return hashlib.sha256(" ".join(parts).encode()).hexdigest()
 
     def __iter__(self) -> Iterator[TokenBatch]:
-        sampler = _MicroBatches(self.consumed_samples, len(self.dataset), self.config, self.dp_rank, self.dp_size)
+        sampler = _MicroBatches(self.consumed_samples, self.order, self.config.micro_batch_size, self.dp_rank,
+                                self.dp_size)
         workers = self.config.num_workers
-        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=_identity, num_workers=workers,
-                            prefetch_factor=4 if workers else None, persistent_workers=False)
+        loader = DataLoader(BlendedSamples(self.datasets), batch_sampler=sampler, collate_fn=_identity,
+                            num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
         for batch in loader:
             self.consumed_samples += self.config.micro_batch_size * self.dp_size
             yield batch
 
     def state_dict(self) -> dict:
         return {"consumed_samples": self.consumed_samples, "seed": self.config.seed, "split": self.config.split,
-                "shuffle": self.config.shuffle, "samples_per_epoch": len(self.dataset), "fingerprint": self.fingerprint()}
+                "shuffle": self.config.shuffle, "samples_per_epoch": self.samples_per_epoch,
+                "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue after `state` (saved at any data-parallel or micro-batch size)."""
         mine = self.state_dict()
         differ = [k for k in ("seed", "split", "shuffle", "samples_per_epoch", "fingerprint") if state.get(k) != mine[k]]
         if differ:
-            raise DataError(f"loader state was saved for another dataset or order ({', '.join(differ)} differ); "
-                            f"resume with the manifest and seed of the saved run")
+            raise DataError(f"loader state was saved for another dataset, blend or order ({', '.join(differ)} "
+                            "differ); resume with the manifests, weights and seed of the saved run")
         self.consumed_samples = int(state["consumed_samples"])

@@ -1,9 +1,12 @@
-"""The training data: a manifest given by the config, or the bundled corpus prepared on first use."""
+"""The training data: a manifest or a weighted blend of manifests given by the config, or the
+bundled corpus prepared on first use."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
 
+from megatron_ttt.config.loading import ConfigError, blend_entries
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.data import DataError, Manifest, Tokenizer
 from megatron_ttt.data.manifest import ShardSettings
@@ -33,17 +36,64 @@ def prepare_bundled(data: DataSection, cache: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a run trains on: one manifest (weight 1) or a blend's, with a short name for each."""
+
+    manifests: list[Manifest]
+    weights: list[float]
+    names: list[str]
+
+    @property
+    def tokenizer_vocab(self) -> int:
+        return self.manifests[0].settings.tokenizer.vocab_size
+
+
+def training_data(data: DataSection, cache: Path) -> TrainingData:
+    """The manifests to train on, checked against the config and each other before any training
+    starts; rank 0 prepares the bundled corpus while the others wait."""
+    entries = blend_entries(data)
+    if not entries:
+        manifest = training_manifest(data, cache)
+        return TrainingData([manifest], [1.0], [source_name(manifest.directory)])
+    manifests = [load_manifest(Path(path), data.seq_len) for _, path in entries]
+    first = manifests[0]
+    for manifest in manifests[1:]:
+        if manifest.settings.tokenizer != first.settings.tokenizer:
+            raise DataError(f"data.blend: {manifest.directory} was tokenized with {manifest.settings.tokenizer.path} "
+                            f"(sha256 {manifest.settings.tokenizer.sha256[:12]}), {first.directory} with "
+                            f"{first.settings.tokenizer.path} ({first.settings.tokenizer.sha256[:12]}); a blend needs "
+                            "one tokenizer")
+    weights = [w for w, _ in entries]
+    if min(weights) < sum(weights) / 2**20:
+        raise ConfigError(f"data.blend: the weight of {entries[weights.index(min(weights))][1]} is below 1/2^20 of "
+                          "the sum of the weights, too small to schedule")
+    return TrainingData(manifests, weights, unique_names([m.directory for m in manifests]))
+
+
+def source_name(directory: Path) -> str:
+    return directory.name or str(directory)
+
+
+def unique_names(directories: list[Path]) -> list[str]:
+    """Each source's directory name, with its position in the blend where two share a name."""
+    names = [source_name(d) for d in directories]
+    return [f"{name}-{i}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def load_manifest(path: Path, seq_len: int) -> Manifest:
+    manifest = Manifest.load(path)
+    if manifest.settings.seq_len != seq_len:
+        raise DataError(f"{path} holds samples of seq-len {manifest.settings.seq_len}; the config asks for "
+                        f"data.seq_len={seq_len}")
+    return manifest
+
+
 def training_manifest(data: DataSection, cache: Path) -> Manifest:
-    """The manifest to train on; rank 0 prepares the bundled corpus while the others wait."""
+    """The manifest of data.manifest (the bundled corpus prepared first where it is "bundled")."""
     if data.manifest == "bundled":
         if dist.get_rank() == 0:
             prepare_bundled(data, cache)
         dist.barrier()
-        path = bundled_manifest_path(data, cache)
-    else:
-        path = Path(data.manifest)
-    manifest = Manifest.load(path)
-    if manifest.settings.seq_len != data.seq_len:
-        raise DataError(f"{path} holds samples of seq-len {manifest.settings.seq_len}; the config asks for "
-                        f"data.seq_len={data.seq_len}")
-    return manifest
+        return load_manifest(bundled_manifest_path(data, cache), data.seq_len)
+    return load_manifest(Path(data.manifest), data.seq_len)

@@ -16,13 +16,15 @@ class Reporter:
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         self.last = time.perf_counter()
 
-    def step(self, step: int, total: int, values: dict, print_line: bool) -> None:
+    def step(self, step: int, total: int, values: dict, print_line: bool, details: dict | None = None) -> None:
+        """`values` go to every output; `details` (per-source counts) to metrics.jsonl and
+        tensorboard only, not the console line."""
         if not self.enabled:
             return
         with open(self.metrics, "a") as f:
-            f.write(json.dumps({"step": step} | values) + "\n")
+            f.write(json.dumps({"step": step} | values | (details or {})) + "\n")
         if self.writer is not None:
-            for key, value in values.items():
+            for key, value in (values | (details or {})).items():
                 self.writer.add_scalar(key.replace("_", "/", 1), value, step)
         if print_line:
             parts = [f"step {step}/{total}"] + [
@@ -53,6 +55,9 @@ def plot_losses(metrics: Path, out: Path) -> Path | None:
         ax.plot(*zip(*train), label="train", linewidth=1)
     if val:
         ax.plot(*zip(*val), "o-", label="validation")
+    for source in sorted({k for r in rows for k in r if k.startswith("val_loss_")}):
+        points = [(r["step"], r[source]) for r in rows if source in r]
+        ax.plot(*zip(*points), ".--", linewidth=1, label=f"validation: {source.removeprefix('val_loss_')}")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -22,7 +23,7 @@ from megatron_ttt.models.presets import parameter_count, preset
 from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 from megatron_ttt.training import checkpointing, zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
-from megatron_ttt.training.data import training_manifest
+from megatron_ttt.training.data import TrainingData, training_data
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
 from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import inner_lr_scale, learning_rate
@@ -38,8 +39,10 @@ class Run:
     run_dir: Path
     engine: object
     loader: TokenLoader
-    val_loader: TokenLoader | None
+    val_loaders: dict[str, TokenLoader]
+    """Each source's held-out split (those with a micro-batch per data-parallel rank)."""
     accumulation: int
+    sources: TrainingData
     plan: checkpointing.ResumePlan | None = None
     """The checkpoint to continue from (chosen before the model is built: it fixes the vocabulary
     and, at another layout, the weights DeepSpeed starts from)."""
@@ -63,8 +66,8 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
     if dist.get_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    manifest = training_manifest(config.data, cache)
-    model = build_model(model_config(config, manifest.settings.tokenizer.vocab_size, plan and plan.vocab_size),
+    sources = training_data(config.data, cache)
+    model = build_model(model_config(config, sources.tokenizer_vocab, plan and plan.vocab_size),
                         config.inner_loop(), sequence_parallel=config.parallel.sequence_parallel,
                         init_seed=config.train.seed)
     if plan is not None and plan.reshard:
@@ -73,13 +76,13 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     engine, _ = build_engine(model, config, dp_size)
     data = config.data
-    loader = TokenLoader(manifest, LoaderConfig(data.micro_batch_size, seed=data.seed, num_workers=data.num_workers),
-                         dp_rank, dp_size)
-    val_loader = None
-    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size:
-        val_loader = TokenLoader(manifest, LoaderConfig(data.micro_batch_size, split="val", shuffle=False,
-                                                        num_workers=0), dp_rank, dp_size)
-    return Run(config, run_dir, engine, loader, val_loader, gradient_accumulation(config, dp_size), plan)
+    loader = TokenLoader(sources.manifests, LoaderConfig(data.micro_batch_size, seed=data.seed,
+                                                         num_workers=data.num_workers), dp_rank, dp_size, sources.weights)
+    val_config = LoaderConfig(data.micro_batch_size, split="val", shuffle=False, num_workers=0)
+    val_loaders = {name: TokenLoader(manifest, val_config, dp_rank, dp_size)
+                   for name, manifest in zip(sources.names, sources.manifests)
+                   if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size}
+    return Run(config, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources, plan)
 
 
 def resume(run: Run) -> None:
@@ -159,17 +162,43 @@ def train_step(run: Run, batches) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def validation_loss(run: Run) -> float:
+def held_out_loss(run: Run, loader: TokenLoader) -> float:
+    """Mean loss over the first eval_batches micro-batches of one source's val split."""
     model = run.engine.module
     model.eval()
-    run.val_loader.consumed_samples = 0  # the same held-out samples at every evaluation
-    batches, losses = iter(run.val_loader), []
-    for _ in range(min(run.config.logging.eval_batches, run.val_loader.samples_per_epoch //
-                       (run.config.data.micro_batch_size * run.val_loader.dp_size))):
+    loader.consumed_samples = 0  # the same held-out samples at every evaluation
+    batches, losses = iter(loader), []
+    for _ in range(min(run.config.logging.eval_batches, loader.samples_per_epoch //
+                       (run.config.data.micro_batch_size * loader.dp_size))):
         batch = next(batches)
         losses.append(model(batch.tokens, batch.labels).float().mean().item())
     model.train()
     return average_over_data_parallel(sum(losses) / len(losses))
+
+
+def validation(run: Run) -> dict[str, float]:
+    """val_loss: the sources' held-out losses weighted as the blend weighs them; per source too
+    where there are several."""
+    losses = {name: held_out_loss(run, loader) for name, loader in run.val_loaders.items()}
+    weight = dict(zip(run.sources.names, run.sources.weights))
+    values = {"val_loss": sum(weight[n] * loss for n, loss in losses.items()) / sum(weight[n] for n in losses)}
+    if len(run.sources.names) > 1:
+        values |= {f"val_loss_{name}": loss for name, loss in losses.items()}
+    return values
+
+
+def consumed_per_source(run: Run) -> dict[str, int]:
+    """Tokens each source has given the run so far (all ranks)."""
+    tokens = run.loader.per_source() * run.config.data.seq_len
+    return {f"tokens_{name}": int(t) for name, t in zip(run.sources.names, tokens)}
+
+
+def new_epochs(run: Run, before: np.ndarray) -> list[str]:
+    """A line for each source that ran out of samples during the step and began another epoch."""
+    sizes = np.atleast_1d(run.loader.samples_per_epoch)
+    epochs_before, epochs_now = before // sizes, run.loader.per_source() // sizes
+    return [f"step {run.step}: {name} ran through its {sizes[i]:,} samples; epoch {epochs_now[i] + 1} begins "
+            "(a new shuffle)" for i, name in enumerate(run.sources.names) if epochs_now[i] > epochs_before[i]]
 
 
 def save(run: Run) -> Path:
@@ -196,15 +225,20 @@ def _loop(run: Run, reporter: Reporter) -> int:
     stop, batches = StopRequests(), iter(run.loader)
     tokens_per_step = config.data.global_batch_tokens
     while run.step < config.train.steps:
-        start = time.perf_counter()
+        start, consumed = time.perf_counter(), run.loader.per_source()
         lr = set_schedules(run)
         loss, norm = train_step(run, batches)
         run.step += 1
         values = {"train_loss": loss, "lr": lr, "grad_norm": norm,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - start)}
-        if run.val_loader is not None and run.step % config.logging.eval_interval == 0:
-            values["val_loss"] = validation_loss(run)
-        reporter.step(run.step, config.train.steps, values, run.step % config.logging.interval == 0 or "val_loss" in values)
+        if run.val_loaders and run.step % config.logging.eval_interval == 0:
+            values |= validation(run)
+        details = consumed_per_source(run) if len(run.sources.names) > 1 else {}
+        reporter.step(run.step, config.train.steps, values, run.step % config.logging.interval == 0 or "val_loss" in values,
+                      details)
+        if rank0:
+            for line in new_epochs(run, consumed):
+                print(line, flush=True)
         stopping = stop.agreed()
         if stopping or run.step % config.checkpoint.interval == 0 or run.step == config.train.steps:
             path = save(run)
