@@ -3,20 +3,25 @@
 On the same text (the bundled Python reference, repeated to --megabytes and split into
 --files inputs): raw `SentencePieceProcessor.Encode` over the documents already in memory (one
 thread, batches of the size `mttt data shard` uses), then `mttt data shard` with 1 and 2
-workers (reading, tokenizing, packing, writing and hashing shards), then the loader reading the
-shards back. Token rates count the tokenizer's ids (EOS excluded) so every row counts the same
-tokens; each row is the best of --repeats.
+workers (reading, tokenizing, packing, writing and hashing shards), then with 1 worker on the same
+documents as Parquet files (one per input), then the loader reading the shards back. Token rates
+count the tokenizer's ids (EOS excluded) so every row counts the same tokens; each row is the best
+of --repeats.
 
     python benchmarks/data_prep.py
     python benchmarks/data_prep.py --megabytes 8 --json rows.json
 """
 
 import argparse
+import dataclasses
 import itertools
 import json
 import tempfile
 import time
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from megatron_ttt.data import Manifest, Tokenizer
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
@@ -37,6 +42,20 @@ def make_inputs(directory: Path, megabytes: float, files: int) -> list[Path]:
     for i, path in enumerate(paths):
         path.write_text(text * len(range(i, copies, files)))
     return paths
+
+
+def parquet_copies(inputs: list[Path]) -> list[Path]:
+    """The documents of each input as a Parquet file (pyarrow's defaults: snappy, one row group
+    of up to 1Mi rows), so the Parquet run has the same tasks and tokens."""
+    paths = [path.with_suffix(".parquet") for path in inputs]
+    for source, path in zip(inputs, paths):
+        pq.write_table(pa.table({"text": list(iter_documents(source, SourceOptions(), SourceStats()))}), path)
+    return paths
+
+
+def shard_tokens(manifest: Manifest) -> int:
+    """The tokenizer's ids in the manifest: samples and dropped tails, less one EOS per document."""
+    return sum(sum(t.tokens.values()) + sum(t.dropped_tokens.values()) - t.documents for t in manifest.tasks)
 
 
 def best_of(repeats: int, fn) -> tuple[float, object]:
@@ -90,8 +109,11 @@ def main() -> None:
         for workers in (1, 2):
             seconds, m = best_of(args.repeats, lambda: shard(root, settings, workers))
             rows.append({"case": f"mttt data shard, {workers} worker{'s' * (workers > 1)}", "seconds": seconds,
-                         "tokens": sum(sum(t.tokens.values()) + sum(t.dropped_tokens.values()) - t.documents
-                                       for t in m.tasks)})
+                         "tokens": shard_tokens(m)})
+        parquet = dataclasses.replace(settings, inputs=tuple(map(str, parquet_copies(inputs))))
+        seconds, from_parquet = best_of(args.repeats, lambda: shard(root, parquet, 1))
+        rows.append({"case": "mttt data shard, Parquet, 1 worker", "seconds": seconds,
+                     "tokens": shard_tokens(from_parquet)})
         for workers, micro_batch in ((0, 16), (2, 16), (2, 64)):
             seconds, tokens = best_of(args.repeats, lambda: read_all(m, workers, micro_batch))
             rows.append({"case": f"loader read, {workers} workers, micro-batch {micro_batch}", "seconds": seconds,

@@ -11,26 +11,30 @@ from megatron_ttt.data_prep.merge import merge_manifests, slice_manifests
 from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.report import print_shard_report
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
-from megatron_ttt.data_prep.sources import BAD_UTF8, FORMATS, TEXT_DOCS, SourceOptions
+from megatron_ttt.data_prep.sources import BAD_UTF8, FORMATS, TEXT_DOCS, SourceOptions, expand_inputs
 from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
 from megatron_ttt.data_prep.verify import verify_shards
 
 
 def _inputs(args: argparse.Namespace) -> tuple[str, ...]:
     paths = args.input or bundled_corpus(default_cache_dir() / "python-reference")
-    return tuple(str(Path(p).resolve()) for p in paths)
+    return tuple(str(p.resolve()) for p in expand_inputs([Path(p) for p in paths]))
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", metavar="FILE",
-                   help="text or JSON Lines files, optionally .gz/.zst (default: the bundled Python reference)")
-    p.add_argument("--format", choices=FORMATS, default="auto", help="auto: JSON Lines for .jsonl/.json/.ndjson")
+                   help="text or JSON Lines files, optionally .gz/.zst; Parquet or Arrow files; directories written "
+                        "by datasets' save_to_disk (default: the bundled Python reference)")
+    p.add_argument("--format", choices=FORMATS, default="auto",
+                   help="auto: Parquet for .parquet, Arrow for .arrow, JSON Lines for .jsonl/.json/.ndjson, else text")
     p.add_argument("--text-docs", choices=TEXT_DOCS, default="blank-line",
                    help="plain text: one document per blank-line-separated block (default) or per line")
-    p.add_argument("--json-field", default="text", help="the JSON field holding the text (default: text)")
+    p.add_argument("--json-field", "--text-column", default="text", metavar="NAME",
+                   help="the JSON field, or the Parquet/Arrow column, holding the text (default: text)")
     p.add_argument("--bad-utf8", choices=BAD_UTF8, default="replace", help="invalid UTF-8: replace (counted) or skip")
     p.add_argument("--skip-bad", action="store_true",
-                   help="skip and count malformed JSON records and truncated compressed tails instead of failing")
+                   help="skip and count malformed records, corrupt Parquet row groups and truncated tails "
+                        "(of compressed or Arrow files) instead of failing")
 
 
 def _options(args: argparse.Namespace) -> SourceOptions:

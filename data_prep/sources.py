@@ -1,9 +1,11 @@
-"""Documents from input files: plain text or JSON Lines, each optionally `.gz` or `.zst`.
+"""Documents from input files: plain text or JSON Lines, each optionally `.gz` or `.zst`, and
+the text column of Parquet and Arrow files (`columnar.py`).
 
 Plain text holds one document per blank-line-separated block (`text_docs="blank-line"`, the
 default) or one per line (`"line"`). JSON Lines hold one object per line with the text in one
-field. Everything that can be wrong with a record is either an error naming the file and line or,
-under `skip_bad`, skipped and counted in `SourceStats`.
+field; Parquet and Arrow rows hold it in the column of that name. Everything that can be wrong with
+a record is either an error naming the file and line (or row) or, under `skip_bad`, skipped and
+counted in `SourceStats`.
 """
 
 import gzip
@@ -16,8 +18,10 @@ from pathlib import Path
 import zstandard
 
 from megatron_ttt.data import DataError
+from megatron_ttt.data_prep.columnar import SUFFIXES as COLUMNAR_SUFFIXES
+from megatron_ttt.data_prep.columnar import column_values, dataset_files
 
-FORMATS = ("auto", "text", "jsonl")
+FORMATS = ("auto", "text", "jsonl", "parquet", "arrow")
 TEXT_DOCS = ("blank-line", "line")
 BAD_UTF8 = ("replace", "skip")
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
@@ -26,16 +30,17 @@ _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 @dataclass(frozen=True)
 class SourceOptions:
     input_format: str = "auto"
-    """"text", "jsonl", or "auto": JSON Lines for .jsonl/.json/.ndjson (before .gz/.zst), else text."""
+    """"text", "jsonl", "parquet", "arrow", or "auto": Parquet for .parquet, Arrow for .arrow, JSON
+    Lines for .jsonl/.json/.ndjson (before .gz/.zst), else text."""
     text_docs: str = "blank-line"
     """How plain text splits into documents: "blank-line" (blocks) or "line"."""
     json_field: str = "text"
-    """The field of each JSON object that holds the document."""
+    """The field of each JSON object, or the Parquet/Arrow column, that holds the document."""
     bad_utf8: str = "replace"
     """Invalid UTF-8 in a document: "replace" with U+FFFD or "skip" the document; counted either way."""
     skip_bad: bool = False
-    """Skip and count malformed JSON records and keep what precedes a truncated compressed
-    stream, instead of stopping with an error."""
+    """Skip and count malformed records (and corrupt Parquet row groups) and keep what precedes a
+    truncated compressed stream or Arrow file, instead of stopping with an error."""
 
 
 @dataclass
@@ -49,6 +54,8 @@ class SourceStats:
 def input_format(path: Path, options: SourceOptions) -> str:
     if options.input_format != "auto":
         return options.input_format
+    if path.suffix in COLUMNAR_SUFFIXES:
+        return COLUMNAR_SUFFIXES[path.suffix]
     name = path.name.removesuffix(".gz").removesuffix(".zst")
     return "jsonl" if Path(name).suffix in _JSONL_SUFFIXES else "text"
 
@@ -78,8 +85,6 @@ def _zstd_lines(path: Path, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _raw_lines(path: Path) -> Iterator[bytes]:
-    if not path.is_file():
-        raise DataError(f"input {path} does not exist or is not a file")
     if path.suffix == ".zst":
         yield from _zstd_lines(path)
         return
@@ -87,16 +92,32 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
         yield from f
 
 
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """The input files: each path as is, except a `datasets.save_to_disk` directory, which becomes
+    its .arrow files (one task each)."""
+    return [file for path in paths for file in (dataset_files(path) if path.is_dir() else [path])]
+
+
 def iter_documents(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[str]:
     """The non-empty documents of one input file, in file order."""
-    records = _json_records if input_format(path, options) == "jsonl" else _text_records
-    for text in records(_lines(path, options, stats), path, options, stats):
+    if not path.is_file():
+        raise DataError(f"input {path} does not exist or is not a file")
+    for text in _records(path, options, stats):
         if text is None:
             continue
         if not text.strip():
             stats.empty += 1
             continue
         yield text
+
+
+def _records(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[str | None]:
+    fmt = input_format(path, options)
+    if fmt in COLUMNAR_SUFFIXES.values():
+        values = column_values(path, fmt, options.json_field, options.skip_bad, stats)
+        return (_decode(raw, options, stats) for raw in values)
+    records = _json_records if fmt == "jsonl" else _text_records
+    return records(_lines(path, options, stats), path, options, stats)
 
 
 def _lines(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[bytes]:

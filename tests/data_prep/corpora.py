@@ -3,10 +3,12 @@
 import json
 from pathlib import Path
 
-from megatron_ttt.data import Tokenizer
+from megatron_ttt.data import Manifest, Tokenizer
 from megatron_ttt.data.manifest import ShardSettings
 from megatron_ttt.data_prep.corpus import bundled_corpus
 from megatron_ttt.data_prep.pack import token_dtype
+from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
+from megatron_ttt.data_prep.sources import SourceOptions, SourceStats, iter_documents
 from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
 
 WORDS = "the model learns at test time by a gradient step on its hidden state every mini batch".split()
@@ -45,3 +47,15 @@ def settings(tokenizer: Tokenizer, inputs: list[Path], seq_len: int = 64, **over
                 inputs=tuple(str(p) for p in inputs), input_format="auto", text_docs="blank-line",
                 json_field="text", val_fraction=0.0, seed=0, shard_bytes=10**9, bad_utf8="replace", skip_bad=False)
     return ShardSettings(**(base | overrides))
+
+
+def shard(tmp_path: Path, name: str, tokenizer: Tokenizer, inputs: list[Path], workers: int = 1,
+          **overrides) -> Manifest:
+    job = ShardJob(tmp_path / name, settings(tokenizer, inputs, **overrides), workers)
+    return shard_corpus(job, show_progress=False)[0]
+
+
+def read(path: Path, **options) -> tuple[list[str], SourceStats]:
+    """The documents of one input (SourceOptions from keywords) and their statistics."""
+    stats = SourceStats()
+    return list(iter_documents(path, SourceOptions(**options), stats)), stats

@@ -18,12 +18,7 @@ from megatron_ttt.data_prep.merge import merge_manifests, slice_manifests
 from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.data_prep.sources import SourceOptions, SourceStats, iter_documents
-from tests.data_prep.corpora import settings, write_corpus, write_jsonl
-
-
-def shard(tmp_path, name, tokenizer, inputs, workers=1, **overrides):
-    job = ShardJob(tmp_path / name, settings(tokenizer, inputs, **overrides), workers)
-    return shard_corpus(job, show_progress=False)[0]
+from tests.data_prep.corpora import settings, shard, write_corpus, write_jsonl
 
 
 def samples_via_webdataset(manifest: Manifest, split: str) -> list[tuple[str, np.ndarray]]:

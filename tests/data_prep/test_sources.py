@@ -7,13 +7,7 @@ import pytest
 import zstandard
 
 from megatron_ttt.data import DataError
-from megatron_ttt.data_prep.sources import SourceOptions, SourceStats, iter_documents
-from tests.data_prep.corpora import documents, write_jsonl
-
-
-def read(path, **options):
-    stats = SourceStats()
-    return list(iter_documents(path, SourceOptions(**options), stats)), stats
+from tests.data_prep.corpora import documents, read, write_jsonl
 
 
 def test_text_blank_line_and_line_modes(tmp_path):
