@@ -35,6 +35,12 @@ def _perplexity(args: argparse.Namespace) -> int:
     return run_perplexity(args)
 
 
+def _harness(args: argparse.Namespace) -> int:
+    from megatron_ttt.eval.harness_run import run_harness
+
+    return run_harness(args)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from megatron_ttt.eval.generate_run import run_generate
 
@@ -53,6 +59,12 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
                    help="a model directory, a training checkpoint (RUN/checkpoints/step-N) or a run directory (its "
                         "latest checkpoint)")
     p.add_argument("--tensor-parallel", type=int, default=1, help="TP size (launch with torchrun for > 1)")
+
+
+def _tokenizer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokenizer", default=None, metavar="MODEL", help="sentencepiece .model (default: DIR/tokenizer"
+                   ".model, else the one named by --data)")
+    p.add_argument("--data", default=None, metavar="MANIFEST", help="the training data's manifest, for its tokenizer")
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -77,14 +89,28 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="eval-perplexity", metavar="DIR", help="where the CSVs and the plot go")
     p.set_defaults(func=_perplexity)
 
+    p = evals.add_parser("harness", help="lm-evaluation-harness tasks (needs megatron-ttt[eval]); offline",
+                         description="Runs tasks of lm-eval's registry whose data is available locally, and tasks "
+                                     "from local YAML files (--include-path). See docs/eval.md.")
+    _checkpoint_args(p)
+    _tokenizer_args(p)
+    p.add_argument("--tasks", required=True, metavar="T1,T2", help="task names (or groups), comma-separated")
+    p.add_argument("--include-path", default=None, metavar="DIR", help="a folder of local task YAML files")
+    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples per prompt (default: the task's)")
+    p.add_argument("--limit", type=float, default=None, help="documents per task at most (a fraction if < 1)")
+    p.add_argument("--batch-size", type=int, default=8, help="loglikelihood requests per forward")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens a loglikelihood request keeps at most, its context cut from the left (default: all)")
+    p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and generation seeds")
+    p.add_argument("--output", default="eval-harness", metavar="DIR", help="where the harness writes its results")
+    p.set_defaults(func=_harness)
+
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="continue a prompt (prefill, then constant-memory decoding)")
     _checkpoint_args(p)
     p.add_argument("--prompt", required=True, metavar="TEXT")
-    p.add_argument("--tokenizer", default=None, metavar="MODEL", help="sentencepiece .model (default: DIR/tokenizer"
-                   ".model, else the one named by --data)")
-    p.add_argument("--data", default=None, metavar="MANIFEST", help="the training data's manifest, for its tokenizer")
+    _tokenizer_args(p)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")

@@ -2,6 +2,7 @@
 then one decode step per new token carrying each layer's TTT and convolution states."""
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +70,10 @@ def _next_logits(model: TTTLanguageModel, tokens: torch.Tensor, cache: Inference
 
 @torch.no_grad()
 def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingConfig, keep_logits: bool = False,
-             show_progress: bool = False) -> Generation:
-    """prompt [B, T] ids (T >= 1) -> the generated continuation."""
+             show_progress: bool = False, stop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Generation:
+    """prompt [B, T] ids (T >= 1) -> the generated continuation. `stop`: the tokens generated so
+    far [B, n] -> [B] bool, the sequences that are done (a stop string appeared), checked after
+    every token like `eos_id`."""
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise UserInputError(f"the prompt must hold at least one token, got ids of shape {tuple(prompt.shape)}")
     sampling.check()
@@ -88,6 +91,8 @@ def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingCo
         if keep_logits:
             kept.append(logits)
         finished |= token == sampling.eos_id
+        if stop is not None:
+            finished |= stop(torch.stack(tokens, dim=1))
         if step == sampling.max_new_tokens - 1 or bool(finished.all()):
             break
         logits = _next_logits(model, token[:, None], cache)

@@ -1,0 +1,112 @@
+"""lm-evaluation-harness: the adapter's log-likelihoods equal `mttt eval logprobs`, documents
+scored in cache-carrying chunks equal one forward, and local tasks of each request type run end
+to end through `mttt eval harness`."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from megatron_ttt.checkpoint.model_dir import load_model
+from megatron_ttt.cli import main
+from megatron_ttt.data import Tokenizer
+from megatron_ttt.eval import harness
+from megatron_ttt.eval.harness import HarnessModel
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+
+TASKS = Path(__file__).parent / "harness_tasks"
+PAIRS = [("the model learns at test", " time"), ("", "the model"), ("a gradient step on its hidden ", "state every"),
+         ("every mini batch the model learns at test time by a gradient step on", " its hidden state")]
+
+
+@pytest.fixture
+def adapter(eval_data):
+    init_parallel(ModelParallel())
+    yield HarnessModel(load_model(eval_data.model_dir), Tokenizer(eval_data.tokenizer_path), batch_size=3,
+                       show_progress=False)
+    destroy_parallel()
+
+
+def requests(kind: str, args: list[tuple]) -> list[Instance]:
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
+
+
+def test_loglikelihoods_equal_mttt_eval_logprobs(eval_data, tmp_path):
+    init_parallel(ModelParallel())
+    try:
+        lm = HarnessModel(load_model(eval_data.model_dir), Tokenizer(eval_data.tokenizer_path), batch_size=3,
+                          show_progress=False)
+        got = lm.loglikelihood(requests("loglikelihood", PAIRS))
+        encoded = [lm.encode_pair(*pair) for pair in PAIRS]
+        logits = [lm.model(torch.tensor([head + tail]))[0, len(head) - 1:-1] for head, tail in encoded]
+    finally:
+        destroy_parallel()
+    for (head, tail), (logprob, greedy), row in zip(encoded, got, logits):
+        assert head[0] == lm.prefix_id and tail
+        np.save(tmp_path / "ids.npy", np.array([head + tail]))
+        args = ["eval", "logprobs", "--checkpoint", str(eval_data.model_dir), "--input", str(tmp_path / "ids.npy"),
+                "--output", str(tmp_path / "lp.npy")]
+        assert main(args) == 0
+        expected = np.load(tmp_path / "lp.npy")[0, -len(tail):].astype(np.float64).sum()
+        assert abs(logprob - expected) <= 1e-5 * abs(expected), (head, tail, logprob, expected)
+        assert greedy == bool((row.argmax(-1) == torch.tensor(tail)).all())
+
+
+def test_a_word_keeps_its_space_in_the_continuation(adapter):
+    head, tail = adapter.encode_pair("the model learns at ", "test")
+    assert adapter.encode_pair("the model learns at", " test") == (head, tail)
+    assert adapter.tokenizer.decode(tail) == "test" and len(head) > 1
+
+
+def test_a_document_scored_in_chunks_equals_one_forward(adapter, monkeypatch):
+    ids = adapter.tokenizer.encode(["every mini batch the model learns at test time by a gradient step " * 3])[0]
+    tokens = torch.tensor([[adapter.prefix_id] + ids])
+    whole = torch.log_softmax(adapter.model(tokens)[0, :-1].float(), -1).gather(-1, tokens[0, 1:, None]).sum()
+    monkeypatch.setattr(harness, "ROLLING_CHUNK", 7)  # chunks that cut TTT mini-batches of 8
+    chunked = adapter.loglikelihood_rolling(requests("loglikelihood_rolling", [(adapter.tokenizer.decode(ids),)]))[0]
+    assert abs(chunked - whole.item()) <= 1e-5 * abs(whole.item())
+
+
+def test_generation_stops_at_the_stop_string(adapter):
+    free, stopped = adapter.generate_until(requests("generate_until", [
+        ("the model learns", {"max_gen_toks": 10}), ("the model learns", {"max_gen_toks": 10, "until": ["e"]})]))
+    assert free and "e" not in stopped and free.startswith(stopped)
+
+
+def test_local_tasks_of_every_request_type_run_end_to_end(eval_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["eval", "harness", "--checkpoint", str(eval_data.model_dir), "--data", str(eval_data.manifest_path),
+            "--tasks", "mttt_tiny_choice,mttt_tiny_copy,mttt_tiny_text", "--include-path", str(TASKS),
+            "--output", str(out), "--batch-size", "4"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for line in ("mttt_tiny_choice: acc ", "mttt_tiny_copy: exact_match ", "mttt_tiny_text: word_perplexity "):
+        assert line in printed
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert 0 <= results["mttt_tiny_choice"]["acc,none"] <= 1 and 0 <= results["mttt_tiny_copy"]["exact_match,none"] <= 1
+    assert np.isfinite(results["mttt_tiny_text"]["word_perplexity,none"])
+    assert {p.name.split("_2")[0] for p in out.rglob("samples_*.jsonl")} == {
+        "samples_mttt_tiny_choice", "samples_mttt_tiny_copy", "samples_mttt_tiny_text"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--tasks", "no_such_task"], r"unknown task\(s\) no_such_task: not in lm-eval's registry or in"),
+    (["--include-path", "/nonexistent"], r"--include-path /nonexistent is not a directory"),
+])
+def test_bad_tasks_are_named(eval_data, capsys, change, message):
+    values = {"--checkpoint": str(eval_data.model_dir), "--data": str(eval_data.manifest_path),
+              "--tasks": "mttt_tiny_choice", "--include-path": str(TASKS)} | dict([change])
+    assert main(["eval", "harness"] + [x for kv in values.items() for x in kv]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_missing_harness_names_the_extra(eval_data, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    args = ["eval", "harness", "--checkpoint", str(eval_data.model_dir), "--tasks", "x"]
+    assert main(args) == 2
+    assert "pip install 'megatron-ttt[eval]'" in capsys.readouterr().err
