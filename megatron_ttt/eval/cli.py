@@ -41,17 +41,25 @@ def _harness(args: argparse.Namespace) -> int:
     return run_harness(args)
 
 
+def _long_context(args: argparse.Namespace) -> int:
+    from megatron_ttt.eval.long_context_run import run_long_context
+
+    return run_long_context(args)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from megatron_ttt.eval.generate_run import run_generate
 
     return run_generate(args)
 
 
-def _contexts(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated token counts like 2048,8192, got {text!r}")
+def _list_of(kind, what: str):
+    def parse(text: str):
+        try:
+            return [kind(v) for v in text.split(",") if v]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+    return parse
 
 
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
@@ -80,7 +88,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = evals.add_parser("perplexity", help="loss and perplexity (overall and by token position) on a validation split")
     _checkpoint_args(p)
     p.add_argument("--data", required=True, metavar="MANIFEST", help="a prepared dataset's manifest.json (or its dir)")
-    p.add_argument("--context", type=_contexts, default=None, metavar="C1,C2,...",
+    p.add_argument("--context", type=_list_of(int, "token counts like 2048,8192"), default=None, metavar="C1,C2,...",
                    help="context lengths (default: the dataset's seq-len); longer ones join consecutive samples")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward on each data-parallel rank")
     p.add_argument("--max-samples", type=int, default=None, help="windows per context at most")
@@ -104,6 +112,23 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=1234, help="few-shot sampling and generation seeds")
     p.add_argument("--output", default="eval-harness", metavar="DIR", help="where the harness writes its results")
     p.set_defaults(func=_harness)
+
+    p = evals.add_parser("long-context", help="passkey and needle-in-a-haystack retrieval by length and depth",
+                         description="Synthetic prompts from the model's tokenizer (no downloads); exact-match "
+                                     "accuracy and the answer's log-probability per cell, as CSV and heatmaps. See "
+                                     "docs/eval.md.")
+    _checkpoint_args(p)
+    _tokenizer_args(p)
+    p.add_argument("--lengths", type=_list_of(int, "token counts"), default=[1024, 4096], metavar="L1,L2",
+                   help="prompt lengths in tokens (default 1024,4096)")
+    p.add_argument("--depths", type=_list_of(float, "fractions"), default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                   metavar="D1,D2", help="needle depths, 0 (start) to 1 (end) (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--tasks", type=_list_of(str, "task names"), default=["passkey", "needle"], metavar="T1,T2",
+                   help="passkey, needle (default both)")
+    p.add_argument("--trials", type=int, default=4, help="prompts per cell, each its own needle")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval-long-context", metavar="DIR", help="where the CSV, heatmaps and settings go")
+    p.set_defaults(func=_long_context)
 
 
 def add_generate_parser(sub: argparse._SubParsersAction) -> None:

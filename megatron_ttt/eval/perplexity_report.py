@@ -42,7 +42,7 @@ def summary(result: ContextResult) -> dict:
                 nll_sum=float(result.position_nll.sum()), loss=result.loss, perplexity=math.exp(result.loss))
 
 
-def _csv_text(rows: list[dict]) -> str:
+def csv_text(rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -80,7 +80,7 @@ def write_report(results: list[ContextResult], out: Path, kind: str, count: int)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for result in results for row in by_position(result, kind, count)]
     paths = {"summary": out / SUMMARY_CSV, "by_position": out / BY_POSITION_CSV, "plot": out / PLOT_PNG}
-    write_atomic(paths["summary"], _csv_text([summary(r) for r in results]))
-    write_atomic(paths["by_position"], _csv_text(rows))
+    write_atomic(paths["summary"], csv_text([summary(r) for r in results]))
+    write_atomic(paths["by_position"], csv_text(rows))
     plot(rows, paths["plot"], log_x=kind == "log")
     return paths

@@ -1,0 +1,73 @@
+"""`mttt eval long-context`: passkey and needle retrieval over a grid of lengths and depths."""
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
+from megatron_ttt.checkpoint.run_dir import RUN_CONFIG, resolve_model_source
+from megatron_ttt.errors import UserInputError
+from megatron_ttt.eval.long_context import KEYS, PASSKEY_FILLER, TASKS, TrialBuilder, corpus_text, needle_texts, score
+from megatron_ttt.eval.long_context_report import write_report
+from megatron_ttt.eval.prompt import resolve_tokenizer
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+
+
+def trained_length(checkpoint: Path) -> int | None:
+    """The sequence length a training checkpoint was trained at (None for a model directory)."""
+    path = checkpoint / RUN_CONFIG
+    return json.loads(path.read_text())["data"]["seq_len"] if path.exists() else None
+
+
+def check_grid(lengths: list[int], depths: list[float], tasks: list[str], model: TTTModelConfig,
+               trained: int | None) -> None:
+    """Lengths beyond the training context matter only where full attention sees them (its RoPE
+    positions were never trained there); TTT and sliding-window layers see the same positions
+    at any length."""
+    if unknown := sorted(set(tasks) - set(TASKS)):
+        raise UserInputError(f"--tasks {','.join(unknown)}: choose from {', '.join(TASKS)}")
+    if bad := [d for d in depths if not 0 <= d <= 1]:
+        raise UserInputError(f"--depths {bad}: a depth is a fraction of the filler, from 0 (start) to 1 (end)")
+    if bad := [n for n in lengths if n < 1]:
+        raise UserInputError(f"--lengths {bad}: lengths are positive token counts")
+    longest = max(lengths)
+    if trained is not None and "attention" in model.mixers and longest > trained:
+        raise UserInputError(f"--lengths {longest}: longer than the {trained} tokens this checkpoint was trained on, "
+                             "and its full-attention layers (layer pattern "
+                             f"{model.layer_pattern}) never saw positions beyond them; use lengths up to {trained}")
+
+
+def settings(args: argparse.Namespace, checkpoint: Path, tokenizer_path: Path) -> dict:
+    """What reproduces the report."""
+    return {"checkpoint": str(checkpoint), "tokenizer": str(tokenizer_path), "tasks": args.tasks,
+            "lengths": args.lengths, "depths": args.depths, "trials": args.trials, "seed": args.seed,
+            "passkey_filler": PASSKEY_FILLER, "needle_filler": "the bundled corpus (Python language reference, "
+            "pydoc_data.topics), from a seeded sentence", "needle_keys": list(KEYS),
+            "examples": {task: needle_texts(task, random.Random(args.seed)) for task in args.tasks}}
+
+
+def run_long_context(args: argparse.Namespace) -> int:
+    checkpoint = resolve_model_source(Path(args.checkpoint))
+    cfg = read_model_config(checkpoint)
+    check_grid(args.lengths, args.depths, args.tasks, cfg, trained_length(checkpoint))
+    tokenizer = resolve_tokenizer(checkpoint, args.tokenizer, args.data, cfg.vocab_size)
+    builder = TrialBuilder(tokenizer, corpus_text(), args.seed)
+    trials = [builder.trial(task, length, depth, i) for task in args.tasks for length in args.lengths
+              for depth in args.depths for i in range(args.trials)]
+    with parallel_groups(ModelParallel(args.tensor_parallel)):
+        model = load_model(checkpoint)
+        rank0 = torch.distributed.get_rank() == 0
+        outcomes = [score(model, trial) for trial in tqdm(trials, unit="prompt", disable=not rank0)]
+    if rank0:
+        paths = write_report(trials, outcomes, Path(args.out), settings(args, checkpoint, tokenizer.path))
+        for task in args.tasks:
+            mine = [o for t, o in zip(trials, outcomes) if t.task == task]
+            print(f"{task}: accuracy {sum(o.exact for o in mine) / len(mine):.3f} over {len(mine)} prompts "
+                  f"({len(args.lengths)} lengths x {len(args.depths)} depths x {args.trials}); heatmap {paths[task]}")
+        print(f"cells: {paths['cells']}")
+    return 0
