@@ -2,7 +2,10 @@ import pytest
 
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.training.data import prepare_bundled
+from tests.launchers import two_node_cluster
+from tests.launchers.jobs import STEPS
 from tests.launchers.slurm_cluster import missing_reason, start_cluster
+from tests.training.runs import pretrain
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +25,22 @@ def launch_cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("cache")
     prepare_bundled(DataSection(seq_len=64, bundled_vocab_size=512), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def two_nodes():
+    """Two SLURM nodes on this machine, each a network namespace with its own host name."""
+    reason = missing_reason() or two_node_cluster.missing_reason()
+    if reason:
+        pytest.skip(f"no two-node SLURM cluster: {reason}")
+    cluster = two_node_cluster.start_two_node_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, launch_cache):
+    """The test job's run under plain torchrun on one node, 2 processes, uninterrupted."""
+    run = tmp_path_factory.mktemp("torchrun") / "run"
+    pretrain(run, launch_cache, STEPS, nproc=2)
+    return run

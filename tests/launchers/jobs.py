@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tests.launchers.slurm_cluster import Cluster
+from tests.training.runs import FAST, environment, free_port
 
 LOG_LINE = re.compile(r"^\[(\S+Z)\] mttt-slurm: (.*)$", re.M)
 
@@ -16,10 +17,13 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+STEPS = ["train.steps=60", "checkpoint.interval=100", "logging.eval_interval=20"]
+
+
 def launch(cluster: Cluster, env: dict, *args: str) -> list[str]:
-    """Runs `mttt launch ARGS` against the cluster; the submitted job ids, in order."""
-    out = subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "launch", *args], env=cluster.env | env,
-                         capture_output=True, text=True, timeout=120)
+    """Runs `mttt launch ARGS` against the cluster (on its head node); the submitted job ids, in order."""
+    out = subprocess.run([*cluster.prefix, sys.executable, "-m", "megatron_ttt.cli", "launch", *args],
+                         env=cluster.env | env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return re.findall(r"job (\d+)", out.stdout)
 
@@ -54,3 +58,19 @@ def events(log: Path) -> list[tuple[str, str]]:
 
 def event_time(log: Path, pattern: str) -> str | None:
     return next((ts for ts, message in events(log) if re.search(pattern, message)), None)
+
+
+def submit(cluster: Cluster, cache: Path, run: Path, extra=(), nodes: int = 1, procs_per_node: int = 2,
+           profile: str = "cpu-test", time_limit: str = "20:00", grace: int = 300) -> tuple[str, Path]:
+    """`mttt launch pretrain` of the tiny test run (STEPS, then `extra`); the job id and its log."""
+    (job_id,) = launch(cluster, environment(cache), "pretrain", "--nodes", str(nodes), "--gpus-per-node",
+                       str(procs_per_node), "--profile", profile, "--partition", cluster.partition, "--time",
+                       time_limit, "--grace", str(grace), "--port", str(free_port()), "--job-name", run.name,
+                       f"run_dir={run}", *FAST, *STEPS, *extra)
+    return job_id, run / "slurm" / "logs" / f"{run.name}-{job_id}.out"
+
+
+def assert_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[n] - b[n]).abs().max().item() for n in a if a[n] is not None)
+    assert worst <= atol, f"final weights differ by up to {worst}"

@@ -1,5 +1,6 @@
 """A one-machine SLURM cluster for the launcher tests: munged, slurmctld and slurmd started from
-a private directory (own munge socket, ports, state and logs), and stopped again by their pids."""
+a private directory (own munge socket, ports, state and logs), and stopped again by their pids.
+two_node_cluster.py builds a two-node one from the same parts."""
 
 import os
 import shutil
@@ -15,7 +16,7 @@ DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch")
 
 SLURM_CONF = """\
 ClusterName=mttt-test
-SlurmctldHost={host}(127.0.0.1)
+SlurmctldHost={host}({address})
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
@@ -24,11 +25,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={munge_socket}
 StateSaveLocation={state}
-SlurmdSpoolDir={spool}
+SlurmdSpoolDir={spool}/%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -42,8 +43,8 @@ SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 KillWait=10
 MinJobAge=600
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+{nodes}
+PartitionName=debug Nodes={node_names} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
 
 
@@ -68,6 +69,13 @@ class Cluster:
     conf: Path
     partition: str = "debug"
     processes: list = field(default_factory=list)
+    prefix: tuple[str, ...] = ()
+    """What client commands run under (the head node's network namespace on two nodes)."""
+    teardown: list = field(default_factory=list)
+    """Callables that undo what the cluster set up beside its daemons, run after they stop."""
+    munge_socket: Path | None = None
+    nodes: dict[str, str] = field(default_factory=dict)
+    """Node name -> its network namespace (the two-node cluster's)."""
 
     @property
     def env(self) -> dict:
@@ -75,7 +83,7 @@ class Cluster:
         return os.environ | {"SLURM_CONF": str(self.conf)}
 
     def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run([*self.prefix, *command], env=self.env, capture_output=True, text=True, timeout=60)
         if check and out.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {out.returncode}: {out.stderr}")
         return out
@@ -94,6 +102,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for undo in reversed(self.teardown):
+            undo()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -132,8 +142,16 @@ def _wait(ready, proc: subprocess.Popen, name: str, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def start_cluster() -> Cluster:
-    """Install SLURM if needed (scripts/install_slurm.sh), then start a one-node cluster."""
+def start_daemon(cluster: Cluster, name: str, command: list[str], env: dict | None = None) -> subprocess.Popen:
+    """A daemon in the foreground, its stderr in ROOT/NAME.stderr, stopped with the cluster."""
+    proc = subprocess.Popen(command, env=env or cluster.env, stdout=subprocess.DEVNULL, stderr=_log(cluster.root, name))
+    proc.stderr_path = cluster.root / f"{name}.stderr"
+    cluster.processes.append(proc)
+    return proc
+
+
+def new_cluster() -> Cluster:
+    """SLURM installed if needed (scripts/install_slurm.sh), a private directory and its munged."""
     subprocess.run([str(REPO / "scripts" / "install_slurm.sh")], check=True)
     root = Path(tempfile.mkdtemp(prefix="mttt-slurm-"))
     root.chmod(0o755)  # munged checks that the directories above its socket are not writable by others
@@ -143,16 +161,40 @@ def start_cluster() -> Cluster:
         cluster.processes.append(munged)
         (root / "state").mkdir()
         (root / "spool").mkdir()
-        cluster.conf.write_text(SLURM_CONF.format(
-            host=socket.gethostname(), cpus=os.cpu_count(), ctld_port=free_port(), slurmd_port=free_port(),
-            munge_socket=sock, state=root / "state", spool=root / "spool", root=root))
+    except BaseException:
+        cluster.stop()
+        raise
+    cluster.munge_socket = sock
+    return cluster
+
+
+def write_conf(cluster: Cluster, head: str, address: str, nodes: dict[str, str]) -> None:
+    """slurm.conf for `nodes` (name -> address, each with every CPU of this machine), the
+    controller on `head` at `address`."""
+    lines = "\n".join(f"NodeName={name} NodeAddr={addr} CPUs={os.cpu_count()} State=UNKNOWN"
+                      for name, addr in nodes.items())
+    root = cluster.root
+    cluster.conf.write_text(SLURM_CONF.format(
+        host=head, address=address, ctld_port=free_port(), slurmd_port=free_port(), munge_socket=cluster.munge_socket,
+        state=root / "state", spool=root / "spool", root=root, nodes=lines, node_names=",".join(nodes)))
+
+
+def wait_idle(cluster: Cluster, nodes: int) -> None:
+    """Until sinfo shows `nodes` idle nodes (a slurmd that exits meanwhile raises)."""
+    _wait(lambda: cluster.run("sinfo", "-h", "-N", "-o", "%t", check=False).stdout.split().count("idle") == nodes,
+          cluster.processes[-1], "slurmd", 60)
+
+
+def start_cluster() -> Cluster:
+    """A one-node cluster on this machine's host name and loopback address."""
+    cluster = new_cluster()
+    try:
+        host = socket.gethostname()
+        write_conf(cluster, host, "127.0.0.1", {host: "127.0.0.1"})
+        (cluster.root / "spool" / host).mkdir()
         for daemon in ("slurmctld", "slurmd"):
-            proc = subprocess.Popen([daemon, "-D", "-f", str(cluster.conf)], env=cluster.env,
-                                    stdout=subprocess.DEVNULL, stderr=_log(root, daemon))
-            proc.stderr_path = root / f"{daemon}.stderr"
-            cluster.processes.append(proc)
-        _wait(lambda: "idle" in cluster.run("sinfo", "-h", "-o", "%t", check=False).stdout,
-              cluster.processes[-1], "slurmd", 60)
+            start_daemon(cluster, daemon, [daemon, "-D", "-f", str(cluster.conf)])
+        wait_idle(cluster, 1)
     except BaseException:
         cluster.stop()
         raise

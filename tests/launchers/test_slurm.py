@@ -10,36 +10,20 @@ import time
 import pytest
 from megatron_ttt.cli import main
 from tests.data_prep.corpora import make_tokenizer, write_corpus
-from tests.launchers.jobs import event_time, events, launch, now, wait_done, wait_for
-from tests.training.runs import FAST, environment, final_weights, free_port, losses, pretrain
+from tests.launchers.jobs import STEPS, assert_weights, event_time, events, launch, now, submit, wait_done, wait_for
+from tests.training.runs import final_weights, losses, pretrain
 
 pytestmark = pytest.mark.slow
-STEPS = ["train.steps=20", "checkpoint.interval=50", "logging.eval_interval=10"]
-
-
-def submit(slurm, cache, run, extra=()) -> tuple[str, object]:
-    (job_id,) = launch(slurm, environment(cache), "pretrain", "--nodes", "1", "--gpus-per-node", "2",
-                       "--profile", "cpu-test", "--partition", slurm.partition, "--time", "20:00",
-                       "--port", str(free_port()), "--job-name", run.name, f"run_dir={run}", *FAST, *STEPS, *extra)
-    return job_id, run / "slurm" / "logs" / f"{run.name}-{job_id}.out"
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, launch_cache):
-    """The same run under plain torchrun, uninterrupted."""
-    run = tmp_path_factory.mktemp("torchrun") / "run"
-    pretrain(run, launch_cache, STEPS, nproc=2)
-    return run
 
 
 def test_pretrain_job_equals_plain_torchrun(slurm, launch_cache, reference, tmp_path):
     job_id, log = submit(slurm, launch_cache, tmp_path / "job")
     info = wait_done(slurm, job_id, log)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0", (info, log.read_text())
-    assert event_time(log, r"^finished: step 20 reached") and not event_time(log, "requeue"), log.read_text()
+    assert event_time(log, r"^finished: step 60 reached") and not event_time(log, "requeue"), log.read_text()
     assert losses(tmp_path / "job") == losses(reference)
     train_log = (tmp_path / "job" / "slurm" / "logs" / f"train-{job_id}-r0-node0.log").read_text()
-    assert "step 20/20" in train_log
+    assert "step 60/60" in train_log
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, reference, tmp_path):
@@ -54,7 +38,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, ref
              f"job {job_id} requeued and pending", timeout=120)
     timeline["seen pending after requeue"] = now()
     stopped = re.search(r"latest checkpoint: step-(\d+)", log.read_text())
-    assert stopped and 3 < int(stopped.group(1)) < 20, log.read_text()
+    assert stopped and 3 < int(stopped.group(1)) < 60, log.read_text()
     snapshot = tmp_path / "snapshot"  # the run as the restart finds it, to resume under plain torchrun
     shutil.copytree(run, snapshot, ignore=shutil.ignore_patterns("slurm"))
     # Release only once the old allocation is gone: slurmd refuses a credential issued within the
@@ -88,12 +72,6 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, ref
     ref = losses(reference)
     assert all(abs(loss - ref[step]) <= 1e-6 * abs(ref[step]) for step, loss in losses(run).items())
     assert_weights(final_weights(run), final_weights(reference), 1e-6)
-
-
-def assert_weights(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    worst = max((a[n] - b[n]).abs().max().item() for n in a if a[n] is not None)
-    assert worst <= atol, f"final weights differ by up to {worst}"
 
 
 def test_plain_scancel_does_not_requeue(slurm, launch_cache, tmp_path):
