@@ -4,7 +4,8 @@ On the same text (the bundled Python reference, repeated to --megabytes and spli
 --files inputs): raw `SentencePieceProcessor.Encode` over the documents already in memory (one
 thread, batches of the size `mttt data shard` uses), then `mttt data shard` with 1 and 2
 workers (reading, tokenizing, packing, writing and hashing shards), then with 1 worker on the same
-documents as Parquet files (one per input), then the loader reading the shards back. Token rates
+documents as Parquet files (one per input), then the loader reading the shards back, alone and
+as a 50/50 blend of the JSON Lines and the Parquet shards (the same number of samples). Token rates
 count the tokenizer's ids (EOS excluded) so every row counts the same tokens; each row is the best
 of --repeats.
 
@@ -79,9 +80,10 @@ def shard(directory: Path, settings: ShardSettings, workers: int) -> Manifest:
     return shard_corpus(ShardJob(out, settings, workers), show_progress=False)[0]
 
 
-def read_all(manifest: Manifest, workers: int, micro_batch: int) -> int:
-    loader = TokenLoader(manifest, LoaderConfig(micro_batch_size=micro_batch, num_workers=workers))
-    it, steps = iter(loader), loader.samples_per_epoch // micro_batch
+def read_all(manifests: list[Manifest], workers: int, micro_batch: int, weights: list[float] | None = None) -> int:
+    """One epoch's worth of the first manifest's samples, from it alone or from a blend."""
+    loader = TokenLoader(manifests, LoaderConfig(micro_batch_size=micro_batch, num_workers=workers), weights=weights)
+    it, steps = iter(loader), manifests[0].samples("train") // micro_batch
     return sum(next(it).tokens.numel() for _ in range(steps))
 
 
@@ -115,15 +117,19 @@ def main() -> None:
         rows.append({"case": "mttt data shard, Parquet, 1 worker", "seconds": seconds,
                      "tokens": shard_tokens(from_parquet)})
         for workers, micro_batch in ((0, 16), (2, 16), (2, 64)):
-            seconds, tokens = best_of(args.repeats, lambda: read_all(m, workers, micro_batch))
+            seconds, tokens = best_of(args.repeats, lambda: read_all([m], workers, micro_batch))
             rows.append({"case": f"loader read, {workers} workers, micro-batch {micro_batch}", "seconds": seconds,
                          "tokens": tokens})
+        for workers in (0, 2):
+            seconds, tokens = best_of(args.repeats, lambda: read_all([m, from_parquet], workers, 16, [0.5, 0.5]))
+            rows.append({"case": f"loader read, blend of 2, {workers} workers, micro-batch 16",
+                         "seconds": seconds, "tokens": tokens})
     base = rows[0]["tokens"] / rows[0]["seconds"]
     print(f"{args.megabytes:g} MB of text in {args.files} files, vocab {args.vocab_size}, seq-len {args.seq_len}")
-    print(f"{'case':<44} {'tokens':>11} {'seconds':>8} {'tokens/s':>12} {'vs encode':>9}")
+    print(f"{'case':<50} {'tokens':>11} {'seconds':>8} {'tokens/s':>12} {'vs encode':>9}")
     for row in rows:
         row["tokens_per_second"] = row["tokens"] / row["seconds"]
-        print(f"{row['case']:<44} {row['tokens']:>11,} {row['seconds']:>8.2f} {row['tokens_per_second']:>12,.0f} "
+        print(f"{row['case']:<50} {row['tokens']:>11,} {row['seconds']:>8.2f} {row['tokens_per_second']:>12,.0f} "
               f"{row['tokens_per_second'] / base:>8.2f}x")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
