@@ -18,6 +18,7 @@ from megatron_ttt.data import Tokenizer
 from megatron_ttt.eval import harness
 from megatron_ttt.eval.harness import HarnessModel
 from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from tests.distributed import run_distributed
 
 TASKS = Path(__file__).parent / "harness_tasks"
 PAIRS = [("the model learns at test", " time"), ("", "the model"), ("a gradient step on its hidden ", "state every"),
@@ -110,3 +111,22 @@ def test_a_missing_harness_names_the_extra(eval_data, capsys, monkeypatch):
     args = ["eval", "harness", "--checkpoint", str(eval_data.model_dir), "--tasks", "x"]
     assert main(args) == 2
     assert "pip install 'megatron-ttt[eval]'" in capsys.readouterr().err
+
+
+def tp_loglikelihoods(rank: int, world: int, store, tp: int, model_dir: str, tokenizer: str) -> list:
+    init_parallel(ModelParallel(tp), store=store)
+    try:
+        lm = HarnessModel(load_model(Path(model_dir)), Tokenizer(tokenizer), batch_size=2, show_progress=False)
+        return lm.loglikelihood(requests("loglikelihood", PAIRS)) + [lm.document_logprob(list(range(3, 40)))]
+    finally:
+        destroy_parallel()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_requests_equal_one_process(eval_data):
+    args = (str(eval_data.model_dir), str(eval_data.tokenizer_path))
+    one = tp_loglikelihoods(0, 1, None, 1, *args)
+    for ranks in run_distributed(2, tp_loglikelihoods, 2, *args):
+        for a, b in zip(ranks[:-1], one[:-1]):
+            assert a[1] == b[1] and abs(a[0] - b[0]) <= 1e-5 * abs(b[0])
+        assert abs(ranks[-1] - one[-1]) <= 1e-5 * abs(one[-1])

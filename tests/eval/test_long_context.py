@@ -6,6 +6,7 @@ import json
 import random
 import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from megatron_ttt.eval import long_context
 from megatron_ttt.eval.long_context import TrialBuilder, corpus_text, needle_texts, score
 from megatron_ttt.eval.long_context_run import check_grid
 from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from tests.distributed import run_distributed
 from tests.eval.conftest import MODEL
 
 
@@ -98,3 +100,21 @@ def test_lengths_beyond_training_are_refused_only_for_full_attention():
     check_grid([32, 128], [0.5], ["passkey"], replace(hybrid, layer_pattern="TW"), trained=64)
     check_grid([32, 128], [0.5], ["passkey"], MODEL, trained=64)
     check_grid([32, 128], [0.5], ["passkey"], hybrid, trained=None)
+
+
+def tp_scores(rank: int, world: int, store, tp: int, model_dir: str, trials: list) -> list:
+    init_parallel(ModelParallel(tp), store=store)
+    try:
+        model = load_model(Path(model_dir))
+        return [score(model, trial) for trial in trials]
+    finally:
+        destroy_parallel()
+
+
+@pytest.mark.slow
+def test_tensor_parallel_scores_equal_one_process(eval_data, builder):
+    trials = [builder.trial(task, 150, 0.5, 0) for task in ("passkey", "needle")]
+    one = tp_scores(0, 1, None, 1, str(eval_data.model_dir), trials)
+    for ranks in run_distributed(2, tp_scores, 2, str(eval_data.model_dir), trials):
+        for a, b in zip(ranks, one):
+            assert a.exact == b.exact and abs(a.logprob - b.logprob) <= 1e-5 * abs(b.logprob)
