@@ -1,5 +1,6 @@
 """Submitting `mttt launch` jobs to the test cluster and watching them: states, logs, timestamps."""
 
+import json
 import re
 import subprocess
 import sys
@@ -74,3 +75,31 @@ def assert_weights(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     worst = max((a[n] - b[n]).abs().max().item() for n in a if a[n] is not None)
     assert worst <= atol, f"final weights differ by up to {worst}"
+
+
+def preempt_after_step_3(cluster: Cluster, run: Path, job_id: str, log: Path, timeline: dict) -> int:
+    """Once the periodic checkpoint of step 3 exists, USR1 to the job's batch shell; waits until the
+    job is requeued; the step whose checkpoint it stopped at."""
+    wait_for(lambda: (run / "checkpoints" / "latest").exists(), "the first periodic checkpoint (step 3)")
+    timeline["preempt signal sent (scancel --signal=USR1 --batch), after the checkpoint of step 3"] = now()
+    cluster.run("scancel", "--signal=USR1", "--batch", job_id)
+    wait_for(lambda: cluster.job(job_id)["Restarts"] == "1" and cluster.job(job_id)["JobState"] == "PENDING",
+             f"job {job_id} requeued and pending", timeout=120)
+    timeline["seen pending after requeue"] = now()
+    stopped = re.search(r"latest checkpoint: step-(\d+)", log.read_text())
+    assert stopped and 3 < int(stopped.group(1)) < 60, log.read_text()
+    return int(stopped.group(1))
+
+
+def report_timeline(run: Path, log: Path, timeline: dict, stopped: int, title: str) -> None:
+    """Adds the batch script's own events to `timeline`, prints it in order, writes
+    RUN/timeline.json, and checks that every event happened."""
+    for label, pattern in (("USR1 received by the batch shell", "received USR1"),
+                           (f"training stopped after its checkpoint at step {stopped}", "training exited"),
+                           ("requeued", "requeueing"), ("restart 1 started", r"restart 1 "), ("finished", "finished")):
+        timeline[label] = event_time(log, pattern)
+    print(f"\n{title} (UTC):")
+    for label, ts in sorted(timeline.items(), key=lambda kv: kv[1]):
+        print(f"  {ts}  {label}")
+    (run / "timeline.json").write_text(json.dumps(timeline, indent=1))
+    assert all(timeline.values()), timeline

@@ -3,14 +3,14 @@ torchrun, preemption checkpoints, requeues and resumes to the same weights, scan
 requeue, and a data-prep array plus its merge job equals a local run."""
 
 import json
-import re
 import shutil
 import time
 
 import pytest
 from megatron_ttt.cli import main
 from tests.data_prep.corpora import make_tokenizer, write_corpus
-from tests.launchers.jobs import STEPS, assert_weights, event_time, events, launch, now, submit, wait_done, wait_for
+from tests.launchers.jobs import (STEPS, assert_weights, event_time, events, launch, now, preempt_after_step_3,
+                                  report_timeline, submit, wait_done, wait_for)
 from tests.training.runs import final_weights, losses, pretrain
 
 pytestmark = pytest.mark.slow
@@ -28,17 +28,10 @@ def test_pretrain_job_equals_plain_torchrun(slurm, launch_cache, reference, tmp_
 
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, reference, tmp_path):
     run = tmp_path / "preempted"
-    # A periodic checkpoint first: its writer processes must survive the preemption signal.
+    # A periodic checkpoint first, so the preemption's own comes after a completed one.
     job_id, log = submit(slurm, launch_cache, run, ["checkpoint.interval=3"])
     timeline = {"submitted": now()}
-    wait_for(lambda: (run / "checkpoints" / "latest").exists(), "the first periodic checkpoint (step 3)")
-    timeline["preempt signal sent (scancel --signal=USR1 --batch), after the checkpoint of step 3"] = now()
-    slurm.run("scancel", "--signal=USR1", "--batch", job_id)
-    wait_for(lambda: slurm.job(job_id)["Restarts"] == "1" and slurm.job(job_id)["JobState"] == "PENDING",
-             f"job {job_id} requeued and pending", timeout=120)
-    timeline["seen pending after requeue"] = now()
-    stopped = re.search(r"latest checkpoint: step-(\d+)", log.read_text())
-    assert stopped and 3 < int(stopped.group(1)) < 60, log.read_text()
+    stopped = preempt_after_step_3(slurm, run, job_id, log, timeline)
     snapshot = tmp_path / "snapshot"  # the run as the restart finds it, to resume under plain torchrun
     shutil.copytree(run, snapshot, ignore=shutil.ignore_patterns("slurm"))
     # Release only once the old allocation is gone: slurmd refuses a credential issued within the
@@ -52,17 +45,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, ref
     timeline["resume seen in the restart's log"] = now()
     info = wait_done(slurm, job_id, log)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log.read_text())
-    assert f"at step {int(stopped.group(1))}" in train_log.read_text()
-    for label, pattern in (("USR1 received by the batch shell", "received USR1"),
-                           (f"training stopped after its checkpoint at step {int(stopped.group(1))}", "training exited"),
-                           ("requeued", "requeueing"), ("restart 1 started", r"restart 1 "),
-                           ("finished", "finished")):
-        timeline[label] = event_time(log, pattern)
-    print("\npreempt -> requeue -> resume timeline (UTC):")
-    for label, ts in sorted(timeline.items(), key=lambda kv: kv[1]):
-        print(f"  {ts}  {label}")
-    (run / "timeline.json").write_text(json.dumps(timeline, indent=1))
-    assert all(timeline.values()), timeline
+    assert f"at step {stopped}" in train_log.read_text()
+    report_timeline(run, log, timeline, stopped, "preempt -> requeue -> resume timeline")
     # The restart resumed what `mttt pretrain --resume auto` resumes from the same checkpoint, bit for bit.
     pretrain(snapshot, launch_cache, STEPS + ["checkpoint.interval=3"], nproc=2)
     assert losses(run) == losses(snapshot)

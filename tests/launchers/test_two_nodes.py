@@ -16,7 +16,8 @@ import yaml
 
 from megatron_ttt.cli import main
 from tests.data_prep.corpora import make_tokenizer, write_corpus
-from tests.launchers.jobs import assert_weights, event_time, launch, now, submit, wait_done, wait_for
+from tests.launchers.jobs import (assert_weights, event_time, launch, now, preempt_after_step_3, report_timeline, submit,
+                                  wait_done, wait_for)
 from tests.launchers.two_node_cluster import INTERFACE
 from tests.training.runs import final_weights, losses
 
@@ -75,14 +76,7 @@ def test_preemption_stops_both_nodes_and_the_restart_resumes(two_nodes, launch_c
     run = tmp_path / "preempted"
     job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run, ["checkpoint.interval=3"])
     timeline = {"submitted": now()}
-    wait_for(lambda: (run / "checkpoints" / "latest").exists(), "the first periodic checkpoint (step 3)")
-    timeline["preempt signal sent (scancel --signal=USR1 --batch), after the checkpoint of step 3"] = now()
-    two_nodes.run("scancel", "--signal=USR1", "--batch", job_id)
-    wait_for(lambda: two_nodes.job(job_id)["Restarts"] == "1" and two_nodes.job(job_id)["JobState"] == "PENDING",
-             f"job {job_id} requeued and pending", timeout=120)
-    timeline["seen pending after requeue"] = now()
-    stopped = int(re.search(r"latest checkpoint: step-(\d+)", log.read_text()).group(1))
-    assert 3 < stopped < 60, log.read_text()
+    stopped = preempt_after_step_3(two_nodes, run, job_id, log, timeline)
     release_when_idle(two_nodes, job_id)
     timeline["released (StartTime=now)"] = now()
     restart_logs = node_logs(run, job_id, 1)
@@ -91,16 +85,7 @@ def test_preemption_stops_both_nodes_and_the_restart_resumes(two_nodes, launch_c
     info = wait_done(two_nodes, job_id, log)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log.read_text())
     assert f"at step {stopped}" in restart_logs[0].read_text()
-    for label, pattern in (("USR1 received by the batch shell", "received USR1"),
-                           (f"training stopped on both nodes after its checkpoint at step {stopped}",
-                            "training exited"), ("requeued", "requeueing"), ("restart 1 started", r"restart 1 "),
-                           ("finished", "finished")):
-        timeline[label] = event_time(log, pattern)
-    print("\ntwo-node preempt -> requeue -> resume timeline (UTC):")
-    for label, ts in sorted(timeline.items(), key=lambda kv: kv[1]):
-        print(f"  {ts}  {label}")
-    (run / "timeline.json").write_text(json.dumps(timeline, indent=1))
-    assert all(timeline.values()), timeline
+    report_timeline(run, log, timeline, stopped, "two-node preempt -> requeue -> resume timeline")
     ref = losses(reference)
     assert all(abs(loss - ref[step]) <= 1e-6 * abs(ref[step]) for step, loss in losses(run).items())
     assert_weights(final_weights(run), final_weights(reference), 1e-6)
