@@ -1,6 +1,7 @@
 """YAML files and `section.key=value` overrides -> a typed PretrainConfig."""
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def check(config: PretrainConfig) -> None:
     blend_entries(config.data)
 
 
+BLEND_PERIOD = 2**20
+"""Positions per period of a blend's schedule (data/blend.py): a weight must give a source one."""
+
+
 def blend_entries(data: DataSection) -> list[tuple[float, str]]:
     """data.blend as (weight, manifest) pairs; ConfigError naming the entry that is wrong."""
     words = data.blend.split()
@@ -135,18 +140,28 @@ def blend_entries(data: DataSection) -> list[tuple[float, str]]:
             value = float(weight)
         except ValueError:
             raise ConfigError(f"data.blend: {weight!r} (before {manifest}) is not a weight") from None
-        if not value > 0:
-            raise ConfigError(f"data.blend: the weight of {manifest} is {weight}; weights must be positive")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"data.blend: the weight of {manifest} is {weight}; weights must be positive numbers")
         entries.append((value, manifest))
-    manifests = [m for _, m in entries]
-    repeated = sorted({m for m in manifests if manifests.count(m) > 1})
+    places = [_manifest_dir(m) for _, m in entries]
+    repeated = sorted({m for m, place in zip((m for _, m in entries), places) if places.count(place) > 1})
     if repeated:
-        raise ConfigError(f"data.blend names {', '.join(repeated)} more than once; give each manifest once, "
-                          "with the sum of its weights")
+        raise ConfigError(f"data.blend names the same manifest more than once ({', '.join(repeated)}); give each "
+                          "manifest once, with the sum of its weights")
+    total = sum(w for w, _ in entries)
+    if small := [m for w, m in entries if w < total / BLEND_PERIOD]:
+        raise ConfigError(f"data.blend: the weight of {', '.join(small)} is below 1/{BLEND_PERIOD} of the sum of the "
+                          "weights, too small to schedule")
     if entries and data.manifest != "bundled":
         raise ConfigError(f"data.blend and data.manifest={data.manifest} are both set; a blend lists every "
                           "manifest it trains on")
     return entries
+
+
+def _manifest_dir(manifest: str) -> Path:
+    """The directory a manifest argument names (its manifest.json or the directory itself)."""
+    path = Path(manifest).expanduser().resolve()
+    return path.parent if path.name == "manifest.json" else path
 
 
 def check_world_size(config: PretrainConfig, world_size: int) -> None:

@@ -6,8 +6,8 @@ n_s = w_s N positions (rounded by largest remainder, so the n_s sum to N; weight
 to within 1e-6). Inside a period the j-th position of source s has the time (j + 1/2) / n_s, and
 the positions go to the sources in the order of their times (ties to the earlier source): the
 Sainte-Lague divisor rule, which spreads each source evenly. Over any window of positions,
-not only from the start, each source's count stays within two samples of its weight times
-the window (within one for two sources); tests/data/test_blend.py measures it.
+not only from the start, each source's count stays less than two samples from its weight
+times the window (at most one for two sources); tests/data/test_blend.py measures it.
 
 Megatron-LM's blended index picks, at each position, the source furthest behind its weight: the
 same evenness, but computed sequentially up to the run's length. The period here gives the same

@@ -129,7 +129,8 @@ class SampleOrder:
             out = np.empty_like(within)
             for epoch in np.unique(epochs):
                 here = epochs == epoch
-                out[here] = FeistelPermutation(self.samples[source], self.source_seed(int(source), int(epoch)))(within[here])
+                permutation = FeistelPermutation(self.samples[source], self.source_seed(int(source), int(epoch)))
+                out[here] = permutation(within[here])
             ids[at] = out
         return list(zip(sources.tolist(), ids.tolist()))
 
@@ -164,6 +165,8 @@ class TokenLoader:
         manifests = [manifests] if isinstance(manifests, Manifest) else list(manifests)
         self.manifests, self.config, self.dp_rank, self.dp_size = manifests, config, dp_rank, dp_size
         self.weights = list(weights) if weights is not None else [1.0] * len(manifests)
+        if len(self.weights) != len(manifests):
+            raise DataError(f"{len(self.weights)} blend weights for {len(manifests)} manifests")
         self.datasets = [ShardedSamples(m, config.split, config.verify_sha256) for m in manifests]
         for manifest, dataset in zip(manifests, self.datasets):
             if len(dataset) == 0:
@@ -209,7 +212,8 @@ class TokenLoader:
     def load_state_dict(self, state: dict) -> None:
         """Continue after `state` (saved at any data-parallel or micro-batch size)."""
         mine = self.state_dict()
-        differ = [k for k in ("seed", "split", "shuffle", "samples_per_epoch", "fingerprint") if state.get(k) != mine[k]]
+        differ = [k for k in ("seed", "split", "shuffle", "samples_per_epoch", "fingerprint")
+                  if state.get(k) != mine[k]]
         if differ:
             raise DataError(f"loader state was saved for another dataset, blend or order ({', '.join(differ)} "
                             "differ); resume with the manifests, weights and seed of the saved run")

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from megatron_ttt.data import Tokenizer
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.eval.generate import SamplingConfig, generate
+from megatron_ttt.eval.prompt import document_prefix
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.scoring import next_token_logprobs
@@ -33,13 +34,11 @@ class HarnessModel(LM):
         """max_length: tokens a loglikelihood request keeps at most (its context cut from the left);
         None keeps them all (a TTT model has no context limit)."""
         super().__init__()
+        if batch_size < 1 or (max_length is not None and max_length < 1):
+            raise UserInputError(f"--batch-size {batch_size} and --max-length {max_length} must be at least 1")
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
         self.max_length, self.show_progress = max_length, show_progress
-        prefix = tokenizer.eos_id if tokenizer.eos_id >= 0 else tokenizer.processor.bos_id()
-        if prefix < 0:
-            raise UserInputError(f"tokenizer {tokenizer.path} has neither an EOS nor a BOS piece to start a "
-                                 "document with")
-        self.prefix_id = prefix
+        self.prefix_id = document_prefix(tokenizer)
         """Starts every sequence: the document separator the model was trained with."""
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -69,19 +68,26 @@ class HarnessModel(LM):
         """Right-padded to the longest: a causal model's scores of a sequence ignore what follows it."""
         if any(not continuation for _, continuation in pairs):
             raise UserInputError("a loglikelihood request has an empty continuation: nothing to score")
-        rows = [self._truncate(context + continuation) for context, continuation in pairs]
+        rows = [self._truncate(context, continuation) for context, continuation in pairs]
         width = max(len(r) for r in rows)
         tokens = torch.tensor([r + [self.prefix_id] * (width - len(r)) for r in rows], dtype=torch.int64)
         logits = self.model.gather_logits(self.model(tokens)).float()
-        logp, greedy = next_token_logprobs(logits, tokens), logits[:, :-1].argmax(-1) == tokens[:, 1:]
+        vocab = self.tokenizer.vocab_size  # greedy decoding draws only the tokenizer's ids
+        logp, greedy = next_token_logprobs(logits, tokens), logits[:, :-1, :vocab].argmax(-1) == tokens[:, 1:]
         out = []
         for row, (r, (_, continuation)) in enumerate(zip(rows, pairs)):
             span = slice(len(r) - 1 - len(continuation), len(r) - 1)
             out.append((float(logp[row, span].double().sum()), bool(greedy[row, span].all())))
         return out
 
-    def _truncate(self, ids: list[int]) -> list[int]:
-        return ids if self.max_length is None else ids[-(self.max_length + 1):]
+    def _truncate(self, context: list[int], continuation: list[int]) -> list[int]:
+        """Context then continuation, the context cut from the left to max_length tokens in all."""
+        if self.max_length is None:
+            return context + continuation
+        if len(continuation) > self.max_length:
+            raise UserInputError(f"a loglikelihood continuation of {len(continuation)} tokens is longer than "
+                                 f"--max-length {self.max_length}; raise it")
+        return context[max(0, len(context) + len(continuation) - self.max_length - 1):] + continuation
 
     @torch.no_grad()
     def loglikelihood_rolling(self, requests) -> list[float]:

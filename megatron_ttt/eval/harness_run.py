@@ -22,7 +22,8 @@ def import_harness():
     try:
         import lm_eval
     except ImportError:
-        raise UserInputError("mttt eval harness needs lm-evaluation-harness: pip install 'megatron-ttt[eval]'") from None
+        raise UserInputError("mttt eval harness needs lm-evaluation-harness: "
+                             "pip install 'megatron-ttt[eval]'") from None
     return lm_eval
 
 
@@ -71,7 +72,9 @@ def run_harness(args: argparse.Namespace) -> int:
         rank0 = torch.distributed.get_rank() == 0
         lm = HarnessModel(load_model(checkpoint), tokenizer, args.batch_size, args.max_length, show_progress=rank0)
         tracker = EvaluationTracker(output_path=str(args.output))
-        results = simple_evaluate(model=lm, tasks=tasks, num_fewshot=args.num_fewshot, limit=args.limit,
+        # model_args only name the results (the harness's folder for a local model is its path).
+        results = simple_evaluate(model=lm, model_args={"pretrained": str(checkpoint)}, tasks=tasks,
+                                  num_fewshot=args.num_fewshot, limit=args.limit,
                                   task_manager=manager, evaluation_tracker=tracker, log_samples=True,
                                   random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
                                   fewshot_random_seed=args.seed, metadata={"checkpoint": str(checkpoint)})

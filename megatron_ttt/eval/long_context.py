@@ -1,12 +1,13 @@
 """Synthetic long-context retrieval, built from the model's own tokenizer: nothing is downloaded.
 
 Two tasks, each a prompt of exactly `length` tokens with a needle at a relative `depth` of its
-filler (0: at the start, 1: just before the question):
+filler, between the sentences nearest it (0: at the start, 1: just before the question); the
+filler's first sentence is cut at its start so that it holds exactly the tokens that remain:
 - passkey (Mohtashami & Jaggi 2023): the filler repeats "The grass is green. The sky is blue.
   ..."; the needle is "The pass key is 68048. Remember it. 68048 is the pass key."; the prompt
   ends "What is the pass key? The pass key is".
 - needle (needle-in-a-haystack, as RULER's single needle): the filler is the bundled corpus's
-  text from a seeded offset; the needle is "One of the special magic numbers for <key> is:
+  sentences from a seeded one on; the needle is "One of the special magic numbers for <key> is:
   <value>."; the prompt ends "What is the special magic number for <key>? The special magic
   number for <key> is:".
 The model reads the prompt once (prefill, in chunks that carry the inference cache), then the
@@ -23,6 +24,7 @@ import torch
 
 from megatron_ttt.data import Tokenizer
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.eval.prompt import document_prefix
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.language_model import TTTLanguageModel
 
@@ -64,24 +66,28 @@ def needle_texts(task: str, rng: random.Random) -> tuple[str, str, str]:
             f"What is the special magic number for {key}? The special magic number for {key} is:", f" {value}")
 
 
-def filler_sentences(task: str, corpus: str, rng: random.Random) -> list[str]:
-    """Sentences to fill with, in order, repeating as far as needed."""
+def filler_sentences(task: str, corpus: str) -> list[str]:
+    """The sentences a task fills with, in order; a trial starts at a seeded one and wraps around."""
     if task == "passkey":
         return [s + ". " for s in PASSKEY_FILLER.split(". ") if s.strip()]
-    sentences = [s.strip() + ". " for s in corpus.replace("\n", " ").split(". ") if s.strip()]
-    start = rng.randrange(len(sentences))
-    return sentences[start:] + sentences[:start]
+    return [s.strip() + ". " for s in corpus.replace("\n", " ").split(". ") if s.strip()]
 
 
 class TrialBuilder:
-    """Prompts of an exact token length; sentences encoded once and reused."""
+    """Prompts of an exact token length; each task's sentences encoded once and reused."""
 
     def __init__(self, tokenizer: Tokenizer, corpus: str, seed: int):
         self.tokenizer, self.corpus, self.seed = tokenizer, corpus, seed
-        self.prefix = [tokenizer.eos_id if tokenizer.eos_id >= 0 else tokenizer.processor.bos_id()]
+        self.prefix = [document_prefix(tokenizer)]
+        self._sentences: dict[str, list[list[int]]] = {}
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode([text])[0]
+
+    def sentences(self, task: str) -> list[list[int]]:
+        if task not in self._sentences:
+            self._sentences[task] = self.tokenizer.encode(filler_sentences(task, self.corpus))
+        return self._sentences[task]
 
     def trial(self, task: str, length: int, depth: float, index: int) -> Trial:
         rng = random.Random(f"{self.seed}/{task}/{length}/{depth}/{index}")
@@ -90,26 +96,29 @@ class TrialBuilder:
         if budget < 1:
             raise UserInputError(f"--lengths {length}: a {task} prompt needs more than {length - budget} tokens "
                                  "(the needle and the question); use longer lengths")
-        filler = self.filler(task, rng, budget)
-        at = round(depth * len(filler))
+        filler, boundaries = self.filler(task, rng, budget)
+        at = min(boundaries, key=lambda b: abs(b - depth * budget))  # between sentences, nearest the depth
         prompt = self.prefix + filler[:at] + needle + filler[at:] + question
         return Trial(task, length, depth, prompt, answer, len(self.prefix) + at)
 
-    def filler(self, task: str, rng: random.Random, budget: int) -> list[int]:
-        """Exactly `budget` filler ids, whole sentences but the last."""
-        sentences = [self.encode(s) for s in filler_sentences(task, self.corpus, rng)[:256]]
-        ids: list[int] = []
+    def filler(self, task: str, rng: random.Random, budget: int) -> tuple[list[int], list[int]]:
+        """Exactly `budget` filler ids, whole sentences from a seeded one on but the first, which is
+        cut at its start (so the text before the needle and the question ends a sentence), and the
+        offsets between sentences (0 and `budget` included)."""
+        sentences = self.sentences(task)
+        i, ids, boundaries = rng.randrange(len(sentences)), [], []
         while len(ids) < budget:
-            for sentence in sentences:
-                ids += sentence
-                if len(ids) >= budget:
-                    break
-        return ids[:budget]
+            ids += sentences[i % len(sentences)]
+            boundaries.append(len(ids))
+            i += 1
+        cut = len(ids) - budget
+        return ids[cut:], [0] + [b - cut for b in boundaries if b > cut]
 
 
 @torch.no_grad()
-def score(model: TTTLanguageModel, trial: Trial) -> Outcome:
-    """Prefill the prompt in cache-carrying chunks, then teacher-force the answer."""
+def score(model: TTTLanguageModel, trial: Trial, vocab_limit: int) -> Outcome:
+    """Prefill the prompt in cache-carrying chunks, then teacher-force the answer; greedy decoding
+    draws only ids below `vocab_limit` (the tokenizer's; the model's vocabulary may be padded)."""
     model.eval()
     cache = InferenceCache.empty(len(model.blocks))
     prompt = torch.tensor([trial.prompt], dtype=torch.int64)
@@ -119,7 +128,7 @@ def score(model: TTTLanguageModel, trial: Trial) -> Outcome:
     for i, token in enumerate(trial.answer):
         full = model.gather_logits(logits[:, None]).float()[0, 0]
         logprob += float(torch.log_softmax(full.double(), -1)[token])
-        exact &= int(full.argmax()) == token
+        exact &= int(full[:vocab_limit].argmax()) == token
         if i + 1 < len(trial.answer):
             logits = model.last_logits(torch.tensor([[token]]), cache)
     return Outcome(exact, logprob)

@@ -11,7 +11,8 @@ from tqdm import tqdm
 from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
 from megatron_ttt.checkpoint.run_dir import RUN_CONFIG, resolve_model_source
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.eval.long_context import KEYS, PASSKEY_FILLER, TASKS, TrialBuilder, corpus_text, needle_texts, score
+from megatron_ttt.eval.long_context import (KEYS, PASSKEY_FILLER, TASKS, Trial, TrialBuilder, corpus_text,
+                                            needle_texts, score)
 from megatron_ttt.eval.long_context_report import write_report
 from megatron_ttt.eval.prompt import resolve_tokenizer
 from megatron_ttt.models.config import TTTModelConfig
@@ -24,22 +25,29 @@ def trained_length(checkpoint: Path) -> int | None:
     return json.loads(path.read_text())["data"]["seq_len"] if path.exists() else None
 
 
-def check_grid(lengths: list[int], depths: list[float], tasks: list[str], model: TTTModelConfig,
-               trained: int | None) -> None:
-    """Lengths beyond the training context matter only where full attention sees them (its RoPE
-    positions were never trained there); TTT and sliding-window layers see the same positions
-    at any length."""
+def check_grid(lengths: list[int], depths: list[float], tasks: list[str], trials: int) -> None:
+    if not (lengths and depths and tasks):
+        raise UserInputError("--lengths, --depths and --tasks each need at least one value")
     if unknown := sorted(set(tasks) - set(TASKS)):
         raise UserInputError(f"--tasks {','.join(unknown)}: choose from {', '.join(TASKS)}")
     if bad := [d for d in depths if not 0 <= d <= 1]:
         raise UserInputError(f"--depths {bad}: a depth is a fraction of the filler, from 0 (start) to 1 (end)")
     if bad := [n for n in lengths if n < 1]:
         raise UserInputError(f"--lengths {bad}: lengths are positive token counts")
-    longest = max(lengths)
-    if trained is not None and "attention" in model.mixers and longest > trained:
-        raise UserInputError(f"--lengths {longest}: longer than the {trained} tokens this checkpoint was trained on, "
-                             "and its full-attention layers (layer pattern "
-                             f"{model.layer_pattern}) never saw positions beyond them; use lengths up to {trained}")
+    if trials < 1:
+        raise UserInputError(f"--trials {trials}: at least one prompt per cell")
+
+
+def check_trained_length(trials: list[Trial], model: TTTModelConfig, trained: int | None) -> None:
+    """The answer's tokens follow the prompt: the last position read is length + answer - 1."""
+    if trained is None or "attention" not in model.mixers:
+        return
+    longest = max(trials, key=lambda t: len(t.prompt) + len(t.answer))
+    if (reach := len(longest.prompt) + len(longest.answer) - 1) > trained:
+        raise UserInputError(f"--lengths {longest.length}: with its answer the model reads {reach} positions, more "
+                             f"than the {trained} this checkpoint was trained on, and its full-attention layers "
+                             f"(layer pattern {model.layer_pattern}) never saw positions beyond them; use shorter "
+                             "lengths")
 
 
 def settings(args: argparse.Namespace, checkpoint: Path, tokenizer_path: Path) -> dict:
@@ -54,15 +62,19 @@ def settings(args: argparse.Namespace, checkpoint: Path, tokenizer_path: Path) -
 def run_long_context(args: argparse.Namespace) -> int:
     checkpoint = resolve_model_source(Path(args.checkpoint))
     cfg = read_model_config(checkpoint)
-    check_grid(args.lengths, args.depths, args.tasks, cfg, trained_length(checkpoint))
+    check_grid(args.lengths, args.depths, args.tasks, args.trials)
     tokenizer = resolve_tokenizer(checkpoint, args.tokenizer, args.data, cfg.vocab_size)
     builder = TrialBuilder(tokenizer, corpus_text(), args.seed)
     trials = [builder.trial(task, length, depth, i) for task in args.tasks for length in args.lengths
               for depth in args.depths for i in range(args.trials)]
+    # Lengths beyond the training context matter only where full attention sees them (its RoPE
+    # positions were never trained there); TTT and window layers see the same positions at any length.
+    check_trained_length(trials, cfg, trained_length(checkpoint))
     with parallel_groups(ModelParallel(args.tensor_parallel)):
         model = load_model(checkpoint)
         rank0 = torch.distributed.get_rank() == 0
-        outcomes = [score(model, trial) for trial in tqdm(trials, unit="prompt", disable=not rank0)]
+        outcomes = [score(model, trial, tokenizer.vocab_size) for trial in tqdm(trials, unit="prompt",
+                                                                               disable=not rank0)]
     if rank0:
         paths = write_report(trials, outcomes, Path(args.out), settings(args, checkpoint, tokenizer.path))
         for task in args.tasks:

@@ -50,3 +50,11 @@ def prompt_ids(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     ids = tokenizer.encode([text])[0]
     lead = [tokenizer.eos_id] if tokenizer.eos_id >= 0 else []
     return torch.tensor([lead + ids], dtype=torch.int64)
+
+
+def document_prefix(tokenizer: Tokenizer) -> int:
+    """The id a document starts with: EOS, the separator the model was trained with, else BOS."""
+    prefix = tokenizer.eos_id if tokenizer.eos_id >= 0 else tokenizer.processor.bos_id()
+    if prefix < 0:
+        raise UserInputError(f"tokenizer {tokenizer.path} has neither an EOS nor a BOS piece to start a document with")
+    return prefix

@@ -114,16 +114,16 @@ def pattern_problems(layer_pattern: str, num_layers: int, attention_window: int,
     """What is wrong with a hybrid layer pattern and its attention settings, each field named by
     `key(field)` (e.g. "model.layer_pattern" in a pretraining config, "--layer-pattern" on the
     command line)."""
-    pattern, window, kv_heads = layer_pattern, attention_window, num_kv_heads
     problems = []
-    unknown = sorted(set(pattern) - set(MIXER_SYMBOLS))
+    unknown = sorted(set(layer_pattern) - set(MIXER_SYMBOLS))
     if unknown:
-        problems.append(f"{key('layer_pattern')} {pattern!r} has unknown symbols {unknown} (use T: TTT, "
+        problems.append(f"{key('layer_pattern')} {layer_pattern!r} has unknown symbols {unknown} (use T: TTT, "
                         f"*: full attention, W: sliding-window attention)")
-    if pattern and len(pattern) != num_layers:
-        problems.append(f"{key('layer_pattern')} {pattern!r} has {len(pattern)} symbols for {num_layers} layers")
-    if window < 1:
-        problems.append(f"{key('attention_window')} {window} must be at least 1")
-    if kv_heads < 0 or (kv_heads and num_heads % kv_heads):
-        problems.append(f"{key('num_kv_heads')} {kv_heads} must divide num_heads {num_heads} (0: num_heads)")
+    if layer_pattern and len(layer_pattern) != num_layers:
+        problems.append(f"{key('layer_pattern')} {layer_pattern!r} has {len(layer_pattern)} symbols for "
+                        f"{num_layers} layers")
+    if attention_window < 1:
+        problems.append(f"{key('attention_window')} {attention_window} must be at least 1")
+    if num_kv_heads < 0 or (num_kv_heads and num_heads % num_kv_heads):
+        problems.append(f"{key('num_kv_heads')} {num_kv_heads} must divide num_heads {num_heads} (0: num_heads)")
     return problems

@@ -1,12 +1,13 @@
 """The training data: a manifest or a weighted blend of manifests given by the config, or the
 bundled corpus prepared on first use."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
 
-from megatron_ttt.config.loading import ConfigError, blend_entries
+from megatron_ttt.config.loading import blend_entries
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.data import DataError, Manifest, Tokenizer
 from megatron_ttt.data.manifest import ShardSettings
@@ -57,18 +58,15 @@ def training_data(data: DataSection, cache: Path) -> TrainingData:
         manifest = training_manifest(data, cache)
         return TrainingData([manifest], [1.0], [source_name(manifest.directory)])
     manifests = [load_manifest(Path(path), data.seq_len) for _, path in entries]
-    first = manifests[0]
+    first = manifests[0].settings.tokenizer
     for manifest in manifests[1:]:
-        if manifest.settings.tokenizer != first.settings.tokenizer:
-            raise DataError(f"data.blend: {manifest.directory} was tokenized with {manifest.settings.tokenizer.path} "
-                            f"(sha256 {manifest.settings.tokenizer.sha256[:12]}), {first.directory} with "
-                            f"{first.settings.tokenizer.path} ({first.settings.tokenizer.sha256[:12]}); a blend needs "
+        mine = manifest.settings.tokenizer
+        if dataclasses.replace(mine, path=first.path) != first:  # the same model file, wherever it was read from
+            raise DataError(f"data.blend: {manifest.directory} was tokenized with {mine.path} (sha256 "
+                            f"{mine.sha256[:12]}, {mine.vocab_size} pieces), {manifests[0].directory} with "
+                            f"{first.path} (sha256 {first.sha256[:12]}, {first.vocab_size} pieces); a blend needs "
                             "one tokenizer")
-    weights = [w for w, _ in entries]
-    if min(weights) < sum(weights) / 2**20:
-        raise ConfigError(f"data.blend: the weight of {entries[weights.index(min(weights))][1]} is below 1/2^20 of "
-                          "the sum of the weights, too small to schedule")
-    return TrainingData(manifests, weights, unique_names([m.directory for m in manifests]))
+    return TrainingData(manifests, [w for w, _ in entries], unique_names([m.directory for m in manifests]))
 
 
 def source_name(directory: Path) -> str:

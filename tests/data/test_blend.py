@@ -117,7 +117,10 @@ def test_a_changed_blend_is_refused_on_resume(manifest, small_manifest):
     ("heavy a 0.3 b", "'heavy' \\(before a\\) is not a weight"),
     ("0.7 a 0 b", "the weight of b is 0; weights must be positive"),
     ("0.7 a -1 b", "the weight of b is -1"),
-    ("0.5 a 0.5 a", "names a more than once"),
+    ("0.7 a inf b", "the weight of b is inf"),
+    ("0.5 a 0.5 a", "names the same manifest more than once \\(a\\)"),
+    ("0.5 /d/web 0.5 /d/web/manifest.json", "more than once \\(/d/web, /d/web/manifest.json\\)"),
+    ("1 a 1e-7 b", "the weight of b is below 1/1048576 of the sum"),
 ])
 def test_blend_syntax_errors_name_the_entry(blend, message):
     with pytest.raises(ConfigError, match=message):
@@ -141,6 +144,10 @@ def test_blend_sources_are_checked_before_training(manifest, small_manifest, tmp
     (retokenized / "manifest.json").write_text(json.dumps(body))
     with pytest.raises(DataError, match=f"{retokenized} was tokenized with other.model .* a blend needs one tokenizer"):
         training_data(DataSection(blend=f"1 {manifest.directory} 1 {retokenized}", seq_len=24), tmp_path)
-    with pytest.raises(ConfigError, match="too small to schedule"):
-        training_data(DataSection(blend=f"1 {manifest.directory} 1e-7 {small_manifest.directory}", seq_len=24),
-                      tmp_path)
+    renamed = tmp_path / "renamed"  # the same tokenizer model, recorded under another path
+    shutil.copytree(small_manifest.directory, renamed)
+    body = json.loads((renamed / "manifest.json").read_text())
+    body["settings"]["tokenizer"]["path"] = "elsewhere/sp.model"
+    (renamed / "manifest.json").write_text(json.dumps(body))
+    assert training_data(DataSection(blend=f"1 {manifest.directory} 1 {renamed}", seq_len=24), tmp_path).names == [
+        "ds", "renamed"]

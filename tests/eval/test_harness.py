@@ -16,6 +16,7 @@ from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.cli import main
 from megatron_ttt.data import Tokenizer
 from megatron_ttt.eval import harness
+from megatron_ttt.errors import UserInputError
 from megatron_ttt.eval.harness import HarnessModel
 from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.distributed import run_distributed
@@ -58,6 +59,19 @@ def test_loglikelihoods_equal_mttt_eval_logprobs(eval_data, tmp_path):
         assert greedy == bool((row.argmax(-1) == torch.tensor(tail)).all())
 
 
+def test_max_length_cuts_the_context_only(adapter):
+    context, continuation = "the model learns at test time by a gradient step on its hidden", " state every"
+    head, tail = adapter.encode_pair(context, continuation)
+    whole = adapter.loglikelihood(requests("loglikelihood", [(context, continuation)]))[0]
+    adapter.max_length = len(head) + len(tail) - 1  # everything fits: the same score
+    assert adapter.loglikelihood(requests("loglikelihood", [(context, continuation)]))[0] == whole
+    adapter.max_length = len(tail) + 2
+    assert adapter._truncate(head, tail) == head[-3:] + tail
+    adapter.max_length = len(tail) - 1
+    with pytest.raises(UserInputError, match=f"continuation of {len(tail)} tokens is longer than --max-length"):
+        adapter.loglikelihood(requests("loglikelihood", [(context, continuation)]))
+
+
 def test_a_word_keeps_its_space_in_the_continuation(adapter):
     head, tail = adapter.encode_pair("the model learns at ", "test")
     assert adapter.encode_pair("the model learns at", " test") == (head, tail)
@@ -88,7 +102,9 @@ def test_local_tasks_of_every_request_type_run_end_to_end(eval_data, tmp_path, c
     printed = capsys.readouterr().out
     for line in ("mttt_tiny_choice: acc ", "mttt_tiny_copy: exact_match ", "mttt_tiny_text: word_perplexity "):
         assert line in printed
-    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    (folder,) = out.iterdir()  # named after the checkpoint, as the harness names a local model
+    assert folder.name.endswith("model") and str(eval_data.model_dir.parent.name) in folder.name
+    results = json.loads(next(folder.glob("results_*.json")).read_text())["results"]
     assert 0 <= results["mttt_tiny_choice"]["acc,none"] <= 1 and 0 <= results["mttt_tiny_copy"]["exact_match,none"] <= 1
     assert np.isfinite(results["mttt_tiny_text"]["word_perplexity,none"])
     assert {p.name.split("_2")[0] for p in out.rglob("samples_*.jsonl")} == {
@@ -98,6 +114,7 @@ def test_local_tasks_of_every_request_type_run_end_to_end(eval_data, tmp_path, c
 @pytest.mark.parametrize("change, message", [
     (["--tasks", "no_such_task"], r"unknown task\(s\) no_such_task: not in lm-eval's registry or in"),
     (["--include-path", "/nonexistent"], r"--include-path /nonexistent is not a directory"),
+    (["--batch-size", "0"], r"--batch-size 0 and --max-length None must be at least 1"),
 ])
 def test_bad_tasks_are_named(eval_data, capsys, change, message):
     values = {"--checkpoint": str(eval_data.model_dir), "--data": str(eval_data.manifest_path),

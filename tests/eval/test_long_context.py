@@ -17,7 +17,7 @@ from megatron_ttt.data import Tokenizer
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.eval import long_context
 from megatron_ttt.eval.long_context import TrialBuilder, corpus_text, needle_texts, score
-from megatron_ttt.eval.long_context_run import check_grid
+from megatron_ttt.eval.long_context_run import check_trained_length
 from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.distributed import run_distributed
 from tests.eval.conftest import MODEL
@@ -37,8 +37,11 @@ def test_prompts_have_the_length_and_the_needle_where_asked(builder, task):
                 task, random.Random(f"3/{task}/{length}/{depth}/0")))  # the builder's draw for this trial
             filler = length - len(builder.prefix) - len(needle) - len(question)
             assert len(trial.prompt) == length and trial.prompt[0] == builder.prefix[0] and trial.answer == answer
-            assert trial.needle_at == len(builder.prefix) + round(depth * filler)
+            longest_sentence = max(map(len, builder.sentences(task)))
+            assert abs(trial.needle_at - len(builder.prefix) - depth * filler) <= longest_sentence
             assert trial.prompt[trial.needle_at:trial.needle_at + len(needle)] == needle
+            before = builder.tokenizer.decode(trial.prompt[1:trial.needle_at]).rstrip()
+            assert before == "" or before.endswith("."), before  # between sentences
             assert trial.prompt[-len(question):] == question
     again = TrialBuilder(builder.tokenizer, builder.corpus, seed=3)
     assert builder.trial(task, 300, 0.5, 1) == again.trial(task, 300, 0.5, 1)
@@ -52,7 +55,7 @@ def test_scores_equal_one_forward_over_prompt_and_answer(eval_data, builder, mon
         monkeypatch.setattr(long_context, "PREFILL_CHUNK", 13)  # chunks that cut TTT mini-batches of 8
         for task in ("passkey", "needle"):
             trial = builder.trial(task, 150, 0.5, 0)
-            got = score(model, trial)
+            got = score(model, trial, builder.tokenizer.vocab_size)
             tokens = torch.tensor([trial.prompt + trial.answer])
             logits = model(tokens)[0, len(trial.prompt) - 1:-1].double()
             expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(trial.answer)[:, None]).sum().item()
@@ -85,28 +88,33 @@ def test_the_command_writes_the_grid_and_an_untrained_model_is_at_chance(eval_da
     (["--lengths", "20"], r"--lengths 20: a passkey prompt needs more than \d+ tokens"),
     (["--depths", "0,1.5"], r"--depths \[1.5\]: a depth is a fraction"),
     (["--tasks", "passkey,recall"], r"--tasks recall: choose from passkey, needle"),
+    (["--depths", ""], r"--lengths, --depths and --tasks each need at least one value"),
+    (["--trials", "0"], r"--trials 0: at least one prompt per cell"),
 ])
 def test_bad_grids_are_named(eval_data, capsys, change, message):
     args = ["eval", "long-context", "--checkpoint", str(eval_data.model_dir), "--data", str(eval_data.manifest_path),
-            "--trials", "1"] + change
+            "--trials", "1", "--lengths", "128"] + change
     assert main(args) == 2
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_lengths_beyond_training_are_refused_only_for_full_attention():
+def test_lengths_beyond_training_are_refused_only_for_full_attention(builder):
+    trials = [builder.trial("passkey", 128, 0.5, 0)]
+    reach = 128 + len(trials[0].answer) - 1
     hybrid = replace(MODEL, num_layers=2, layer_pattern="T*")
-    with pytest.raises(UserInputError, match="longer than the 64 tokens this checkpoint was trained on"):
-        check_grid([32, 128], [0.5], ["passkey"], hybrid, trained=64)
-    check_grid([32, 128], [0.5], ["passkey"], replace(hybrid, layer_pattern="TW"), trained=64)
-    check_grid([32, 128], [0.5], ["passkey"], MODEL, trained=64)
-    check_grid([32, 128], [0.5], ["passkey"], hybrid, trained=None)
+    with pytest.raises(UserInputError, match=f"reads {reach} positions, more than the 128 this checkpoint"):
+        check_trained_length(trials, hybrid, trained=128)
+    check_trained_length(trials, hybrid, trained=reach)
+    check_trained_length(trials, replace(hybrid, layer_pattern="TW"), trained=64)
+    check_trained_length(trials, MODEL, trained=64)
+    check_trained_length(trials, hybrid, trained=None)
 
 
 def tp_scores(rank: int, world: int, store, tp: int, model_dir: str, trials: list) -> list:
     init_parallel(ModelParallel(tp), store=store)
     try:
         model = load_model(Path(model_dir))
-        return [score(model, trial) for trial in trials]
+        return [score(model, trial, 600) for trial in trials]
     finally:
         destroy_parallel()
 

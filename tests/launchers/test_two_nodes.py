@@ -16,8 +16,8 @@ import yaml
 
 from megatron_ttt.cli import main
 from tests.data_prep.corpora import make_tokenizer, write_corpus
-from tests.launchers.jobs import (assert_weights, event_time, launch, now, preempt_after_step_3, report_timeline, submit,
-                                  wait_done, wait_for)
+from tests.launchers.jobs import (assert_weights, event_time, launch, now, preempt_after_step_3, report_timeline,
+                                  submit, wait_done, wait_for)
 from tests.launchers.two_node_cluster import INTERFACE
 from tests.training.runs import final_weights, losses
 
@@ -152,11 +152,11 @@ def test_a_lost_node_fails_the_job_naming_it_and_a_resubmission_resumes(two_node
     info = wait_done(two_nodes, job_id, log)
     text = log.read_text()
     assert info["JobState"] == "FAILED" and info["Restarts"] == "0", (info, text)
-    failed = re.search(r"failed in step (\d+) \(latest checkpoint: (step-\d+)\)", text)
+    failed = re.search(r"failed after step (\d+), the last logged \(latest checkpoint: (step-\d+)\)", text)
     assert failed, text
     assert re.search(rf"{lost}: (a rank was killed|torchrun killed by signal 9|no exit status)", text), text
     tag = failed.group(2)
-    assert int(failed.group(1)) > int(tag.removeprefix("step-"))
+    assert int(failed.group(1)) >= int(tag.removeprefix("step-"))
     print("\n" + "\n".join(line for line in text.splitlines() if "mttt-slurm" in line))
     job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run, steps)  # the same command again
     assert wait_done(two_nodes, job_id, log)["JobState"] == "COMPLETED", log.read_text()

@@ -42,10 +42,13 @@ def missing_reason() -> str | None:
 
 def _link(namespaces: list[str], addresses: list[str], tag: str, cluster: Cluster) -> None:
     """The namespaces, each with loopback up and its end of one veth pair named INTERFACE."""
+    ends = [f"mttt{tag}a", f"mttt{tag}b"]
+    for name in namespaces:  # what a killed earlier session of the same tag left behind
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "link", "del", ends[0]], capture_output=True)
     for ns in namespaces:
         _ip("netns", "add", ns)
         cluster.teardown.append(lambda ns=ns: subprocess.run(["ip", "netns", "del", ns], capture_output=True))
-    ends = [f"mttt{tag}a", f"mttt{tag}b"]
     _ip("link", "add", ends[0], "type", "veth", "peer", "name", ends[1])
     for ns, end, address in zip(namespaces, ends, addresses):
         _ip("link", "set", end, "netns", ns)
@@ -68,7 +71,7 @@ def on_node(ns: str, host: str, hosts: Path, command: list[str]) -> list[str]:
 
 
 def start_two_node_cluster() -> Cluster:
-    tag = str(20 + os.getpid() % 200)  # the /24 and the names: distinct for concurrent sessions
+    tag = str(20 + os.getpid() % 200)  # the /24 and the names, by process id: sessions at once rarely share one
     names = [f"node0-{tag}", f"node1-{tag}"]
     namespaces = [f"mttt-{tag}-{name}" for name in ("node0", "node1")]
     nodes = {name: f"10.231.{tag}.{i + 1}" for i, name in enumerate(names)}

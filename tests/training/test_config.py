@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_ttt.config import load_config
+from megatron_ttt.config import PretrainConfig, load_config, to_dict
 from megatron_ttt.config.loading import ConfigError, check_world_size
 from megatron_ttt.config.reference import markdown
 from megatron_ttt.run_options import InnerLoopOptions
@@ -85,3 +85,15 @@ def test_docs_hold_the_generated_reference():
     start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
     assert text[text.index(start) + len(start):text.index(end)] == markdown(), \
         "regenerate with: python -m megatron_ttt.config.reference"
+
+
+def test_a_checkpoint_resumes_when_its_config_spelled_the_presets_defaults():
+    from megatron_ttt.training.checkpointing import ResumeError, check_same_model
+
+    older = {"model": to_dict(PretrainConfig())["model"] | {"attention_window": 4096}}  # the default before presets
+    check_same_model(older, {"model": to_dict(PretrainConfig())["model"]}, Path("ckpt"))
+    hybrid = {"model": to_dict(PretrainConfig())["model"] | {"preset": "125m-hybrid"}}
+    check_same_model(hybrid, {"model": hybrid["model"] | {"attention_window": 1024, "layer_pattern": "TW" * 6}},
+                     Path("ckpt"))
+    with pytest.raises(ResumeError, match=r"model.attention_window: checkpoint 1024, requested 512"):
+        check_same_model(hybrid, {"model": hybrid["model"] | {"attention_window": 512}}, Path("ckpt"))
