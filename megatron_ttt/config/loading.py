@@ -9,8 +9,9 @@ import yaml
 
 from megatron_ttt.config.sections import DataSection, PretrainConfig
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, pattern_problems
-from megatron_ttt.models.presets import PRESETS, mixer_settings, shape
+from megatron_ttt.data.blend import PERIOD
+from megatron_ttt.models.config import BACKBONES, LAYER_TYPES
+from megatron_ttt.models.presets import PRESETS, mixer_problems
 from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group
 
 MOVED = {"model.time_checkpoint_group": "parallel.time_checkpoint_group"}
@@ -115,17 +116,11 @@ def check(config: PretrainConfig) -> None:
         bad.append(f"parallel.{exc}")
     m = config.model
     if m.preset in PRESETS:
-        layers, _, heads, _ = shape(m.preset)
-        mixers = mixer_settings(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads)
-        bad += pattern_problems(**mixers, num_layers=layers, num_heads=heads,
-                                key=lambda field: f"model.{field}")
+        bad += mixer_problems(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads,
+                              key=lambda field: f"model.{field}")
     if bad:
         raise ConfigError("; ".join(bad))
     blend_entries(config.data)
-
-
-BLEND_PERIOD = 2**20
-"""Positions per period of a blend's schedule (data/blend.py): a weight must give a source one."""
 
 
 def blend_entries(data: DataSection) -> list[tuple[float, str]]:
@@ -149,8 +144,8 @@ def blend_entries(data: DataSection) -> list[tuple[float, str]]:
         raise ConfigError(f"data.blend names the same manifest more than once ({', '.join(repeated)}); give each "
                           "manifest once, with the sum of its weights")
     total = sum(w for w, _ in entries)
-    if small := [m for w, m in entries if w < total / BLEND_PERIOD]:
-        raise ConfigError(f"data.blend: the weight of {', '.join(small)} is below 1/{BLEND_PERIOD} of the sum of the "
+    if small := [m for w, m in entries if w < total / PERIOD]:  # less than one position per period
+        raise ConfigError(f"data.blend: the weight of {', '.join(small)} is below 1/{PERIOD} of the sum of the "
                           "weights, too small to schedule")
     if entries and data.manifest != "bundled":
         raise ConfigError(f"data.blend and data.manifest={data.manifest} are both set; a blend lists every "

@@ -15,16 +15,15 @@ from megatron_ttt.eval.prompt import resolve_tokenizer
 from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
 
-def import_harness():
+def import_harness() -> None:
     """lm-eval, offline (tasks read local data; nothing is downloaded at run time)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        import lm_eval
+        import lm_eval  # noqa: F401  whether it is installed; run_harness imports what it uses
     except ImportError:
         raise UserInputError("mttt eval harness needs lm-evaluation-harness: "
                              "pip install 'megatron-ttt[eval]'") from None
-    return lm_eval
 
 
 def task_manager(include_path: str | None, tasks: list[str]):

@@ -5,9 +5,10 @@ Every preset comes in both layer types and both backbones; `parameter_count` is 
 formula, which the tests check against built models.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.config import TTTModelConfig, pattern_problems
 
 # name: (layers, hidden, heads, ffn), from the paper's table; 7b: the Llama-2 7B shape with head
 # dim 64, as every TTT model uses, where both ops' fused kernels fit an A100 (docs/planning.md).
@@ -61,6 +62,15 @@ def mixer_settings(name: str, layer_pattern: str = "", attention_window: int = 0
     return {"layer_pattern": layer_pattern or (repeated_pattern(hybrid.motif, name) if hybrid else ""),
             "attention_window": attention_window or (hybrid.window if hybrid else DEFAULT_WINDOW),
             "num_kv_heads": num_kv_heads or (hybrid.kv_heads if hybrid else 0)}
+
+
+def mixer_problems(name: str, layer_pattern: str, attention_window: int, num_kv_heads: int,
+                   key: Callable[[str], str]) -> list[str]:
+    """What is wrong with preset `name`'s mixers once the given settings replace its own, each
+    field named by `key(field)`."""
+    layers, _, heads, _ = shape(name)
+    return pattern_problems(**mixer_settings(name, layer_pattern, attention_window, num_kv_heads),
+                            num_layers=layers, num_heads=heads, key=key)
 
 
 def preset(name: str, layer_type: str = "linear", backbone: str = "mamba", **overrides) -> TTTModelConfig:

@@ -52,9 +52,8 @@ def _assumption_names() -> list[str]:
 def _plan(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # megatron-core's import warns about optional CUDA extensions
         warnings.simplefilter("ignore")
-        from megatron_ttt.models.presets import PRESETS, mixer_settings, preset, shape
+        from megatron_ttt.models.presets import PRESETS, mixer_problems, preset
     from megatron_ttt.errors import UserInputError
-    from megatron_ttt.models.config import pattern_problems
     from megatron_ttt.planning.hardware import Assumptions, gpu
     from megatron_ttt.planning.layout import Layout
     from megatron_ttt.planning.report import report, table
@@ -64,13 +63,13 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
-    layers, _, heads, _ = shape(args.preset)
-    mixers = mixer_settings(args.preset, args.layer_pattern, args.attention_window, args.num_kv_heads)
-    problems = pattern_problems(**mixers, num_layers=layers, num_heads=heads,
-                                key=lambda field: "--" + field.replace("_", "-"))
+    problems = mixer_problems(args.preset, args.layer_pattern, args.attention_window, args.num_kv_heads,
+                              key=lambda field: "--" + field.replace("_", "-"))
     if problems:
         raise UserInputError("; ".join(problems))
-    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size, **mixers)
+    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size,
+                   layer_pattern=args.layer_pattern, attention_window=args.attention_window,
+                   num_kv_heads=args.num_kv_heads)
     device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
     given = {"tp": args.tp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
              "micro_batch": args.micro_batch,

@@ -76,8 +76,8 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     engine, _ = build_engine(model, config, dp_size)
     data = config.data
-    loader = TokenLoader(sources.manifests, LoaderConfig(data.micro_batch_size, seed=data.seed,
-                                                         num_workers=data.num_workers), dp_rank, dp_size, sources.weights)
+    train_config = LoaderConfig(data.micro_batch_size, seed=data.seed, num_workers=data.num_workers)
+    loader = TokenLoader(sources.manifests, train_config, dp_rank, dp_size, sources.weights)
     val_config = LoaderConfig(data.micro_batch_size, split="val", shuffle=False, num_workers=0)
     val_loaders = {name: TokenLoader(manifest, val_config, dp_rank, dp_size)
                    for name, manifest in zip(sources.names, sources.manifests)
@@ -187,16 +187,16 @@ def validation(run: Run) -> dict[str, float]:
     return values
 
 
-def consumed_per_source(run: Run) -> dict[str, int]:
-    """Tokens each source has given the run so far (all ranks)."""
-    tokens = run.loader.per_source() * run.config.data.seq_len
-    return {f"tokens_{name}": int(t) for name, t in zip(run.sources.names, tokens)}
+def tokens_per_source(run: Run, consumed: np.ndarray) -> dict[str, int]:
+    """Tokens each source has given the run, from the samples `consumed` of each (all ranks)."""
+    return {f"tokens_{name}": int(n) * run.config.data.seq_len for name, n in zip(run.sources.names, consumed)}
 
 
-def new_epochs(run: Run, before: np.ndarray) -> list[str]:
-    """A line for each source that ran out of samples during the step and began another epoch."""
+def new_epochs(run: Run, before: np.ndarray, now: np.ndarray) -> list[str]:
+    """A line for each source that ran out of samples between `before` and `now` (samples
+    consumed of each) and began another epoch."""
     sizes = np.atleast_1d(run.loader.samples_per_epoch)
-    epochs_before, epochs_now = before // sizes, run.loader.per_source() // sizes
+    epochs_before, epochs_now = before // sizes, now // sizes
     return [f"step {run.step}: {name} ran through its {sizes[i]:,} samples; epoch {epochs_now[i] + 1} begins "
             "(a new shuffle)" for i, name in enumerate(run.sources.names) if epochs_now[i] > epochs_before[i]]
 
@@ -224,8 +224,9 @@ def _loop(run: Run, reporter: Reporter) -> int:
     config, rank0 = run.config, dist.get_rank() == 0
     stop, batches = StopRequests(), iter(run.loader)
     tokens_per_step = config.data.global_batch_tokens
+    consumed = run.loader.per_source()
     while run.step < config.train.steps:
-        start, consumed = time.perf_counter(), run.loader.per_source()
+        start = time.perf_counter()
         lr = set_schedules(run)
         loss, norm = train_step(run, batches)
         run.step += 1
@@ -233,11 +234,12 @@ def _loop(run: Run, reporter: Reporter) -> int:
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - start)}
         if run.val_loaders and run.step % config.logging.eval_interval == 0:
             values |= validation(run)
-        details = consumed_per_source(run) if len(run.sources.names) > 1 else {}
-        reporter.step(run.step, config.train.steps, values, run.step % config.logging.interval == 0 or "val_loss" in values,
-                      details)
+        before, consumed = consumed, run.loader.per_source()
+        details = tokens_per_source(run, consumed) if len(run.sources.names) > 1 else {}
+        print_line = run.step % config.logging.interval == 0 or "val_loss" in values
+        reporter.step(run.step, config.train.steps, values, print_line, details)
         if rank0:
-            for line in new_epochs(run, consumed):
+            for line in new_epochs(run, before, consumed):
                 print(line, flush=True)
         stopping = stop.agreed()
         if stopping or run.step % config.checkpoint.interval == 0 or run.step == config.train.steps:
