@@ -8,11 +8,17 @@ Data flow for a [T(/tp), B, D] input, as the TTT mixer's:
 
 Heads are split over TP ranks, query and key/value heads alike, so every rank's query heads read
 only its own key/value heads (grouped-query attention needs num_kv_heads divisible by TP).
+Under context parallelism one all-to-all (parallel/context.py) moves each key/value head with its
+group of query heads from a T/CP split to whole sequences of 1/CP of the heads, and the output
+goes back by the opposite one. Where a TP rank's key/value heads do not split over CP, each is
+repeated (as grouped-query attention reads it anyway) until they do: the num_heads / num_kv_heads
+query heads of a group always suffice.
 At inference the cache holds the keys (rotated) and values seen so far: all of them for full
 attention, the last attention_window - 1 for a sliding window, so a window layer decodes in
 constant memory and time per token.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +33,7 @@ from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import RopeTables, parallel_linear_args, rotate_pairs
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
+from megatron_ttt.parallel.context import check_heads, context_group, group_size, heads_to_sequence, sequence_to_heads
 
 
 @dataclass
@@ -49,13 +56,12 @@ class AttentionMixer(MegatronModule):
                  window: int | None = None, layer_number: int = 1,
                  tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
-        tp = config.tensor_model_parallel_size
-        for name, heads in (("num_heads", ttt.num_heads), ("num_kv_heads", ttt.kv_heads)):
-            if heads % tp:
-                raise ValueError(f"layer {layer_number} (attention): {name} {heads} is not divisible by the "
-                                 f"tensor-parallel size {tp}")
+        tp, cp = config.tensor_model_parallel_size, config.context_parallel_size
+        check_heads(f"layer {layer_number} (attention): num_heads", ttt.num_heads, tp, cp)
+        check_heads(f"layer {layer_number} (attention): num_kv_heads", ttt.kv_heads, tp, 1)
         self.ttt, self.window, self.layer_number, self.tp_size = ttt, window, layer_number, tp
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        self.cp_group = context_group(config)
         self.local_heads, self.local_kv_heads = ttt.num_heads // tp, ttt.kv_heads // tp
         self.columns = qkv_columns(ttt)
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
@@ -79,13 +85,32 @@ class AttentionMixer(MegatronModule):
         cache.keys, cache.values = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
         return k, v
 
+    def _sequence_to_heads(self, parts: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's tokens of the local heads' q, k, v -> whole sequences of this rank's
+        1/CP of them [B, heads, T, d], each key/value head travelling with its query heads."""
+        cp, d = group_size(self.cp_group), self.ttt.head_dim
+        T, B = parts["q"].shape[:2]
+        kv_heads = self.local_kv_heads
+        repeat = cp // math.gcd(kv_heads, cp)
+        groups = [parts["q"].reshape(T, B, kv_heads * repeat, -1)]
+        groups += [parts[n].reshape(T, B, kv_heads, 1, d).expand(-1, -1, -1, repeat, -1).reshape(T, B, -1, d)
+                   for n in ("k", "v")]
+        moved = sequence_to_heads(torch.cat(groups, dim=-1), self.cp_group)
+        q, k, v = moved.split([groups[0].shape[-1], d, d], dim=-1)
+        return q.reshape(cp * T, B, -1, d).permute(1, 2, 0, 3), k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3)
+
     def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None) -> torch.Tensor:
         """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]; with a cache the tokens
         continue the cached sequence and the cache moves past them."""
         projected, _ = self.in_proj(hidden_states)
         parts = self.columns.split(projected, self.tp_size)
-        q, k, v = (self._heads(parts[n], h) for n, h in
-                   (("q", self.local_heads), ("k", self.local_kv_heads), ("v", self.local_kv_heads)))
+        if self.cp_group is not None:
+            if cache is not None:
+                raise ValueError("inference with a cache runs at context_parallel 1")
+            q, k, v = self._sequence_to_heads(parts)
+        else:
+            q, k, v = (self._heads(parts[n], h) for n, h in
+                       (("q", self.local_heads), ("k", self.local_kv_heads), ("v", self.local_kv_heads)))
         start = cache.tokens if cache is not None else 0
         cos, sin = self._rope(start + q.shape[2], q.dtype, q.device)
         q, k = rotate_pairs(q, cos[start:], sin[start:]), rotate_pairs(k, cos[start:], sin[start:])
@@ -93,7 +118,7 @@ class AttentionMixer(MegatronModule):
             k, v = self._cached(k, v, cache)
             cache.tokens += q.shape[2]
         out = causal_attention(q, k, v, self.window, start)
-        y, _ = self.out_proj(out.permute(2, 0, 1, 3).flatten(2))
+        y, _ = self.out_proj(heads_to_sequence(out.permute(2, 0, 1, 3), self.cp_group).flatten(2))
         return y
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):

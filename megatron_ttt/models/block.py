@@ -25,6 +25,7 @@ from megatron_ttt.models.layers import (
 )
 from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
+from megatron_ttt.parallel.context import context_group, with_previous_rows
 from megatron_ttt.run_options import InnerLoopOptions
 
 
@@ -69,11 +70,15 @@ class PreConv(nn.Module):
     every TP rank. Under sequence parallelism the normed tokens are gathered (the convolution
     looks back conv_kernel - 1 tokens, across the ranks' boundaries) and each rank keeps the
     outputs of its own tokens; so the input gradient is reduce-scattered and the conv's
-    parameter gradients are summed over TP, like the norms'."""
+    parameter gradients are summed over TP, like the norms'. Under context parallelism the
+    convolution runs here, outside the mixer's all-to-all, on this rank's T/CP tokens with the
+    previous rank's last conv_kernel - 1 in front (a halo of (K - 1) x B x D values per layer,
+    where moving it inside the all-to-all would trade all D channels of every token)."""
 
     def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, tp_group=None):
         super().__init__()
         self.sequence_parallel, self.tp_group = config.sequence_parallel, tp_group
+        self.cp_group = context_group(config)
         self.norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, config.sequence_parallel, tp_group)
         bound = 1.0 / math.sqrt(ttt.conv_kernel)
         self.weight = nn.Parameter(torch.empty(ttt.hidden_size, 1, ttt.conv_kernel, dtype=config.params_dtype))
@@ -88,12 +93,19 @@ class PreConv(nn.Module):
             y, cache.pre_conv = streaming_causal_conv(x, self.weight, self.bias, cache.pre_conv)
             return y
         if not self.sequence_parallel:
-            return causal_depthwise_conv(x, self.weight, self.bias)
+            return self._conv(x, self.weight, self.bias)
         full = gather_from_sequence_parallel_region(x, group=self.tp_group)
         weight, bias = (replicated_weight(p, True, self.tp_group) for p in (self.weight, self.bias))
-        y = causal_depthwise_conv(full, weight, bias)
+        y = self._conv(full, weight, bias)
         rank = torch.distributed.get_rank(self.tp_group)
         return y.chunk(torch.distributed.get_world_size(self.tp_group), dim=0)[rank]
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The causal convolution of this rank's tokens (under CP, continuing the previous rank's)."""
+        if self.cp_group is None:
+            return causal_depthwise_conv(x, weight, bias)
+        halo = weight.shape[-1] - 1
+        return causal_depthwise_conv(with_previous_rows(x, halo, self.cp_group), weight, bias)[halo:]
 
 
 @dataclass

@@ -20,12 +20,13 @@ from megatron_ttt.run_options import InnerLoopOptions
 
 def megatron_config(model: TTTModelConfig, tensor_parallel: int = 1, sequence_parallel: bool = False,
                     params_dtype: torch.dtype = torch.float32, cpu_init: bool | None = None,
-                    module_init: bool = True) -> TransformerConfig:
-    """The megatron-core config the parallel layers read (sizes, TP/SP, dtype, init). module_init
+                    module_init: bool = True, context_parallel: int = 1) -> TransformerConfig:
+    """The megatron-core config the parallel layers read (sizes, TP/SP/CP, dtype, init). module_init
     False: the layers only allocate their parameters (whoever builds them fills every one)."""
     return TransformerConfig(
         num_layers=model.num_layers, hidden_size=model.hidden_size, num_attention_heads=model.num_heads,
         ffn_hidden_size=model.intermediate_size, tensor_model_parallel_size=tensor_parallel,
+        context_parallel_size=context_parallel, cp_comm_type="a2a" if context_parallel > 1 else None,
         sequence_parallel=sequence_parallel and tensor_parallel > 1, params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16, fp16=params_dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available() if cpu_init is None else cpu_init,
@@ -40,11 +41,12 @@ def megatron_config(model: TTTModelConfig, tensor_parallel: int = 1, sequence_pa
 def build_model(cfg: TTTModelConfig, inner_loop: InnerLoopOptions = InnerLoopOptions(),
                 params_dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
                 init_seed: int | None = None) -> TTTLanguageModel:
-    """The model at the current tensor-parallel size (parallel state must be initialized),
+    """The model at the current tensor- and context-parallel sizes (parallel state must be initialized),
     running its inner loop as `inner_loop` says. With `init_seed`, every parameter is drawn once,
     from its rule (the modules only allocate); without, the modules' own random init."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    config = megatron_config(cfg, tp, sequence_parallel, params_dtype, module_init=init_seed is None)
+    config = megatron_config(cfg, tp, sequence_parallel, params_dtype, module_init=init_seed is None,
+                             context_parallel=parallel_state.get_context_parallel_world_size())
     model = TTTLanguageModel(config, cfg, inner_loop)
     if init_seed is not None:
         initialize(model, init_seed, parallel_state.get_tensor_model_parallel_rank(), tp)

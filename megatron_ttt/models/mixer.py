@@ -9,6 +9,11 @@ Data flow for a [T(/tp), B, D] input (T/tp under sequence parallelism):
 
 Everything between the two projections is per head, so it runs on local heads without
 communication, except the post-norm's two all-reduced moments.
+
+Under context parallelism (CP) the input holds this rank's T/CP tokens: the projected q|p, k, v
+and lr logits go through one all-to-all to [T, B, H/(tp*cp)] (parallel/context.py), the convs,
+RoPE and inner loop run on whole sequences of those heads (with their slices of the per-head
+parameters), and z comes back by the opposite all-to-all before the post-norm.
 """
 
 import math
@@ -35,6 +40,7 @@ from megatron_ttt.models.layers import (
 )
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
 from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_inner_loop
+from megatron_ttt.parallel.context import check_heads, context_group, heads_to_sequence, my_heads, sequence_to_heads
 from megatron_ttt.ops.inner import gelu_tanh
 from megatron_ttt.run_options import InnerLoopOptions
 
@@ -69,12 +75,15 @@ class TTTMixer(MegatronModule):
                  inner_loop: InnerLoopOptions = InnerLoopOptions(), layer_number: int = 1,
                  tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
-        tp = config.tensor_model_parallel_size
-        if ttt.num_heads % tp:
-            raise ValueError(f"num_heads {ttt.num_heads} is not divisible by the tensor-parallel size {tp}")
+        tp, cp = config.tensor_model_parallel_size, config.context_parallel_size
+        check_heads(f"layer {layer_number} (TTT): num_heads", ttt.num_heads, tp, cp)
         self.ttt, self.inner_loop, self.layer_number, self.tp_size = ttt, inner_loop, layer_number, tp
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        self.cp_group = context_group(config)
         self.local_heads = ttt.num_heads // tp
+        """Heads of this TP rank (its projections' width); each CP rank runs 1/cp of them."""
+        self.heads = self.local_heads // cp
+        """Heads this rank runs the inner loop of."""
         self.local_width = self.local_heads * ttt.head_dim
         self.columns = in_proj_columns(ttt)
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
@@ -120,15 +129,29 @@ class TTTMixer(MegatronModule):
             self.conv_k_weight = param(D, 1, ttt.conv_kernel, uniform=bound)
             self.conv_k_bias = param(D, uniform=bound)
 
+    def _mine(self, param: torch.Tensor) -> torch.Tensor:
+        """A per-head parameter's rows of the heads this rank runs (all of them at CP 1)."""
+        return my_heads(param, self.cp_group)
+
     @property
     def inner_weights(self) -> tuple[torch.Tensor, ...]:
-        """The learnable initial inner weights (W1, b1[, W2, b2]) of the local heads."""
-        return tuple(getattr(self, n) for n in self.inner_names)
+        """The learnable initial inner weights (W1, b1[, W2, b2]) of the heads this rank runs."""
+        return tuple(self._mine(getattr(self, n)) for n in self.inner_names)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[T, B, H*d] -> [B, H, T, d]."""
         T, B = x.shape[:2]
-        return x.reshape(T, B, self.local_heads, self.ttt.head_dim).permute(1, 2, 0, 3)
+        return x.reshape(T, B, self.heads, self.ttt.head_dim).permute(1, 2, 0, 3)
+
+    def _sequence_to_heads(self, parts: dict) -> dict:
+        """This rank's tokens of the local heads' q|p, k, v and lr logits -> whole sequences of
+        this rank's heads, in one all-to-all (the gate stays: it is used after the way back)."""
+        names = [n for n in self.columns.names if n != "gate"]
+        T, B, d = parts["v"].shape[0], parts["v"].shape[1], self.ttt.head_dim
+        per_head = [parts[n].reshape(T, B, self.local_heads, 1 if n == "lr" else d) for n in names]
+        moved = sequence_to_heads(torch.cat(per_head, dim=-1), self.cp_group)
+        widths = [t.shape[-1] for t in per_head]
+        return parts | {n: t.flatten(2) for n, t in zip(names, moved.split(widths, dim=-1))}
 
     def _queries_keys(self, parts: dict, cache: MixerCache | None) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k [T, B, H*d]; the Mamba backbone's convolutions continue the cached sequence."""
@@ -136,8 +159,8 @@ class TTTMixer(MegatronModule):
             return parts["q"], parts["k"]
         p = parts["q"]
         if cache is None:
-            return (causal_depthwise_conv(p, self.conv_q_weight, self.conv_q_bias),
-                    causal_depthwise_conv(p, self.conv_k_weight, self.conv_k_bias))
+            return (causal_depthwise_conv(p, self._mine(self.conv_q_weight), self._mine(self.conv_q_bias)),
+                    causal_depthwise_conv(p, self._mine(self.conv_k_weight), self._mine(self.conv_k_bias)))
         q, _ = streaming_causal_conv(p, self.conv_q_weight, self.conv_q_bias, cache.conv)
         k, cache.conv = streaming_causal_conv(p, self.conv_k_weight, self.conv_k_bias, cache.conv)
         return q, k
@@ -149,18 +172,23 @@ class TTTMixer(MegatronModule):
         ttt = self.ttt
         projected, _ = self.in_proj(hidden_states)
         parts = self.columns.split(projected, self.tp_size)
+        if self.cp_group is not None:
+            if cache is not None:
+                raise ValueError("inference with a cache runs at context_parallel 1")
+            parts = self._sequence_to_heads(parts)
         q, k = self._queries_keys(parts, cache)
         state = cache.ttt if cache is not None and cache.ttt is not None else None
         # RoPE positions are t mod b: the state's position inside its mini-batch.
         start = state.position if state is not None else 0
         table = self._rope(ttt.mini_batch_size, q.dtype, q.device)
         q, k = (rope_in_mini_batches(self._heads(t), table, start) for t in (q, k))
-        lr_logits = parts["lr"] + self.ttt_lr_bias
+        lr_logits = parts["lr"] + self._mine(self.ttt_lr_bias)
         lr = (ttt.ttt_base_lr * self.inner_lr_scale / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
         token_offset = replicated_weight(self.token_offset, self.tp_size > 1, self.tp_group)
         if state is None:
             state = TTTState.initial(self.inner_weights, q.shape[0])
-        inner = (q, k, self._heads(parts["v"]), lr, token_offset, self.ttt_norm_weight, self.ttt_norm_bias, state)
+        inner = (q, k, self._heads(parts["v"]), lr, token_offset, self._mine(self.ttt_norm_weight),
+                 self._mine(self.ttt_norm_bias), state)
         if cache is not None and q.shape[2] == 1:
             z, state = ttt_decode_step(*inner, mini_batch_size=ttt.mini_batch_size)
         else:
@@ -168,7 +196,7 @@ class TTTMixer(MegatronModule):
                                       time_checkpoint_group=self.inner_loop.time_checkpoint_group)
         if cache is not None:
             cache.ttt = state
-        z = z.permute(2, 0, 1, 3).flatten(2)
+        z = heads_to_sequence(z.permute(2, 0, 1, 3), self.cp_group).flatten(2)
         out = head_parallel_layer_norm(z, self.post_norm_weight, self.post_norm_bias, POST_NORM_EPS,
                                        ttt.hidden_size, self.tp_group if self.tp_size > 1 else None)
         if ttt.use_gate:

@@ -21,11 +21,13 @@ class ModelParallel:
     """Ranks that split each layer's heads (and the vocabulary); data parallel takes the rest."""
     sequence_parallel: bool = False
     """Split the sequence over the TP ranks outside the mixers and MLPs (needs tensor_parallel > 1)."""
+    context_parallel: int = 1
+    """Ranks that split each sample's sequence (and, inside the mixers, the heads): parallel/context.py."""
 
 
 def init_parallel(model_parallel: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> None:
     """Join the process group (torchrun's environment; a single process without one) and build
-    the tensor/data-parallel groups. On a machine without CUDA: gloo and the CPU shims."""
+    the tensor/context/data-parallel groups (TP innermost, then CP, then DP). On a machine without CUDA: gloo and the CPU shims."""
     apply_cpu_shims()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -42,10 +44,10 @@ def init_parallel(model_parallel: ModelParallel, seed: int = 0, store: dist.Stor
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     world = dist.get_world_size()
-    if world % model_parallel.tensor_parallel:
-        raise ValueError(f"world size {world} is not divisible by the tensor-parallel size "
-                         f"{model_parallel.tensor_parallel}")
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=model_parallel.tensor_parallel)
+    tp, cp = model_parallel.tensor_parallel, model_parallel.context_parallel
+    if world % (tp * cp):
+        raise ValueError(f"world size {world} is not divisible by tensor_parallel x context_parallel = {tp} x {cp}")
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
     model_parallel_cuda_manual_seed(seed)
 
 

@@ -1,0 +1,103 @@
+"""Context parallelism: each rank of a context-parallel (CP) group holds a contiguous T/CP slice
+of every sample outside the mixers; inside them an all-to-all trades that sequence split for a
+head split, so every rank runs its heads over whole sequences (the TTT inner loop, the Mamba
+backbone's q/k convolutions and attention need no change). As megatron-core's Mamba CP
+(`ssm/mamba_context_parallel.py`), with contiguous slices: nothing here needs attention's
+load-balancing zigzag, since no rank ever runs a causal mixer over a part of a sequence.
+
+Every function is differentiable (the backward of an all-to-all is the opposite all-to-all) and
+is the identity at CP = 1.
+"""
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel import all_to_all
+
+
+def context_group(config) -> dist.ProcessGroup | None:
+    """megatron-core's context-parallel group where a model's config (a TransformerConfig) has
+    context_parallel_size > 1; None (no communication) at 1."""
+    return parallel_state.get_context_parallel_group() if config.context_parallel_size > 1 else None
+
+
+def group_size(group: dist.ProcessGroup | None) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def sequence_to_heads(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """[T/CP, B, H, w] (this rank's tokens, all heads) -> [T, B, H/CP, w] (all tokens, this
+    rank's heads: rank c gets heads c*H/CP ..)."""
+    cp = group_size(group)
+    if cp == 1:
+        return x
+    t, b, h, w = x.shape
+    # Heads-block major, so chunk j of dim 0 goes to rank j; what arrives is time-chunk major.
+    send = x.reshape(t, b, cp, h // cp, w).permute(2, 0, 1, 3, 4).contiguous()
+    received = all_to_all(group, send.reshape(cp * t, b, h // cp, w))
+    return received.reshape(cp * t, b, h // cp, w)
+
+
+def heads_to_sequence(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """[T, B, H/CP, w] -> [T/CP, B, H, w]: sequence_to_heads undone."""
+    cp = group_size(group)
+    if cp == 1:
+        return x
+    t, b, h, w = x.shape
+    received = all_to_all(group, x.contiguous()).reshape(cp, t // cp, b, h, w)
+    return received.permute(1, 2, 0, 3, 4).reshape(t // cp, b, cp * h, w)
+
+
+def check_heads(what: str, heads: int, tp: int, cp: int) -> None:
+    """Each rank of TP x CP runs heads / (TP x CP) heads over whole sequences."""
+    if heads % (tp * cp):
+        raise ValueError(f"{what} {heads} is not divisible by tensor_parallel x context_parallel = {tp} x {cp}")
+
+
+def my_heads(t: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """The rows of a per-head tensor (heads, or heads x width, along dim 0) that belong to this
+    rank's heads after sequence_to_heads."""
+    return local_slice(t, 0, group)
+
+
+def with_previous_rows(x: torch.Tensor, rows: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """x [T/CP, ...] with the previous rank's last `rows` rows in front ([rows + T/CP, ...]; zeros
+    on the first rank, as a causal convolution's padding): what a convolution looking back `rows`
+    tokens needs across the ranks' boundaries."""
+    if group_size(group) == 1:
+        return torch.cat((x.new_zeros(rows, *x.shape[1:]), x))
+    if x.shape[0] < rows:
+        raise ValueError(f"{x.shape[0]} tokens per context-parallel rank are fewer than the {rows} a convolution "
+                         "looks back; use a longer sequence or a smaller context_parallel")
+    return torch.cat((_PreviousRows.apply(x, rows, group), x))
+
+
+class _PreviousRows(torch.autograd.Function):
+    """The previous rank's last `rows` rows (zeros on the first rank); the backward hands each
+    received row's gradient back to the rank that sent it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: int, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group, ctx.rows, ctx.length = group, rows, x.shape[0]
+        tails = _all_gather(x[x.shape[0] - rows:].contiguous(), group)
+        rank = dist.get_rank(group)
+        return torch.zeros_like(tails[0]) if rank == 0 else tails[rank - 1]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grads = _all_gather(grad.contiguous(), ctx.group)
+        rank, size = dist.get_rank(ctx.group), dist.get_world_size(ctx.group)
+        tail = torch.zeros_like(grads[0]) if rank == size - 1 else grads[rank + 1]
+        return torch.cat((tail.new_zeros(ctx.length - ctx.rows, *tail.shape[1:]), tail)), None, None
+
+
+def _all_gather(t: torch.Tensor, group: dist.ProcessGroup) -> list[torch.Tensor]:
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, t, group=group)
+    return out
+
+
+def local_slice(t: torch.Tensor, dim: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """This rank's contiguous 1/CP of `t` along `dim`."""
+    cp = group_size(group)
+    return t if cp == 1 else t.chunk(cp, dim=dim)[dist.get_rank(group)]

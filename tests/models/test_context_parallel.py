@@ -1,0 +1,41 @@
+"""The model at CP = 2 (and CP 2 x TP 2 with sequence parallel), each rank holding its slice of the
+sequence, equals the dense twin on the whole sequence: logits, loss and every parameter's
+gradient, both layer types, both backbones, and a hybrid with full and sliding-window attention
+(its key/value heads repeated where they do not split over CP). T is not a multiple of the
+mini-batch, and the Mamba pre-conv reads across the ranks' boundary."""
+
+import itertools
+
+import pytest
+
+from tests.distributed import run_distributed
+from tests.models import cp_cases
+
+F64_TOL = 1e-10
+LOSS_TOL = 1e-6
+"""megatron-core's vocab-parallel cross entropy computes in float32."""
+
+CP2 = [dict(layer_type=lt, backbone=bb, tp=1, sequence_parallel=False, seq_len=20)
+       for lt, bb in itertools.product(("linear", "mlp"), ("transformer", "mamba"))]
+CP2 += [dict(layer_type="linear", backbone="mamba", hybrid=True, tp=1, sequence_parallel=False, seq_len=20),
+        dict(layer_type="mlp", backbone="transformer", hybrid=True, kv_heads=1, tp=1, sequence_parallel=False,
+             seq_len=20)]
+CP2_TP2 = [dict(layer_type="mlp", backbone="mamba", tp=2, sequence_parallel=True, seq_len=20),
+           dict(layer_type="linear", backbone="mamba", hybrid=True, tp=2, sequence_parallel=True, seq_len=20)]
+
+
+def check(rows: list[dict], world: int) -> None:
+    for row in rows:
+        label = (f"world {world} TP={row['tp']} sp={row['sequence_parallel']} {row['layer_type']}/{row['backbone']}"
+                 f"{' hybrid' if row.get('hybrid') else ''}")
+        assert row["logits"] < F64_TOL and row["loss"] < LOSS_TOL, f"{label}: {row}"
+        assert row["grads"] < F64_TOL, f"{label}: gradient of {row['worst']} off by {row['grads']:.2e}"
+
+
+def test_context_parallel_2_equals_twin():
+    check(run_distributed(2, cp_cases.compare_with_twin, CP2)[0], 2)
+
+
+@pytest.mark.slow
+def test_context_parallel_2_with_tensor_parallel_2_and_sequence_parallel_equals_twin():
+    check(run_distributed(4, cp_cases.compare_with_twin, CP2_TP2)[0], 4)
