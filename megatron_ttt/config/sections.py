@@ -31,9 +31,13 @@ class ModelSection:
 @dataclass
 class ParallelSection:
     tensor_parallel: int = 1
-    """Ranks splitting each layer's heads; the remaining factor of the world size is data parallel."""
+    """Ranks splitting each layer's heads; the world size over tensor_parallel x context_parallel is
+    data parallel."""
     sequence_parallel: bool = False
     """Split the sequence over TP ranks outside the mixers and MLPs (tensor_parallel > 1)."""
+    context_parallel: int = 1
+    """Ranks splitting each sample's sequence (seq_len / context_parallel tokens each); inside
+    every mixer an all-to-all gives each rank whole sequences of heads / (TP x CP) heads."""
     zero_stage: int = 0
     """DeepSpeed ZeRO stage over the data-parallel group: 0, 1, 2 or 3."""
     block_checkpointing: bool = False

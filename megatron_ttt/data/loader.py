@@ -154,14 +154,28 @@ def _identity(batch: TokenBatch) -> TokenBatch:
     return batch
 
 
+def sequence_slice(batch: TokenBatch, cp_rank: int, cp_size: int) -> TokenBatch:
+    """The contiguous 1/cp_size of every sample's tokens and labels that context-parallel rank
+    `cp_rank` holds (the ids and sources stay whole: they name the samples)."""
+    if cp_size == 1:
+        return batch
+    return batch._replace(tokens=batch.tokens.chunk(cp_size, dim=1)[cp_rank],
+                          labels=batch.labels.chunk(cp_size, dim=1)[cp_rank])
+
+
 class TokenLoader:
     """Endless (tokens, labels) micro-batches for one data-parallel rank, with exact resume, from
-    one manifest or a weighted blend of several."""
+    one manifest or a weighted blend of several. Under context parallelism every rank of a CP
+    group reads the same samples and keeps its slice of their sequence (`context_parallel`:
+    this rank's CP rank and the CP size)."""
 
     def __init__(self, manifests: Manifest | list[Manifest], config: LoaderConfig, dp_rank: int = 0,
-                 dp_size: int = 1, weights: list[float] | None = None):
+                 dp_size: int = 1, weights: list[float] | None = None, context_parallel: tuple[int, int] = (0, 1)):
         if not 0 <= dp_rank < dp_size:
             raise DataError(f"data-parallel rank {dp_rank} is outside 0..{dp_size - 1}")
+        if not 0 <= context_parallel[0] < context_parallel[1]:
+            raise DataError(f"context-parallel rank {context_parallel[0]} is outside 0..{context_parallel[1] - 1}")
+        self.context_parallel = context_parallel
         manifests = [manifests] if isinstance(manifests, Manifest) else list(manifests)
         self.manifests, self.config, self.dp_rank, self.dp_size = manifests, config, dp_rank, dp_size
         self.weights = list(weights) if weights is not None else [1.0] * len(manifests)
@@ -202,7 +216,7 @@ class TokenLoader:
                             num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
         for batch in loader:
             self.consumed_samples += self.config.micro_batch_size * self.dp_size
-            yield batch
+            yield sequence_slice(batch, *self.context_parallel)
 
     def state_dict(self) -> dict:
         return {"consumed_samples": self.consumed_samples, "seed": self.config.seed, "split": self.config.split,

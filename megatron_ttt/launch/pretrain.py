@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from megatron_ttt.config import PretrainConfig, to_dict
+from megatron_ttt.config import PretrainConfig, load_config, to_dict
+from megatron_ttt.config.loading import check_world_size
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.launch.job import SlurmJob, check_job
 from megatron_ttt.launch.profile import Profile
@@ -40,8 +41,9 @@ def check_run_dir(run_dir: Path, config: dict) -> None:
     """A run directory holding another run's config is refused (its checkpoints would be resumed)."""
     for existing in (run_dir / "slurm" / "config.yaml", run_dir / "config.yaml"):
         if existing.exists():
-            old = yaml.safe_load(existing.read_text()) or {}
-            old["run_dir"] = str(Path(old.get("run_dir", run_dir)).resolve())
+            written = yaml.safe_load(existing.read_text()) or {}
+            old = to_dict(load_config(existing))  # keys added since it was written compare as their defaults
+            old["run_dir"] = str(Path(written.get("run_dir", run_dir)).resolve())
             differ = _differences(old, config)
             if differ:
                 raise UserInputError(f"{run_dir} already holds a run with another config ({existing}): "
@@ -49,7 +51,11 @@ def check_run_dir(run_dir: Path, config: dict) -> None:
 
 
 def prepare(config: PretrainConfig, job: SlurmJob, profile: Profile) -> PretrainLaunch:
+    """The job's files, once the config fits its nodes x ranks (TP x CP dividing them, the global
+    batch whole over the data-parallel rest): a layout that cannot start is refused here, not
+    after the job has waited in the queue."""
     check_job(job)
+    check_world_size(config, job.nodes * job.procs_per_node)
     run_dir = Path(config.run_dir).resolve()
     config.run_dir = str(run_dir)  # the job may start in another directory
     values = to_dict(config)

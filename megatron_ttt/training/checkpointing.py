@@ -105,13 +105,15 @@ def load(engine, run_dir: Path, tag: str) -> dict:
     return client_state
 
 
-LAYOUT_KEYS = ("tensor_parallel", "data_parallel", "zero_stage", "dtype")
-"""What shapes DeepSpeed's files; a change of any of them resumes from the layout-free part."""
+LAYOUT_KEYS = ("tensor_parallel", "context_parallel", "data_parallel", "zero_stage", "dtype")
+"""What shapes DeepSpeed's files (ZeRO partitions over DP x CP); a change of any of them resumes
+from the layout-free part."""
 
 
 def current_layout(config: dict) -> dict:
     """This run's layout (parallel state must be initialized)."""
     return {"tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+            "context_parallel": parallel_state.get_context_parallel_world_size(),
             "data_parallel": parallel_state.get_data_parallel_world_size(),
             "zero_stage": config["parallel"]["zero_stage"], "dtype": config["train"]["dtype"]}
 
@@ -153,10 +155,12 @@ def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> Resu
 
 def saved_layout(path: Path, saved_config: dict) -> dict:
     """The layout a checkpoint was written at (checkpoints of older versions record only the
-    config: their data-parallel size is unknown, given as None)."""
+    config: their data-parallel size is unknown, given as None; those before context
+    parallelism ran at CP 1)."""
     if layout_free.present(path):
-        return layout_free.read_trainer_state(path)["layout"]
-    return {"tensor_parallel": saved_config["parallel"]["tensor_parallel"], "data_parallel": None,
+        return {"context_parallel": 1} | layout_free.read_trainer_state(path)["layout"]
+    return {"tensor_parallel": saved_config["parallel"]["tensor_parallel"], "context_parallel": 1,
+            "data_parallel": None,
             "zero_stage": saved_config["parallel"]["zero_stage"], "dtype": saved_config["train"]["dtype"]}
 
 

@@ -74,12 +74,13 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
         layout_free.load_weights(model, plan.path)
     model.block_checkpointing = config.parallel.block_checkpointing
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    cp = (parallel_state.get_context_parallel_rank(), parallel_state.get_context_parallel_world_size())
     engine, _ = build_engine(model, config, dp_size)
     data = config.data
     train_config = LoaderConfig(data.micro_batch_size, seed=data.seed, num_workers=data.num_workers)
-    loader = TokenLoader(sources.manifests, train_config, dp_rank, dp_size, sources.weights)
+    loader = TokenLoader(sources.manifests, train_config, dp_rank, dp_size, sources.weights, cp)
     val_config = LoaderConfig(data.micro_batch_size, split="val", shuffle=False, num_workers=0)
-    val_loaders = {name: TokenLoader(manifest, val_config, dp_rank, dp_size)
+    val_loaders = {name: TokenLoader(manifest, val_config, dp_rank, dp_size, context_parallel=cp)
                    for name, manifest in zip(sources.names, sources.manifests)
                    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size}
     return Run(config, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources, plan)
@@ -112,9 +113,11 @@ def drop_metrics_after(metrics: Path, step: int) -> None:
 
 
 def average_over_data_parallel(value: float) -> float:
+    """A per-rank mean over equal numbers of tokens, averaged over the data- and context-parallel
+    ranks: the mean over every token of the step once."""
     t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
-    return t.item() / parallel_state.get_data_parallel_world_size()
+    dist.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    return t.item() / parallel_state.get_data_parallel_world_size(with_context_parallel=True)
 
 
 def set_schedules(run: Run) -> float:
@@ -141,7 +144,9 @@ def gradient_norm(model: torch.nn.Module) -> float:
 
 def train_step(run: Run, batches) -> tuple[float, float]:
     """One optimizer step (accumulation micro-batches): the loss averaged over them and DP, and
-    the gradient norm before clipping."""
+    the gradient norm before clipping. Under CP each rank's loss is the mean over its T/CP tokens,
+    which is CP times its share of the sample's mean: DeepSpeed's average over DP x CP then gives
+    the gradient of the mean over every token (megatron-core scales its CP loss the same way)."""
     total, norm = 0.0, None
     for micro in range(run.accumulation):
         batch = next(batches)
@@ -257,8 +262,9 @@ def describe(run: Run) -> str:
     """One line on what was built: the model's size and the parallel layout it runs in."""
     model = run.engine.module
     tp, dp = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_data_parallel_world_size()
+    cp = parallel_state.get_context_parallel_world_size()
     sp = " with sequence parallel" if model.config.sequence_parallel else ""
-    return (f"model: {parameter_count(model.ttt):,} parameters; layout: TP {tp}{sp}, DP {dp}, "
+    return (f"model: {parameter_count(model.ttt):,} parameters; layout: TP {tp}{sp}, CP {cp}, DP {dp}, "
             f"ZeRO {run.config.parallel.zero_stage}, {run.config.train.dtype}")
 
 
@@ -266,7 +272,8 @@ def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | No
     # Also for callers of this function: config errors come before any process group exists.
     check_world_size(config, int(os.environ.get("WORLD_SIZE", 1)))
     cache = cache or default_cache_dir()
-    model_parallel = ModelParallel(config.parallel.tensor_parallel, config.parallel.sequence_parallel)
+    p = config.parallel
+    model_parallel = ModelParallel(p.tensor_parallel, p.sequence_parallel, p.context_parallel)
     with parallel_groups(model_parallel, seed=config.train.seed):
         run = build(config, cache, resume_mode)
         if dist.get_rank() == 0:

@@ -60,6 +60,21 @@ def test_ranks_split_the_global_stream(manifest):
     assert interleaved == whole
 
 
+def test_context_parallel_ranks_hold_slices_of_the_same_samples(manifest):
+    config = LoaderConfig(micro_batch_size=3, num_workers=0)
+    whole = take(TokenLoader(manifest, config, 1, 2), 4)
+    slices = [take(TokenLoader(manifest, config, 1, 2, context_parallel=(r, 4)), 4) for r in range(4)]
+    for step, batch in enumerate(whole):
+        parts = [s[step] for s in slices]
+        assert all(p.sample_ids.equal(batch.sample_ids) for p in parts)
+        assert all(p.tokens.shape[1] == manifest.settings.seq_len // 4 for p in parts)
+        for field in ("tokens", "labels"):
+            assert np.array_equal(np.concatenate([getattr(p, field).numpy() for p in parts], 1),
+                                  getattr(batch, field).numpy())
+    with pytest.raises(DataError, match="context-parallel rank 4 is outside 0..3"):
+        TokenLoader(manifest, config, context_parallel=(4, 4))
+
+
 _RESUME = """
 import json, sys
 from megatron_ttt.data import Manifest

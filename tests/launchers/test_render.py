@@ -30,7 +30,8 @@ def test_dry_run_has_the_essentials(tmp_path, capsys):
     run = tmp_path / "run"
     text = dry_run(capsys, "pretrain", "--nodes", "4", "--gpus-per-node", "8", "--time", "2-00:00:00",
                    "--partition", "gpu", "--account", "lm", "--grace", "240", "--port", "29555",
-                   f"run_dir={run}", "train.steps=30")
+                   f"run_dir={run}", "train.steps=30", "model.preset=125m", "parallel.tensor_parallel=2",
+                   "parallel.context_parallel=2")
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --time=2-00:00:00",
                  "#SBATCH --partition=gpu", "#SBATCH --account=lm", "#SBATCH --requeue",
                  "#SBATCH --signal=B:USR1@240", "#SBATCH --open-mode=append"):
@@ -87,6 +88,9 @@ def test_data_shard_renders_an_array_and_a_merge(tmp_path, capsys):
     (["pretrain", "--time", "1-2:3:4", "--grace", "0"], r"--grace 0"),
     (["pretrain", "--profile", "no-such-cluster"], r"unknown profile 'no-such-cluster'.*cpu-test"),
     (["pretrain", "train.steps=0"], r"train.steps"),
+    (["pretrain", "--nodes", "2", "--gpus-per-node", "2", "parallel.context_parallel=3"],
+     r"parallel.tensor_parallel=1 x parallel.context_parallel=3 does not divide the 4 processes"),
+    (["pretrain", "--gpus-per-node", "3"], r"data.global_batch_tokens=8192 is not a multiple of .* 4 x 3 x 256"),
     (["data-shard", "--array", "0", "--", "--tokenizer", "t", "--output", "o", "--seq-len", "8"], r"--array 0"),
     (["data-shard", "--array", "2", "--", "--tokenizer", "t", "--output", "o", "--seq-len", "8", "--num-tasks", "2"],
      r"--task-index/--num-tasks are set per array task"),
@@ -112,7 +116,8 @@ def test_a_run_dir_with_another_config_is_refused(tmp_path):
     run = tmp_path / "run"
     launch = pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=30"]), SlurmJob(), load_profile("cpu-test"))
     (run / "slurm").mkdir(parents=True)
-    launch.config_path.write_text(yaml.safe_dump(launch.config))
+    older = launch.config | {"parallel": {k: v for k, v in launch.config["parallel"].items() if k != "context_parallel"}}
+    launch.config_path.write_text(yaml.safe_dump(older))  # as a version before the key was written it
     pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=30"]), SlurmJob(), load_profile("cpu-test"))
     with pytest.raises(UserInputError, match=r"already holds a run with another config .*train.steps: 30 there, 40 now"):
         pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=40"]), SlurmJob(), load_profile("cpu-test"))

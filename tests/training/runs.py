@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,9 +11,17 @@ from pathlib import Path
 
 import torch
 
+from megatron_ttt.checkpoint.model_dir import load_model
+from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from tests.distributed import run_distributed
+
 FAST = ["train.steps=6", "data.seq_len=64", "data.micro_batch_size=4", "data.global_batch_tokens=512",
         "data.num_workers=0", "data.bundled_vocab_size=512", "logging.eval_interval=3", "logging.interval=1",
         "logging.tensorboard=false", "checkpoint.interval=3", "checkpoint.keep=2"]
+
+
+EVERY_STEP = ["checkpoint.interval=1", "checkpoint.keep=6"]
+"""With FAST: a checkpoint after each of the 6 steps, all kept."""
 
 
 def free_port() -> int:
@@ -69,3 +78,28 @@ def final_weights(run_dir: Path, tag: str | None = None, tp_rank: int = 0) -> di
 
         return get_fp32_state_dict_from_zero_checkpoint(str(root), tag)
     return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+def cut_at(src: Path, dst: Path, step: int) -> Path:
+    """A copy of a run directory whose latest checkpoint is `step` (the newer ones removed)."""
+    shutil.copytree(src, dst)
+    root = dst / "checkpoints"
+    for path in root.glob("step-*"):
+        if int(path.name.split("-")[1]) > step:
+            shutil.rmtree(path)
+    (root / "latest").write_text(f"step-{step:08d}")
+    return dst
+
+
+def layout_free_weights(rank, world, store, directory):
+    init_parallel(ModelParallel(world), store=store)
+    weights = {n: p.detach().clone() for n, p in load_model(directory).named_parameters()}
+    destroy_parallel()
+    return weights
+
+
+def max_weight_difference(a: Path, b: Path, step: int = 6) -> float:
+    """The largest difference between two runs' layout-free weights at `step`."""
+    wa, wb = (run_distributed(1, layout_free_weights, d / "checkpoints" / f"step-{step:08d}")[0] for d in (a, b))
+    assert wa.keys() == wb.keys()
+    return max((wa[n] - wb[n]).abs().max().item() for n in wa)

@@ -48,7 +48,17 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 @pytest.mark.parametrize("overrides, world, message", [
-    (["parallel.tensor_parallel=3"], 1, r"parallel.tensor_parallel=3 does not divide the 1 processes"),
+    (["parallel.tensor_parallel=3"], 1, r"parallel.tensor_parallel=3 x parallel.context_parallel=1 does not divide "
+                                        r"the 1 processes"),
+    (["parallel.context_parallel=2", "parallel.tensor_parallel=2"], 2,
+     r"parallel.tensor_parallel=2 x parallel.context_parallel=2 does not divide the 2 processes"),
+    (["parallel.context_parallel=3", "model.preset=125m", "data.seq_len=100"], 3,
+     r"data.seq_len=100 does not split over parallel.context_parallel=3$"),
+    (["parallel.context_parallel=2", "parallel.tensor_parallel=2", "parallel.sequence_parallel=true",
+      "data.seq_len=258"], 4, r"data.seq_len=258 does not split over parallel.context_parallel=2 x "
+                              r"tensor_parallel=2 \(sequence parallel\)"),
+    (["parallel.context_parallel=8"], 8, r"model.preset=tiny has 4 heads, not divisible by "
+                                         r"parallel.tensor_parallel x parallel.context_parallel = 1 x 8"),
     (["parallel.tensor_parallel=2", "data.global_batch_tokens=1024"], 8,
      r"data.global_batch_tokens=1024 is not a multiple of .* = 4 x 4 x 256 = 4096"),
 ])
@@ -58,7 +68,9 @@ def test_world_size_checks_name_the_keys(overrides, world, message):
 
 
 def test_world_sizes_that_fit():
-    check_world_size(load_config(None, ["parallel.tensor_parallel=3"]), 3)
+    check_world_size(load_config(None, ["parallel.tensor_parallel=3", "model.preset=125m"]), 3)
+    check_world_size(load_config(None, ["parallel.context_parallel=2", "parallel.tensor_parallel=2",
+                                        "parallel.sequence_parallel=true", "data.global_batch_tokens=2048"]), 8)
     check_world_size(load_config(None, ["parallel.tensor_parallel=2", "data.global_batch_tokens=4096"]), 8)
 
 
@@ -66,7 +78,7 @@ def test_pretrain_config_errors_exit_2_before_any_process_group(tmp_path):
     """A bad value is a one-line error and exit status 2, in a fresh process, within seconds:
     nothing (process group, engine, model, data) was built."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR")}
-    for override, message in (("parallel.tensor_parallel=3", "parallel.tensor_parallel=3 does not divide"),
+    for override, message in (("parallel.tensor_parallel=3", "parallel.tensor_parallel=3 x parallel.context_parallel=1"),
                               ("model.preset=7x", "model.preset='7x'")):
         result = subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "pretrain", override,
                                  f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env, cwd=tmp_path)

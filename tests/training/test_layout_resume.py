@@ -6,14 +6,9 @@ import json
 import shutil
 
 import pytest
-import torch
 
-from megatron_ttt.checkpoint.model_dir import load_model
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
-from tests.distributed import run_distributed
-from tests.training.runs import losses, pretrain
+from tests.training.runs import EVERY_STEP, cut_at, losses, max_weight_difference, pretrain
 
-EVERY_STEP = ["checkpoint.interval=1", "checkpoint.keep=6"]
 SAMPLES_PER_STEP = 8
 """data.global_batch_tokens 512 / seq_len 64."""
 
@@ -27,37 +22,6 @@ SEGMENTS = [
 LOSS_TOLERANCE = 1e-5
 """Relative; the layouts add float32 partial sums in other orders (TP vs DP agree to this, see
 test_pretrain.py); a lost or repeated sample would change a batch's loss by far more."""
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, cache):
-    run = tmp_path_factory.mktemp("layout") / "uninterrupted"
-    pretrain(run, cache, EVERY_STEP)
-    return run
-
-
-def cut_at(src, dst, step):
-    """A copy of a run directory whose latest checkpoint is `step` (the newer ones removed)."""
-    shutil.copytree(src, dst)
-    root = dst / "checkpoints"
-    for path in root.glob("step-*"):
-        if int(path.name.split("-")[1]) > step:
-            shutil.rmtree(path)
-    (root / "latest").write_text(f"step-{step:08d}")
-    return dst
-
-
-def layout_free_weights(rank, world, store, directory):
-    init_parallel(ModelParallel(world), store=store)
-    weights = {n: p.detach().clone() for n, p in load_model(directory).named_parameters()}
-    destroy_parallel()
-    return weights
-
-
-def max_weight_difference(a, b) -> float:
-    wa, wb = (run_distributed(1, layout_free_weights, d / "checkpoints" / "step-00000006")[0] for d in (a, b))
-    assert wa.keys() == wb.keys()
-    return max((wa[n] - wb[n]).abs().max().item() for n in wa)
 
 
 @pytest.mark.slow
