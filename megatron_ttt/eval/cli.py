@@ -92,6 +92,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="context lengths (default: the dataset's seq-len); longer ones join consecutive samples")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward on each data-parallel rank")
     p.add_argument("--max-samples", type=int, default=None, help="windows per context at most")
+    p.add_argument("--context-parallel", type=int, default=1, metavar="CP",
+                   help="ranks splitting each window's positions, for windows longer than one rank holds "
+                        "(launch with torchrun; TP x CP divides the processes, the rest share the windows)")
     p.add_argument("--buckets", choices=("log", "linear"), default="log", help="position buckets: doubling or equal")
     p.add_argument("--num-buckets", type=int, default=32, help="buckets per context with --buckets linear")
     p.add_argument("--out", default="eval-perplexity", metavar="DIR", help="where the CSVs and the plot go")

@@ -4,7 +4,8 @@ The split is read as one token stream: its samples in manifest order, concatenat
 consecutive cuts of the tokenized documents (EOS between documents), so a context longer than
 the stored sample length spans several samples of contiguous text. A context of C tokens takes
 windows of C + 1 stream tokens (C inputs, C next-token targets), back to back; window w goes to
-data-parallel rank w mod dp_size, and the ranks' sums are all-reduced.
+data-parallel rank w mod dp_size, and the ranks' sums are all-reduced. Under context
+parallelism every rank of a CP group scores its slice of the same windows' positions.
 """
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from megatron_ttt.data.loader import ShardedSamples
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.parallel.context import all_slices, local_slice
 
 
 @dataclass(frozen=True)
@@ -60,26 +62,33 @@ class TokenStream:
         return joined[offset:offset + length].astype(np.int64)
 
 
-def check_contexts(contexts: tuple[int, ...], mini_batch_size: int, stream_tokens: int, where: str) -> None:
+def check_contexts(contexts: tuple[int, ...], mini_batch_size: int, stream_tokens: int, where: str,
+                   context_parallel: int = 1) -> None:
     for context in contexts:
         if context < 1 or context % mini_batch_size:
             raise UserInputError(f"--context {context}: must be a positive multiple of the model's mini-batch "
                                  f"size {mini_batch_size} (the inner model steps once per whole mini-batch)")
+        if context % context_parallel:
+            raise UserInputError(f"--context {context} does not split over --context-parallel {context_parallel}")
         if context + 1 > stream_tokens:
             raise UserInputError(f"--context {context}: the validation split of {where} holds {stream_tokens} "
                                  f"tokens, fewer than one window of {context + 1}")
 
 
-def _batch_nll(model: TTTLanguageModel, tokens: torch.Tensor) -> torch.Tensor:
-    """[B, C + 1] ids -> [C] float64: negative log-likelihoods summed over the batch per position."""
-    logp = torch.log_softmax(model.gather_logits(model(tokens[:, :-1])).float(), dim=-1)
-    return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1).double().sum(0)
+def _batch_nll(model: TTTLanguageModel, tokens: torch.Tensor, cp_group: dist.ProcessGroup | None) -> torch.Tensor:
+    """[B, C + 1] ids -> [C] float64: negative log-likelihoods summed over the batch per position
+    (under CP each rank scores its slice of the positions; the slices are then joined)."""
+    inputs, targets = (local_slice(t, 1, cp_group) for t in (tokens[:, :-1], tokens[:, 1:]))
+    logp = torch.log_softmax(model.gather_logits(model(inputs)).float(), dim=-1)
+    return all_slices(-logp.gather(-1, targets[..., None]).squeeze(-1).double().sum(0), 0, cp_group)
 
 
 @torch.no_grad()
 def evaluate_context(model: TTTLanguageModel, stream: TokenStream, context: int, config: PerplexityConfig,
-                     dp_group: dist.ProcessGroup | None, show_progress: bool = False) -> ContextResult:
-    """The summed per-position loss of every window of this context, all-reduced over `dp_group`."""
+                     dp_group: dist.ProcessGroup | None, show_progress: bool = False,
+                     cp_group: dist.ProcessGroup | None = None) -> ContextResult:
+    """The summed per-position loss of every window of this context, all-reduced over `dp_group`
+    (the ranks of `cp_group`, if any, share each window)."""
     model.eval()
     windows = stream.length // (context + 1)
     if config.max_samples is not None:
@@ -90,7 +99,7 @@ def evaluate_context(model: TTTLanguageModel, stream: TokenStream, context: int,
     batches = range(0, len(mine), config.batch_size)
     for start in tqdm(batches, desc=f"context {context}", unit="batch", disable=not show_progress):
         ids = [stream.window(w * (context + 1), context + 1) for w in mine[start:start + config.batch_size]]
-        nll += _batch_nll(model, torch.from_numpy(np.stack(ids)))
+        nll += _batch_nll(model, torch.from_numpy(np.stack(ids)), cp_group)
     if dp_size > 1:
         dist.all_reduce(nll, group=dp_group)
     return ContextResult(context, windows, nll.numpy())

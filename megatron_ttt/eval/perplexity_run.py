@@ -18,7 +18,7 @@ from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("batch_size", "num_buckets"):
+    for name in ("batch_size", "num_buckets", "context_parallel"):
         if getattr(args, name) < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_samples is not None and args.max_samples < 1:
@@ -37,16 +37,17 @@ def _stream(args: argparse.Namespace, vocab_size: int) -> TokenStream:
 def run_perplexity(args: argparse.Namespace) -> int:
     _check_args(args)
     checkpoint = resolve_model_source(Path(args.checkpoint))
-    with parallel_groups(ModelParallel(args.tensor_parallel)):
+    with parallel_groups(ModelParallel(args.tensor_parallel, context_parallel=args.context_parallel)):
         cfg = read_model_config(checkpoint)
         stream = _stream(args, cfg.vocab_size)
         contexts = args.context or (stream.samples.manifest.settings.seq_len,)
-        check_contexts(contexts, cfg.mini_batch_size, stream.length, args.data)
+        check_contexts(contexts, cfg.mini_batch_size, stream.length, args.data, args.context_parallel)
         config = PerplexityConfig(contexts, args.batch_size, args.max_samples)
         model = load_model(checkpoint)
         rank0 = torch.distributed.get_rank() == 0
         dp_group = parallel_state.get_data_parallel_group()
-        results = [evaluate_context(model, stream, c, config, dp_group, show_progress=rank0) for c in contexts]
+        cp_group = parallel_state.get_context_parallel_group() if args.context_parallel > 1 else None
+        results = [evaluate_context(model, stream, c, config, dp_group, rank0, cp_group) for c in contexts]
         if rank0:
             paths = write_report(results, Path(args.out), args.buckets, args.num_buckets)
             for r in results:

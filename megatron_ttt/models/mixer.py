@@ -145,13 +145,15 @@ class TTTMixer(MegatronModule):
 
     def _sequence_to_heads(self, parts: dict) -> dict:
         """This rank's tokens of the local heads' q|p, k, v and lr logits -> whole sequences of
-        this rank's heads, in one all-to-all (the gate stays: it is used after the way back)."""
+        this rank's heads, in one all-to-all. The gate stays (it is used after the way back), as
+        a copy: a view would keep the whole projection alive beside what moved."""
         names = [n for n in self.columns.names if n != "gate"]
         T, B, d = parts["v"].shape[0], parts["v"].shape[1], self.ttt.head_dim
         per_head = [parts[n].reshape(T, B, self.local_heads, 1 if n == "lr" else d) for n in names]
         moved = sequence_to_heads(torch.cat(per_head, dim=-1), self.cp_group)
         widths = [t.shape[-1] for t in per_head]
-        return parts | {n: t.flatten(2) for n, t in zip(names, moved.split(widths, dim=-1))}
+        kept = {"gate": parts["gate"].clone()} if "gate" in parts else {}
+        return kept | {n: t.flatten(2) for n, t in zip(names, moved.split(widths, dim=-1))}
 
     def _queries_keys(self, parts: dict, cache: MixerCache | None) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k [T, B, H*d]; the Mamba backbone's convolutions continue the cached sequence."""

@@ -101,3 +101,10 @@ def local_slice(t: torch.Tensor, dim: int, group: dist.ProcessGroup | None) -> t
     """This rank's contiguous 1/CP of `t` along `dim`."""
     cp = group_size(group)
     return t if cp == 1 else t.chunk(cp, dim=dim)[dist.get_rank(group)]
+
+
+def all_slices(t: torch.Tensor, dim: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Every rank's `t` (its slice along `dim`) joined in rank order, on every rank; no gradient."""
+    if group_size(group) == 1:
+        return t
+    return torch.cat(_all_gather(t.contiguous(), group), dim=dim)

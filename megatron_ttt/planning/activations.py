@@ -5,6 +5,8 @@ saved-tensor hooks on the real modules; docs/planning.md lists them op by op), p
 micro-batch. e is the activation dtype's size (2 bf16, 4 fp32); statistics are fp32 (4 bytes).
 Under sequence parallelism (factor s = tp) the tokens outside the mixer and the MLP are split
 over the TP ranks; inside them the width is split (D/tp, F/tp, H/tp) and the sequence is whole.
+Under context parallelism a rank holds 1/cp of each sample's tokens (Layout.micro_tokens) outside
+the mixers and whole sequences of 1/cp of its heads inside: per token the same bytes either way.
 """
 
 from megatron_ttt.models.config import TTTModelConfig
@@ -104,7 +106,7 @@ def recompute_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
         return tokens * max(layer_bytes(model, layout, kind) for kind in set(model.mixers))
     if layout.time_checkpoint_group and "ttt" in model.mixers:
         group_tokens = min(layout.time_checkpoint_group * model.mini_batch_size, layout.seq_len) * layout.micro_batch
-        return group_tokens * inner_loop_bytes(model, layout)
+        return group_tokens * inner_loop_bytes(model, layout) / layout.cp  # a group of 1/cp of the heads
     return 0.0
 
 

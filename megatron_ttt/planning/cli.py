@@ -6,12 +6,12 @@ from dataclasses import fields
 
 from megatron_ttt.planning.hardware import GPUS
 
-SEARCHED = ("tp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt")
+SEARCHED = ("tp", "cp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt")
 
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="per-GPU memory, FLOPs, communication and step time of a layout",
-                       description="Without --tp/--zero/--time-checkpoint-group/--micro-batch/--block-ckpt, the "
+                       description="Without --tp/--cp/--zero/--time-checkpoint-group/--micro-batch/--block-ckpt, the "
                                    "ones left out are searched and the fastest layouts that fit are shown. See "
                                    "docs/planning.md.")
     p.add_argument("--preset", default="7b",
@@ -28,6 +28,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu", default="a100-80gb", choices=sorted(GPUS))
     p.add_argument("--tp", type=int)
+    p.add_argument("--cp", type=int, help="context-parallel size: ranks splitting each sample's sequence")
     p.add_argument("--zero", type=int)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--micro-batch", type=int)
@@ -71,7 +72,7 @@ def _plan(args: argparse.Namespace) -> int:
                    layer_pattern=args.layer_pattern, attention_window=args.attention_window,
                    num_kv_heads=args.num_kv_heads)
     device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
-    given = {"tp": args.tp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
+    given = {"tp": args.tp, "cp": args.cp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
              "micro_batch": args.micro_batch,
              "block_ckpt": None if args.block_ckpt is None else args.block_ckpt == "on"}
     base = Layout(args.nodes, args.gpus_per_node, seq_len=args.seq_len, global_batch_tokens=args.global_batch_tokens,

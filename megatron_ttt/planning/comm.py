@@ -1,9 +1,11 @@
 """Bytes each rank sends per optimizer step, by parallel dimension and collective.
 
 Ring collectives over n ranks of a tensor of S bytes: all-gather and reduce-scatter send
-(n - 1)/n S per rank, all-reduce twice that. A = e T B D is one micro-batch's full activation.
+(n - 1)/n S per rank, all-reduce twice that; an all-to-all of S bytes per rank sends (n - 1)/n S.
+A = e T B D is one micro-batch's full activation.
 """
 
+import math
 from dataclasses import dataclass
 
 from megatron_ttt.models.config import TTTModelConfig
@@ -25,10 +27,17 @@ class Traffic:
     """ZeRO 1 (once per step, fp32 accumulator), 2 and 3 (every micro-batch): the gradients."""
     dp_all_gather: float = 0.0
     """ZeRO 1-2: the updated weights once per step; ZeRO 3: the weights in every forward and backward."""
+    cp_all_to_all: float = 0.0
+    """Context parallelism: every mixer's inputs to a head split and its output back, forward and
+    backward (and in the recomputation under block checkpointing)."""
 
     @property
     def tp(self) -> float:
         return self.tp_all_gather + self.tp_reduce_scatter + self.tp_all_reduce
+
+    @property
+    def cp(self) -> float:
+        return self.cp_all_to_all
 
     @property
     def dp(self) -> float:
@@ -58,10 +67,36 @@ def tensor_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
     return {"tp_all_reduce": 2 * ring * A * (4 * L + 1) + small}
 
 
+def moved_width(model: TTTModelConfig, kind: str, layout: Layout) -> float:
+    """Elements per token a mixer of `kind` moves through its two all-to-alls on one TP rank: the
+    inputs to the inner loop (q|p, [k], v and the lr logits) or to attention (q and the key/value
+    heads, repeated where a TP rank's do not split over cp), and the output (D) back."""
+    D, d = model.hidden_size, model.head_dim
+    if kind == "ttt":
+        inputs = (2 if model.share_qk else 3) * D + model.num_heads
+    else:
+        kv_local = model.kv_heads // layout.tp
+        inputs = D + 2 * d * kv_local * layout.tp * (layout.cp // math.gcd(kv_local, layout.cp))
+    return (inputs + D) / layout.tp
+
+
+def context_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
+    """Per step: each mixer's all-to-alls over the cp ranks (the Mamba pre-conv's halo of K - 1
+    tokens per rank is left out: K/T of a layer's input)."""
+    n = layout.cp
+    if n == 1:
+        return {}
+    tokens = layout.micro_tokens * layout.accumulation
+    passes = 3 if layout.block_ckpt else 2
+    width = sum(moved_width(model, kind, layout) for kind in model.mixers)
+    return {"cp_all_to_all": passes * (n - 1) / n * layout.act_bytes * tokens * width}
+
+
 def data_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
-    """Per step, of this rank's parameters Psi (DeepSpeed's schedule: stage 2 reduces every
-    micro-batch's gradients as they are produced, stage 3 also gathers the weights per micro-batch)."""
-    n = layout.dp
+    """Per step, of this rank's parameters Psi over the DP x CP ranks (DeepSpeed's schedule: stage 2
+    reduces every micro-batch's gradients as they are produced, stage 3 also gathers the weights
+    per micro-batch)."""
+    n = layout.zero_ranks
     if n == 1:
         return {}
     ring, psi, e, acc = (n - 1) / n, local_parameters(model, layout.tp), layout.act_bytes, layout.accumulation
@@ -75,11 +110,14 @@ def data_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
 
 
 def traffic(model: TTTModelConfig, layout: Layout) -> Traffic:
-    return Traffic(**tensor_parallel(model, layout), **data_parallel(model, layout))
+    return Traffic(**tensor_parallel(model, layout), **context_parallel(model, layout),
+                   **data_parallel(model, layout))
 
 
-def bandwidths(gpu: GPU, layout: Layout, assume: Assumptions) -> tuple[float, float]:
-    """Bytes/s a rank reaches in its TP and DP groups: NVLink inside a node, InfiniBand across."""
+def bandwidths(gpu: GPU, layout: Layout, assume: Assumptions) -> tuple[float, float, float]:
+    """Bytes/s a rank reaches in its TP, CP and DP groups: NVLink inside a node, InfiniBand across
+    (ranks are ordered TP innermost, then CP, then DP)."""
     tp_link = gpu.nvlink_gbps if layout.tp <= layout.gpus_per_node else gpu.ib_gbps
-    dp_link = gpu.ib_gbps if layout.nodes > 1 and layout.dp > 1 else gpu.nvlink_gbps
-    return tp_link * 1e9 * assume.link_efficiency, dp_link * 1e9 * assume.link_efficiency
+    cp_link = gpu.nvlink_gbps if layout.tp * layout.cp <= layout.gpus_per_node else gpu.ib_gbps
+    dp_link = gpu.ib_gbps if layout.nodes > 1 and layout.zero_ranks > 1 else gpu.nvlink_gbps
+    return tuple(link * 1e9 * assume.link_efficiency for link in (tp_link, cp_link, dp_link))

@@ -14,7 +14,10 @@ class Layout:
     gpus_per_node: int
     """Accelerators (ranks) per machine."""
     tp: int = 1
-    """Tensor-parallel size (heads and vocabulary split); the rest of the world is data parallel."""
+    """Tensor-parallel size (heads and vocabulary split); the world over tp x cp is data parallel."""
+    cp: int = 1
+    """Context-parallel size: each sample's sequence split over cp ranks outside the mixers (inside,
+    an all-to-all gives each rank whole sequences of heads / (tp x cp) heads)."""
     zero: int = 0
     """DeepSpeed ZeRO stage over the data-parallel group."""
     seq_len: int = 2048
@@ -38,7 +41,12 @@ class Layout:
 
     @property
     def dp(self) -> int:
-        return self.world // self.tp
+        return self.world // (self.tp * self.cp)
+
+    @property
+    def zero_ranks(self) -> int:
+        """The ranks DeepSpeed averages gradients and partitions ZeRO states over: DP x CP."""
+        return self.dp * self.cp
 
     @property
     def sp(self) -> int:
@@ -56,15 +64,16 @@ class Layout:
 
     @property
     def micro_tokens(self) -> int:
-        """Tokens of one rank's micro-batch."""
-        return self.micro_batch * self.seq_len
+        """Tokens of one rank's micro-batch: its 1/cp of every sample's sequence. Inside the mixers
+        it holds cp times as many tokens of 1/cp of the heads: the same bytes per token over tp."""
+        return self.micro_batch * self.seq_len // self.cp
 
 
 def check(layout: Layout, model: TTTModelConfig) -> None:
     """UserInputError naming every option that cannot work with this model."""
     problems = []
     positive = {"--nodes": layout.nodes, "--gpus-per-node": layout.gpus_per_node, "--tp": layout.tp,
-                "--seq-len": layout.seq_len, "--micro-batch": layout.micro_batch}
+                "--cp": layout.cp, "--seq-len": layout.seq_len, "--micro-batch": layout.micro_batch}
     problems += [f"{flag} {value} must be >= 1" for flag, value in positive.items() if value < 1]
     if problems:
         raise UserInputError("; ".join(problems))
@@ -76,12 +85,19 @@ def check(layout: Layout, model: TTTModelConfig) -> None:
         check_time_checkpoint_group(layout.time_checkpoint_group)
     except ValueError as exc:
         problems.append(f"--time-checkpoint-group: {exc}")
-    if layout.world % layout.tp:
-        problems.append(f"--tp {layout.tp} does not divide the {layout.world} GPUs")
-    if model.num_heads % layout.tp or model.vocab_size % layout.tp:
-        problems.append(f"--tp {layout.tp} does not divide the {model.num_heads} heads and vocabulary {model.vocab_size}")
-    if layout.sp > 1 and layout.seq_len % layout.tp:
-        problems.append(f"--seq-len {layout.seq_len} is not divisible by --tp {layout.tp} (sequence parallel)")
+    split = f"--tp {layout.tp}" + (f" x --cp {layout.cp}" if layout.cp > 1 else "")
+    if layout.world % (layout.tp * layout.cp):
+        problems.append(f"{split} does not divide the {layout.world} GPUs")
+    if model.vocab_size % layout.tp:
+        problems.append(f"--tp {layout.tp} does not divide the vocabulary {model.vocab_size}")
+    if model.num_heads % (layout.tp * layout.cp):
+        problems.append(f"{split} does not divide the {model.num_heads} heads")
+    if model.kv_heads % layout.tp:
+        problems.append(f"--tp {layout.tp} does not divide the {model.kv_heads} key/value heads")
+    if layout.seq_len % (layout.sp * layout.cp):
+        what = " x ".join(f"--{name} {size}" for name, size in (("cp", layout.cp), ("tp", layout.sp)) if size > 1)
+        problems.append(f"--seq-len {layout.seq_len} is not divisible by {what}"
+                        + (" (sequence parallel)" if layout.sp > 1 else ""))
     per_step = layout.micro_batch * layout.dp * layout.seq_len
     if not problems and (layout.global_batch_tokens < per_step or layout.global_batch_tokens % per_step):
         problems.append(f"--global-batch-tokens {layout.global_batch_tokens} is not a multiple of micro-batch x "

@@ -75,7 +75,8 @@ def planned(config, nproc: int, sequence_parallel: bool):
 
     parallel, data = config.parallel, config.data
     model = model_config(config, data.bundled_vocab_size)
-    layout = Layout(1, nproc, tp=parallel.tensor_parallel, zero=parallel.zero_stage, seq_len=data.seq_len,
+    layout = Layout(1, nproc, tp=parallel.tensor_parallel, cp=parallel.context_parallel, zero=parallel.zero_stage,
+                    seq_len=data.seq_len,
                     micro_batch=data.micro_batch_size, global_batch_tokens=data.global_batch_tokens,
                     time_checkpoint_group=parallel.time_checkpoint_group, block_ckpt=parallel.block_checkpointing,
                     dtype=config.train.dtype, sequence_parallel=sequence_parallel)
@@ -87,10 +88,12 @@ def main(argv: list[str]) -> int:
 
     out, overrides = Path(argv[0]), argv[1:]
     config = load_config(None, overrides)
-    model_parallel = ModelParallel(config.parallel.tensor_parallel, config.parallel.sequence_parallel)
+    p = config.parallel
+    model_parallel = ModelParallel(p.tensor_parallel, p.sequence_parallel, p.context_parallel)
     with parallel_groups(model_parallel, seed=config.train.seed):
         peak, sequence_parallel = peak_bytes(config)
         row = {"rank": dist.get_rank(), "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
+               "cp_rank": parallel_state.get_context_parallel_rank(),
                "dp_rank": parallel_state.get_data_parallel_rank(), "peak_bytes": peak,
                "sequence_parallel": sequence_parallel}
         rows = [None] * dist.get_world_size()

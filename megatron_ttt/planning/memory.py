@@ -1,7 +1,7 @@
 """Bytes per GPU of a layout: model states (by ZeRO stage and dtype), activations, buffers.
 
-Model states follow what DeepSpeed allocates (Psi: this rank's parameters, N: data-parallel
-size). fp32 runs keep a separate fp32 master copy as well (DeepSpeed's ZeRO optimizers clone
+Model states follow what DeepSpeed allocates (Psi: this rank's parameters, N: the ranks ZeRO
+partitions over, data x context parallel). fp32 runs keep a separate fp32 master copy as well (DeepSpeed's ZeRO optimizers clone
 the partition they own); bf16 runs keep bf16 working weights and gradients plus fp32 master
 weights, fp32 gradients and Adam's two moments. Stage 1 partitions the optimizer side, stage 2
 also the gradients, stage 3 also the working weights.
@@ -45,7 +45,7 @@ class States:
 
 def model_states(model: TTTModelConfig, layout: Layout) -> States:
     """Bytes of parameters, gradients and optimizer states on one rank."""
-    psi, n, z, e = local_parameters(model, layout.tp), layout.dp, layout.zero, layout.act_bytes
+    psi, n, z, e = local_parameters(model, layout.tp), layout.zero_ranks, layout.zero, layout.act_bytes
     params = e * psi / (n if z == 3 else 1)
     if z == 0:
         # fp32: torch AdamW steps on .grad; bf16: DeepSpeed's BF16_Optimizer accumulates the bf16
@@ -131,7 +131,7 @@ def memory(model: TTTModelConfig, layout: Layout, assume: Assumptions, on_gpu: b
     no_ckpt = 0.0 if layout.block_ckpt else (
         model.mixers.count("ttt") * tokens * activations.inner_loop_bytes(model, layout))
     head = stored["head"] + tokens * activations.head_transient_bytes(model, layout)
-    stepped = local_parameters(model, layout.tp) / (layout.dp if layout.zero else 1)
+    stepped = local_parameters(model, layout.tp) / (layout.zero_ranks if layout.zero else 1)
     partial = Memory(states.parameters, states.gradients, states.persistent_gradients, states.optimizer, stored["ttt"],
                      no_ckpt, stored["blocks"], head, activations.recompute_transient_bytes(model, layout),
                      buffer_bytes(model, layout, assume), 0.0 if on_gpu else 4 * stepped, layout.accumulation > 1)

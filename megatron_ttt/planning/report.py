@@ -13,19 +13,19 @@ from megatron_ttt.planning.search import Plan
 def describe(layout: Layout) -> str:
     sp = " (SP)" if layout.sp > 1 else ""
     time = f"time-axis G={layout.time_checkpoint_group}" if layout.time_checkpoint_group else "time-axis off"
-    return (f"TP {layout.tp}{sp} x DP {layout.dp}, ZeRO {layout.zero}, seq {layout.seq_len}, micro-batch "
+    return (f"TP {layout.tp}{sp} x CP {layout.cp} x DP {layout.dp}, ZeRO {layout.zero}, seq {layout.seq_len}, micro-batch "
             f"{layout.micro_batch} x {layout.accumulation} accumulation, {time}, blocks "
             f"{'on' if layout.block_ckpt else 'off'}, {layout.dtype}")
 
 
 def table(model: TTTModelConfig, plans: list[Plan], gpu: GPU) -> str:
     lines = [f"best layouts ({len(plans)} shown), {plans[0].layout.nodes} x {plans[0].layout.gpus_per_node} {gpu.name}:",
-             f"{'TP':>3} {'DP':>4} {'ZeRO':>4} {'micro':>5} {'time G':>6} {'blocks':>6} {'GiB/GPU':>8} "
+             f"{'TP':>3} {'CP':>3} {'DP':>4} {'ZeRO':>4} {'micro':>5} {'time G':>6} {'blocks':>6} {'GiB/GPU':>8} "
              f"{'step s':>7} {'tokens/s':>10} {'MFU':>6}"]
     for p in plans:
         lay, est = p.layout, p.estimate
         group = lay.time_checkpoint_group or "off"
-        lines.append(f"{lay.tp:>3} {lay.dp:>4} {lay.zero:>4} {lay.micro_batch:>5} {group:>6} "
+        lines.append(f"{lay.tp:>3} {lay.cp:>3} {lay.dp:>4} {lay.zero:>4} {lay.micro_batch:>5} {group:>6} "
                      f"{'on' if lay.block_ckpt else 'off':>6} {p.memory.total / GIB:>8.1f} {est.step_s:>7.2f} "
                      f"{est.tokens_per_s:>10,.0f} {est.mfu:>6.1%}")
     return "\n".join(lines)
@@ -75,8 +75,9 @@ def report(model: TTTModelConfig, p: Plan, gpu: GPU, assume: Assumptions) -> str
     pattern = f", layer pattern {model.layer_pattern}" if model.layer_pattern else ""
     head = (f"{model.layer_type} {model.backbone} model{pattern}, {parameter_count(model) / 1e9:.2f} B parameters, "
             f"on {lay.nodes} x {lay.gpus_per_node} {gpu.name}\nlayout: {describe(lay)}")
-    timing = (f"step: compute {est.compute_s:.3f} s + TP comm {est.tp_comm_s:.3f} s + DP comm {est.dp_comm_s:.3f} s "
-              f"= {est.step_s:.3f} s; {est.tokens_per_s:,.0f} tokens/s; MFU {est.mfu:.1%}")
+    cp = f" + CP comm {est.cp_comm_s:.3f} s" if lay.cp > 1 else ""
+    timing = (f"step: compute {est.compute_s:.3f} s + TP comm {est.tp_comm_s:.3f} s{cp} + DP comm "
+              f"{est.dp_comm_s:.3f} s = {est.step_s:.3f} s; {est.tokens_per_s:,.0f} tokens/s; MFU {est.mfu:.1%}")
     stated = "assumptions: " + ", ".join(f"{f.name}={getattr(assume, f.name):g}" for f in fields(assume))
     return "\n".join([head, "", *_memory_lines(p, gpu), "", *_flops_lines(model, lay.seq_len), "",
                       *_comm_lines(model, p), "", timing, stated])

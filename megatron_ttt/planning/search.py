@@ -28,9 +28,11 @@ def plan(model: TTTModelConfig, layout: Layout, gpu: GPU, assume: Assumptions) -
 
 
 def candidates(base: Layout, open_options: set[str]) -> list[Layout]:
-    """Layouts varying the options in `open_options` (tp, zero, time_checkpoint_group, micro_batch, block_ckpt)."""
+    """Layouts varying the options in `open_options` (tp, cp, zero, time_checkpoint_group, micro_batch,
+    block_ckpt)."""
     choices = {
         "tp": [t for t in (1, 2, 4, 8, 16) if t <= base.gpus_per_node and base.gpus_per_node % t == 0],
+        "cp": [c for c in (1, 2, 4, 8, 16, 32) if c <= base.world],
         "zero": [0, 1, 2, 3], "time_checkpoint_group": list(TIME_GROUPS), "micro_batch": list(MICRO_BATCHES),
         "block_ckpt": [False, True],
     }

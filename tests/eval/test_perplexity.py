@@ -1,5 +1,5 @@
 """`mttt eval perplexity`: the report's numbers against an independent computation, the
-by-position buckets against the total, TP=2 and DP=2 against one process, and clear errors."""
+by-position buckets against the total, TP=2, CP=2 and DP=2 against one process, and clear errors."""
 
 import csv
 import math
@@ -66,21 +66,24 @@ def test_linear_buckets_cover_the_context():
     assert bucket_edges(64, "log", 0) == [0, 1, 2, 4, 8, 16, 32, 64]
 
 
-def parallel_nll(rank: int, world: int, store, tp: int, model_dir: str, manifest) -> np.ndarray:
-    init_parallel(ModelParallel(tp), store=store)
+def parallel_nll(rank: int, world: int, store, tp: int, model_dir: str, manifest, cp: int = 1) -> np.ndarray:
+    init_parallel(ModelParallel(tp, context_parallel=cp), store=store)
     try:
         model = load_model(Path(model_dir))
         stream = TokenStream(ShardedSamples(manifest, "val"))
         config = PerplexityConfig((64,), batch_size=2, max_samples=5)
-        return evaluate_context(model, stream, 64, config, parallel_state.get_data_parallel_group()).position_nll
+        cp_group = parallel_state.get_context_parallel_group() if cp > 1 else None
+        return evaluate_context(model, stream, 64, config, parallel_state.get_data_parallel_group(),
+                                cp_group=cp_group).position_nll
     finally:
         destroy_parallel()
 
 
-@pytest.mark.parametrize("tp", [2, pytest.param(1, marks=pytest.mark.slow)], ids=["TP=2", "DP=2"])
-def test_two_ranks_equal_one(eval_data, tp):
+@pytest.mark.parametrize("tp, cp", [(2, 1), (1, 2), pytest.param(1, 1, marks=pytest.mark.slow)],
+                         ids=["TP=2", "CP=2", "DP=2"])
+def test_two_ranks_equal_one(eval_data, tp, cp):
     one = parallel_nll(0, 1, None, 1, str(eval_data.model_dir), eval_data.manifest)
-    two = run_distributed(2, parallel_nll, tp, str(eval_data.model_dir), eval_data.manifest)
+    two = run_distributed(2, parallel_nll, tp, str(eval_data.model_dir), eval_data.manifest, cp)
     for rank_nll in two:
         np.testing.assert_allclose(rank_nll, one, rtol=1e-5)
     assert abs(two[0].sum() - one.sum()) / one.sum() < 1e-6

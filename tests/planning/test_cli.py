@@ -1,8 +1,11 @@
 """`mttt plan` end to end: one layout, a search, and bad input."""
 
+from dataclasses import replace
+
 import pytest
 
 from megatron_ttt.cli import main
+from megatron_ttt.planning import comm
 from megatron_ttt.models.presets import preset
 from megatron_ttt.planning.hardware import GPUS, Assumptions
 from megatron_ttt.planning.layout import Layout
@@ -47,8 +50,42 @@ def test_a_hybrid_plan_counts_its_attention(capsys):
         assert part in out, part
 
 
+def test_context_parallel_splits_the_activations_and_adds_its_all_to_alls():
+    model, gpu = preset("7b"), GPUS["a100-80gb"]
+    layout = Layout(2, 8, seq_len=32768, global_batch_tokens=2**20, time_checkpoint_group=16, zero=1)
+    one, two = plan(model, layout, gpu, Assumptions()), plan(model, replace(layout, cp=2), gpu, Assumptions())
+    for term in ("block_activations", "ttt_activations", "head_activations"):
+        assert getattr(two.memory, term) == pytest.approx(getattr(one.memory, term) / 2), term
+    # ZeRO partitions over DP x CP: 16 ranks either way.
+    assert two.memory.optimizer == one.memory.optimizer and two.memory.parameters == one.memory.parameters
+    assert comm.traffic(model, one.layout).cp == 0 < comm.traffic(model, two.layout).cp
+    assert two.estimate.cp_comm_s > 0 and one.estimate.cp_comm_s == 0
+
+
+def test_key_value_heads_that_do_not_split_over_cp_are_repeated():
+    model = preset("7b-hybrid")  # 8 key/value heads: 1 per rank at TP 8
+    d, D = model.head_dim, model.hidden_size
+    assert comm.moved_width(model, "attention", Layout(2, 8, tp=8, cp=2)) == (D + 2 * d * 8 * 2 + D) / 8
+    assert comm.moved_width(model, "attention", Layout(2, 8, tp=4, cp=2)) == (D + 2 * d * 8 + D) / 4
+
+
+def test_a_128k_plan_needs_context_parallelism_or_block_checkpointing(capsys):
+    args = ["plan", "--preset", "7b", "--nodes", "8", "--seq-len", "131072", "--global-batch-tokens", "4194304"]
+    assert main([*args, "--cp", "1", "--block-ckpt", "off"]) == 2
+    assert "no layout of 8 x 8 a100-80gb fits" in capsys.readouterr().err
+    assert main([*args, "--cp", "2", "--tp", "1", "--zero", "2", "--micro-batch", "1", "--time-checkpoint-group", "16",
+                 "--block-ckpt", "on"]) == 0
+    out = capsys.readouterr().out
+    for part in ("TP 1 x CP 2 x DP 32", "cp all to all", "+ CP comm", "fits"):
+        assert part in out, part
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tp", "3"], "--tp 3 does not divide"),
+    (["--tp", "2", "--cp", "3"], "--tp 2 x --cp 3 does not divide the 8 GPUs"),
+    (["--preset", "tiny", "--tp", "1", "--cp", "8"], "--tp 1 x --cp 8 does not divide the 4 heads"),
+    (["--tp", "1", "--cp", "2", "--seq-len", "2049"], "--seq-len 2049 is not divisible by --cp 2"),
+    (["--tp", "1", "--cp", "0"], "--cp 0 must be >= 1"),
     (["--assume", "warp_speed=2"], "--assume 'warp_speed=2'"),
     (["--global-batch-tokens", "1000", "--tp", "1", "--micro-batch", "1"], "--global-batch-tokens 1000"),
     (["--seq-len", "0", "--tp", "1"], "--seq-len 0 must be >= 1"),
