@@ -5,7 +5,6 @@ T not a multiple of the mini-batch."""
 import itertools
 
 import pytest
-import torch
 
 from tests.distributed import run_distributed
 from tests.models.tp_cases import compare_with_twin
