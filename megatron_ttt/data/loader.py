@@ -181,6 +181,10 @@ class TokenLoader:
         self.weights = list(weights) if weights is not None else [1.0] * len(manifests)
         if len(self.weights) != len(manifests):
             raise DataError(f"{len(self.weights)} blend weights for {len(manifests)} manifests")
+        for manifest in manifests:
+            if manifest.settings.seq_len % context_parallel[1]:
+                raise DataError(f"{manifest.directory}: seq-len {manifest.settings.seq_len} does not split over "
+                                f"context_parallel {context_parallel[1]}")
         self.datasets = [ShardedSamples(m, config.split, config.verify_sha256) for m in manifests]
         for manifest, dataset in zip(manifests, self.datasets):
             if len(dataset) == 0:

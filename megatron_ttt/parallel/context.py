@@ -100,6 +100,8 @@ def _all_gather(t: torch.Tensor, group: dist.ProcessGroup) -> list[torch.Tensor]
 def local_slice(t: torch.Tensor, dim: int, group: dist.ProcessGroup | None) -> torch.Tensor:
     """This rank's contiguous 1/CP of `t` along `dim`."""
     cp = group_size(group)
+    if t.shape[dim] % cp:
+        raise ValueError(f"{t.shape[dim]} positions do not split over context_parallel {cp}")
     return t if cp == 1 else t.chunk(cp, dim=dim)[dist.get_rank(group)]
 
 

@@ -73,6 +73,10 @@ def test_context_parallel_ranks_hold_slices_of_the_same_samples(manifest):
                                   getattr(batch, field).numpy())
     with pytest.raises(DataError, match="context-parallel rank 4 is outside 0..3"):
         TokenLoader(manifest, config, context_parallel=(4, 4))
+    odd = manifest.settings.seq_len - 1
+    with pytest.raises(DataError, match=f"seq-len {manifest.settings.seq_len} does not split over context_parallel "
+                                        f"{odd}"):
+        TokenLoader(manifest, config, context_parallel=(0, odd))
 
 
 _RESUME = """

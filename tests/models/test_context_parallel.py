@@ -5,9 +5,12 @@ gradient, both layer types, both backbones, and a hybrid with full and sliding-w
 mini-batch, and the Mamba pre-conv reads across the ranks' boundary."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
+from megatron_ttt.models.build import megatron_config
+from megatron_ttt.models.language_model import TTTLanguageModel
 from tests.distributed import run_distributed
 from tests.models import cp_cases
 
@@ -39,3 +42,13 @@ def test_context_parallel_2_equals_twin():
 @pytest.mark.slow
 def test_context_parallel_2_with_tensor_parallel_2_and_sequence_parallel_equals_twin():
     check(run_distributed(4, cp_cases.compare_with_twin, CP2_TP2)[0], 4)
+
+
+@pytest.mark.parametrize("cfg, cp, message", [
+    (cp_cases.TINY, 3, r"layer 1 \(TTT\): num_heads 4 is not divisible by tensor_parallel x context_parallel = 1 x 3"),
+    (replace(cp_cases.HYBRID, layer_pattern="*TW", num_heads=2, hidden_size=16, num_kv_heads=1), 4,
+     r"layer 1 \(attention\): num_heads 2 is not divisible by tensor_parallel x context_parallel = 1 x 4"),
+])
+def test_heads_that_do_not_split_over_cp_are_named(single_process_parallel, cfg, cp, message):
+    with pytest.raises(ValueError, match=message):
+        TTTLanguageModel(megatron_config(cfg, context_parallel=cp), cfg)
