@@ -58,7 +58,9 @@ class AttentionMixer(MegatronModule):
         super().__init__(config)
         tp, cp = config.tensor_model_parallel_size, config.context_parallel_size
         check_heads(f"layer {layer_number} (attention): num_heads", ttt.num_heads, tp, cp)
-        check_heads(f"layer {layer_number} (attention): num_kv_heads", ttt.kv_heads, tp, 1)
+        if ttt.kv_heads % tp:
+            raise ValueError(f"layer {layer_number} (attention): num_kv_heads {ttt.kv_heads} is not divisible by the "
+                             f"tensor-parallel size {tp}")
         self.ttt, self.window, self.layer_number, self.tp_size = ttt, window, layer_number, tp
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
         self.cp_group = context_group(config)

@@ -40,8 +40,8 @@ from megatron_ttt.models.layers import (
 )
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
 from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_inner_loop
-from megatron_ttt.parallel.context import check_heads, context_group, heads_to_sequence, my_heads, sequence_to_heads
 from megatron_ttt.ops.inner import gelu_tanh
+from megatron_ttt.parallel.context import check_heads, context_group, heads_to_sequence, my_heads, sequence_to_heads
 from megatron_ttt.run_options import InnerLoopOptions
 
 POST_NORM_EPS = 1e-6

@@ -27,7 +27,8 @@ class ModelParallel:
 
 def init_parallel(model_parallel: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> None:
     """Join the process group (torchrun's environment; a single process without one) and build
-    the tensor/context/data-parallel groups (TP innermost, then CP, then DP). On a machine without CUDA: gloo and the CPU shims."""
+    the tensor/context/data-parallel groups (TP innermost, then CP, then DP). On a machine without
+    CUDA: gloo and the CPU shims."""
     apply_cpu_shims()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

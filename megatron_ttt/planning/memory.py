@@ -1,10 +1,10 @@
 """Bytes per GPU of a layout: model states (by ZeRO stage and dtype), activations, buffers.
 
 Model states follow what DeepSpeed allocates (Psi: this rank's parameters, N: the ranks ZeRO
-partitions over, data x context parallel). fp32 runs keep a separate fp32 master copy as well (DeepSpeed's ZeRO optimizers clone
-the partition they own); bf16 runs keep bf16 working weights and gradients plus fp32 master
-weights, fp32 gradients and Adam's two moments. Stage 1 partitions the optimizer side, stage 2
-also the gradients, stage 3 also the working weights.
+partitions over, data x context parallel). fp32 runs keep a separate fp32 master copy as well
+(DeepSpeed's ZeRO optimizers clone the partition they own); bf16 runs keep bf16 working weights
+and gradients plus fp32 master weights, fp32 gradients and Adam's two moments. Stage 1
+partitions the optimizer side, stage 2 also the gradients, stage 3 also the working weights.
 """
 
 from dataclasses import dataclass, replace
