@@ -93,8 +93,9 @@ class TTTLanguageModel(MegatronModule):
     def last_logits(self, tokens: torch.Tensor, cache: InferenceCache | None = None) -> torch.Tensor:
         """tokens [B, T] -> this rank's vocabulary slice of the last position's logits [B, V/tp]:
         the next token's, without computing (or holding) the logits of a long prompt's others."""
-        if self.sequence_parallel:
-            raise ValueError("last_logits needs sequence_parallel off (the last position lives on one rank)")
+        if self.sequence_parallel or self.config.context_parallel_size > 1:
+            raise ValueError("last_logits needs sequence_parallel off and context_parallel 1 (the last position "
+                             "lives on one rank)")
         weight = self.embedding.weight if self.ttt.tie_word_embeddings else None
         logits, _ = self.output_layer(self.hidden_states(tokens, cache)[-1:], weight=weight)
         return logits[0]

@@ -8,6 +8,7 @@ import itertools
 from dataclasses import replace
 
 import pytest
+import torch
 
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
@@ -52,3 +53,9 @@ def test_context_parallel_2_with_tensor_parallel_2_and_sequence_parallel_equals_
 def test_heads_that_do_not_split_over_cp_are_named(single_process_parallel, cfg, cp, message):
     with pytest.raises(ValueError, match=message):
         TTTLanguageModel(megatron_config(cfg, context_parallel=cp), cfg)
+
+
+def test_last_logits_is_refused_under_cp(single_process_parallel):
+    model = TTTLanguageModel(megatron_config(cp_cases.TINY, context_parallel=2), cp_cases.TINY)
+    with pytest.raises(ValueError, match="last_logits needs sequence_parallel off and context_parallel 1"):
+        model.last_logits(torch.zeros(1, 4, dtype=torch.long))
