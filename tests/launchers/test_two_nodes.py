@@ -1,5 +1,5 @@
 """The launchers on a real two-node SLURM cluster (tests/launchers/two_node_cluster.py): a job
-across both nodes equals one node, preemption and the time limit checkpoint and requeue both
+across both nodes equals one node (also with each sample's sequence split over them), preemption and the time limit checkpoint and requeue both
 nodes, a lost node fails the job naming it and a resubmission resumes, and a data-prep array
 spreads over the nodes and merges to a local run's manifest."""
 
@@ -66,6 +66,21 @@ def test_a_job_across_two_nodes_equals_one_node(two_nodes, launch_cache, referen
     assert all(abs(got[s] - ref[s]) <= 1e-5 * abs(ref[s]) for s in ref), (got, ref)
     head, other = node_logs(run, job_id, 0)
     assert "step 60/60" in head.read_text() and other.exists()
+
+
+def test_context_parallel_across_two_nodes_equals_one_node(two_nodes, launch_cache, reference, profile, tmp_path):
+    """Each sample's sequence split over the two nodes (CP 2, DP 1): every mixer's all-to-alls
+    and the pre-conv's halo cross the link."""
+    run = tmp_path / "context"
+    job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run,
+                                   ["parallel.context_parallel=2", "data.micro_batch_size=8"])
+    info = wait_done(two_nodes, job_id, log)
+    assert info["JobState"] == "COMPLETED", (info, log.read_text())
+    head, _ = node_logs(run, job_id, 0)
+    assert "layout: TP 1, CP 2, DP 1" in head.read_text()
+    ref, got = losses(reference), losses(run)
+    assert got.keys() == ref.keys()
+    assert all(abs(got[s] - ref[s]) <= 1e-5 * abs(ref[s]) for s in ref), (got, ref)
 
 
 def hostnames(cluster, nodelist: str) -> list[str]:
