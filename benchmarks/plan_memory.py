@@ -9,7 +9,7 @@ context and the allocator margin, which a CPU run does not have. The error is
 
     python benchmarks/plan_memory.py --cases tiny --json rows.json   # 16 runs, ~25 s each on 2 idle cores
     python benchmarks/plan_memory.py --cases 125m --only 0 2 3 7 13  # 125m fp32: 1-4 minutes a run
-    python benchmarks/plan_memory.py --cases long --only 20 21 22 --steps 1  # one 8k-token sample, CP 1, 2, 4
+    python benchmarks/plan_memory.py --cases long --only 20 21 22 23 24 --steps 1  # one 8k-token sample, CP 1-4
 
 Context-parallel rows run one step: over more steps the allocator-event sum of a CP rank grows
 by 1.5-2 MiB a step at 2k tokens while its resident memory stays flat (150 steps measured), so
@@ -59,9 +59,13 @@ LAYOUTS = [
     (1, ("train.dtype=fp32",)),
     (2, ("train.dtype=fp32", "parallel.context_parallel=2")),
     (4, ("train.dtype=fp32", "parallel.context_parallel=4")),
+    (4, ("train.dtype=fp32", "parallel.context_parallel=2", "parallel.tensor_parallel=2",
+         "parallel.sequence_parallel=true")),
+    (2, ("train.dtype=bf16", "parallel.context_parallel=2", "parallel.time_checkpoint_group=4")),
 ]
 """16-19 are hybrids: "T*" repeats to the preset's depth (TTT and full attention alternating).
-20-22: one sequence split over 1, 2 and 4 context-parallel ranks (with the "long" case)."""
+20-24: one sequence split over 1, 2 and 4 context-parallel ranks, CP 2 x TP 2 with SP, and CP 2
+in bf16 with time-axis checkpointing (with the "long" case)."""
 FIXED = ("data.num_workers=0", "data.bundled_vocab_size=512", "logging.eval_interval=0", "logging.tensorboard=false")
 
 
