@@ -41,7 +41,7 @@ from megatron_ttt.models.layers import (
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
 from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
-from megatron_ttt.parallel.context import check_heads, context_group, heads_to_sequence, my_heads, sequence_to_heads
+from megatron_ttt.parallel.context import check_heads, context_group, heads_to_sequence, local_slice, sequence_to_heads
 from megatron_ttt.run_options import InnerLoopOptions
 
 POST_NORM_EPS = 1e-6
@@ -130,8 +130,9 @@ class TTTMixer(MegatronModule):
             self.conv_k_bias = param(D, uniform=bound)
 
     def _mine(self, param: torch.Tensor) -> torch.Tensor:
-        """A per-head parameter's rows of the heads this rank runs (all of them at CP 1)."""
-        return my_heads(param, self.cp_group)
+        """A per-head parameter's rows (heads, or heads x width, along dim 0) of the heads this rank
+        runs after the all-to-all (all of them at CP 1)."""
+        return local_slice(param, 0, self.cp_group)
 
     @property
     def inner_weights(self) -> tuple[torch.Tensor, ...]:

@@ -5,8 +5,8 @@ backbone's q/k convolutions and attention need no change). As megatron-core's Ma
 (`ssm/mamba_context_parallel.py`), with contiguous slices: nothing here needs attention's
 load-balancing zigzag, since no rank ever runs a causal mixer over a part of a sequence.
 
-Every function is differentiable (the backward of an all-to-all is the opposite all-to-all) and
-is the identity at CP = 1.
+Every exchange is differentiable (the backward of an all-to-all is the opposite all-to-all); the
+all-to-alls and slices are the identity without a group (CP = 1).
 """
 
 import torch
@@ -54,18 +54,10 @@ def check_heads(what: str, heads: int, tp: int, cp: int) -> None:
         raise ValueError(f"{what} {heads} is not divisible by tensor_parallel x context_parallel = {tp} x {cp}")
 
 
-def my_heads(t: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """The rows of a per-head tensor (heads, or heads x width, along dim 0) that belong to this
-    rank's heads after sequence_to_heads."""
-    return local_slice(t, 0, group)
-
-
-def with_previous_rows(x: torch.Tensor, rows: int, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """x [T/CP, ...] with the previous rank's last `rows` rows in front ([rows + T/CP, ...]; zeros
-    on the first rank, as a causal convolution's padding): what a convolution looking back `rows`
-    tokens needs across the ranks' boundaries."""
-    if group_size(group) == 1:
-        return torch.cat((x.new_zeros(rows, *x.shape[1:]), x))
+def with_previous_rows(x: torch.Tensor, rows: int, group: dist.ProcessGroup) -> torch.Tensor:
+    """x [T/CP, ...] with the previous rank's last `rows` rows of the CP `group` in front
+    ([rows + T/CP, ...]; zeros on the first rank, as a causal convolution's padding): what a
+    convolution looking back `rows` tokens needs across the ranks' boundaries."""
     if x.shape[0] < rows:
         raise ValueError(f"{x.shape[0]} tokens per context-parallel rank are fewer than the {rows} a convolution "
                          "looks back; use a longer sequence or a smaller context_parallel")

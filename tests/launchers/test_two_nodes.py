@@ -1,7 +1,8 @@
 """The launchers on a real two-node SLURM cluster (tests/launchers/two_node_cluster.py): a job
-across both nodes equals one node (also with each sample's sequence split over them), preemption and the time limit checkpoint and requeue both
-nodes, a lost node fails the job naming it and a resubmission resumes, and a data-prep array
-spreads over the nodes and merges to a local run's manifest."""
+across both nodes equals one node (also with each sample's sequence split over them),
+preemption and the time limit checkpoint and requeue both nodes, a lost node fails the job
+naming it and a resubmission resumes, and a data-prep array spreads over the nodes and merges to
+a local run's manifest."""
 
 import json
 import os

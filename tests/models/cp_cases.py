@@ -11,24 +11,16 @@ from megatron.core import parallel_state
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
-from megatron_ttt.parallel.context import local_slice
+from megatron_ttt.parallel.context import all_slices, local_slice
 from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
-from tests.models.tp_cases import TINY, rel, twin
+from tests.models.tp_cases import HYBRID, TINY, rel, twin
 from tests.models.weights import random_reference_weights
-
-HYBRID = replace(TINY, num_layers=3, layer_pattern="TW*", attention_window=6, num_kv_heads=2)
 
 
 def case_config(case: dict):
     base = HYBRID if case.get("hybrid") else TINY
     return replace(base, layer_type=case["layer_type"], backbone=case["backbone"],
                    **({"num_kv_heads": case["kv_heads"]} if "kv_heads" in case else {}))
-
-
-def _gather_sequence(t: torch.Tensor, group) -> torch.Tensor:
-    pieces = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(pieces, t.contiguous(), group=group)
-    return torch.cat(pieces, dim=1)
 
 
 def one_rank_model(cfg, weights: dict, tokens: torch.Tensor, labels: torch.Tensor, store):
@@ -68,7 +60,7 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict]) -> list[d
         model.load_state_dict(to_local(weights, cfg, tp_rank, tp))
         logits = model.gather_logits(model(mine))
         F.cross_entropy(logits.flatten(0, 1), my_labels.flatten(), reduction="sum").backward()
-        loss = _gather_sequence(model(mine, my_labels).detach(), cp_group)
+        loss = all_slices(model(mine, my_labels).detach(), 1, cp_group)
         local_grads = {}
         for n, p in model.named_parameters():
             dist.all_reduce(p.grad, group=cp_group)
@@ -77,7 +69,7 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict]) -> list[d
         dist.all_gather_object(gathered, local_grads, group=tp_group)
         grads = to_full(gathered, cfg)
         ref_logits, ref_loss, ref_grads = reference
-        out.append(case | {"logits": rel(_gather_sequence(logits.detach(), cp_group), ref_logits),
+        out.append(case | {"logits": rel(all_slices(logits.detach(), 1, cp_group), ref_logits),
                            "loss": rel(loss, ref_loss), "grads": max(rel(grads[n], ref_grads[n]) for n in ref_grads),
                            "worst": max(ref_grads, key=lambda n: rel(grads[n], ref_grads[n]))})
         parallel_state.destroy_model_parallel()

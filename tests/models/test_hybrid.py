@@ -13,9 +13,7 @@ from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.presets import parameter_count
 from tests.distributed import run_distributed
-from tests.models.tp_cases import TINY, hybrid_outputs, rel
-
-HYBRID = replace(TINY, num_layers=3, layer_pattern="TW*", attention_window=6, num_kv_heads=2)
+from tests.models.tp_cases import HYBRID, hybrid_outputs, rel
 
 
 @pytest.mark.parametrize("fields, message", [

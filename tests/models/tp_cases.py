@@ -17,6 +17,8 @@ from tests.models.weights import random_reference_weights
 
 TINY = TTTModelConfig(vocab_size=64, hidden_size=32, num_heads=4, num_layers=2, intermediate_size=48,
                       mini_batch_size=8)
+HYBRID = replace(TINY, num_layers=3, layer_pattern="TW*", attention_window=6, num_kv_heads=2)
+"""TTT, sliding-window and full-attention layers, grouped-query attention."""
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

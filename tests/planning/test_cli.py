@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 
 from megatron_ttt.cli import main
-from megatron_ttt.planning import comm
 from megatron_ttt.models.presets import preset
+from megatron_ttt.planning import comm
 from megatron_ttt.planning.hardware import GPUS, Assumptions
 from megatron_ttt.planning.layout import Layout
 from megatron_ttt.planning.search import plan, search

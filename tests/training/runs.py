@@ -64,9 +64,13 @@ def pretrain(run_dir: Path, cache: Path, overrides: list[str] = (), nproc: int =
     return out
 
 
+def metrics(run_dir: Path) -> dict[int, dict]:
+    """Each step's line of metrics.jsonl."""
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
 def losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["train_loss"] for r in rows}
+    return {step: row["train_loss"] for step, row in metrics(run_dir).items()}
 
 
 def final_weights(run_dir: Path, tag: str | None = None, tp_rank: int = 0) -> dict[str, torch.Tensor]:

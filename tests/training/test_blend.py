@@ -1,6 +1,5 @@
 """Pretraining on a blend of two manifests: per-source tokens and validation, exact resume."""
 
-import json
 import shutil
 
 import pytest
@@ -11,7 +10,7 @@ from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.training.data import bundled_manifest_path
 from tests.data_prep.corpora import settings, write_corpus
-from tests.training.runs import final_weights, losses, pretrain
+from tests.training.runs import final_weights, losses, metrics, pretrain
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def blend(cache, tmp_path_factory):
 def test_a_blend_trains_logs_each_source_and_resumes_exactly(tmp_path, cache, blend):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     out = pretrain(whole, cache, [blend])
-    rows = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    rows = list(metrics(whole).values())
     tokens = [(r["tokens_shards-bpe-512-L64"], r["tokens_generated"]) for r in rows]
     assert all(a + b == 512 * r["step"] for (a, b), r in zip(tokens, rows))  # every token counted once
     assert abs(tokens[-1][1] / (512 * 6) - 0.3) < 0.02

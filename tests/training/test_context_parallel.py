@@ -2,18 +2,12 @@
 sequence, ZeRO-1 over the data x context-parallel ranks) trains as one process does: the same
 losses at every step, validation included; and its checkpoint resumes at CP 1 to the same weights."""
 
-import json
-
 import pytest
 
-from tests.training.runs import EVERY_STEP, cut_at, max_weight_difference, pretrain
+from tests.training.runs import EVERY_STEP, cut_at, max_weight_difference, metrics, pretrain
 
 TOLERANCE = 1e-5
 """Relative, as the issue asks; the split adds float32 partial sums in another order."""
-
-
-def metrics(run_dir) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
 def worst(run_dir, reference, key: str, steps) -> float:
