@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.models.compiled_decode import CompiledDecoder
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.language_model import TTTLanguageModel
 
@@ -64,16 +65,14 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
     return order.gather(-1, choice).squeeze(-1)
 
 
-def _next_logits(model: TTTLanguageModel, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
-    return model.gather_logits(model.last_logits(tokens, cache)).float()
-
-
 @torch.no_grad()
 def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingConfig, keep_logits: bool = False,
-             show_progress: bool = False, stop: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Generation:
+             show_progress: bool = False, stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
+             compiled: bool = False) -> Generation:
     """prompt [B, T] ids (T >= 1) -> the generated continuation. `stop`: the tokens generated so
     far [B, n] -> [B] bool, the sequences that are done (a stop string appeared), checked after
-    every token like `eos_id`."""
+    every token like `eos_id`. `compiled`: decode through one compiled graph of the model
+    (models/compiled_decode.py; TTT layers at TP 1), compiled on the first token."""
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise UserInputError(f"the prompt must hold at least one token, got ids of shape {tuple(prompt.shape)}")
     sampling.check()
@@ -81,8 +80,9 @@ def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingCo
     generator = torch.Generator().manual_seed(sampling.seed)
     cache = InferenceCache.empty(len(model.blocks))
     start = time.perf_counter()
-    logits = _next_logits(model, prompt, cache)
+    logits = model.gather_logits(model.last_logits(prompt, cache)).float()
     prefill = time.perf_counter() - start
+    next_logits = CompiledDecoder(model, cache) if compiled else lambda tokens: model.last_logits(tokens, cache)
     tokens, kept, finished = [], [], torch.zeros(prompt.shape[0], dtype=torch.bool)
     start = time.perf_counter()
     for step in tqdm(range(sampling.max_new_tokens), unit="tok", disable=not show_progress):
@@ -95,7 +95,7 @@ def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingCo
             finished |= stop(torch.stack(tokens, dim=1))
         if step == sampling.max_new_tokens - 1 or bool(finished.all()):
             break
-        logits = _next_logits(model, token[:, None], cache)
+        logits = model.gather_logits(next_logits(token[:, None])).float()
     decode = time.perf_counter() - start
     return Generation(torch.stack(tokens, dim=1), torch.stack(kept, dim=1) if keep_logits else None, prefill, decode,
-                      cache.nbytes())
+                      (next_logits.cache() if compiled else cache).nbytes())

@@ -24,7 +24,7 @@ def run_generate(args: argparse.Namespace) -> int:
     with parallel_groups(ModelParallel(args.tensor_parallel)):
         model = load_model(checkpoint)
         rank0 = torch.distributed.get_rank() == 0
-        out = generate(model, prompt, sampling, show_progress=rank0)
+        out = generate(model, prompt, sampling, show_progress=rank0, compiled=args.compile)
     if rank0:
         ids = out.tokens[0].tolist()
         print(args.prompt + tokenizer.decode([i for i in ids if i != eos]))

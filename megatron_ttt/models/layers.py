@@ -5,6 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
+from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 from torch import nn
 
@@ -14,6 +15,15 @@ def parallel_linear_args(config, tp_group) -> dict:
     inside, megatron-core's init, this model's tensor-parallel group."""
     return dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
                 tp_group=tp_group)
+
+
+class RowParallelLinear(tensor_parallel.RowParallelLinear):
+    """megatron-core's row-parallel linear, its matmul given the layer's own TP group: megatron-core
+    passes none there (the matmul itself never communicates), so every call looked the default
+    group up and, on rank 0, warned; under torch.compile that warning split the graph."""
+
+    def _forward_impl(self, input, weight, *args, **kwargs):
+        return super()._forward_impl(input, weight, *args, **(kwargs | {"tp_group": self.tp_group}))
 
 
 def stat_dtype(x: torch.Tensor) -> torch.dtype:
@@ -101,11 +111,17 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
 
 
-def rope_in_mini_batches(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor], start: int = 0) -> torch.Tensor:
+def rope_in_mini_batches(x: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor],
+                         start: int | torch.Tensor = 0) -> torch.Tensor:
     """Rotary embedding of x [B, H, T, d] at positions t mod b (t counted from `start`, the
-    tokens before x; `table`: the angles at positions 0..b-1, from RopeTables)."""
+    tokens before x, an int or a 0-d tensor (fixed-shape decoding); `table`: the angles at
+    positions 0..b-1, from RopeTables)."""
     cos, sin = table
-    T, b, first = x.shape[-2], cos.shape[0], start % cos.shape[0]
+    T, b = x.shape[-2], cos.shape[0]
+    if isinstance(start, torch.Tensor):
+        position = torch.remainder(start + torch.arange(T, device=x.device), b)
+        return rotate_pairs(x, cos[position], sin[position])
+    first = start % b
     if first + T <= b:  # within one mini-batch (every decode step): a slice, no index tensor
         cos, sin = cos[first:first + T], sin[first:first + T]
     else:

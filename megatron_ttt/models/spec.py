@@ -1,11 +1,12 @@
 """ModuleSpecs of the blocks: which megatron-core layers build each part, per layer kind."""
 
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_ttt.models.attention import AttentionMixer, AttentionSubmodules
 from megatron_ttt.models.block import SwiGLUMLP, SwiGLUSubmodules, TTTBlock, TTTBlockSubmodules
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.layers import RowParallelLinear
 from megatron_ttt.models.mixer import TTTLinearMixer, TTTMixerSubmodules, TTTMLPMixer
 
 MIXERS = {"linear": TTTLinearMixer, "mlp": TTTMLPMixer}

@@ -3,6 +3,11 @@
 The state holds the weights of the current mini-batch's start and the lr-weighted sum of the
 gradients seen so far in it (TTTState.grads); a token adds its own gradient and reads out with
 theta_i = theta - c_i * acc, exactly what the dual form computes for the same position.
+
+A fixed-shape state (TTTState.fixed_shape: tensor position, grads always held) takes the same
+step without a Python branch on the position: at the mini-batch's last token the weights move
+and the gradient sum restarts at zero by `torch.where`, so one compiled graph (or one CUDA
+graph) serves every token. Its values equal the variable-shape step's bit for bit.
 """
 
 import torch
@@ -36,12 +41,26 @@ def ttt_decode_step(
     acc = lr_weighted_grads(inputs, keys_backward(weights, preacts, v - k, ln_w, ln_b), lr)
     if state.grads is not None:
         acc = tuple(a + to_rows(g) for a, g in zip(acc, state.grads))
-    c = token_coefficients(token_offset)[state.position]
+    coeff = token_coefficients(token_offset)
+    fixed = isinstance(state.position, torch.Tensor)
+    # A gather, not indexing, for a tensor position: indexing would read its value on the host.
+    c = coeff.index_select(0, state.position.reshape(1)) if fixed else coeff[state.position]
     current = tuple(w - c * a for w, a in zip(weights, acc))
 
     z = from_rows(q + layer_norm(layers_forward(current, q)[1][-1], ln_w, ln_b), B, H)
 
+    if fixed:
+        return z, _fixed_shape_next(state.position, weights, current, acc, mini_batch_size, B, H)
     position = state.position + 1
     if position == mini_batch_size:
         return z, TTTState(tuple(from_rows(w, B, H) for w in current), None, 0)
     return z, TTTState(state.weights, tuple(from_rows(a, B, H) for a in acc), position)
+
+
+def _fixed_shape_next(position: torch.Tensor, weights, current, acc, mini_batch_size: int, B: int, H: int) -> TTTState:
+    """The state after a token, in fixed shape: at the mini-batch's end the weights move and the
+    sum restarts (zeros, where the variable-shape state holds None)."""
+    ends = position == mini_batch_size - 1
+    return TTTState(tuple(from_rows(torch.where(ends, cur, w), B, H) for w, cur in zip(weights, current)),
+                    tuple(from_rows(torch.where(ends, 0.0, a), B, H) for a in acc),
+                    torch.remainder(position + 1, mini_batch_size))

@@ -15,9 +15,27 @@ class TTTState(NamedTuple):
     weights: tuple[torch.Tensor, ...]
     """Inner weights at the start of the current mini-batch, [B,H,...] each (see ops.inner)."""
     grads: tuple[torch.Tensor, ...] | None
-    """sum_j lr_j dl_j/dtheta over the tokens of the current mini-batch already seen; None at a boundary."""
-    position: int = 0
-    """Tokens of the current mini-batch already seen, 0 <= position < b."""
+    """sum_j lr_j dl_j/dtheta over the tokens of the current mini-batch already seen; None at a
+    boundary (zeros in a fixed-shape state)."""
+    position: int | torch.Tensor = 0
+    """Tokens of the current mini-batch already seen, 0 <= position < b. A 0-d int64 tensor makes
+    the state fixed-shape, for compiled decoding: grads are then always held, so one decode
+    step's graph serves every position (`fixed_shape`)."""
+
+    def fixed_shape(self) -> "TTTState":
+        """The same state with a tensor position and grads held at a boundary too (zeros)."""
+        if isinstance(self.position, torch.Tensor):
+            return self
+        grads = self.grads if self.grads is not None else tuple(torch.zeros_like(w) for w in self.weights)
+        position = torch.tensor(self.position, dtype=torch.int64, device=self.weights[0].device)
+        return TTTState(tuple(w.contiguous() for w in self.weights), grads, position)
+
+    def variable_shape(self) -> "TTTState":
+        """The same state with an int position and no grads at a boundary (what ttt_dual takes)."""
+        if not isinstance(self.position, torch.Tensor):
+            return self
+        position = int(self.position)
+        return TTTState(self.weights, self.grads if position else None, position)
 
     @staticmethod
     def initial(weights: tuple[torch.Tensor, ...], batch_size: int) -> "TTTState":
@@ -70,6 +88,11 @@ def check_inputs(inputs: tuple[torch.Tensor, ...], state: TTTState, mini_batch_s
             raise ValueError(
                 f"state layer {index}: W must be {want_w} and b {want_b}, got {tuple(w.shape)} and {tuple(b.shape)}"
             )
+    if isinstance(state.position, torch.Tensor):
+        # Fixed-shape (compiled decoding): its value is data, checked where the state was made.
+        if state.position.dim() != 0 or state.position.dtype != torch.int64 or state.grads is None:
+            raise ValueError("a tensor state.position must be a 0-d int64 tensor, with state.grads always given")
+        return
     if not 0 <= state.position < mini_batch_size:
         raise ValueError(f"state.position must be in [0, {mini_batch_size}), got {state.position}")
     if (state.grads is None) != (state.position == 0):

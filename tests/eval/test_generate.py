@@ -71,6 +71,8 @@ def test_generate_command(eval_data, capsys):
     assert first.out.startswith("the model learns") and "ms/token" in first.err
     assert main(args[:2] + [str(eval_data.model_dir), "--tokenizer", str(eval_data.tokenizer_path)] + args[5:]) == 0
     assert capsys.readouterr().out == first.out  # same seed, same tokenizer: the same text
+    assert main(args + ["--compile"]) == 0
+    assert capsys.readouterr().out == first.out  # the compiled decode step: the same text
 
 
 @pytest.mark.parametrize("change,message", [
