@@ -5,9 +5,11 @@ launch, so at small head sizes the count, not the arithmetic, sets the speed. Co
 torch profiler: the ATen ops called from Python or by autograd (not the ops those call inside).
 
     per mini-batch   the count at 16 mini-batches minus the count at 8, over 8: what every
-                     further mini-batch adds (per-call set-up excluded); ttt_dual, B=1, H=12, d=64
+                     further mini-batch adds (per-call set-up excluded); ttt_dual, B=1, H=12, d=64,
+                     with the autograd step and (TTT-Linear) the step with its backward written out
     decode step      one ttt_decode_step call, and one token through a whole `tiny` model with
-                     its cache (every layer, the head included), divided by its layers
+                     its cache (every layer, the head included), divided by its layers: eager, and
+                     through the CompiledDecoder (the ATen ops left beside its fused kernels)
 
     python benchmarks/op_counts.py
     python benchmarks/op_counts.py --json ops.json
@@ -21,6 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from megatron_ttt.models.build import build_model
+from megatron_ttt.models.compiled_decode import CompiledDecoder
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.presets import preset
 from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_dual
@@ -38,7 +41,7 @@ def count_ops(fn) -> int:
                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
 
 
-def inner_loop_counts(kind: str, blocks: int) -> tuple[int, int]:
+def inner_loop_counts(kind: str, blocks: int, step: str) -> tuple[int, int]:
     """(forward ops, backward ops) of ttt_dual over `blocks` mini-batches."""
     leaves = make_inputs(kind, B, H, blocks * MINI_BATCH, D, MINI_BATCH)
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
@@ -46,14 +49,14 @@ def inner_loop_counts(kind: str, blocks: int) -> tuple[int, int]:
 
     def forward():
         z, final = ttt_dual(q, k, v, lr, offset, ln_w, ln_b, TTTState.initial(tuple(weights), B),
-                            mini_batch_size=MINI_BATCH)
+                            mini_batch_size=MINI_BATCH, step=step)
         out["loss"] = z.sum() + sum(w.sum() for w in final.weights)
 
     return count_ops(forward), count_ops(lambda: out["loss"].backward())
 
 
-def decode_counts(kind: str) -> tuple[int, float]:
-    """(ops of one ttt_decode_step, ops per layer of one token through the tiny model)."""
+def decode_counts(kind: str) -> tuple[int, float, float]:
+    """(ops of one ttt_decode_step, ops per layer of one token through the tiny model, eager and compiled)."""
     leaves = [x.detach()[:, :, :1] if x.dim() == 4 else x.detach() for x in make_inputs(kind, B, H, 1, D, MINI_BATCH)]
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
     lr = lr[:, :, :1]
@@ -64,7 +67,10 @@ def decode_counts(kind: str) -> tuple[int, float]:
         cache = InferenceCache.empty(len(model.blocks))
         model.last_logits(torch.zeros(1, 5, dtype=torch.long), cache)
         token = count_ops(lambda: model.last_logits(torch.zeros(1, 1, dtype=torch.long), cache))
-    return step, token / len(model.blocks)
+        decoder = CompiledDecoder(model, cache)
+        decoder(torch.zeros(1, 1, dtype=torch.long))  # compiles
+        compiled = count_ops(lambda: decoder(torch.zeros(1, 1, dtype=torch.long)))
+    return step, token / len(model.blocks), compiled / len(model.blocks)
 
 
 def main() -> None:
@@ -72,17 +78,24 @@ def main() -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     rows = []
+    for kind, step in (("linear", "autograd"), ("linear", "manual"), ("mlp", "autograd")):
+        (f8, b8), (f16, b16) = inner_loop_counts(kind, 8, step), inner_loop_counts(kind, 16, step)
+        rows.append({"layer_type": kind, "step": step, "forward_per_mini_batch": (f16 - f8) / 8,
+                     "backward_per_mini_batch": (b16 - b8) / 8})
     for kind in ("linear", "mlp"):
-        (f8, b8), (f16, b16) = inner_loop_counts(kind, 8), inner_loop_counts(kind, 16)
-        step, per_layer = decode_counts(kind)
-        rows.append({"layer_type": kind, "forward_per_mini_batch": (f16 - f8) / 8,
-                     "backward_per_mini_batch": (b16 - b8) / 8, "decode_step": step,
-                     "decode_token_per_layer": per_layer})
-    print(f"ATen ops (top level), ttt_dual at B={B}, H={H}, d={D}, b={MINI_BATCH}; decode: tiny preset")
-    print(f"{'layer':<7} {'fwd / mini-batch':>17} {'bwd / mini-batch':>17} {'decode step':>12} {'token / layer':>14}")
-    for r in rows:
-        print(f"{r['layer_type']:<7} {r['forward_per_mini_batch']:>17.1f} {r['backward_per_mini_batch']:>17.1f} "
-              f"{r['decode_step']:>12} {r['decode_token_per_layer']:>14.1f}")
+        step, per_layer, compiled = decode_counts(kind)
+        rows.append({"layer_type": kind, "decode_step": step, "decode_token_per_layer": per_layer,
+                     "compiled_decode_token_per_layer": compiled})
+    print(f"ATen ops (top level), ttt_dual at B={B}, H={H}, d={D}, b={MINI_BATCH}")
+    print(f"{'layer':<7} {'step':<9} {'fwd / mini-batch':>17} {'bwd / mini-batch':>17}")
+    for r in rows[:3]:
+        print(f"{r['layer_type']:<7} {r['step']:<9} {r['forward_per_mini_batch']:>17.1f} "
+              f"{r['backward_per_mini_batch']:>17.1f}")
+    print("decode: tiny preset")
+    print(f"{'layer':<7} {'decode step':>12} {'token / layer':>14} {'compiled token / layer':>23}")
+    for r in rows[3:]:
+        print(f"{r['layer_type']:<7} {r['decode_step']:>12} {r['decode_token_per_layer']:>14.1f} "
+              f"{r['compiled_decode_token_per_layer']:>23.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -29,7 +29,8 @@ IMPLS = {
     "primal": lambda *a, b: ttt_primal(*a, mini_batch_size=b),
     "dual": lambda *a, b: ttt_dual(*a, mini_batch_size=b),
     "dual+ckpt4": lambda *a, b: ttt_dual(*a, mini_batch_size=b, time_checkpoint_group=4),
-    "dual+compile": lambda *a, b: ttt_dual(*a, mini_batch_size=b, compiled=True),
+    "dual+compile": lambda *a, b: ttt_dual(*a, mini_batch_size=b, step="compiled"),
+    "dual+manual": lambda *a, b: ttt_dual(*a, mini_batch_size=b, step="manual"),
 }
 
 # The primal form holds b per-token copies of the inner weights per mini-batch for its backward:

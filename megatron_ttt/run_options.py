@@ -8,7 +8,7 @@ when it is loaded without importing torch.
 
 from dataclasses import dataclass
 
-BACKENDS = ("auto", "triton", "torch", "compile")
+BACKENDS = ("auto", "triton", "torch", "compile", "manual")
 
 
 def check_backend(backend: str) -> None:

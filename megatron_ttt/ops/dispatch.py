@@ -4,7 +4,8 @@
 PyTorch dual form (`ttt_dual`, their twin) everywhere else; "triton" and "torch" force one, and
 "triton" says why when it cannot run. Forced, the kernels also run on CPU tensors under Triton's
 interpreter (TRITON_INTERPRET=1), which is how the tests compare them with the twin; "auto"
-never interprets. "compile" runs the dual form with each mini-batch's step through torch.compile.
+never interprets. "compile" runs the dual form with each mini-batch's step through torch.compile,
+"manual" with TTT-Linear's step backward written out (ops/linear_step.py).
 """
 
 import os
@@ -16,6 +17,9 @@ from megatron_ttt.ops.dual import ttt_dual
 from megatron_ttt.ops.inner import token_coefficients
 from megatron_ttt.ops.state import TTTState, check_inputs
 from megatron_ttt.run_options import check_backend
+
+DUAL_STEPS = {"compile": "compiled", "manual": "manual"}
+"""The dual form's step for each backend that names one (ttt_dual's `step`)."""
 
 
 def triton_unsupported(q: torch.Tensor, state: TTTState) -> str | None:
@@ -45,7 +49,7 @@ def ttt_inner_loop(
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence.
 
-    Arguments and results as `ttt_dual`; backend is "auto", "triton", "torch" or "compile".
+    Arguments and results as `ttt_dual`; backend is "auto", "triton", "torch", "compile" or "manual".
     """
     check_backend(backend)
     inputs = (q, k, v, lr, token_offset, ln_weight, ln_bias)
@@ -60,7 +64,7 @@ def ttt_inner_loop(
         raise ValueError(f"backend 'triton' cannot run: {reason}")
     if not use_triton or reason:
         return ttt_dual(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size=mini_batch_size,
-                        time_checkpoint_group=time_checkpoint_group, compiled=backend == "compile")
+                        time_checkpoint_group=time_checkpoint_group, step=DUAL_STEPS.get(backend, "autograd"))
     fused, _ = _kernels(state)
     z, *rest = fused(q, k, v, lr, token_coefficients(token_offset), ln_weight, ln_bias, *state.weights,
                      mini_batch_size=mini_batch_size, time_checkpoint_group=time_checkpoint_group)

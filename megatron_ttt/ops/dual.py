@@ -18,10 +18,13 @@ one, in the backward. Every mini-batch gets its own view of every shared tensor 
 gradient is ever summed across mini-batches except by one final sum; checkpointed gradients are
 therefore bitwise equal to stored ones.
 
-`compiled=True` runs each mini-batch through `torch.compile` of the same step (`compiled_step`):
-one fused graph, and its backward, per kind of mini-batch (complete or not, carried gradients
-or not, grad mode, shapes), reused for every further mini-batch, call, sequence length and
-layer of those shapes. The eager step stays the reference it is compared with.
+`step` picks how each mini-batch runs; the autograd step (`_block`) is the reference the others
+are compared with:
+- "compiled": `torch.compile` of the same step (`compiled_step`): one fused graph, and its
+  backward, per kind of mini-batch (complete or not, carried gradients or not, grad mode,
+  shapes), reused for every further mini-batch, call, sequence length and layer of those shapes;
+- "manual": TTT-Linear's mini-batches through one autograd.Function per group with its backward
+  written out (ops/linear_scan.py); TTT-MLP has none yet and runs the autograd step.
 """
 
 import functools
@@ -38,8 +41,11 @@ from megatron_ttt.ops.inner import (
     lr_weighted_grads,
     token_coefficients,
 )
+from megatron_ttt.ops.linear_scan import linear_scan
 from megatron_ttt.ops.state import TTTState, check_inputs, from_rows, head_param_rows, to_rows
 from megatron_ttt.run_options import check_time_checkpoint_group
+
+STEPS = ("autograd", "compiled", "manual")
 
 
 def ttt_dual(
@@ -54,7 +60,7 @@ def ttt_dual(
     *,
     mini_batch_size: int = 16,
     time_checkpoint_group: int = 0,
-    compiled: bool = False,
+    step: str = "autograd",
 ) -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence, in dual form.
 
@@ -66,8 +72,7 @@ def ttt_dual(
         state: the state before the first token (TTTState.initial for a fresh sequence).
         mini_batch_size: b, tokens per inner gradient step.
         time_checkpoint_group: G, mini-batches per time-axis checkpoint group; 0 stores everything.
-        compiled: run each mini-batch through its torch.compile'd step (compiled once per kind of
-            mini-batch, on first use; see the module docstring).
+        step: "autograd", "compiled" or "manual": how each mini-batch runs (the module docstring).
 
     Returns:
         z: [B,H,T,d], z_t = q_t + LN(g_{theta_t}(q_t)).
@@ -75,6 +80,8 @@ def ttt_dual(
     """
     check_inputs((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size)
     check_time_checkpoint_group(time_checkpoint_group)
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
     B, H, T, d = q.shape
     b = mini_batch_size
     lead = state.position
@@ -94,7 +101,7 @@ def ttt_dual(
     attn0 = eta * (q_blk @ k_blk.mT + 1)
     shared = (coeff.unsqueeze(0), head_param_rows(ln_weight, B), head_param_rows(ln_bias, B))
     per_token = (q_blk, k_blk, blocks(v) - k_blk, lr_blk, eta, attn0)
-    if compiled:
+    if step == "compiled":
         # Block-major storage: every mini-batch's slice is then contiguous with the same strides
         # at any sequence length, so the compiled step's guards hold for every call.
         per_token = tuple(x.movedim(1, 0).contiguous().movedim(0, 1) for x in per_token)
@@ -108,12 +115,18 @@ def ttt_dual(
     weights = tuple(to_rows(w) for w in state.weights)
     grads = None if state.grads is None else tuple(to_rows(g) for g in state.grads)
     last_complete = (lead + T) % b == 0
+    if step == "compiled":
+        block_step = compiled_step()
+    elif step == "manual" and len(weights) == 2:
+        block_step = linear_scan
+    else:
+        block_step = _block
 
     outs = []
     for start, tensors in zip(range(0, n_blocks, group), per_group):
         complete = [n < n_blocks - 1 or last_complete for n in range(start, min(start + group, n_blocks))]
         args = (*weights, *(grads or ()), *tensors)
-        scan_spec = (complete, len(weights), grads is not None, compiled_step() if compiled else _block)
+        scan_spec = (complete, len(weights), grads is not None, block_step)
         if time_checkpoint_group:
             outputs = _GroupCheckpoint.apply(scan_spec, *args)
         else:
@@ -136,18 +149,23 @@ def _scan(scan_spec, *args) -> tuple[torch.Tensor, ...]:
 
     args: the state's weights (and grads), then (q, k, v - k, lr, eta, attn0, coeff, ln_w, ln_b)
     of these mini-batches, [N, blocks, ...] each; all top-level, so a checkpoint saves them.
+    The step runs one mini-batch at a time, or is linear_scan, which runs them all.
     The output LayerNorm runs here too, so a checkpointed group keeps none of its intermediates.
     """
     complete, n_weights, has_grads, step = scan_spec
     weights = args[:n_weights]
     grads = args[n_weights : 2 * n_weights] if has_grads else None
     per_group = args[2 * n_weights if has_grads else n_weights :]
-    outs = []
-    for block, is_complete in zip(zip(*(x.unbind(1) for x in per_group)), complete):
-        zbar, weights, grads = step(weights, grads, *block, is_complete)
-        outs.append(zbar)
+    if step is linear_scan:
+        zbar, weights, grads = linear_scan(weights, grads, per_group, complete)
+    else:
+        outs = []
+        for block, is_complete in zip(zip(*(x.unbind(1) for x in per_group)), complete):
+            out, weights, grads = step(weights, grads, *block, is_complete)
+            outs.append(out)
+        zbar = torch.stack(outs, dim=1)
     q, ln_w, ln_b = per_group[0], per_group[7], per_group[8]
-    z = q + layer_norm(torch.stack(outs, dim=1), ln_w, ln_b)
+    z = q + layer_norm(zbar, ln_w, ln_b)
     return (z, *weights, *(grads or ()))
 
 

@@ -1,0 +1,148 @@
+"""TTT-Linear's run of mini-batches with its backward written out: the dual form's "manual" step.
+
+The autograd step (`ops.dual._block`) records every small op of every mini-batch, forward and
+backward. Here one autograd.Function runs the mini-batches of a group: its forward keeps only
+what the state needs, and its backward does sequentially only what depends on the gradient
+carried from later mini-batches (the LayerNorm-L2 gradient's backward and the state's
+gradient); everything else, forward recomputation included, runs once for all the group's
+mini-batches as batched products. kernels/README.md derives every line; per mini-batch of L rows:
+
+    Z = K W + b,  G = LN_l2_grad(Z, T)          Zbar = Q W + b - A G
+    S_W = K^T (lr G) (+ carried sums),  S_b = lr^T G (+ ...)
+    W' = W - c_L S_W,  b' = b - c_L S_b        (complete mini-batches only)
+
+The backward of the state's step, with dW', db' the gradient of the state after it:
+
+    dS = -c_L dW'           dc_L = -<dW', S_W> - <db', S_b>
+    dG = lr (K dS_W + dS_b) - A^T dZbar          dZ from dG by LN_l2_grad's backward
+    dW = dW' + Q^T dZbar + K^T dZ                 db = db' + sum dZbar + sum dZ
+"""
+
+import torch
+
+from megatron_ttt.ops.inner import LN_EPS
+
+
+def linear_scan(weights, grads, per_group, complete):
+    """Run a group of TTT-Linear mini-batches: (Zbar [N,g,L,d], weights after, sums after or None).
+
+    weights (W, b) and grads (the carried sums, or None) as ops.dual._scan; per_group the
+    group's (q, k, v - k, lr, eta, A, coeff, ln_w, ln_b), [N, g, ...] each; complete: per
+    mini-batch, whether the state moves at its end (all but possibly the sequence's last)."""
+    q, k, target, lr, _, attn, coeff, ln_w, ln_b = per_group
+    acc = grads if grads is not None else (None, None)
+    last_complete = complete[-1]
+    out = _LinearScan.apply(*weights, *acc, q, k, target, lr, attn, coeff[0, 0, -1], ln_w[:, 0], ln_b[:, 0],
+                            last_complete)
+    zbar = out[0]
+    if grads is not None:
+        # The carried sums' part of the first mini-batch's outputs, -c_i (q_i acc_W + acc_b) as in
+        # ops.dual._block: it does not involve the weights, so autograd takes it.
+        first = zbar[:, 0] - coeff[:, 0].mT * torch.baddbmm(acc[1].unsqueeze(-2), q[:, 0], acc[0])
+        zbar = torch.cat((first.unsqueeze(1), zbar[:, 1:]), dim=1)
+    return zbar, tuple(out[1:3]), None if last_complete else tuple(out[3:5])
+
+
+def _ln_l2_grad(z: torch.Tensor, beta_minus_t: torch.Tensor, ln_w: torch.Tensor):
+    """G = LN_l2_grad(z, t) (ops.inner.ln_l2_grad, its normalization in one native op) with what
+    its backward reads: (G, x̂, rstd, err = gamma x̂ + beta - t, gx = gamma err, m = mean(gx x̂))."""
+    xhat, _, rstd = torch.native_layer_norm(z, z.shape[-1:], None, None, LN_EPS)
+    err = torch.addcmul(beta_minus_t, xhat, ln_w)
+    gx = err * ln_w
+    m = (gx * xhat).mean(-1, keepdim=True)
+    return rstd * torch.addcmul(gx - gx.mean(-1, keepdim=True), xhat, m, value=-1), xhat, rstd, err, gx, m
+
+
+def _ln_l2_grad_backward(u, grad, xhat, rstd, gx, m, ln_w_squared):
+    """(dL/dgx, dL/dz) of G = LN_l2_grad(z, t) for an upstream u = dL/dG (kernels/README.md,
+    with its rstd term folded into the LayerNorm backward's projection: d_rstd rstd / d = mean(u G))."""
+    u_xhat = (u * xhat).mean(-1, keepdim=True)
+    d_gx = rstd * torch.addcmul(u - u.mean(-1, keepdim=True), xhat, u_xhat, value=-1)
+    d_xhat = ln_w_squared * d_gx - rstd * torch.addcmul(u * m, gx, u_xhat)
+    along_xhat = (d_xhat * xhat).mean(-1, keepdim=True) + (u * grad).mean(-1, keepdim=True)
+    return d_gx, rstd * torch.addcmul(d_xhat - d_xhat.mean(-1, keepdim=True), xhat, along_xhat, value=-1)
+
+
+class _LinearScan(torch.autograd.Function):
+    """(W, b, acc_W, acc_b, q, k, target, lr, A, c_L, ln_w, ln_b, last_complete) -> (Zbar, W', b'
+    [, S_W, S_b of an incomplete last mini-batch]). q, k, target [N,g,L,d], lr [N,g,L], A
+    [N,g,L,L], ln_w, ln_b [N,1,d], acc_W, acc_b the carried sums of the first mini-batch or None."""
+
+    @staticmethod
+    def forward(ctx, W, b, acc_W, acc_b, q, k, target, lr, attn, c_last, ln_w, ln_b, last_complete):
+        n = q.shape[1]
+        starts_w, starts_b, zbars, grads = [], [], [], []
+        beta_minus_t = ln_b.unsqueeze(1) - target
+        for i, (q_i, k_i, bt_i, lr_i, a_i) in enumerate(zip(*(x.unbind(1) for x in (q, k, beta_minus_t, lr, attn)))):
+            starts_w.append(W)
+            starts_b.append(b)
+            grad = _ln_l2_grad(torch.baddbmm(b.unsqueeze(-2), k_i, W), bt_i, ln_w)[0]
+            zbars.append(torch.baddbmm(b.unsqueeze(-2), q_i, W) - torch.bmm(a_i, grad))
+            grads.append(grad)
+            lr_grad = grad * lr_i.unsqueeze(-1)
+            step_w, step_b = torch.bmm(k_i.mT, lr_grad), lr_grad.sum(-2)
+            if i == 0 and acc_W is not None:
+                step_w, step_b = step_w + acc_W, step_b + acc_b
+            if i < n - 1 or last_complete:
+                W, b = W - c_last * step_w, b - c_last * step_b
+        ctx.last_complete, ctx.carried = last_complete, acc_W is not None
+        ctx.save_for_backward(torch.stack(starts_w, 1), torch.stack(starts_b, 1), torch.stack(grads, 1),
+                              q, k, target, lr, attn, c_last, ln_w, ln_b, acc_W, acc_b)
+        sums = () if last_complete else (step_w, step_b)
+        return torch.stack(zbars, 1), W, b, *sums
+
+    @staticmethod
+    def backward(ctx, d_zbar, d_W, d_b, *d_sums):
+        Ws, bs, grads, q, k, target, lr, attn, c_last, ln_w, ln_b, acc_W, acc_b = ctx.saved_tensors
+        n = q.shape[1]
+        lr4, ln_w4 = lr.unsqueeze(-1), ln_w.unsqueeze(1)
+        # Everything that does not depend on the carried gradient, for all mini-batches at once.
+        z = torch.matmul(k, Ws) + bs.unsqueeze(-2)
+        _, xhat, rstd, err, gx, m = _ln_l2_grad(z, ln_b.unsqueeze(1) - target, ln_w4)
+        ln_w_squared = ln_w * ln_w
+        d_q = torch.matmul(d_zbar, Ws.mT)
+        d_attn = -torch.matmul(d_zbar, grads.mT)
+        d_grad_zbar = -torch.matmul(attn.mT, d_zbar)
+        d_W_zbar, d_b_zbar = torch.matmul(q.mT, d_zbar), d_zbar.sum(-2)
+
+        per_block = (k, lr4, d_grad_zbar, d_W_zbar, d_b_zbar, grads, xhat, rstd, gx, m)
+        blocks = list(zip(*(x.unbind(1) for x in per_block)))
+        d_W = torch.zeros_like(Ws[:, 0]) if d_W is None else d_W
+        d_b = torch.zeros_like(bs[:, 0]) if d_b is None else d_b
+        d_steps_w, d_steps_b, d_zs, d_gxs, moved = [None] * n, [None] * n, [None] * n, [None] * n, []
+        for i in reversed(range(n)):
+            k_i, lr_i, dg_zbar_i, dw_zbar_i, db_zbar_i, grad_i, xhat_i, rstd_i, gx_i, m_i = blocks[i]
+            if i < n - 1 or ctx.last_complete:
+                moved.append((d_W, d_b))
+                d_step_w, d_step_b = -c_last * d_W, -c_last * d_b
+            else:
+                d_step_w, d_step_b = (d if d is not None else torch.zeros_like(x) for d, x in zip(d_sums, (d_W, d_b)))
+            u = torch.addcmul(dg_zbar_i, torch.baddbmm(d_step_b.unsqueeze(-2), k_i, d_step_w), lr_i)
+            d_gxs[i], d_zs[i] = _ln_l2_grad_backward(u, grad_i, xhat_i, rstd_i, gx_i, m_i, ln_w_squared)
+            d_W = torch.baddbmm(d_W + dw_zbar_i, k_i.mT, d_zs[i])
+            d_b = d_b + db_zbar_i + d_zs[i].sum(-2)
+            d_steps_w[i], d_steps_b[i] = d_step_w, d_step_b
+
+        d_step_w, d_step_b, d_z, d_gx = (torch.stack(x, 1) for x in (d_steps_w, d_steps_b, d_zs, d_gxs))
+        g_dsw = torch.matmul(grads, d_step_w.mT)
+        d_k = torch.addcmul(torch.matmul(d_z, Ws.mT), g_dsw, lr4)
+        d_lr = (k * g_dsw).sum(-1) + torch.matmul(grads, d_step_b.unsqueeze(-1)).squeeze(-1)
+        d_ln_w = (d_gx * torch.addcmul(err, ln_w4, xhat)).sum((1, 2)).unsqueeze(1)
+        d_ln_b = (d_gx * ln_w4).sum((1, 2)).unsqueeze(1)
+        d_c_last = _d_last_coefficient(moved[::-1], grads, k, lr4, acc_W, acc_b)
+        d_acc = (d_steps_w[0], d_steps_b[0]) if ctx.carried else (None, None)
+        return (d_W, d_b, *d_acc, d_q, d_k, -d_gx * ln_w4, d_lr, d_attn, d_c_last, d_ln_w, d_ln_b, None)
+
+
+def _d_last_coefficient(moved, grads, k, lr4, acc_W, acc_b) -> torch.Tensor:
+    """dc_L = -sum over the mini-batches that moved the state of <dW', S_W> + <db', S_b>."""
+    if not moved:
+        return torch.zeros((), dtype=grads.dtype, device=grads.device)
+    count = len(moved)
+    lr_grad = grads[:, :count] * lr4[:, :count]
+    step_w, step_b = torch.matmul(k[:, :count].mT, lr_grad), lr_grad.sum(-2)
+    d_w, d_b = torch.stack([w for w, _ in moved], 1), torch.stack([b for _, b in moved], 1)
+    total = (d_w * step_w).sum() + (d_b * step_b).sum()
+    if acc_W is not None:
+        total = total + (d_w[:, 0] * acc_W).sum() + (d_b[:, 0] * acc_b).sum()
+    return -total
