@@ -71,22 +71,23 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, b, acc_W, acc_b, q, k, target, lr, attn, c_last, ln_w, ln_b, last_complete):
         n = q.shape[1]
-        starts_w, starts_b, zbars, grads = [], [], [], []
+        # Written in place, not stacked from a list: a list and its stack would hold two copies.
+        starts_w, starts_b = W.new_empty(W.shape[0], n, *W.shape[1:]), b.new_empty(b.shape[0], n, *b.shape[1:])
+        zbars, grads = [], []
         beta_minus_t = ln_b.unsqueeze(1) - target
         for i, (q_i, k_i, bt_i, lr_i, a_i) in enumerate(zip(*(x.unbind(1) for x in (q, k, beta_minus_t, lr, attn)))):
-            starts_w.append(W)
-            starts_b.append(b)
+            starts_w[:, i], starts_b[:, i] = W, b
             grad = _ln_l2_grad(torch.baddbmm(b.unsqueeze(-2), k_i, W), bt_i, ln_w)[0]
-            zbars.append(torch.baddbmm(b.unsqueeze(-2), q_i, W) - torch.bmm(a_i, grad))
+            zbars.append(torch.baddbmm(torch.baddbmm(b.unsqueeze(-2), q_i, W), a_i, grad, alpha=-1))
             grads.append(grad)
             lr_grad = grad * lr_i.unsqueeze(-1)
             step_w, step_b = torch.bmm(k_i.mT, lr_grad), lr_grad.sum(-2)
             if i == 0 and acc_W is not None:
                 step_w, step_b = step_w + acc_W, step_b + acc_b
             if i < n - 1 or last_complete:
-                W, b = W - c_last * step_w, b - c_last * step_b
+                W, b = torch.addcmul(W, step_w, c_last, value=-1), torch.addcmul(b, step_b, c_last, value=-1)
         ctx.last_complete, ctx.carried = last_complete, acc_W is not None
-        ctx.save_for_backward(torch.stack(starts_w, 1), torch.stack(starts_b, 1), torch.stack(grads, 1),
+        ctx.save_for_backward(starts_w, starts_b, torch.stack(grads, 1),
                               q, k, target, lr, attn, c_last, ln_w, ln_b, acc_W, acc_b)
         sums = () if last_complete else (step_w, step_b)
         return torch.stack(zbars, 1), W, b, *sums
@@ -96,6 +97,7 @@ class _LinearScan(torch.autograd.Function):
         Ws, bs, grads, q, k, target, lr, attn, c_last, ln_w, ln_b, acc_W, acc_b = ctx.saved_tensors
         n = q.shape[1]
         lr4, ln_w4 = lr.unsqueeze(-1), ln_w.unsqueeze(1)
+        minus_c_lr = -c_last * lr4
         # Everything that does not depend on the carried gradient, for all mini-batches at once.
         z = torch.matmul(k, Ws) + bs.unsqueeze(-2)
         _, xhat, rstd, err, gx, m = _ln_l2_grad(z, ln_b.unsqueeze(1) - target, ln_w4)
@@ -103,46 +105,53 @@ class _LinearScan(torch.autograd.Function):
         d_q = torch.matmul(d_zbar, Ws.mT)
         d_attn = -torch.matmul(d_zbar, grads.mT)
         d_grad_zbar = -torch.matmul(attn.mT, d_zbar)
-        d_W_zbar, d_b_zbar = torch.matmul(q.mT, d_zbar), d_zbar.sum(-2)
+        d_b_zbar = d_zbar.sum(-2)
 
-        per_block = (k, lr4, d_grad_zbar, d_W_zbar, d_b_zbar, grads, xhat, rstd, gx, m)
+        per_block = (q, k, lr4, minus_c_lr, d_zbar, d_grad_zbar, d_b_zbar, grads, xhat, rstd, gx, m)
         blocks = list(zip(*(x.unbind(1) for x in per_block)))
         d_W = torch.zeros_like(Ws[:, 0]) if d_W is None else d_W
         d_b = torch.zeros_like(bs[:, 0]) if d_b is None else d_b
-        d_steps_w, d_steps_b, d_zs, d_gxs, moved = [None] * n, [None] * n, [None] * n, [None] * n, []
+        # The mini-batches that moved the state (all but an incomplete last): their dW', db' kept.
+        count = n if ctx.last_complete else n - 1
+        moved_w, moved_b = Ws.new_empty(Ws.shape[0], count, *Ws.shape[2:]), bs.new_empty(bs.shape[0], count, bs.shape[2])
+        d_zs, d_gxs, last_step = [None] * n, [None] * n, ()
         for i in reversed(range(n)):
-            k_i, lr_i, dg_zbar_i, dw_zbar_i, db_zbar_i, grad_i, xhat_i, rstd_i, gx_i, m_i = blocks[i]
+            q_i, k_i, lr_i, minus_c_lr_i, d_zbar_i, dg_zbar_i, db_zbar_i, grad_i, xhat_i, rstd_i, gx_i, m_i = blocks[i]
             if i < n - 1 or ctx.last_complete:
-                moved.append((d_W, d_b))
-                d_step_w, d_step_b = -c_last * d_W, -c_last * d_b
+                # dS = -c_L dW', so lr (K dS_W + dS_b) = (-c_L lr) (K dW' + db')
+                moved_w[:, i], moved_b[:, i] = d_W, d_b
+                u = torch.addcmul(dg_zbar_i, torch.baddbmm(d_b.unsqueeze(-2), k_i, d_W), minus_c_lr_i)
             else:
-                d_step_w, d_step_b = (d if d is not None else torch.zeros_like(x) for d, x in zip(d_sums, (d_W, d_b)))
-            u = torch.addcmul(dg_zbar_i, torch.baddbmm(d_step_b.unsqueeze(-2), k_i, d_step_w), lr_i)
+                last_step = tuple(d if d is not None else torch.zeros_like(x) for d, x in zip(d_sums, (d_W, d_b)))
+                u = torch.addcmul(dg_zbar_i, torch.baddbmm(last_step[1].unsqueeze(-2), k_i, last_step[0]), lr_i)
             d_gxs[i], d_zs[i] = _ln_l2_grad_backward(u, grad_i, xhat_i, rstd_i, gx_i, m_i, ln_w_squared)
-            d_W = torch.baddbmm(d_W + dw_zbar_i, k_i.mT, d_zs[i])
+            # A batched Q^T dZbar would hold a [d,d] matrix per mini-batch at once.
+            d_W = torch.baddbmm(torch.baddbmm(d_W, q_i.mT, d_zbar_i), k_i.mT, d_zs[i])
             d_b = d_b + db_zbar_i + d_zs[i].sum(-2)
-            d_steps_w[i], d_steps_b[i] = d_step_w, d_step_b
 
-        d_step_w, d_step_b, d_z, d_gx = (torch.stack(x, 1) for x in (d_steps_w, d_steps_b, d_zs, d_gxs))
-        g_dsw = torch.matmul(grads, d_step_w.mT)
-        d_k = torch.addcmul(torch.matmul(d_z, Ws.mT), g_dsw, lr4)
-        d_lr = (k * g_dsw).sum(-1) + torch.matmul(grads, d_step_b.unsqueeze(-1)).squeeze(-1)
+        # The state's step gradient dS (-c_L dtheta' where the state moved) enters only through
+        # G dS^T and K dS: [L,d] products per mini-batch, never a [d,d] one per mini-batch.
+        d_z, d_gx = torch.stack(d_zs, 1), torch.stack(d_gxs, 1)
+        g_ds_w, g_ds_b, d_c_last, d_acc = [], [], torch.zeros_like(c_last), None
+        if count:
+            grads_moved = grads[:, :count]
+            g_ds_w.append(-c_last * torch.matmul(grads_moved, moved_w.mT))
+            g_ds_b.append(-c_last * torch.matmul(grads_moved, moved_b.unsqueeze(-1)).squeeze(-1))
+            k_moved = torch.baddbmm(moved_b.unsqueeze(-2).flatten(0, 1), k[:, :count].flatten(0, 1),
+                                    moved_w.flatten(0, 1))
+            d_c_last = -(k_moved.unflatten(0, (-1, count)) * grads_moved * lr4[:, :count]).sum()
+            if acc_W is not None:
+                d_c_last = d_c_last - (moved_w[:, 0] * acc_W).sum() - (moved_b[:, 0] * acc_b).sum()
+                d_acc = (-c_last * moved_w[:, 0], -c_last * moved_b[:, 0])
+        if last_step:
+            grad_last = grads[:, -1]
+            g_ds_w.append(torch.bmm(grad_last, last_step[0].mT).unsqueeze(1))
+            g_ds_b.append(torch.bmm(grad_last, last_step[1].unsqueeze(-1)).squeeze(-1).unsqueeze(1))
+            d_acc = last_step if acc_W is not None and n == 1 else d_acc
+        g_ds_w, g_ds_b = torch.cat(g_ds_w, 1), torch.cat(g_ds_b, 1)
+        d_k = torch.addcmul(torch.matmul(d_z, Ws.mT), g_ds_w, lr4)
+        d_lr = (k * g_ds_w).sum(-1) + g_ds_b
         d_ln_w = (d_gx * torch.addcmul(err, ln_w4, xhat)).sum((1, 2)).unsqueeze(1)
         d_ln_b = (d_gx * ln_w4).sum((1, 2)).unsqueeze(1)
-        d_c_last = _d_last_coefficient(moved[::-1], grads, k, lr4, acc_W, acc_b)
-        d_acc = (d_steps_w[0], d_steps_b[0]) if ctx.carried else (None, None)
+        d_acc = d_acc or (None, None)
         return (d_W, d_b, *d_acc, d_q, d_k, -d_gx * ln_w4, d_lr, d_attn, d_c_last, d_ln_w, d_ln_b, None)
-
-
-def _d_last_coefficient(moved, grads, k, lr4, acc_W, acc_b) -> torch.Tensor:
-    """dc_L = -sum over the mini-batches that moved the state of <dW', S_W> + <db', S_b>."""
-    if not moved:
-        return torch.zeros((), dtype=grads.dtype, device=grads.device)
-    count = len(moved)
-    lr_grad = grads[:, :count] * lr4[:, :count]
-    step_w, step_b = torch.matmul(k[:, :count].mT, lr_grad), lr_grad.sum(-2)
-    d_w, d_b = torch.stack([w for w, _ in moved], 1), torch.stack([b for _, b in moved], 1)
-    total = (d_w * step_w).sum() + (d_b * step_b).sum()
-    if acc_W is not None:
-        total = total + (d_w[:, 0] * acc_W).sum() + (d_b[:, 0] * acc_b).sum()
-    return -total
