@@ -32,7 +32,8 @@ from pathlib import Path
 from megatron_ttt.models.presets import repeated_pattern
 
 CASES = {"none": [], "time G=4": ["parallel.time_checkpoint_group=4"], "blocks": ["parallel.block_checkpointing=true"],
-         "compile": ["train.inner_loop_backend=compile"], "torch": ["train.inner_loop_backend=torch"],
+         "compile": ["train.inner_loop_backend=compile"], "manual": ["train.inner_loop_backend=manual"],
+         "torch": ["train.inner_loop_backend=torch"],
          "triton": ["train.inner_loop_backend=triton"]}
 """The variants: checkpointing switches, and the inner loop's backend (none: auto)."""
 

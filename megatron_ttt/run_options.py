@@ -29,7 +29,8 @@ class InnerLoopOptions:
     """auto: the fused Triton kernels on CUDA tensors they support, the PyTorch dual form
     elsewhere; triton or torch forces one; compile: the PyTorch dual form with each mini-batch's
     step through torch.compile (a one-time compile of seconds to a minute per kind of
-    mini-batch, then fewer, fused ops)."""
+    mini-batch, then fewer, fused ops); manual: the PyTorch dual form with TTT-Linear's backward
+    written out (a third of the ops, about half the saved bytes; TTT-MLP as torch)."""
     time_checkpoint_group: int = 0
     """Time-axis checkpointing: keep the inner state every G mini-batches and recompute inside
     them in the backward (0: off). Saves memory; the numbers are bitwise unchanged."""

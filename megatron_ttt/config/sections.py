@@ -122,8 +122,9 @@ class TrainSection:
     """fp32 or bf16 (mixed precision, fp32 master weights)."""
     inner_loop_backend: str = "auto"
     """TTT inner loop: auto (the fused Triton kernels on GPUs, the PyTorch dual form on CPUs), triton, torch,
-    or compile (the dual form with its mini-batch step through torch.compile: compiled once at the
-    start, seconds to a minute, then faster)."""
+    compile (the dual form with its mini-batch step through torch.compile: compiled once at the
+    start, seconds to a minute, then faster), or manual (the dual form with TTT-Linear's backward
+    written out: fewer ops and about half the saved bytes, no compile; TTT-MLP as torch)."""
 
 
 @dataclass
