@@ -10,6 +10,7 @@ Python (which needs `transformers`). Both score the same token ids; the table gi
     python benchmarks/logprobs.py
     python benchmarks/logprobs.py --reference-code /path/to/ttt-lm-pytorch --reference-python /path/to/python
     python benchmarks/logprobs.py --preset 125m --shapes 1x2048 --layer-types linear,mlp ...
+    python benchmarks/logprobs.py --backends auto,manual,compile ...   # one row per inner-loop backend
 """
 
 import argparse
@@ -29,6 +30,7 @@ from megatron_ttt.checkpoint.reference_io import write_reference
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.models.presets import preset
 from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+from megatron_ttt.run_options import InnerLoopOptions
 
 REFERENCE_SIDE = """
 import json, statistics, sys, time
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--vocab-size", type=int, default=4096, help="0: the preset's (32000)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backends", default="auto", help="inner-loop backends of ours, comma separated")
     parser.add_argument("--reference-code", type=Path, help="directory holding the reference ttt.py")
     parser.add_argument("--reference-python", default=sys.executable, help="a Python with transformers installed")
     parser.add_argument("--json", type=Path)
@@ -78,16 +81,16 @@ def main() -> None:
         for layer_type in args.layer_types.split(","):
             vocab = {"vocab_size": args.vocab_size} if args.vocab_size else {}
             cfg = preset(args.preset, layer_type, args.backbone, **vocab)
-            torch.manual_seed(0)
-            model = build_model(cfg)
+            models = {b: build_model(cfg, InnerLoopOptions(b), init_seed=0) for b in args.backends.split(",")}
+            model = models[args.backends.split(",")[0]]
             ref_dir = Path(tmp) / f"ref-{layer_type}"
             write_reference(ref_dir, cfg, to_full([{n: p.detach() for n, p in model.named_parameters()}], cfg))
             for shape in args.shapes.split(","):
                 n, t = map(int, shape.split("x"))
                 ids = torch.randint(0, cfg.vocab_size, (n, t), generator=torch.Generator().manual_seed(1))
-                seconds, lp = time_ours(model, ids, args.repeats)
-                row = {"layer_type": layer_type, "backbone": args.backbone, "batch": n, "tokens": t,
-                       "ours_ms_per_1k": 1e3 * seconds / (n * t) * 1e3}
+                mine = {b: time_ours(m, ids, args.repeats) for b, m in models.items()}
+                row = {"layer_type": layer_type, "backbone": args.backbone, "batch": n, "tokens": t}
+                ref_lp = None
                 if args.reference_code:
                     ids_path = Path(tmp) / f"ids-{layer_type}-{shape}.npy"
                     np.save(ids_path, ids.numpy())
@@ -96,15 +99,19 @@ def main() -> None:
                                          check=True, capture_output=True, text=True)
                     ref_seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
                     ref_lp = torch.from_numpy(np.load(f"{ids_path}.lp.npy"))
-                    row |= {"reference_ms_per_1k": 1e3 * ref_seconds / (n * t) * 1e3,
-                            "max_abs_logprob_diff": (ref_lp - lp).abs().max().item()}
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr)
+                    row["reference_ms_per_1k"] = 1e3 * ref_seconds / (n * t) * 1e3
+                for backend, (seconds, lp) in mine.items():
+                    rows.append(row | {"backend": backend, "ours_ms_per_1k": 1e3 * seconds / (n * t) * 1e3})
+                    if ref_lp is not None:
+                        rows[-1]["max_abs_logprob_diff"] = (ref_lp - lp).abs().max().item()
+                    print(json.dumps(rows[-1]), file=sys.stderr)
     print(f"{args.preset} preset ({args.backbone} backbone), TP=1, float32, {torch.get_num_threads()} threads")
-    print(f"{'layer':<7} {'batch x T':>11} {'ours ms/1k tok':>15} {'reference ms/1k':>16} {'x ref':>6} {'max |dlogp|':>12}")
+    print(f"{'layer':<7} {'batch x T':>11} {'backend':>8} {'ours ms/1k tok':>15} {'reference ms/1k':>16} {'x ref':>6} "
+          f"{'max |dlogp|':>12}")
     for r in rows:
         ref = r.get("reference_ms_per_1k")
-        print(f"{r['layer_type']:<7} {str(r['batch']) + ' x ' + str(r['tokens']):>11} {r['ours_ms_per_1k']:>15.1f} "
+        print(f"{r['layer_type']:<7} {str(r['batch']) + ' x ' + str(r['tokens']):>11} {r['backend']:>8} "
+              f"{r['ours_ms_per_1k']:>15.1f} "
               + (f"{ref:>16.1f} {ref / r['ours_ms_per_1k']:>6.2f} {r['max_abs_logprob_diff']:>12.1e}" if ref else
                  f"{'-':>16} {'-':>6} {'-':>12}"))
     if args.json:
