@@ -3,21 +3,30 @@
 A decode step of a small model is hundreds of small ops (every layer's projections, convolution
 histories, RoPE, inner step, norms, MLP, and the head), so eager it is bound by per-op dispatch
 on a CPU and by kernel launches on a GPU. Here the cache lives in fixed-shape buffers: the TTT
-states hold a tensor position and a gradient sum at every position (TTTState.fixed_shape), so the
-same graph serves every token, and the step writes the new state into the same buffers (what a
-CUDA graph needs: inputs and state at fixed addresses; `mode="reduce-overhead"` on a GPU).
+states hold a tensor position and a gradient sum at every position (TTTState.fixed_shape), so one
+graph serves every token, and the step writes the new state into the same buffers (fixed
+addresses, which CUDA-graph capture would also need; not wired up here).
 
-The model code is the eager cached path (TTTLanguageModel.last_logits with an InferenceCache),
-traced as is: the eager decode step is the twin this is compared with, token by token.
+The graph is the eager cached path (TTTLanguageModel.last_logits with an InferenceCache) traced
+once to ATen ops (make_fx, the weights as inputs) and compiled by Inductor: no Python runs per
+token beyond the call, and no guards are evaluated (torch.compile's guards on the model's
+modules cost more than the rest of a tiny model's step). What guards would check the decoder
+checks itself: the tokens' shape and dtype; the weights' dtypes and devices pick the graph. The eager
+decode step is the twin this is compared with, token by token.
 """
 
-import functools
+import weakref
 
 import torch
+from torch._inductor.compile_fx import compile_fx
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from megatron_ttt.models.inference_cache import BlockCache, InferenceCache, MixerCache
 from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.ops import TTTState
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+"""Per model: its compiled steps (CompiledDecoder._compiled), gone with the model."""
 
 
 class CompiledDecoder:
@@ -28,76 +37,115 @@ class CompiledDecoder:
         model: a TTTLanguageModel of TTT layers only (attention caches grow), at TP 1.
         cache: the cache after the prompt (model.last_logits(prompt, cache)); it is copied, not moved.
         compile: False runs the same fixed-shape step eagerly.
-        mode: torch.compile's mode ("reduce-overhead" captures a CUDA graph on a GPU).
+
+    The decoder holds the model's weight tensors as they are when it is made: changes in place
+    (an optimizer step, load_state_dict) are seen, tensors replaced (model.to(...)) are not; make
+    a new decoder then.
     """
 
-    def __init__(self, model, cache: InferenceCache, compile: bool = True, mode: str | None = None):
+    def __init__(self, model, cache: InferenceCache, compile: bool = True):
         _check_decodable(model, cache)
-        self.model = model
+        self.model, self.compile = model, compile
         self.position = cache.position
         """Tokens consumed so far."""
-        self._buffers = _buffers(cache)
-        self._step = compiled_step(mode) if compile else _decode_token
+        self._layout = tuple((block.pre_conv is not None, block.mixer.conv is not None, len(block.mixer.ttt.weights))
+                             for block in cache.blocks)
+        self._state = _flat_state(cache)
+        self.batch = cache.blocks[0].mixer.ttt.weights[0].shape[0]
+        """Sequences decoded side by side."""
+        self._params = list(model.parameters())
+        self._step = None
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.dim() != 2 or tokens.shape[1] != 1:
-            raise ValueError(f"a decode step takes one token per sequence, [B, 1]; got shape {tuple(tokens.shape)}")
-        batch = self._buffers[0][2].weights[0].shape[0]
-        if tokens.shape[0] != batch:
-            raise ValueError(f"the cache holds {batch} sequences, the tokens {tokens.shape[0]}")
-        logits = self._step(self.model, tokens, self._buffers)
+        if tokens.shape != (self.batch, 1) or tokens.dtype != torch.int64:
+            raise ValueError(f"a decode step takes one int64 token per sequence, [{self.batch}, 1]; got "
+                             f"{tokens.dtype} of shape {tuple(tokens.shape)}")
+        if self.compile:
+            if self._step is None:
+                self._step = self._compiled(tokens)
+            logits = self._step(self._params, tokens, self._state)
+        else:
+            logits = _decode_token(self.model, tokens, self._state, self._layout)
         self.position += 1
         return logits
 
     def cache(self) -> InferenceCache:
         """The state as an InferenceCache (a copy), to continue with a prefix in dual form."""
         blocks = []
-        for pre_conv, conv, ttt in self._buffers:
-            ttt = TTTState(tuple(w.clone() for w in ttt.weights), tuple(g.clone() for g in ttt.grads),
-                           ttt.position.clone()).variable_shape()
-            blocks.append(BlockCache(MixerCache(ttt=ttt, conv=_clone(conv)), _clone(pre_conv)))
+        for pre_conv, conv, ttt in _unflatten([t.clone() for t in self._state], self._layout):
+            blocks.append(BlockCache(MixerCache(ttt=ttt.variable_shape(), conv=conv), pre_conv))
         return InferenceCache(blocks, self.position)
 
+    def _compiled(self, tokens: torch.Tensor):
+        """The step compiled for this model, batch, weights' dtypes and devices, cache layout and
+        inner-lr scales (a traced constant): built on first use, shared by every decoder that
+        matches (any prefix, any position)."""
+        scales = tuple(block.mixer.inner_lr_scale for block in self.model.blocks)
+        key = (tokens.shape[0], tuple((p.dtype, p.device) for p in self._params), self._layout, scales)
+        steps = _COMPILED.setdefault(self.model, {})
+        if key not in steps:
+            steps[key] = _compile(self.model, self._layout, self._params, tokens, self._state)
+        return steps[key]
 
-@functools.cache
-def compiled_step(mode: str | None = None):
-    """`_decode_token` through torch.compile, built on first use and shared by every decoder: one
-    graph per model, batch size and dtype, whatever the prefix or the position in the mini-batch.
-    fullgraph: a graph break would split the step back into many calls, so it is an error."""
-    return torch.compile(_decode_token, fullgraph=True, dynamic=False, mode=mode)
+
+class _DecodeStep(torch.nn.Module):
+    """The decode step as a module of the model, so functional_call can pass the weights in."""
+
+    def __init__(self, model, layout: tuple):
+        super().__init__()
+        self.model, self.layout = model, layout
+
+    def forward(self, tokens: torch.Tensor, state: list[torch.Tensor]) -> torch.Tensor:
+        return _decode_token(self.model, tokens, state, self.layout)
 
 
-def _decode_token(model, tokens: torch.Tensor, buffers) -> torch.Tensor:
-    """One token through the model's cached path, the new state copied into `buffers` in place."""
-    cache = InferenceCache([BlockCache(MixerCache(ttt=ttt, conv=conv), pre_conv)
-                            for pre_conv, conv, ttt in buffers])
+def _compile(model, layout: tuple, params: list[torch.Tensor], tokens: torch.Tensor, state: list[torch.Tensor]):
+    """Trace the step to ATen ops (on copies of the state: tracing runs it) and compile it."""
+    step = _DecodeStep(model, layout)
+    names = [name for name, _ in step.named_parameters()]
+
+    def run(weights, tokens, state):
+        return torch.func.functional_call(step, dict(zip(names, weights)), (tokens, state))
+
+    graph = make_fx(run)(params, tokens, [t.clone() for t in state])
+    return compile_fx(graph, [params, tokens, state])
+
+
+def _decode_token(model, tokens: torch.Tensor, state: list[torch.Tensor], layout: tuple) -> torch.Tensor:
+    """One token through the model's cached path, the new state copied into `state` in place."""
+    blocks = _unflatten(state, layout)
+    cache = InferenceCache([BlockCache(MixerCache(ttt=ttt, conv=conv), pre_conv) for pre_conv, conv, ttt in blocks])
     logits = model.last_logits(tokens, cache)
-    for (pre_conv, conv, ttt), block in zip(buffers, cache.blocks):
-        new = block.mixer.ttt
-        for old, value in zip((*ttt.weights, *ttt.grads), (*new.weights, *new.grads)):
-            old.copy_(value)
-        for old, value in ((pre_conv, block.pre_conv), (conv, block.mixer.conv)):
-            if old is not None:
-                old.copy_(value)
+    new = [t for block in cache.blocks for t in _block_tensors(block.pre_conv, block.mixer.conv, block.mixer.ttt)]
     # Every layer has seen the same tokens, so one position serves all.
-    buffers[0][2].position.copy_(cache.blocks[0].mixer.ttt.position)
+    for old, value in zip(state, new + [cache.blocks[0].mixer.ttt.position], strict=True):
+        old.copy_(value)
     return logits
 
 
-def _buffers(cache: InferenceCache) -> list[tuple]:
-    """(pre_conv, conv, fixed-shape TTT state) per layer: copies, with one position tensor shared."""
-    position = cache.blocks[0].mixer.ttt.fixed_shape().position.clone()
+def _flat_state(cache: InferenceCache) -> list[torch.Tensor]:
+    """Copies of the cache's tensors in fixed shape: per layer its pre-conv and conv histories
+    (where it has them), TTT weights and gradient sums; then the one position."""
     out = []
     for block in cache.blocks:
-        fixed = block.mixer.ttt.fixed_shape()
-        ttt = TTTState(tuple(w.clone() for w in fixed.weights), tuple(g.clone() for g in fixed.grads), position)
-        out.append((_clone(block.pre_conv), _clone(block.mixer.conv), ttt))
+        out += [t.clone() for t in _block_tensors(block.pre_conv, block.mixer.conv, block.mixer.ttt.fixed_shape())]
+    return out + [cache.blocks[0].mixer.ttt.fixed_shape().position.clone()]
+
+
+def _block_tensors(pre_conv, conv, ttt: TTTState) -> list[torch.Tensor]:
+    return [t for t in (pre_conv, conv) if t is not None] + [*ttt.weights, *ttt.grads]
+
+
+def _unflatten(state: list[torch.Tensor], layout: tuple) -> list[tuple]:
+    """(pre_conv, conv, TTTState) per layer, views of `state` (the inverse of _flat_state)."""
+    tensors, position, out = iter(state[:-1]), state[-1], []
+    for has_pre_conv, has_conv, n_weights in layout:
+        pre_conv = next(tensors) if has_pre_conv else None
+        conv = next(tensors) if has_conv else None
+        weights = tuple(next(tensors) for _ in range(n_weights))
+        out.append((pre_conv, conv, TTTState(weights, tuple(next(tensors) for _ in range(n_weights)), position)))
     return out
-
-
-def _clone(x: torch.Tensor | None) -> torch.Tensor | None:
-    return None if x is None else x.clone()
 
 
 def _check_decodable(model, cache: InferenceCache) -> None:

@@ -5,7 +5,7 @@ mini-batch boundaries, and is compiled once for every prefix length and position
 import pytest
 import torch
 
-from megatron_ttt.models.compiled_decode import CompiledDecoder
+from megatron_ttt.models.compiled_decode import _COMPILED, CompiledDecoder
 from megatron_ttt.models.inference_cache import InferenceCache
 from tests.models.test_inference_cache import build
 from tests.models.tp_cases import TINY, rel
@@ -59,17 +59,18 @@ def test_fixed_shape_step_is_bitwise_the_eager_step(single_process_parallel):
 
 
 def test_one_graph_for_every_prefix_and_position(single_process_parallel):
-    """After the first step no call recompiles: not a new decoder, another prefix length, another
-    position in the mini-batch, nor the step where the weights move."""
+    """One compiled step serves every decoder of the model and batch size: other prefix
+    lengths, other positions in the mini-batch, the step where the weights move."""
     model = build("linear", "mamba", torch.float32)
-    ids = torch.randint(0, TINY.vocab_size, (1, 40), generator=torch.Generator().manual_seed(7))
+    ids = torch.randint(0, TINY.vocab_size, (2, 40), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        CompiledDecoder(model, prefilled(model, ids[:, :3]))(ids[:, 3:4])
-        with torch.compiler.set_stance("fail_on_recompile"):
-            for prefix in (16, 29):
-                decoder = CompiledDecoder(model, prefilled(model, ids[:, :prefix]))
-                for t in range(TINY.mini_batch_size + 1):
-                    decoder(ids[:, t:t + 1])
+        for prefix in (3, 16, 29):
+            decoder = CompiledDecoder(model, prefilled(model, ids[:1, :prefix]))
+            for t in range(TINY.mini_batch_size + 1):
+                decoder(ids[:1, t:t + 1])
+        assert len(_COMPILED[model]) == 1
+        CompiledDecoder(model, prefilled(model, ids[:, :5]))(ids[:, 5:6])
+        assert len(_COMPILED[model]) == 2, "another batch size is another graph"
 
 
 def test_refuses_what_it_cannot_decode(single_process_parallel):
@@ -77,7 +78,7 @@ def test_refuses_what_it_cannot_decode(single_process_parallel):
     with pytest.raises(ValueError, match="prefilled cache: run the prompt first"):
         CompiledDecoder(model, InferenceCache.empty(len(model.blocks)))
     decoder = CompiledDecoder(model, prefilled(model, torch.zeros(2, 5, dtype=torch.int64)), compile=False)
-    with pytest.raises(ValueError, match=r"one token per sequence, \[B, 1\]; got shape \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"one int64 token per sequence, \[2, 1\]; got torch.int64 of shape \(2, 2\)"):
         decoder(torch.zeros(2, 2, dtype=torch.int64))
-    with pytest.raises(ValueError, match="the cache holds 2 sequences, the tokens 1"):
-        decoder(torch.zeros(1, 1, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"got torch.int32 of shape \(2, 1\)"):
+        decoder(torch.zeros(2, 1, dtype=torch.int32))
