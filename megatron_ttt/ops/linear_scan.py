@@ -32,8 +32,10 @@ def linear_scan(weights, grads, per_group, complete):
     q, k, target, lr, _, attn, coeff, ln_w, ln_b = per_group
     acc = grads if grads is not None else (None, None)
     last_complete = complete[-1]
-    out = _LinearScan.apply(*weights, *acc, q, k, target, lr, attn, coeff[0, 0, -1], ln_w[:, 0], ln_b[:, 0],
-                            last_complete)
+    inputs = (*weights, *acc, q, k, target, lr, attn, coeff[0, 0, -1], ln_w[:, 0], ln_b[:, 0])
+    # Without a backward to come (scoring, decoding) the forward keeps nothing.
+    keep = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
+    out = _LinearScan.apply(*inputs, last_complete, keep)
     zbar = out[0]
     if grads is not None:
         # The carried sums' part of the first mini-batch's outputs, -c_i (q_i acc_W + acc_b) as in
@@ -64,22 +66,24 @@ def _ln_l2_grad_backward(u, grad, xhat, rstd, gx, m, ln_w_squared):
 
 
 class _LinearScan(torch.autograd.Function):
-    """(W, b, acc_W, acc_b, q, k, target, lr, A, c_L, ln_w, ln_b, last_complete) -> (Zbar, W', b'
-    [, S_W, S_b of an incomplete last mini-batch]). q, k, target [N,g,L,d], lr [N,g,L], A
+    """(W, b, acc_W, acc_b, q, k, target, lr, A, c_L, ln_w, ln_b, last_complete, keep) -> (Zbar,
+    W', b' [, S_W, S_b of an incomplete last mini-batch]); keep: save what the backward needs. q, k, target [N,g,L,d], lr [N,g,L], A
     [N,g,L,L], ln_w, ln_b [N,1,d], acc_W, acc_b the carried sums of the first mini-batch or None."""
 
     @staticmethod
-    def forward(ctx, W, b, acc_W, acc_b, q, k, target, lr, attn, c_last, ln_w, ln_b, last_complete):
+    def forward(ctx, W, b, acc_W, acc_b, q, k, target, lr, attn, c_last, ln_w, ln_b, last_complete, keep):
         n = q.shape[1]
         # Written in place, not stacked from a list: a list and its stack would hold two copies.
         starts_w, starts_b = W.new_empty(W.shape[0], n, *W.shape[1:]), b.new_empty(b.shape[0], n, *b.shape[1:])
         zbars, grads = [], []
         beta_minus_t = ln_b.unsqueeze(1) - target
         for i, (q_i, k_i, bt_i, lr_i, a_i) in enumerate(zip(*(x.unbind(1) for x in (q, k, beta_minus_t, lr, attn)))):
-            starts_w[:, i], starts_b[:, i] = W, b
+            if keep:
+                starts_w[:, i], starts_b[:, i] = W, b
             grad = _ln_l2_grad(torch.baddbmm(b.unsqueeze(-2), k_i, W), bt_i, ln_w)[0]
             zbars.append(torch.baddbmm(torch.baddbmm(b.unsqueeze(-2), q_i, W), a_i, grad, alpha=-1))
-            grads.append(grad)
+            if keep:
+                grads.append(grad)
             lr_grad = grad * lr_i.unsqueeze(-1)
             step_w, step_b = torch.bmm(k_i.mT, lr_grad), lr_grad.sum(-2)
             if i == 0 and acc_W is not None:
@@ -87,8 +91,9 @@ class _LinearScan(torch.autograd.Function):
             if i < n - 1 or last_complete:
                 W, b = torch.addcmul(W, step_w, c_last, value=-1), torch.addcmul(b, step_b, c_last, value=-1)
         ctx.last_complete, ctx.carried = last_complete, acc_W is not None
-        ctx.save_for_backward(starts_w, starts_b, torch.stack(grads, 1),
-                              q, k, target, lr, attn, c_last, ln_w, ln_b, acc_W, acc_b)
+        if keep:
+            ctx.save_for_backward(starts_w, starts_b, torch.stack(grads, 1),
+                                  q, k, target, lr, attn, c_last, ln_w, ln_b, acc_W, acc_b)
         sums = () if last_complete else (step_w, step_b)
         return torch.stack(zbars, 1), W, b, *sums
 
@@ -154,4 +159,4 @@ class _LinearScan(torch.autograd.Function):
         d_ln_w = (d_gx * torch.addcmul(err, ln_w4, xhat)).sum((1, 2)).unsqueeze(1)
         d_ln_b = (d_gx * ln_w4).sum((1, 2)).unsqueeze(1)
         d_acc = d_acc or (None, None)
-        return (d_W, d_b, *d_acc, d_q, d_k, -d_gx * ln_w4, d_lr, d_attn, d_c_last, d_ln_w, d_ln_b, None)
+        return (d_W, d_b, *d_acc, d_q, d_k, -d_gx * ln_w4, d_lr, d_attn, d_c_last, d_ln_w, d_ln_b, None, None)

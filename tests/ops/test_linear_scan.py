@@ -50,5 +50,5 @@ def test_gradcheck(carried, last_complete):
     inputs = (rand(N, d, d, std=0.5), rand(N, d, std=0.1), *acc, rand(N, n, L, d), rand(N, n, L, d),
               rand(N, n, L, d), lr, rand(N, n, L, L, std=0.1), torch.tensor(0.3, dtype=torch.float64,
                                                                                requires_grad=True),
-              1 + rand(N, 1, d, std=0.1), rand(N, 1, d, std=0.1), last_complete)
+              1 + rand(N, 1, d, std=0.1), rand(N, 1, d, std=0.1), last_complete, True)
     assert torch.autograd.gradcheck(_LinearScan.apply, inputs)
