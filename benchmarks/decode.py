@@ -5,7 +5,7 @@ then decode --tokens new tokens one at a time (ms/token, median). The baseline, 
 is what a model without a cache pays for one new token: a full forward over the P + 1 tokens
 (`last_logits` without a cache, median of --baseline-repeats). Float32, TP=1.
 
-With --compiled, a CompiledDecoder (models/compiled_decode.py: one torch.compile'd graph of the
+With --compiled, a CompiledDecoder (models/compiled_decode.py: one compiled graph of the
 whole decode step) continues the same prefilled cache with the same tokens, in rounds of ten steps
 alternating with the eager ones, so both columns share the machine's load; its one-time compile is timed apart.
 

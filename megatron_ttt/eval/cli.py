@@ -144,6 +144,6 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature > 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true",
-                   help="decode through one torch.compile'd graph of the model (TTT layers, TP 1): about 3x "
-                        "faster per token on a CPU, after a compile of ~10 s on the first token")
+                   help="decode through one compiled graph of the model (TTT layers, TP 1): about 4x faster per "
+                        "token for a small model on a CPU, after a compile of 5-20 s on the first token")
     p.set_defaults(func=_generate)

@@ -5,7 +5,7 @@ PyTorch dual form (`ttt_dual`, their twin) everywhere else; "triton" and "torch"
 "triton" says why when it cannot run. Forced, the kernels also run on CPU tensors under Triton's
 interpreter (TRITON_INTERPRET=1), which is how the tests compare them with the twin; "auto"
 never interprets. "compile" runs the dual form with each mini-batch's step through torch.compile,
-"manual" with TTT-Linear's step backward written out (ops/linear_step.py).
+"manual" with TTT-Linear's backward written out (ops/linear_scan.py).
 """
 
 import os

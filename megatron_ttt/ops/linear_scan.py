@@ -67,8 +67,9 @@ def _ln_l2_grad_backward(u, grad, xhat, rstd, gx, m, ln_w_squared):
 
 class _LinearScan(torch.autograd.Function):
     """(W, b, acc_W, acc_b, q, k, target, lr, A, c_L, ln_w, ln_b, last_complete, keep) -> (Zbar,
-    W', b' [, S_W, S_b of an incomplete last mini-batch]); keep: save what the backward needs. q, k, target [N,g,L,d], lr [N,g,L], A
-    [N,g,L,L], ln_w, ln_b [N,1,d], acc_W, acc_b the carried sums of the first mini-batch or None."""
+    W', b' [, S_W, S_b of an incomplete last mini-batch]). q, k, target [N,g,L,d], lr [N,g,L],
+    A [N,g,L,L], ln_w, ln_b [N,1,d]; acc_W, acc_b the carried sums of the first mini-batch or
+    None; keep: save what the backward needs."""
 
     @staticmethod
     def forward(ctx, W, b, acc_W, acc_b, q, k, target, lr, attn, c_last, ln_w, ln_b, last_complete, keep):
@@ -100,63 +101,73 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_zbar, d_W, d_b, *d_sums):
         Ws, bs, grads, q, k, target, lr, attn, c_last, ln_w, ln_b, acc_W, acc_b = ctx.saved_tensors
-        n = q.shape[1]
         lr4, ln_w4 = lr.unsqueeze(-1), ln_w.unsqueeze(1)
-        minus_c_lr = -c_last * lr4
         # Everything that does not depend on the carried gradient, for all mini-batches at once.
-        z = torch.matmul(k, Ws) + bs.unsqueeze(-2)
-        _, xhat, rstd, err, gx, m = _ln_l2_grad(z, ln_b.unsqueeze(1) - target, ln_w4)
-        ln_w_squared = ln_w * ln_w
-        d_q = torch.matmul(d_zbar, Ws.mT)
-        d_attn = -torch.matmul(d_zbar, grads.mT)
-        d_grad_zbar = -torch.matmul(attn.mT, d_zbar)
-        d_b_zbar = d_zbar.sum(-2)
-
-        per_block = (q, k, lr4, minus_c_lr, d_zbar, d_grad_zbar, d_b_zbar, grads, xhat, rstd, gx, m)
-        blocks = list(zip(*(x.unbind(1) for x in per_block)))
+        _, xhat, rstd, err, gx, m = _ln_l2_grad(torch.matmul(k, Ws) + bs.unsqueeze(-2), ln_b.unsqueeze(1) - target,
+                                                ln_w4)
+        per_block = (q, k, lr4, -c_last * lr4, d_zbar, -torch.matmul(attn.mT, d_zbar), d_zbar.sum(-2), grads, xhat,
+                     rstd, gx, m)
         d_W = torch.zeros_like(Ws[:, 0]) if d_W is None else d_W
         d_b = torch.zeros_like(bs[:, 0]) if d_b is None else d_b
-        # The mini-batches that moved the state (all but an incomplete last): their dW', db' kept.
-        count = n if ctx.last_complete else n - 1
-        moved_w, moved_b = Ws.new_empty(Ws.shape[0], count, *Ws.shape[2:]), bs.new_empty(bs.shape[0], count, bs.shape[2])
-        d_zs, d_gxs, last_step = [None] * n, [None] * n, ()
-        for i in reversed(range(n)):
-            q_i, k_i, lr_i, minus_c_lr_i, d_zbar_i, dg_zbar_i, db_zbar_i, grad_i, xhat_i, rstd_i, gx_i, m_i = blocks[i]
-            if i < n - 1 or ctx.last_complete:
-                # dS = -c_L dW', so lr (K dS_W + dS_b) = (-c_L lr) (K dW' + db')
-                moved_w[:, i], moved_b[:, i] = d_W, d_b
-                u = torch.addcmul(dg_zbar_i, torch.baddbmm(d_b.unsqueeze(-2), k_i, d_W), minus_c_lr_i)
-            else:
-                last_step = tuple(d if d is not None else torch.zeros_like(x) for d, x in zip(d_sums, (d_W, d_b)))
-                u = torch.addcmul(dg_zbar_i, torch.baddbmm(last_step[1].unsqueeze(-2), k_i, last_step[0]), lr_i)
-            d_gxs[i], d_zs[i] = _ln_l2_grad_backward(u, grad_i, xhat_i, rstd_i, gx_i, m_i, ln_w_squared)
-            # A batched Q^T dZbar would hold a [d,d] matrix per mini-batch at once.
-            d_W = torch.baddbmm(torch.baddbmm(d_W, q_i.mT, d_zbar_i), k_i.mT, d_zs[i])
-            d_b = d_b + db_zbar_i + d_zs[i].sum(-2)
-
-        # The state's step gradient dS (-c_L dtheta' where the state moved) enters only through
-        # G dS^T and K dS: [L,d] products per mini-batch, never a [d,d] one per mini-batch.
-        d_z, d_gx = torch.stack(d_zs, 1), torch.stack(d_gxs, 1)
-        g_ds_w, g_ds_b, d_c_last, d_acc = [], [], torch.zeros_like(c_last), None
-        if count:
-            grads_moved = grads[:, :count]
-            g_ds_w.append(-c_last * torch.matmul(grads_moved, moved_w.mT))
-            g_ds_b.append(-c_last * torch.matmul(grads_moved, moved_b.unsqueeze(-1)).squeeze(-1))
-            k_moved = torch.baddbmm(moved_b.unsqueeze(-2).flatten(0, 1), k[:, :count].flatten(0, 1),
-                                    moved_w.flatten(0, 1))
-            d_c_last = -(k_moved.unflatten(0, (-1, count)) * grads_moved * lr4[:, :count]).sum()
-            if acc_W is not None:
-                d_c_last = d_c_last - (moved_w[:, 0] * acc_W).sum() - (moved_b[:, 0] * acc_b).sum()
-                d_acc = (-c_last * moved_w[:, 0], -c_last * moved_b[:, 0])
-        if last_step:
-            grad_last = grads[:, -1]
-            g_ds_w.append(torch.bmm(grad_last, last_step[0].mT).unsqueeze(1))
-            g_ds_b.append(torch.bmm(grad_last, last_step[1].unsqueeze(-1)).squeeze(-1).unsqueeze(1))
-            d_acc = last_step if acc_W is not None and n == 1 else d_acc
-        g_ds_w, g_ds_b = torch.cat(g_ds_w, 1), torch.cat(g_ds_b, 1)
+        d_W, d_b, d_z, d_gx, moved, last_step = _carry_back(per_block, d_W, d_b, d_sums, ln_w * ln_w,
+                                                            ctx.last_complete)
+        g_ds_w, g_ds_b, d_c_last, d_acc = _step_terms(grads, k, lr4, c_last, moved, last_step,
+                                                      (acc_W, acc_b) if ctx.carried else None)
         d_k = torch.addcmul(torch.matmul(d_z, Ws.mT), g_ds_w, lr4)
         d_lr = (k * g_ds_w).sum(-1) + g_ds_b
         d_ln_w = (d_gx * torch.addcmul(err, ln_w4, xhat)).sum((1, 2)).unsqueeze(1)
         d_ln_b = (d_gx * ln_w4).sum((1, 2)).unsqueeze(1)
-        d_acc = d_acc or (None, None)
-        return (d_W, d_b, *d_acc, d_q, d_k, -d_gx * ln_w4, d_lr, d_attn, d_c_last, d_ln_w, d_ln_b, None, None)
+        return (d_W, d_b, *d_acc, torch.matmul(d_zbar, Ws.mT), d_k, -d_gx * ln_w4, d_lr,
+                -torch.matmul(d_zbar, grads.mT), d_c_last, d_ln_w, d_ln_b, None, None)
+
+
+def _carry_back(per_block, d_W, d_b, d_sums, ln_w_squared, last_complete: bool):
+    """The sequential part of the backward, last mini-batch first: the gradient of the state
+    carried back through each. Returns (dW, db at the group's start, dZ and dL/dgx [N,g,...],
+    (dW', db') kept for the mini-batches that moved the state [N,m,...], the step-sum gradient
+    of an incomplete last mini-batch or ())."""
+    blocks = list(zip(*(x.unbind(1) for x in per_block)))
+    n = len(blocks)
+    count = n if last_complete else n - 1
+    moved_w, moved_b = d_W.new_empty(d_W.shape[0], count, *d_W.shape[1:]), d_b.new_empty(d_b.shape[0], count,
+                                                                                        d_b.shape[1])
+    d_zs, d_gxs, last_step = [None] * n, [None] * n, ()
+    for i in reversed(range(n)):
+        q_i, k_i, lr_i, minus_c_lr_i, d_zbar_i, dg_zbar_i, db_zbar_i, grad_i, xhat_i, rstd_i, gx_i, m_i = blocks[i]
+        if i < count:
+            # dS = -c_L dW', so lr (K dS_W + dS_b) = (-c_L lr) (K dW' + db')
+            moved_w[:, i], moved_b[:, i] = d_W, d_b
+            u = torch.addcmul(dg_zbar_i, torch.baddbmm(d_b.unsqueeze(-2), k_i, d_W), minus_c_lr_i)
+        else:
+            last_step = tuple(d if d is not None else torch.zeros_like(x) for d, x in zip(d_sums, (d_W, d_b)))
+            u = torch.addcmul(dg_zbar_i, torch.baddbmm(last_step[1].unsqueeze(-2), k_i, last_step[0]), lr_i)
+        d_gxs[i], d_zs[i] = _ln_l2_grad_backward(u, grad_i, xhat_i, rstd_i, gx_i, m_i, ln_w_squared)
+        # Q^T dZbar here, not batched: that would hold a [d,d] matrix per mini-batch at once.
+        d_W = torch.baddbmm(torch.baddbmm(d_W, q_i.mT, d_zbar_i), k_i.mT, d_zs[i])
+        d_b = d_b + db_zbar_i + d_zs[i].sum(-2)
+    return d_W, d_b, torch.stack(d_zs, 1), torch.stack(d_gxs, 1), (moved_w, moved_b), last_step
+
+
+def _step_terms(grads, k, lr4, c_last, moved, last_step, acc):
+    """What the state's steps S contribute once dS is known (-c_L dW' where the state moved):
+    (G dS_W^T [N,g,L,d], G dS_b [N,g,L], dc_L, the carried sums' gradient or (None, None)). Only
+    [L,d] products per mini-batch, never a [d,d] one."""
+    (moved_w, moved_b), count = moved, moved[0].shape[1]
+    g_ds_w, g_ds_b, d_c_last, d_acc = [], [], torch.zeros_like(c_last), (None, None)
+    if count:
+        grads_moved = grads[:, :count]
+        g_ds_w.append(-c_last * torch.matmul(grads_moved, moved_w.mT))
+        g_ds_b.append(-c_last * torch.matmul(grads_moved, moved_b.unsqueeze(-1)).squeeze(-1))
+        # dc_L = -sum <dW', S_W> + <db', S_b> = -sum (K dW' + db') . (lr G)
+        k_moved = torch.baddbmm(moved_b.unsqueeze(-2).flatten(0, 1), k[:, :count].flatten(0, 1), moved_w.flatten(0, 1))
+        d_c_last = -(k_moved.unflatten(0, (-1, count)) * grads_moved * lr4[:, :count]).sum()
+        if acc is not None:
+            d_c_last = d_c_last - (moved_w[:, 0] * acc[0]).sum() - (moved_b[:, 0] * acc[1]).sum()
+            d_acc = (-c_last * moved_w[:, 0], -c_last * moved_b[:, 0])
+    if last_step:
+        grad_last = grads[:, -1]
+        g_ds_w.append(torch.bmm(grad_last, last_step[0].mT).unsqueeze(1))
+        g_ds_b.append(torch.bmm(grad_last, last_step[1].unsqueeze(-1)).squeeze(-1).unsqueeze(1))
+        if acc is not None and count == 0:
+            d_acc = last_step
+    return torch.cat(g_ds_w, 1), torch.cat(g_ds_b, 1), d_c_last, d_acc

@@ -1,4 +1,4 @@
-"""Compiled decoding: one torch.compile'd graph of the whole model's decode step, on a cache of
+"""Compiled decoding: one compiled graph of the whole model's decode step, on a cache of
 fixed shapes, gives the eager decode step's logits and states token by token, across
 mini-batch boundaries, and is compiled once for every prefix length and position."""
 
