@@ -81,8 +81,9 @@ def main() -> None:
         for layer_type in args.layer_types.split(","):
             vocab = {"vocab_size": args.vocab_size} if args.vocab_size else {}
             cfg = preset(args.preset, layer_type, args.backbone, **vocab)
-            models = {b: build_model(cfg, InnerLoopOptions(b), init_seed=0) for b in args.backends.split(",")}
-            model = models[args.backends.split(",")[0]]
+            backends = args.backends.split(",")
+            models = {b: build_model(cfg, InnerLoopOptions(b), init_seed=0) for b in backends}
+            model = models[backends[0]]
             ref_dir = Path(tmp) / f"ref-{layer_type}"
             write_reference(ref_dir, cfg, to_full([{n: p.detach() for n, p in model.named_parameters()}], cfg))
             for shape in args.shapes.split(","):

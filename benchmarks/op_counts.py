@@ -77,27 +77,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
-    rows = []
+    inner, decode = [], []
     for kind, step in (("linear", "autograd"), ("linear", "manual"), ("mlp", "autograd")):
         (f8, b8), (f16, b16) = inner_loop_counts(kind, 8, step), inner_loop_counts(kind, 16, step)
-        rows.append({"layer_type": kind, "step": step, "forward_per_mini_batch": (f16 - f8) / 8,
-                     "backward_per_mini_batch": (b16 - b8) / 8})
+        inner.append({"layer_type": kind, "step": step, "forward_per_mini_batch": (f16 - f8) / 8,
+                      "backward_per_mini_batch": (b16 - b8) / 8})
     for kind in ("linear", "mlp"):
         step, per_layer, compiled = decode_counts(kind)
-        rows.append({"layer_type": kind, "decode_step": step, "decode_token_per_layer": per_layer,
-                     "compiled_decode_token_per_layer": compiled})
+        decode.append({"layer_type": kind, "decode_step": step, "decode_token_per_layer": per_layer,
+                       "compiled_decode_token_per_layer": compiled})
     print(f"ATen ops (top level), ttt_dual at B={B}, H={H}, d={D}, b={MINI_BATCH}")
     print(f"{'layer':<7} {'step':<9} {'fwd / mini-batch':>17} {'bwd / mini-batch':>17}")
-    for r in rows[:3]:
+    for r in inner:
         print(f"{r['layer_type']:<7} {r['step']:<9} {r['forward_per_mini_batch']:>17.1f} "
               f"{r['backward_per_mini_batch']:>17.1f}")
     print("decode: tiny preset")
     print(f"{'layer':<7} {'decode step':>12} {'token / layer':>14} {'compiled token / layer':>23}")
-    for r in rows[3:]:
+    for r in decode:
         print(f"{r['layer_type']:<7} {r['decode_step']:>12} {r['decode_token_per_layer']:>14.1f} "
               f"{r['compiled_decode_token_per_layer']:>23.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(inner + decode, indent=1) + "\n")
 
 
 if __name__ == "__main__":

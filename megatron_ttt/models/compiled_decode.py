@@ -127,10 +127,10 @@ def _decode_token(model, tokens: torch.Tensor, state: list[torch.Tensor], layout
 def _flat_state(cache: InferenceCache) -> list[torch.Tensor]:
     """Copies of the cache's tensors in fixed shape: per layer its pre-conv and conv histories
     (where it has them), TTT weights and gradient sums; then the one position."""
-    out = []
-    for block in cache.blocks:
-        out += [t.clone() for t in _block_tensors(block.pre_conv, block.mixer.conv, block.mixer.ttt.fixed_shape())]
-    return out + [cache.blocks[0].mixer.ttt.fixed_shape().position.clone()]
+    fixed = [block.mixer.ttt.fixed_shape() for block in cache.blocks]
+    out = [t.clone() for block, ttt in zip(cache.blocks, fixed) for t in _block_tensors(block.pre_conv, block.mixer.conv,
+                                                                                          ttt)]
+    return out + [fixed[0].position.clone()]
 
 
 def _block_tensors(pre_conv, conv, ttt: TTTState) -> list[torch.Tensor]:

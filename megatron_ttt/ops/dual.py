@@ -115,18 +115,16 @@ def ttt_dual(
     weights = tuple(to_rows(w) for w in state.weights)
     grads = None if state.grads is None else tuple(to_rows(g) for g in state.grads)
     last_complete = (lead + T) % b == 0
-    if step == "compiled":
-        block_step = compiled_step()
-    elif step == "manual" and len(weights) == 2:
-        block_step = linear_scan
+    if step == "manual" and len(weights) == 2:
+        run_group = linear_scan
     else:
-        block_step = _block
+        run_group = functools.partial(_one_by_one, compiled_step() if step == "compiled" else _block)
 
     outs = []
     for start, tensors in zip(range(0, n_blocks, group), per_group):
         complete = [n < n_blocks - 1 or last_complete for n in range(start, min(start + group, n_blocks))]
         args = (*weights, *(grads or ()), *tensors)
-        scan_spec = (complete, len(weights), grads is not None, block_step)
+        scan_spec = (complete, len(weights), grads is not None, run_group)
         if time_checkpoint_group:
             outputs = _GroupCheckpoint.apply(scan_spec, *args)
         else:
@@ -149,24 +147,26 @@ def _scan(scan_spec, *args) -> tuple[torch.Tensor, ...]:
 
     args: the state's weights (and grads), then (q, k, v - k, lr, eta, attn0, coeff, ln_w, ln_b)
     of these mini-batches, [N, blocks, ...] each; all top-level, so a checkpoint saves them.
-    The step runs one mini-batch at a time, or is linear_scan, which runs them all.
-    The output LayerNorm runs here too, so a checkpointed group keeps none of its intermediates.
+    scan_spec's runner takes the group's mini-batches (`_one_by_one` or linear_scan). The output
+    LayerNorm runs here too, so a checkpointed group keeps none of its intermediates.
     """
-    complete, n_weights, has_grads, step = scan_spec
+    complete, n_weights, has_grads, run_group = scan_spec
     weights = args[:n_weights]
     grads = args[n_weights : 2 * n_weights] if has_grads else None
     per_group = args[2 * n_weights if has_grads else n_weights :]
-    if step is linear_scan:
-        zbar, weights, grads = linear_scan(weights, grads, per_group, complete)
-    else:
-        outs = []
-        for block, is_complete in zip(zip(*(x.unbind(1) for x in per_group)), complete):
-            out, weights, grads = step(weights, grads, *block, is_complete)
-            outs.append(out)
-        zbar = torch.stack(outs, dim=1)
+    zbar, weights, grads = run_group(weights, grads, per_group, complete)
     q, ln_w, ln_b = per_group[0], per_group[7], per_group[8]
     z = q + layer_norm(zbar, ln_w, ln_b)
     return (z, *weights, *(grads or ()))
+
+
+def _one_by_one(step, weights, grads, per_group, complete):
+    """A group's mini-batches through a one-mini-batch step: (Zbar [N,g,L,d], weights, grads after)."""
+    outs = []
+    for block, is_complete in zip(zip(*(x.unbind(1) for x in per_group)), complete):
+        out, weights, grads = step(weights, grads, *block, is_complete)
+        outs.append(out)
+    return torch.stack(outs, dim=1), weights, grads
 
 
 def _unflatten(outputs: tuple[torch.Tensor, ...], n_weights: int):

@@ -74,8 +74,8 @@ class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, b, acc_W, acc_b, q, k, target, lr, attn, c_last, ln_w, ln_b, last_complete, keep):
         n = q.shape[1]
-        # Written in place, not stacked from a list: a list and its stack would hold two copies.
-        starts_w, starts_b = W.new_empty(W.shape[0], n, *W.shape[1:]), b.new_empty(b.shape[0], n, *b.shape[1:])
+        if keep:  # written in place, not stacked from a list: a list and its stack would hold two copies
+            starts_w, starts_b = W.new_empty(W.shape[0], n, *W.shape[1:]), b.new_empty(b.shape[0], n, *b.shape[1:])
         zbars, grads = [], []
         beta_minus_t = ln_b.unsqueeze(1) - target
         for i, (q_i, k_i, bt_i, lr_i, a_i) in enumerate(zip(*(x.unbind(1) for x in (q, k, beta_minus_t, lr, attn)))):

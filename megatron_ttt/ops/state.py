@@ -28,7 +28,7 @@ class TTTState(NamedTuple):
             return self
         grads = self.grads if self.grads is not None else tuple(torch.zeros_like(w) for w in self.weights)
         position = torch.tensor(self.position, dtype=torch.int64, device=self.weights[0].device)
-        return TTTState(tuple(w.contiguous() for w in self.weights), grads, position)
+        return TTTState(self.weights, grads, position)
 
     def variable_shape(self) -> "TTTState":
         """The same state with an int position and no grads at a boundary (what ttt_dual takes)."""
