@@ -7,11 +7,13 @@ from pathlib import Path
 
 import yaml
 
+from megatron_ttt.config.model import resolve_model
 from megatron_ttt.config.sections import DataSection, PretrainConfig
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.data.blend import PERIOD
 from megatron_ttt.models.config import BACKBONES, LAYER_TYPES
-from megatron_ttt.models.presets import PRESETS, mixer_problems, shape
+from megatron_ttt.models.presets import PRESETS, mixer_problems
+from megatron_ttt.parallel.layout import CONFIG_NAMES, Batch, layout_problems
 from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group
 
 MOVED = {"model.time_checkpoint_group": "parallel.time_checkpoint_group"}
@@ -160,27 +162,18 @@ def _manifest_dir(manifest: str) -> Path:
 
 
 def check_world_size(config: PretrainConfig, world_size: int) -> None:
-    """What the config asks of `world_size` processes: TP x CP dividing it, the sequence and the
-    heads splitting over them, and a global batch that is a whole number of micro-batches over
-    the data-parallel ranks. Checked before any process group is built."""
-    p, data = config.parallel, config.data
-    tp, cp = p.tensor_parallel, p.context_parallel
-    if world_size % (tp * cp):
-        raise ConfigError(f"parallel.tensor_parallel={tp} x parallel.context_parallel={cp} does not divide the "
-                          f"{world_size} processes of this run (the data-parallel size is processes / (TP x CP))")
-    split = cp * (tp if p.sequence_parallel else 1)
-    if data.seq_len % split:
-        raise ConfigError(f"data.seq_len={data.seq_len} does not split over parallel.context_parallel={cp}"
-                          + (f" x tensor_parallel={tp} (sequence parallel)" if split != cp else ""))
-    if config.model.preset in PRESETS and shape(config.model.preset)[2] % (tp * cp):
-        raise ConfigError(f"model.preset={config.model.preset} has {shape(config.model.preset)[2]} heads, not "
-                          f"divisible by parallel.tensor_parallel x parallel.context_parallel = {tp} x {cp}")
-    dp = world_size // (tp * cp)
-    per_step = data.micro_batch_size * dp * data.seq_len
-    if data.global_batch_tokens % per_step:
-        raise ConfigError(f"data.global_batch_tokens={data.global_batch_tokens} is not a multiple of "
-                          f"data.micro_batch_size x data-parallel size x data.seq_len = {data.micro_batch_size} x "
-                          f"{dp} x {data.seq_len} = {per_step}")
+    """What the config asks of `world_size` processes (parallel/layout.py): TP x CP dividing them
+    and the model's heads, the sequence splitting over CP (and TP under sequence parallel), and a
+    global batch that is a whole number of micro-batches over the data-parallel ranks. Checked
+    before any process group is built."""
+    m, data = config.model, config.data
+    model = resolve_model(m, vocab_size=1) if m.preset in PRESETS else None  # the vocabulary is padded to fit TP
+    names = dataclasses.replace(CONFIG_NAMES, model=f" of model.preset={m.preset}")
+    problems = layout_problems(config.layout(world_size), model,
+                               Batch(data.seq_len, data.micro_batch_size, data.global_batch_tokens), names,
+                               check_vocab=False)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def to_dict(config) -> dict:

@@ -3,6 +3,7 @@
 
 from dataclasses import dataclass, field
 
+from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.run_options import InnerLoopOptions
 
 
@@ -142,3 +143,8 @@ class PretrainConfig:
     def inner_loop(self) -> InnerLoopOptions:
         """How the model's TTT layers run (handed to the model, never saved with it)."""
         return InnerLoopOptions(self.train.inner_loop_backend, self.parallel.time_checkpoint_group)
+
+    def layout(self, processes: int = 0) -> ParallelLayout:
+        """The parallel layout this config asks of `processes` ranks (0: not known yet)."""
+        p = self.parallel
+        return ParallelLayout(p.tensor_parallel, p.sequence_parallel, p.context_parallel, p.zero_stage, processes)

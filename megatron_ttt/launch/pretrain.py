@@ -5,8 +5,9 @@ from pathlib import Path
 
 import yaml
 
-from megatron_ttt.config import PretrainConfig, load_config, to_dict
+from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.config.loading import check_world_size
+from megatron_ttt.config.model import model_differences
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.launch.job import SlurmJob, check_job
 from megatron_ttt.launch.profile import Profile
@@ -26,28 +27,16 @@ class PretrainLaunch:
     """That config as a dict."""
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} there, {b!r} now")
-    return out
-
-
 def check_run_dir(run_dir: Path, config: dict) -> None:
-    """A run directory holding another run's config is refused (its checkpoints would be resumed)."""
+    """A run directory holding another model is refused (its checkpoints would be resumed); the
+    same model continues there with the new config, as `mttt pretrain --resume auto` would."""
     for existing in (run_dir / "slurm" / "config.yaml", run_dir / "config.yaml"):
         if existing.exists():
             written = yaml.safe_load(existing.read_text()) or {}
-            old = to_dict(load_config(existing))  # keys added since it was written compare as their defaults
-            old["run_dir"] = str(Path(written.get("run_dir", run_dir)).resolve())
-            differ = _differences(old, config)
+            differ = model_differences({"model": written.get("model", {})}, config)
             if differ:
-                raise UserInputError(f"{run_dir} already holds a run with another config ({existing}): "
-                                     + "; ".join(differ) + ". Use the same config to continue it, or another run_dir")
+                raise UserInputError(f"{run_dir} already holds a run of another model ({existing}): "
+                                     + "; ".join(differ) + ". Use its model settings to continue it, or another run_dir")
 
 
 def prepare(config: PretrainConfig, job: SlurmJob, profile: Profile) -> PretrainLaunch:

@@ -33,7 +33,7 @@ from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import RopeTables, parallel_linear_args, rotate_pairs
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
-from megatron_ttt.parallel.context import check_heads, context_group, group_size, heads_to_sequence, sequence_to_heads
+from megatron_ttt.parallel.context import context_group, group_size, heads_to_sequence, sequence_to_heads
 
 
 @dataclass
@@ -56,11 +56,7 @@ class AttentionMixer(MegatronModule):
                  window: int | None = None, layer_number: int = 1,
                  tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
-        tp, cp = config.tensor_model_parallel_size, config.context_parallel_size
-        check_heads(f"layer {layer_number} (attention): num_heads", ttt.num_heads, tp, cp)
-        if ttt.kv_heads % tp:
-            raise ValueError(f"layer {layer_number} (attention): num_kv_heads {ttt.kv_heads} is not divisible by the "
-                             f"tensor-parallel size {tp}")
+        tp = config.tensor_model_parallel_size
         self.ttt, self.window, self.layer_number, self.tp_size = ttt, window, layer_number, tp
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
         self.cp_group = context_group(config)

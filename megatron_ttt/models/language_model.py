@@ -20,6 +20,7 @@ from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.layers import RMSNorm, stat_dtype
 from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.spec import block_spec
+from megatron_ttt.parallel.layout import ParallelLayout, layout_problems
 from megatron_ttt.run_options import InnerLoopOptions
 
 
@@ -30,9 +31,10 @@ class TTTLanguageModel(MegatronModule):
         super().__init__(config)
         self.ttt = ttt
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
-        tp = config.tensor_model_parallel_size
-        if ttt.vocab_size % tp:
-            raise ValueError(f"vocab_size {ttt.vocab_size} is not divisible by the tensor-parallel size {tp}")
+        layout = ParallelLayout(config.tensor_model_parallel_size, config.sequence_parallel,
+                                config.context_parallel_size)
+        if problems := layout_problems(layout, ttt):
+            raise ValueError("the model cannot be split so: " + "; ".join(problems))
         self.sequence_parallel = config.sequence_parallel
         self.block_checkpointing = False
         """Recompute each block in the backward (saves activations, costs one more forward)."""

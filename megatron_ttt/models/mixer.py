@@ -41,7 +41,7 @@ from megatron_ttt.models.layers import (
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
 from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
-from megatron_ttt.parallel.context import check_heads, context_group, heads_to_sequence, local_slice, sequence_to_heads
+from megatron_ttt.parallel.context import context_group, heads_to_sequence, local_slice, sequence_to_heads
 from megatron_ttt.run_options import InnerLoopOptions
 
 POST_NORM_EPS = 1e-6
@@ -76,7 +76,6 @@ class TTTMixer(MegatronModule):
                  tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
         tp, cp = config.tensor_model_parallel_size, config.context_parallel_size
-        check_heads(f"layer {layer_number} (TTT): num_heads", ttt.num_heads, tp, cp)
         self.ttt, self.inner_loop, self.layer_number, self.tp_size = ttt, inner_loop, layer_number, tp
         self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
         self.cp_group = context_group(config)

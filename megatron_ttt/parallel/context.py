@@ -48,12 +48,6 @@ def heads_to_sequence(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch
     return received.permute(1, 2, 0, 3, 4).reshape(t // cp, b, cp * h, w)
 
 
-def check_heads(what: str, heads: int, tp: int, cp: int) -> None:
-    """Each rank of TP x CP runs heads / (TP x CP) heads over whole sequences."""
-    if heads % (tp * cp):
-        raise ValueError(f"{what} {heads} is not divisible by tensor_parallel x context_parallel = {tp} x {cp}")
-
-
 def with_previous_rows(x: torch.Tensor, rows: int, group: dist.ProcessGroup) -> torch.Tensor:
     """x [T/CP, ...] with the previous rank's last `rows` rows of the CP `group` in front
     ([rows + T/CP, ...]; zeros on the first rank, as a causal convolution's padding): what a

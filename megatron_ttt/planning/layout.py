@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.parallel.layout import FLAG_NAMES, Batch, ParallelLayout, layout_problems
 from megatron_ttt.run_options import check_time_checkpoint_group
 
 
@@ -36,12 +37,16 @@ class Layout:
     """Sequence parallelism outside the mixers and MLPs (only with tp > 1)."""
 
     @property
+    def parallel(self) -> ParallelLayout:
+        return ParallelLayout(self.tp, self.sequence_parallel, self.cp, self.zero, self.world)
+
+    @property
     def world(self) -> int:
         return self.nodes * self.gpus_per_node
 
     @property
     def dp(self) -> int:
-        return self.world // (self.tp * self.cp)
+        return self.parallel.data_parallel
 
     @property
     def zero_ranks(self) -> int:
@@ -50,8 +55,8 @@ class Layout:
 
     @property
     def sp(self) -> int:
-        """The factor the sequence is split by outside the mixers and MLPs."""
-        return self.tp if self.sequence_parallel and self.tp > 1 else 1
+        """The factor the sequence is split by outside the mixers and MLPs, over CP's."""
+        return self.parallel.sequence_split // self.cp
 
     @property
     def act_bytes(self) -> int:
@@ -85,22 +90,7 @@ def check(layout: Layout, model: TTTModelConfig) -> None:
         check_time_checkpoint_group(layout.time_checkpoint_group)
     except ValueError as exc:
         problems.append(f"--time-checkpoint-group: {exc}")
-    split = f"--tp {layout.tp}" + (f" x --cp {layout.cp}" if layout.cp > 1 else "")
-    if layout.world % (layout.tp * layout.cp):
-        problems.append(f"{split} does not divide the {layout.world} GPUs")
-    if model.vocab_size % layout.tp:
-        problems.append(f"--tp {layout.tp} does not divide the vocabulary {model.vocab_size}")
-    if model.num_heads % (layout.tp * layout.cp):
-        problems.append(f"{split} does not divide the {model.num_heads} heads")
-    if model.kv_heads % layout.tp:
-        problems.append(f"--tp {layout.tp} does not divide the {model.kv_heads} key/value heads")
-    if layout.seq_len % (layout.sp * layout.cp):
-        what = " x ".join(f"--{name} {size}" for name, size in (("cp", layout.cp), ("tp", layout.sp)) if size > 1)
-        problems.append(f"--seq-len {layout.seq_len} is not divisible by {what}"
-                        + (" (sequence parallel)" if layout.sp > 1 else ""))
-    per_step = layout.micro_batch * layout.dp * layout.seq_len
-    if not problems and (layout.global_batch_tokens < per_step or layout.global_batch_tokens % per_step):
-        problems.append(f"--global-batch-tokens {layout.global_batch_tokens} is not a multiple of micro-batch x "
-                        f"data-parallel x seq-len = {layout.micro_batch} x {layout.dp} x {layout.seq_len} = {per_step}")
+    problems += layout_problems(layout.parallel, model, Batch(layout.seq_len, layout.micro_batch,
+                                                              layout.global_batch_tokens), FLAG_NAMES)
     if problems:
         raise UserInputError("; ".join(problems))

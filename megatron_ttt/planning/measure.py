@@ -70,11 +70,11 @@ def planned(config, nproc: int, sequence_parallel: bool):
     """The model and Layout a pretraining config describes on `nproc` CPU processes (the
     vocabulary rounded as the trainer rounds the bundled tokenizer's). `sequence_parallel` is
     what the measured model was built with (a measured row says), not what the config asked for."""
+    from megatron_ttt.config.model import trained_model
     from megatron_ttt.planning.layout import Layout
-    from megatron_ttt.training.trainer import model_config
 
     parallel, data = config.parallel, config.data
-    model = model_config(config, data.bundled_vocab_size)
+    model = trained_model(config, data.bundled_vocab_size)
     layout = Layout(1, nproc, tp=parallel.tensor_parallel, cp=parallel.context_parallel, zero=parallel.zero_stage,
                     seq_len=data.seq_len,
                     micro_batch=data.micro_batch_size, global_batch_tokens=data.global_batch_tokens,

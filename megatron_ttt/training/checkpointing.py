@@ -33,8 +33,8 @@ from megatron_ttt.checkpoint.run_dir import (
     saved_steps,
     step_tag,
 )
+from megatron_ttt.config.model import model_differences
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.models.presets import PRESETS, mixer_settings
 from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 from megatron_ttt.training import zero_state
 
@@ -164,19 +164,9 @@ def saved_layout(path: Path, saved_config: dict) -> dict:
             "zero_stage": saved_config["parallel"]["zero_stage"], "dtype": saved_config["train"]["dtype"]}
 
 
-def resolved_model(section: dict) -> dict:
-    """A config's model section with the mixer settings its preset fills in where they are unset
-    (0 or empty), so an explicit value and the preset's default of it compare equal."""
-    mixers = mixer_settings(section["preset"], section.get("layer_pattern", ""), section.get("attention_window", 0),
-                            section.get("num_kv_heads", 0)) if section.get("preset") in PRESETS else {}
-    return section | mixers
-
-
 def check_same_model(saved: dict, requested: dict, where: Path) -> None:
     """The model of a checkpoint must be the run's (the parallel layout may change)."""
-    saved_model, requested_model = resolved_model(saved["model"]), resolved_model(requested["model"])
-    differ = [f"model.{key}: checkpoint {saved_model.get(key)!r}, requested {value!r}"
-              for key, value in requested_model.items() if saved_model.get(key) != value]
+    differ = model_differences(saved, requested)
     if differ:
-        raise ResumeError(f"{where} was written for another model; differing keys: " + "; ".join(differ)
-                          + ". Resume with the checkpoint's settings or start a new run_dir")
+        raise ResumeError(f"{where} was written for another model ({'; '.join(differ)}). Resume with the "
+                          "checkpoint's model settings or start a new run_dir")

@@ -1,7 +1,6 @@
 """The pretraining loop: build everything from a PretrainConfig, train, checkpoint, resume."""
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -16,10 +15,11 @@ from megatron.core import parallel_state
 from megatron_ttt.checkpoint import layout_free
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.config.loading import check_world_size
+from megatron_ttt.config.model import trained_model
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.data_prep.corpus import default_cache_dir
 from megatron_ttt.models.build import build_model
-from megatron_ttt.models.presets import parameter_count, preset
+from megatron_ttt.models.presets import parameter_count
 from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 from megatron_ttt.training import checkpointing, zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
@@ -28,10 +28,6 @@ from megatron_ttt.training.engine import build_engine, gradient_accumulation
 from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import inner_lr_scale, learning_rate
 from megatron_ttt.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
-
-VOCAB_MULTIPLE = 128
-"""The model's vocabulary is the tokenizer's rounded up to a multiple of this times TP."""
-
 
 @dataclass
 class Run:
@@ -49,15 +45,6 @@ class Run:
     step: int = 0
 
 
-def model_config(config: PretrainConfig, tokenizer_vocab: int, vocab: int | None = None):
-    """vocab: a resumed checkpoint's padded vocabulary (padded at its TP size), kept as it is."""
-    m, tp = config.model, config.parallel.tensor_parallel
-    multiple = VOCAB_MULTIPLE * tp
-    vocab = vocab or math.ceil(tokenizer_vocab / multiple) * multiple
-    return preset(m.preset, m.layer_type, m.backbone, vocab_size=vocab, mini_batch_size=m.mini_batch_size,
-                  layer_pattern=m.layer_pattern, attention_window=m.attention_window, num_kv_heads=m.num_kv_heads)
-
-
 def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run:
     """resume_mode "auto": continue from the latest complete checkpoint if there is one; "none":
     start fresh (refused where checkpoints exist)."""
@@ -67,7 +54,7 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     sources = training_data(config.data, cache)
-    model = build_model(model_config(config, sources.tokenizer_vocab, plan and plan.vocab_size),
+    model = build_model(trained_model(config, sources.tokenizer_vocab, plan and plan.vocab_size),
                         config.inner_loop(), sequence_parallel=config.parallel.sequence_parallel,
                         init_seed=config.train.seed)
     if plan is not None and plan.reshard:

@@ -112,15 +112,29 @@ def test_bad_profile_files_name_the_key(tmp_path):
         load_profile(str(tmp_path / "missing.yaml"))
 
 
-def test_a_run_dir_with_another_config_is_refused(tmp_path):
+def test_a_layout_the_model_cannot_take_is_refused_before_anything_is_written(tmp_path, capsys):
     run = tmp_path / "run"
-    launch = pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=30"]), SlurmJob(), load_profile("cpu-test"))
+    assert launch("pretrain", "--nodes", "2", "--gpus-per-node", "8", f"run_dir={run}", "model.preset=7b-hybrid",
+                  "parallel.tensor_parallel=16") == 2
+    assert "parallel.tensor_parallel=16 does not divide the 8 key/value heads of model.preset=7b-hybrid" in \
+        capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_a_run_dir_with_another_model_is_refused(tmp_path):
+    run = tmp_path / "run"
+    launch = pretrain.prepare(load_config(None, [f"run_dir={run}", "model.preset=125m-hybrid"]), SlurmJob(),
+                              load_profile("cpu-test"))
     (run / "slurm").mkdir(parents=True)
-    older = launch.config | {"parallel": {k: v for k, v in launch.config["parallel"].items() if k != "context_parallel"}}
+    older = launch.config | {"model": {k: v for k, v in launch.config["model"].items() if k != "num_kv_heads"}}
     launch.config_path.write_text(yaml.safe_dump(older))  # as a version before the key was written it
-    pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=30"]), SlurmJob(), load_profile("cpu-test"))
-    with pytest.raises(UserInputError, match=r"already holds a run with another config .*train.steps: 30 there, 40 now"):
-        pretrain.prepare(load_config(None, [f"run_dir={run}", "train.steps=40"]), SlurmJob(), load_profile("cpu-test"))
+    # The preset's key/value heads spelled out, and a longer schedule: the same model continues.
+    pretrain.prepare(load_config(None, [f"run_dir={run}", "model.preset=125m-hybrid", "model.num_kv_heads=4",
+                                        "train.steps=400"]), SlurmJob(), load_profile("cpu-test"))
+    with pytest.raises(UserInputError, match=r"already holds a run of another model .*model.num_kv_heads: 4 there, "
+                                             r"2 now"):
+        pretrain.prepare(load_config(None, [f"run_dir={run}", "model.preset=125m-hybrid", "model.num_kv_heads=2"]),
+                         SlurmJob(), load_profile("cpu-test"))
 
 
 def test_missing_sbatch_is_a_clear_error(tmp_path, monkeypatch):

@@ -46,9 +46,9 @@ def test_context_parallel_2_with_tensor_parallel_2_and_sequence_parallel_equals_
 
 
 @pytest.mark.parametrize("cfg, cp, message", [
-    (cp_cases.TINY, 3, r"layer 1 \(TTT\): num_heads 4 is not divisible by tensor_parallel x context_parallel = 1 x 3"),
+    (cp_cases.TINY, 3, r"tensor_parallel=1 x context_parallel=3 does not divide the 4 heads"),
     (replace(cp_cases.HYBRID, layer_pattern="*TW", num_heads=2, hidden_size=16, num_kv_heads=1), 4,
-     r"layer 1 \(attention\): num_heads 2 is not divisible by tensor_parallel x context_parallel = 1 x 4"),
+     r"tensor_parallel=1 x context_parallel=4 does not divide the 2 heads"),
 ])
 def test_heads_that_do_not_split_over_cp_are_named(single_process_parallel, cfg, cp, message):
     with pytest.raises(ValueError, match=message):

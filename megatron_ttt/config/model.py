@@ -1,0 +1,52 @@
+"""A config's model section resolved to the model it describes, and the one rule for "the same run".
+
+A preset fills in every mixer setting left unset (0 or empty), so `model.num_kv_heads=8` on the
+7b-hybrid preset and no setting at all are the same model. Launch, pretraining, resume and the
+layout check all go through `resolved_section` / `resolve_model`; a run directory holds one model,
+while everything else (steps, schedule, data, layout) may change when the run continues.
+"""
+
+import dataclasses
+import math
+
+from megatron_ttt.config.sections import ModelSection, PretrainConfig
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.presets import PRESETS, mixer_settings, preset
+
+VOCAB_MULTIPLE = 128
+"""A trained model's vocabulary is the tokenizer's rounded up to a multiple of this times TP."""
+
+
+def resolved_section(section: dict) -> dict:
+    """A saved or requested model section (keys a config of an older version lacks take their
+    defaults) with the preset's value of every unset mixer setting."""
+    values = dataclasses.asdict(ModelSection()) | section
+    if values["preset"] not in PRESETS:
+        return values
+    return values | mixer_settings(values["preset"], values["layer_pattern"], values["attention_window"],
+                                   values["num_kv_heads"])
+
+
+def resolve_model(section: ModelSection, vocab_size: int) -> TTTModelConfig:
+    """The model a config's section describes, with the given (padded) vocabulary."""
+    values = resolved_section(dataclasses.asdict(section))
+    return preset(values.pop("preset"), values.pop("layer_type"), values.pop("backbone"), vocab_size=vocab_size,
+                  **values)
+
+
+def padded_vocab(tokenizer_vocab: int, tensor_parallel: int) -> int:
+    """The tokenizer's vocabulary rounded up so that every TP rank holds a multiple of VOCAB_MULTIPLE."""
+    multiple = VOCAB_MULTIPLE * tensor_parallel
+    return math.ceil(tokenizer_vocab / multiple) * multiple
+
+
+def trained_model(config: PretrainConfig, tokenizer_vocab: int, vocab: int | None = None) -> TTTModelConfig:
+    """The model a pretraining run trains. vocab: a resumed checkpoint's padded vocabulary, kept as it is."""
+    return resolve_model(config.model, vocab or padded_vocab(tokenizer_vocab, config.parallel.tensor_parallel))
+
+
+def model_differences(saved: dict, requested: dict) -> list[str]:
+    """How two configs' (dicts) models differ, key by key after resolution; [] for the same model."""
+    old, new = resolved_section(saved["model"]), resolved_section(requested["model"])
+    return [f"model.{key}: {old.get(key)!r} there, {value!r} now" for key, value in new.items()
+            if old.get(key) != value]
