@@ -1,32 +1,14 @@
-"""`mttt eval logprobs|perplexity` and `mttt generate`. Heavy imports (megatron-core) happen
-inside the commands, so `mttt --help` starts fast."""
+"""`mttt eval logprobs|perplexity|harness|long-context` and `mttt generate`: the parsers. Each
+command is its own module, imported when it runs (megatron-core loads slowly), so `mttt --help`
+starts fast."""
 
 import argparse
-from pathlib import Path
-
-import numpy as np
 
 
 def _logprobs(args: argparse.Namespace) -> int:
-    import torch
+    from megatron_ttt.eval.logprobs import run_logprobs
 
-    from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
-    from megatron_ttt.checkpoint.run_dir import resolve_model_source
-    from megatron_ttt.eval.logprobs import check_token_ids
-    from megatron_ttt.models.scoring import token_logprobs
-    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
-
-    checkpoint = resolve_model_source(Path(args.checkpoint))
-    with parallel_groups(ModelParallel(args.tensor_parallel)):
-        cfg = read_model_config(checkpoint)
-        tokens = check_token_ids(np.load(args.input), cfg.vocab_size, args.input)
-        model = load_model(checkpoint)
-        rank0 = torch.distributed.get_rank() == 0
-        logp = token_logprobs(model, tokens, args.batch_size, show_progress=rank0)
-        if rank0:
-            np.save(args.output, logp.numpy().astype(np.float32))
-            print(f"wrote {args.output}: float32 {tuple(logp.shape)}")
-    return 0
+    return run_logprobs(args)
 
 
 def _perplexity(args: argparse.Namespace) -> int:

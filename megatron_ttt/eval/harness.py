@@ -18,10 +18,8 @@ from megatron_ttt.eval.generate import SamplingConfig, generate
 from megatron_ttt.eval.prompt import document_prefix
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.scoring import next_token_logprobs
+from megatron_ttt.models.scoring import next_token_logprobs, prefill
 
-ROLLING_CHUNK = 2048
-"""Tokens per forward when scoring a whole document."""
 MAX_GEN_TOKS = 256
 """New tokens at most when a task does not say (the harness's default)."""
 ANCHOR_TOKENS = 8
@@ -95,16 +93,11 @@ class HarnessModel(LM):
                 for r in self._progress(requests, "loglikelihood_rolling")]
 
     def document_logprob(self, ids: list[int]) -> float:
-        """log p(ids | prefix), every token conditioned on all before it: chunks of ROLLING_CHUNK
-        continue one inference cache."""
+        """log p(ids | prefix), every token conditioned on all before it: the chunked prefill,
+        which carries one inference cache from chunk to chunk."""
         tokens = torch.tensor([[self.prefix_id] + ids], dtype=torch.int64)
-        cache, total = InferenceCache.empty(len(self.model.blocks)), 0.0
-        for start in range(0, tokens.shape[1] - 1, ROLLING_CHUNK):
-            inputs = tokens[:, start:start + ROLLING_CHUNK]
-            targets = tokens[:, start + 1:start + 1 + inputs.shape[1]]
-            logits = self.model.gather_logits(self.model(inputs, cache=cache)).float()[:, :targets.shape[1]]
-            total += float(torch.log_softmax(logits, -1).gather(-1, targets[..., None]).double().sum())
-        return total
+        cache = InferenceCache.empty(len(self.model.blocks))
+        return float(prefill(self.model, tokens, cache, logprobs=True).double().sum())
 
     @torch.no_grad()
     def generate_until(self, requests) -> list[str]:

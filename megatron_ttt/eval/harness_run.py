@@ -6,13 +6,8 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
-from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
-from megatron_ttt.checkpoint.run_dir import resolve_model_source
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.eval.prompt import resolve_tokenizer
-from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+from megatron_ttt.eval.loading import open_model_source
 
 
 def import_harness() -> None:
@@ -65,19 +60,18 @@ def run_harness(args: argparse.Namespace) -> int:
 
     tasks = [t for t in args.tasks.split(",") if t]
     manager = task_manager(args.include_path, tasks)
-    checkpoint = resolve_model_source(Path(args.checkpoint))
-    tokenizer = resolve_tokenizer(checkpoint, args.tokenizer, args.data, read_model_config(checkpoint).vocab_size)
-    with parallel_groups(ModelParallel(args.tensor_parallel)):
-        rank0 = torch.distributed.get_rank() == 0
-        lm = HarnessModel(load_model(checkpoint), tokenizer, args.batch_size, args.max_length, show_progress=rank0)
+    source = open_model_source(args.checkpoint, with_tokenizer=True, tokenizer=args.tokenizer, data=args.data)
+    with source.load(args.tensor_parallel) as loaded:
+        lm = HarnessModel(loaded.model, source.tokenizer, args.batch_size, args.max_length,
+                          show_progress=loaded.rank0)
         tracker = EvaluationTracker(output_path=str(args.output))
         # model_args only name the results (the harness's folder for a local model is its path).
-        results = simple_evaluate(model=lm, model_args={"pretrained": str(checkpoint)}, tasks=tasks,
+        results = simple_evaluate(model=lm, model_args={"pretrained": str(source.path)}, tasks=tasks,
                                   num_fewshot=args.num_fewshot, limit=args.limit,
                                   task_manager=manager, evaluation_tracker=tracker, log_samples=True,
                                   random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
-                                  fewshot_random_seed=args.seed, metadata={"checkpoint": str(checkpoint)})
-    if rank0:
+                                  fewshot_random_seed=args.seed, metadata={"checkpoint": str(source.path)})
+    if loaded.rank0:
         samples = results.pop("samples")
         tracker.save_results_aggregated(results=results, samples=samples)
         for task in results["configs"]:

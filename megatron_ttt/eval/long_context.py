@@ -27,13 +27,12 @@ from megatron_ttt.errors import UserInputError
 from megatron_ttt.eval.prompt import document_prefix
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.models.scoring import prefill, target_logprobs
 
 TASKS = ("passkey", "needle")
 PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 KEYS = ("amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "krypton",
         "lagoon", "meadow", "nectar", "orchid", "pepper", "quartz", "raven", "saffron", "tundra")
-PREFILL_CHUNK = 4096
-"""Prompt tokens per forward: the prefill's activations stay those of one chunk."""
 
 
 @dataclass(frozen=True)
@@ -117,17 +116,16 @@ class TrialBuilder:
 
 @torch.no_grad()
 def score(model: TTTLanguageModel, trial: Trial, vocab_limit: int) -> Outcome:
-    """Prefill the prompt in cache-carrying chunks, then teacher-force the answer; greedy decoding
-    draws only ids below `vocab_limit` (the tokenizer's; the model's vocabulary may be padded)."""
+    """Prefill the prompt in cache-carrying chunks, then teacher-force the answer (its log-probability
+    in float64); greedy decoding draws only ids below `vocab_limit` (the tokenizer's; the model's
+    vocabulary may be padded)."""
     model.eval()
     cache = InferenceCache.empty(len(model.blocks))
-    prompt = torch.tensor([trial.prompt], dtype=torch.int64)
-    for start in range(0, prompt.shape[1], PREFILL_CHUNK):
-        logits = model.last_logits(prompt[:, start:start + PREFILL_CHUNK], cache)
+    logits = prefill(model, torch.tensor([trial.prompt], dtype=torch.int64), cache)
     exact, logprob = True, 0.0
     for i, token in enumerate(trial.answer):
         full = model.gather_logits(logits[:, None]).float()[0, 0]
-        logprob += float(torch.log_softmax(full.double(), -1)[token])
+        logprob += float(target_logprobs(full, torch.tensor(token), torch.float64))
         exact &= int(full[:vocab_limit].argmax()) == token
         if i + 1 < len(trial.answer):
             logits = model.last_logits(torch.tensor([[token]]), cache)

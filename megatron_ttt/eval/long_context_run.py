@@ -5,18 +5,15 @@ import json
 import random
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
-from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
-from megatron_ttt.checkpoint.run_dir import RUN_CONFIG, resolve_model_source
+from megatron_ttt.checkpoint.run_dir import RUN_CONFIG
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.eval.loading import open_model_source
 from megatron_ttt.eval.long_context import (KEYS, PASSKEY_FILLER, TASKS, Trial, TrialBuilder, corpus_text,
                                             needle_texts, score)
 from megatron_ttt.eval.long_context_report import write_report
-from megatron_ttt.eval.prompt import resolve_tokenizer
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
 
 
 def trained_length(checkpoint: Path) -> int | None:
@@ -60,23 +57,20 @@ def settings(args: argparse.Namespace, checkpoint: Path, tokenizer_path: Path) -
 
 
 def run_long_context(args: argparse.Namespace) -> int:
-    checkpoint = resolve_model_source(Path(args.checkpoint))
-    cfg = read_model_config(checkpoint)
     check_grid(args.lengths, args.depths, args.tasks, args.trials)
-    tokenizer = resolve_tokenizer(checkpoint, args.tokenizer, args.data, cfg.vocab_size)
+    source = open_model_source(args.checkpoint, with_tokenizer=True, tokenizer=args.tokenizer, data=args.data)
+    tokenizer = source.tokenizer
     builder = TrialBuilder(tokenizer, corpus_text(), args.seed)
     trials = [builder.trial(task, length, depth, i) for task in args.tasks for length in args.lengths
               for depth in args.depths for i in range(args.trials)]
     # Lengths beyond the training context matter only where full attention sees them (its RoPE
     # positions were never trained there); TTT and window layers see the same positions at any length.
-    check_trained_length(trials, cfg, trained_length(checkpoint))
-    with parallel_groups(ModelParallel(args.tensor_parallel)):
-        model = load_model(checkpoint)
-        rank0 = torch.distributed.get_rank() == 0
-        outcomes = [score(model, trial, tokenizer.vocab_size) for trial in tqdm(trials, unit="prompt",
-                                                                               disable=not rank0)]
-    if rank0:
-        paths = write_report(trials, outcomes, Path(args.out), settings(args, checkpoint, tokenizer.path))
+    check_trained_length(trials, source.config, trained_length(source.path))
+    with source.load(args.tensor_parallel) as loaded:
+        outcomes = [score(loaded.model, trial, tokenizer.vocab_size)
+                    for trial in tqdm(trials, unit="prompt", disable=not loaded.rank0)]
+    if loaded.rank0:
+        paths = write_report(trials, outcomes, Path(args.out), settings(args, source.path, tokenizer.path))
         for task in args.tasks:
             mine = [o for t, o in zip(trials, outcomes) if t.task == task]
             print(f"{task}: accuracy {sum(o.exact for o in mine) / len(mine):.3f} over {len(mine)} prompts "

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from megatron_ttt.data.loader import ShardedSamples
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.models.scoring import target_logprobs
 from megatron_ttt.parallel.context import all_slices, local_slice
 
 
@@ -79,8 +80,8 @@ def _batch_nll(model: TTTLanguageModel, tokens: torch.Tensor, cp_group: dist.Pro
     """[B, C + 1] ids -> [C] float64: negative log-likelihoods summed over the batch per position
     (under CP each rank scores its slice of the positions; the slices are then joined)."""
     inputs, targets = (local_slice(t, 1, cp_group) for t in (tokens[:, :-1], tokens[:, 1:]))
-    logp = torch.log_softmax(model.gather_logits(model(inputs)).float(), dim=-1)
-    return all_slices(-logp.gather(-1, targets[..., None]).squeeze(-1).double().sum(0), 0, cp_group)
+    logp = target_logprobs(model.gather_logits(model(inputs)), targets)
+    return all_slices(-logp.double().sum(0), 0, cp_group)
 
 
 @torch.no_grad()

@@ -5,19 +5,19 @@ with clear errors for bad inputs."""
 import itertools
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
-from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.models.parameters import to_local
 from megatron_ttt.cli import main
 from megatron_ttt.eval.generate import SamplingConfig, generate, sample_next
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from tests.distributed import run_distributed
+from tests.eval.conftest import loaded_model
 from tests.models.tp_cases import TINY, rel
 from tests.models.weights import random_reference_weights
 
@@ -25,21 +25,20 @@ from tests.models.weights import random_reference_weights
 @pytest.fixture
 def one_process():
     """Per test, so the commands' tests below can set up their own process group."""
-    init_parallel(ModelParallel())
-    yield
+    yield init_parallel(ParallelLayout())
     destroy_parallel()
 
 
-def model_of(layer_type: str, backbone: str, dtype: torch.dtype) -> TTTLanguageModel:
+def model_of(groups, layer_type: str, backbone: str, dtype: torch.dtype) -> TTTLanguageModel:
     cfg = replace(TINY, layer_type=layer_type, backbone=backbone)
-    model = TTTLanguageModel(megatron_config(cfg, 1, False, dtype), cfg)
+    model = TTTLanguageModel(megatron_config(cfg, 1, False, dtype), cfg, groups)
     model.load_state_dict(to_local(random_reference_weights(cfg, seed=5, dtype=dtype), cfg, 0, 1))
     return model
 
 
 @pytest.mark.parametrize("layer_type,backbone", list(itertools.product(("linear", "mlp"), ("transformer", "mamba"))))
 def test_generated_logits_equal_a_full_forward(one_process, layer_type, backbone):
-    model = model_of(layer_type, backbone, torch.float64)
+    model = model_of(one_process, layer_type, backbone, torch.float64)
     prompt = torch.randint(0, TINY.vocab_size, (2, 7), generator=torch.Generator().manual_seed(6))
     out = generate(model, prompt, SamplingConfig(max_new_tokens=20, temperature=0.8, seed=1), keep_logits=True)
     assert out.tokens.shape == (2, 20)
@@ -93,14 +92,10 @@ def test_bad_inputs_are_named(eval_data, capsys, change, message):
 
 
 def tp_generation(rank: int, world: int, store, tp: int, model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
-    init_parallel(ModelParallel(tp), store=store)
-    try:
-        prompt = torch.arange(3, 14)[None]
-        out = generate(load_model(Path(model_dir)), prompt, SamplingConfig(max_new_tokens=18, temperature=1.0, seed=2),
+    with loaded_model(model_dir, tp, store=store) as (model, _):
+        out = generate(model, torch.arange(3, 14)[None], SamplingConfig(max_new_tokens=18, temperature=1.0, seed=2),
                        keep_logits=True)
-        return out.tokens, out.logits
-    finally:
-        destroy_parallel()
+    return out.tokens, out.logits
 
 
 @pytest.mark.slow

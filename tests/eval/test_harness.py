@@ -12,14 +12,15 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.cli import main
 from megatron_ttt.data import Tokenizer
 from megatron_ttt.eval import harness
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.eval.generate import generate
 from megatron_ttt.eval.harness import HarnessModel
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.models import scoring
 from tests.distributed import run_distributed
+from tests.eval.conftest import eval_command, loaded_model
 
 TASKS = Path(__file__).parent / "harness_tasks"
 PAIRS = [("the model learns at test", " time"), ("", "the model"), ("a gradient step on its hidden ", "state every"),
@@ -28,10 +29,8 @@ PAIRS = [("the model learns at test", " time"), ("", "the model"), ("a gradient 
 
 @pytest.fixture
 def adapter(eval_data):
-    init_parallel(ModelParallel())
-    yield HarnessModel(load_model(eval_data.model_dir), Tokenizer(eval_data.tokenizer_path), batch_size=3,
-                       show_progress=False)
-    destroy_parallel()
+    with loaded_model(eval_data.model_dir) as (model, _):
+        yield HarnessModel(model, Tokenizer(eval_data.tokenizer_path), batch_size=3, show_progress=False)
 
 
 def requests(kind: str, args: list[tuple]) -> list[Instance]:
@@ -39,15 +38,11 @@ def requests(kind: str, args: list[tuple]) -> list[Instance]:
 
 
 def test_loglikelihoods_equal_mttt_eval_logprobs(eval_data, tmp_path):
-    init_parallel(ModelParallel())
-    try:
-        lm = HarnessModel(load_model(eval_data.model_dir), Tokenizer(eval_data.tokenizer_path), batch_size=3,
-                          show_progress=False)
+    with loaded_model(eval_data.model_dir) as (model, _):
+        lm = HarnessModel(model, Tokenizer(eval_data.tokenizer_path), batch_size=3, show_progress=False)
         got = lm.loglikelihood(requests("loglikelihood", PAIRS))
         encoded = [lm.encode_pair(*pair) for pair in PAIRS]
         logits = [lm.model(torch.tensor([head + tail]))[0, len(head) - 1:-1] for head, tail in encoded]
-    finally:
-        destroy_parallel()
     for (head, tail), (logprob, greedy), row in zip(encoded, got, logits):
         assert head[0] == lm.prefix_id and tail
         np.save(tmp_path / "ids.npy", np.array([head + tail]))
@@ -82,22 +77,38 @@ def test_a_document_scored_in_chunks_equals_one_forward(adapter, monkeypatch):
     ids = adapter.tokenizer.encode(["every mini batch the model learns at test time by a gradient step " * 3])[0]
     tokens = torch.tensor([[adapter.prefix_id] + ids])
     whole = torch.log_softmax(adapter.model(tokens)[0, :-1].float(), -1).gather(-1, tokens[0, 1:, None]).sum()
-    monkeypatch.setattr(harness, "ROLLING_CHUNK", 7)  # chunks that cut TTT mini-batches of 8
+    monkeypatch.setattr(scoring, "PREFILL_CHUNK", 7)  # chunks that cut TTT mini-batches of 8
     chunked = adapter.loglikelihood_rolling(requests("loglikelihood_rolling", [(adapter.tokenizer.decode(ids),)]))[0]
     assert abs(chunked - whole.item()) <= 1e-5 * abs(whole.item())
 
 
-def test_generation_stops_at_the_stop_string(adapter):
-    free, stopped = adapter.generate_until(requests("generate_until", [
-        ("the model learns", {"max_gen_toks": 10}), ("the model learns", {"max_gen_toks": 10, "until": ["e"]})]))
-    assert free and "e" not in stopped and free.startswith(stopped)
+def test_generation_stops_at_the_stop_string(adapter, monkeypatch):
+    generated = []  # new tokens per generation
+
+    def counting(*args, **kwargs):
+        out = generate(*args, **kwargs)
+        generated.append(out.tokens.shape[1])
+        return out
+
+    monkeypatch.setattr(harness, "generate", counting)
+
+    def text(**kwargs) -> str:
+        return adapter.generate_until(requests("generate_until", [("the model learns", kwargs)]))[0]
+
+    free = text(max_gen_toks=10)
+    assert generated == [10] and len(free) >= 5  # greedy text, no EOS: all ten tokens
+    # A stop string inside the free text: its first printable ASCII character after the start.
+    stop = next(c for c in free[1:] if c.isascii() and c.isprintable())
+    stopped = text(max_gen_toks=10, until=[stop])
+    n = generated[-1]
+    assert stopped and stopped == free[:free.index(stop)]  # the same text, cut where the stop string starts
+    assert n < 10 and stop in text(max_gen_toks=n) and stop not in text(max_gen_toks=n - 1)  # stopped at once
 
 
 def test_local_tasks_of_every_request_type_run_end_to_end(eval_data, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["eval", "harness", "--checkpoint", str(eval_data.model_dir), "--data", str(eval_data.manifest_path),
-            "--tasks", "mttt_tiny_choice,mttt_tiny_copy,mttt_tiny_text", "--include-path", str(TASKS),
-            "--output", str(out), "--batch-size", "4"]
+    args = eval_command("harness", eval_data, "--tasks", "mttt_tiny_choice,mttt_tiny_copy,mttt_tiny_text",
+                        "--include-path", str(TASKS), "--output", str(out), "--batch-size", "4")
     assert main(args) == 0
     printed = capsys.readouterr().out
     for line in ("mttt_tiny_choice: acc ", "mttt_tiny_copy: exact_match ", "mttt_tiny_text: word_perplexity "):
@@ -131,12 +142,9 @@ def test_a_missing_harness_names_the_extra(eval_data, capsys, monkeypatch):
 
 
 def tp_loglikelihoods(rank: int, world: int, store, tp: int, model_dir: str, tokenizer: str) -> list:
-    init_parallel(ModelParallel(tp), store=store)
-    try:
-        lm = HarnessModel(load_model(Path(model_dir)), Tokenizer(tokenizer), batch_size=2, show_progress=False)
+    with loaded_model(model_dir, tp, store=store) as (model, _):
+        lm = HarnessModel(model, Tokenizer(tokenizer), batch_size=2, show_progress=False)
         return lm.loglikelihood(requests("loglikelihood", PAIRS)) + [lm.document_logprob(list(range(3, 40)))]
-    finally:
-        destroy_parallel()
 
 
 @pytest.mark.slow

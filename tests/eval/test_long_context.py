@@ -6,21 +6,24 @@ import json
 import random
 import re
 from dataclasses import replace
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.cli import main
 from megatron_ttt.data import Tokenizer
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.eval import long_context
-from megatron_ttt.eval.long_context import TrialBuilder, corpus_text, needle_texts, score
+from megatron_ttt.eval.long_context import Trial, TrialBuilder, corpus_text, needle_texts, score
 from megatron_ttt.eval.long_context_run import check_trained_length
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.models import scoring
+from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.models.scoring import target_logprobs
 from tests.distributed import run_distributed
-from tests.eval.conftest import MODEL
+from tests.eval.conftest import MODEL, eval_command, loaded_model
+
+VOCAB = 600
+"""The test tokenizer's pieces: greedy decoding draws only these (the model's 640 are padded)."""
 
 
 @pytest.fixture(scope="module")
@@ -48,38 +51,66 @@ def test_prompts_have_the_length_and_the_needle_where_asked(builder, task):
     assert builder.trial(task, 300, 0.5, 1).answer != builder.trial(task, 300, 0.5, 2).answer
 
 
+def one_forward(model: TTTLanguageModel, trial: Trial) -> tuple[float, bool]:
+    """The answer's float64 log-probability and whether greedy decoding yields it, from one forward
+    over prompt and answer (no cache, no chunks)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([trial.prompt + trial.answer]))[0, len(trial.prompt) - 1:-1]
+    answer = torch.tensor(trial.answer)
+    return (target_logprobs(logits, answer, torch.float64).sum().item(),
+            bool((logits[:, :VOCAB].argmax(-1) == answer).all()))
+
+
 def test_scores_equal_one_forward_over_prompt_and_answer(eval_data, builder, monkeypatch):
-    init_parallel(ModelParallel())
-    try:
-        model = load_model(eval_data.model_dir)
-        monkeypatch.setattr(long_context, "PREFILL_CHUNK", 13)  # chunks that cut TTT mini-batches of 8
+    monkeypatch.setattr(scoring, "PREFILL_CHUNK", 13)  # chunks that cut TTT mini-batches of 8
+    with loaded_model(eval_data.model_dir) as (model, _):
         for task in ("passkey", "needle"):
             trial = builder.trial(task, 150, 0.5, 0)
-            got = score(model, trial, builder.tokenizer.vocab_size)
-            tokens = torch.tensor([trial.prompt + trial.answer])
-            logits = model(tokens)[0, len(trial.prompt) - 1:-1].double()
-            expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(trial.answer)[:, None]).sum().item()
-            assert abs(got.logprob - expected) <= 1e-5 * abs(expected)
-            assert got.exact == bool((logits.argmax(-1) == torch.tensor(trial.answer)).all())
-    finally:
-        destroy_parallel()
+            got, (logprob, exact) = score(model, trial, VOCAB), one_forward(model, trial)
+            assert abs(got.logprob - logprob) <= 1e-5 * abs(logprob)
+            assert got.exact == exact
+
+
+def expected_cells(eval_data, lengths: list[int], depths: list[float], trials: int) -> dict[tuple, dict]:
+    """Per (task, length, depth) of the command's grid at seed 0: accuracy, the answer's mean
+    log-probability and its mean per token, each trial scored by one forward."""
+    builder = TrialBuilder(Tokenizer(eval_data.tokenizer_path), corpus_text(), seed=0)
+    cells = {}
+    with loaded_model(eval_data.model_dir) as (model, _):
+        for task in ("passkey", "needle"):
+            for length in lengths:
+                for depth in depths:
+                    mine = [builder.trial(task, length, depth, i) for i in range(trials)]
+                    logprobs, exact = zip(*(one_forward(model, t) for t in mine))
+                    answer_tokens = np.mean([len(t.answer) for t in mine])
+                    cells[task, length, depth] = dict(accuracy=np.mean(exact), answer_logprob=np.mean(logprobs),
+                                                      answer_logprob_per_token=np.mean(logprobs) / answer_tokens)
+    return cells
 
 
 def test_the_command_writes_the_grid_and_an_untrained_model_is_at_chance(eval_data, tmp_path, capsys):
     out = tmp_path / "lc"
-    args = ["eval", "long-context", "--checkpoint", str(eval_data.model_dir), "--data", str(eval_data.manifest_path),
-            "--lengths", "128,256", "--depths", "0,0.5,1", "--trials", "2", "--out", str(out)]
+    args = eval_command("long-context", eval_data, "--lengths", "128,256", "--depths", "0,0.5,1", "--trials", "2",
+                        "--out", str(out))
     assert main(args) == 0
-    assert "passkey: accuracy 0.000 over 12 prompts" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     rows = list(csv.DictReader((out / "long_context.csv").open()))
-    assert len(rows) == 2 * 2 * 3 and {r["task"] for r in rows} == {"passkey", "needle"}
+    expected = expected_cells(eval_data, [128, 256], [0.0, 0.5, 1.0], trials=2)
+    assert [(r["task"], int(r["length"]), float(r["depth"])) for r in rows] == list(expected)
+    for row, want in zip(rows, expected.values()):
+        assert int(row["trials"]) == 2 and float(row["accuracy"]) == want["accuracy"]
+        for key in ("answer_logprob", "answer_logprob_per_token"):
+            assert float(row[key]) == pytest.approx(want[key], rel=1e-5), (row, key)
     # Chance for a 5- or 7-digit number is 1e-5 or less: an untrained model retrieves nothing.
-    assert all(float(r["accuracy"]) == 0 and float(r["answer_logprob"]) < 0 for r in rows)
-    for name in ("long_context_passkey.png", "long_context_needle.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert all(want["accuracy"] == 0 for want in expected.values())
+    for task in ("passkey", "needle"):
+        assert f"{task}: accuracy 0.000 over 12 prompts (2 lengths x 3 depths x 2)" in printed
+        assert (out / f"long_context_{task}.png").read_bytes()[:4] == b"\x89PNG"
     settings = json.loads((out / "long_context.json").read_text())
-    assert settings["seed"] == 0 and settings["lengths"] == [128, 256]
-    assert "The pass key is" in settings["examples"]["passkey"][0]
+    assert settings["checkpoint"] == str(eval_data.model_dir) and settings["seed"] == 0
+    assert (settings["lengths"], settings["depths"], settings["trials"]) == ([128, 256], [0.0, 0.5, 1.0], 2)
+    for task in ("passkey", "needle"):
+        assert settings["examples"][task] == list(needle_texts(task, random.Random(0)))
     assert main(args) == 0
     assert list(csv.DictReader((out / "long_context.csv").open())) == rows  # reproducible
 
@@ -92,8 +123,7 @@ def test_the_command_writes_the_grid_and_an_untrained_model_is_at_chance(eval_da
     (["--trials", "0"], r"--trials 0: at least one prompt per cell"),
 ])
 def test_bad_grids_are_named(eval_data, capsys, change, message):
-    args = ["eval", "long-context", "--checkpoint", str(eval_data.model_dir), "--data", str(eval_data.manifest_path),
-            "--trials", "1", "--lengths", "128"] + change
+    args = eval_command("long-context", eval_data, "--trials", "1", "--lengths", "128", *change)
     assert main(args) == 2
     assert re.search(message, capsys.readouterr().err)
 
@@ -111,12 +141,8 @@ def test_lengths_beyond_training_are_refused_only_for_full_attention(builder):
 
 
 def tp_scores(rank: int, world: int, store, tp: int, model_dir: str, trials: list) -> list:
-    init_parallel(ModelParallel(tp), store=store)
-    try:
-        model = load_model(Path(model_dir))
-        return [score(model, trial, 600) for trial in trials]
-    finally:
-        destroy_parallel()
+    with loaded_model(model_dir, tp, store=store) as (model, _):
+        return [score(model, trial, VOCAB) for trial in trials]
 
 
 @pytest.mark.slow

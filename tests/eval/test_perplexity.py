@@ -3,21 +3,20 @@ by-position buckets against the total, TP=2, CP=2 and DP=2 against one process, 
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from megatron.core import parallel_state
 
-from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.cli import main
 from megatron_ttt.data.loader import ShardedSamples
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.eval.perplexity import PerplexityConfig, TokenStream, evaluate_context
 from megatron_ttt.eval.perplexity_report import bucket_edges
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
 from tests.distributed import run_distributed
+from tests.eval.conftest import eval_command, loaded_model
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -29,23 +28,19 @@ def independent_losses(data, contexts: list[int], max_windows: int) -> dict[int,
     """The val split read sample by sample, joined, cut into windows; -mean of token_logprobs."""
     samples = ShardedSamples(data.manifest, "val")
     stream = np.concatenate([samples[i] for i in range(len(samples))]).astype(np.int64)
-    init_parallel(ModelParallel())
-    try:
-        model = load_model(data.model_dir)
-        out = {}
+    out = {}
+    with loaded_model(data.model_dir) as (model, _):
         for c in contexts:
             n = min(len(stream) // (c + 1), max_windows)
             windows = torch.from_numpy(stream[:n * (c + 1)].reshape(n, c + 1))
             out[c] = -token_logprobs(model, windows, batch_size=3).double().mean().item()
-        return out
-    finally:
-        destroy_parallel()
+    return out
 
 
 def test_report_matches_an_independent_computation(eval_data, tmp_path, capsys):
     out = tmp_path / "report"
-    args = ["eval", "perplexity", "--checkpoint", str(eval_data.model_dir), "--data", str(eval_data.manifest_path),
-            "--context", "32,64", "--batch-size", "3", "--max-samples", "7", "--out", str(out)]
+    args = eval_command("perplexity", eval_data, "--context", "32,64", "--batch-size", "3", "--max-samples", "7",
+                        "--out", str(out))
     assert main(args) == 0, capsys.readouterr().err
     summary = {int(r["context"]): r for r in read_csv(out / "perplexity.csv")}
     expected = independent_losses(eval_data, [32, 64], 7)
@@ -67,16 +62,11 @@ def test_linear_buckets_cover_the_context():
 
 
 def parallel_nll(rank: int, world: int, store, tp: int, model_dir: str, manifest, cp: int = 1) -> np.ndarray:
-    init_parallel(ModelParallel(tp, context_parallel=cp), store=store)
-    try:
-        model = load_model(Path(model_dir))
-        stream = TokenStream(ShardedSamples(manifest, "val"))
-        config = PerplexityConfig((64,), batch_size=2, max_samples=5)
-        cp_group = parallel_state.get_context_parallel_group() if cp > 1 else None
-        return evaluate_context(model, stream, 64, config, parallel_state.get_data_parallel_group(),
-                                cp_group=cp_group).position_nll
-    finally:
-        destroy_parallel()
+    stream = TokenStream(ShardedSamples(manifest, "val"))
+    config = PerplexityConfig((64,), batch_size=2, max_samples=5)
+    with loaded_model(model_dir, tp, cp, store) as (model, groups):
+        cp_group = groups.cp if cp > 1 else None
+        return evaluate_context(model, stream, 64, config, groups.dp, cp_group=cp_group).position_nll
 
 
 @pytest.mark.parametrize("tp, cp", [(2, 1), (1, 2), pytest.param(1, 1, marks=pytest.mark.slow)],
@@ -102,5 +92,5 @@ def test_bad_inputs_are_named(eval_data, tmp_path, capsys, change, message):
     values[flag] = {"MISSING": str(tmp_path / "MISSING"), "SMALL": str(eval_data.small_vocab_dir)}.get(value, value)
     args = ["eval", "perplexity", "--out", str(tmp_path / "out")] + [x for kv in values.items() for x in kv]
     assert main(args) == 2
-    assert __import__("re").search(message, capsys.readouterr().err)
+    assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()

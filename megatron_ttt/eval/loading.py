@@ -1,0 +1,58 @@
+"""The one way every eval command gets its model: the source as the user names it (a model
+directory, a training checkpoint or a run directory) resolved and its config read, with the
+tokenizer when the command needs one, all checked before any process group starts; then, inside
+the process groups, the model built, its weights loaded, in eval mode."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
+
+from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
+from megatron_ttt.checkpoint.run_dir import resolve_model_source
+from megatron_ttt.data import Tokenizer
+from megatron_ttt.eval.prompt import resolve_tokenizer
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.language_model import TTTLanguageModel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import parallel_groups
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: TTTLanguageModel
+    """In eval mode, split over `groups`."""
+    groups: ProcessGroupCollection
+    rank0: bool
+    """Whether this process reports (prints, writes files, shows progress)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: Path
+    """The directory holding the model (a run directory resolved to its latest checkpoint)."""
+    config: TTTModelConfig
+    tokenizer: Tokenizer | None
+    """The tokenizer when the command asked for one (`open_model_source`)."""
+
+    @contextmanager
+    def load(self, tensor_parallel: int = 1, context_parallel: int = 1) -> Iterator[LoadedModel]:
+        """The process groups (TP x CP per model replica, the rest data parallel) and the model on
+        them, for the body of a `with`; the groups are torn down after it."""
+        with parallel_groups(ParallelLayout(tensor_parallel, context_parallel=context_parallel)) as groups:
+            model = load_model(self.path, groups).eval()
+            yield LoadedModel(model, groups, torch.distributed.get_rank() == 0)
+
+
+def open_model_source(checkpoint: str | Path, with_tokenizer: bool = False, tokenizer: str | None = None,
+                      data: str | None = None) -> ModelSource:
+    """`--checkpoint` resolved and its model config read; `with_tokenizer`: also the tokenizer
+    (`--tokenizer`, else the model directory's, else the one the `--data` manifest names), which
+    must fit the model's vocabulary. Cheap, and before any process group, so bad inputs stop early."""
+    path = resolve_model_source(Path(checkpoint))
+    config = read_model_config(path)
+    found = resolve_tokenizer(path, tokenizer, data, config.vocab_size) if with_tokenizer else None
+    return ModelSource(path, config, found)
