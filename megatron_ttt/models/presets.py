@@ -1,14 +1,16 @@
 """Named model sizes: the paper's (125m-1.3b), a 7b of ours, and `tiny` for tests and the default run;
 hybrid presets: a size with sliding-window attention layers between its TTT layers.
 
-Every preset comes in both layer types and both backbones; `parameter_count` is the exact
-formula, which the tests check against built models.
+Every preset comes in both layer types and both backbones; `parameter_count` sums the parameter
+table's reference shapes, which the tests check against built models.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from math import prod
 
 from megatron_ttt.models.config import TTTModelConfig, pattern_problems
+from megatron_ttt.models.parameter_table import reference_shapes
 
 # name: (layers, hidden, heads, ffn), from the paper's table; 7b: the Llama-2 7B shape with head
 # dim 64, as every TTT model uses, where both ops' fused kernels fit an A100 (docs/planning.md).
@@ -94,17 +96,6 @@ def repeated_pattern(motif: str, name: str) -> str:
 
 
 def parameter_count(cfg: TTTModelConfig) -> int:
-    """Parameters of the model (the tied head counted once)."""
-    D, H, V, F, K, b = (cfg.hidden_size, cfg.num_heads, cfg.vocab_size, cfg.intermediate_size, cfg.conv_kernel,
-                        cfg.mini_batch_size)
-    projections = (4 if not cfg.share_qk else 3) + (1 if cfg.use_gate else 0)  # q,[k],v,o,[gate]
-    widths = cfg.inner_widths
-    inner = H * sum(w_in * w_out + w_out for w_in, w_out in zip(widths[:-1], widths[1:]))
-    mixer = (projections * D * D + (H * D + H) + b  # lr weights and biases, token offsets
-             + 2 * D + 2 * D + inner  # inner LayerNorm, post-norm, initial inner weights
-             + (2 * (D * K + D) if cfg.share_qk else 0))
-    attention = D * (D + 2 * cfg.kv_heads * cfg.head_dim) + D * D  # q|k|v, out
-    rest = 2 * D + 3 * D * F + ((D * K + D) + D if cfg.pre_conv else 0)
-    blocks = sum((mixer if kind == "ttt" else attention) + rest for kind in cfg.mixers)
-    head = 0 if cfg.tie_word_embeddings else V * D
-    return V * D + blocks + D + head
+    """Parameters of the model: the elements of every tensor in the parameter table (a tied head
+    has no rule of its own, so it counts once)."""
+    return sum(prod(shape) for shape in reference_shapes(cfg).values())
