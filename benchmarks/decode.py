@@ -26,7 +26,8 @@ from megatron_ttt.models.build import build_model
 from megatron_ttt.models.compiled_decode import CompiledDecoder
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.presets import preset
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 
 
 ROUND = 10
@@ -112,11 +113,11 @@ def main() -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    init_parallel(ModelParallel())
+    groups = init_parallel(ParallelLayout())
     try:
         cfg = preset(args.preset, args.layer_type, args.backbone, layer_pattern=args.layer_pattern,
                      attention_window=args.window)
-        model = build_model(cfg).eval()
+        model = build_model(cfg, groups, init_seed=0).eval()
         compile_s = first_compiled_step(model) if args.compiled else None
         measure(model, 64, 4, 1, seed=0, compiled=args.compiled)  # warm-up
         rows = [measure(model, int(p), args.tokens, args.baseline_repeats, seed=i, compiled=args.compiled)

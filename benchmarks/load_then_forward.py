@@ -34,12 +34,12 @@ def _gloo_threads() -> int:
     return sum(name == "pt_gloo_runloop" for name in names)
 
 
-def _model(args):
+def _model(args, groups):
     from megatron_ttt.models.build import build_model
     from megatron_ttt.models.presets import preset
 
     overrides = {"num_layers": args.layers} if args.layers else {}
-    return build_model(preset(args.preset, args.layer_type, args.backbone, **overrides), init_seed=0).eval()
+    return build_model(preset(args.preset, args.layer_type, args.backbone, **overrides), groups, init_seed=0).eval()
 
 
 def run_case(args) -> dict:
@@ -47,20 +47,21 @@ def run_case(args) -> dict:
     from megatron.core import dist_checkpointing
 
     from megatron_ttt.checkpoint.model_dir import WEIGHTS_DIR, load_model, save_model
-    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+    from megatron_ttt.parallel.layout import ParallelLayout
+    from megatron_ttt.parallel.setup import parallel_groups
 
     torch.set_num_threads(args.threads)
-    with parallel_groups(ModelParallel()), torch.no_grad():
-        model = _model(args)
+    with parallel_groups(ParallelLayout()) as groups, torch.no_grad():
+        model = _model(args, groups)
         if args.case == "save":
             save_model(model, Path(args.checkpoint))
             return {}
         tokens = torch.randint(0, model.ttt.vocab_size, (1, args.seq_len), generator=torch.Generator().manual_seed(0))
         model(tokens)
         if args.case == "after load_model":
-            load_model(Path(args.checkpoint))
+            load_model(Path(args.checkpoint), groups)
         elif args.case == "after raw load":
-            dist_checkpointing.load(_model(args).sharded_state_dict(), str(Path(args.checkpoint) / WEIGHTS_DIR))
+            dist_checkpointing.load(_model(args, groups).sharded_state_dict(), str(Path(args.checkpoint) / WEIGHTS_DIR))
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()

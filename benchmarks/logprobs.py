@@ -29,7 +29,8 @@ from megatron_ttt.models.parameters import to_full
 from megatron_ttt.checkpoint.reference_io import write_reference
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.models.presets import preset
-from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import parallel_groups
 from megatron_ttt.run_options import InnerLoopOptions
 
 REFERENCE_SIDE = """
@@ -77,12 +78,12 @@ def main() -> None:
     from megatron_ttt.models.build import build_model
 
     rows = []
-    with parallel_groups(ModelParallel()), tempfile.TemporaryDirectory() as tmp:
+    with parallel_groups(ParallelLayout()) as groups, tempfile.TemporaryDirectory() as tmp:
         for layer_type in args.layer_types.split(","):
             vocab = {"vocab_size": args.vocab_size} if args.vocab_size else {}
             cfg = preset(args.preset, layer_type, args.backbone, **vocab)
             backends = args.backends.split(",")
-            models = {b: build_model(cfg, InnerLoopOptions(b), init_seed=0) for b in backends}
+            models = {b: build_model(cfg, groups, InnerLoopOptions(b), init_seed=0) for b in backends}
             model = models[backends[0]]
             ref_dir = Path(tmp) / f"ref-{layer_type}"
             write_reference(ref_dir, cfg, to_full([{n: p.detach() for n, p in model.named_parameters()}], cfg))

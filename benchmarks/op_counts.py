@@ -27,7 +27,8 @@ from megatron_ttt.models.compiled_decode import CompiledDecoder
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.presets import preset
 from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_dual
-from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import parallel_groups
 from ttt_layer import make_inputs
 
 B, H, D, MINI_BATCH = 1, 12, 64, 16
@@ -62,8 +63,8 @@ def decode_counts(kind: str) -> tuple[int, float, float]:
     lr = lr[:, :, :1]
     step = count_ops(lambda: ttt_decode_step(q, k, v, lr, offset, ln_w, ln_b, TTTState.initial(tuple(weights), B),
                                              mini_batch_size=MINI_BATCH))
-    with parallel_groups(ModelParallel()), torch.no_grad():
-        model = build_model(preset("tiny", kind, "mamba"), init_seed=0).eval()
+    with parallel_groups(ParallelLayout()) as groups, torch.no_grad():
+        model = build_model(preset("tiny", kind, "mamba"), groups, init_seed=0).eval()
         cache = InferenceCache.empty(len(model.blocks))
         model.last_logits(torch.zeros(1, 5, dtype=torch.long), cache)
         token = count_ops(lambda: model.last_logits(torch.zeros(1, 1, dtype=torch.long), cache))

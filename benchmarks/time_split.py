@@ -23,7 +23,8 @@ from torch.profiler import profile
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.presets import preset
 from megatron_ttt.models.scoring import token_logprobs
-from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import parallel_groups
 from megatron_ttt.run_options import InnerLoopOptions
 
 DENSE = ("aten::mm", "aten::addmm")
@@ -59,8 +60,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = preset(args.preset, args.layer_type, args.backbone)
     ids = torch.randint(0, cfg.vocab_size, (1, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
-    with parallel_groups(ModelParallel()):
-        model = build_model(cfg, InnerLoopOptions(args.backend), init_seed=0)
+    with parallel_groups(ParallelLayout()) as groups:
+        model = build_model(cfg, groups, InnerLoopOptions(args.backend), init_seed=0)
         rows = [("score", *split(lambda: token_logprobs(model.eval(), ids[:, :-1]), args.repeats)),
                 ("train", *split(lambda: model.train()(ids[:, :-1], labels=ids[:, 1:]).mean().backward(),
                                  args.repeats)[:2], None)]

@@ -8,7 +8,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron.core.process_groups_config import ProcessGroupCollection
+
+from megatron_ttt.config.sections import DataSection
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import GROUPS, destroy_parallel, init_parallel
+from megatron_ttt.training.data import prepare_bundled
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +32,21 @@ def nan_poisoned_empty(monkeypatch):
 @pytest.fixture(scope="module")
 def single_process_parallel():
     """A one-process gloo group with TP=1 in the test process, torn down after the module."""
-    init_parallel(ModelParallel())
+    init_parallel(ParallelLayout())
     yield
     destroy_parallel()
+
+
+@pytest.fixture
+def groups(single_process_parallel) -> ProcessGroupCollection:
+    """The one-process group's process groups, for building models; taken afresh for each test,
+    since a test that runs a command in this process tears the groups down and builds them again."""
+    return ProcessGroupCollection.use_mpu_process_groups(required_pgs=list(GROUPS))
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """The bundled corpus prepared once (tokenizer of 512 pieces, seq-len 64) for every run and job."""
+    path = tmp_path_factory.mktemp("cache")
+    prepare_bundled(DataSection(seq_len=64, bundled_vocab_size=512), path)
+    return path

@@ -76,3 +76,16 @@ def test_configs_and_the_planner_load_without_the_numerics(module):
               "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'triton', 'deepspeed', 'megatron'}))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"{module} imports {out.stdout.strip()}"
+
+
+def test_process_groups_are_handed_out_never_looked_up():
+    """megatron-core keeps its groups in module globals; only parallel/setup.py reads them, once,
+    and hands them out (a ProcessGroupCollection) to whoever needs a group or its size."""
+    readers = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) and node.module
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(name.startswith("megatron.core.parallel_state") for name in names):
+                readers.append(str(path.relative_to(REPO)))
+    assert set(readers) <= {"megatron_ttt/parallel/setup.py"}, f"read megatron-core's global groups: {readers}"

@@ -8,14 +8,15 @@ from pathlib import Path
 def _convert(args: argparse.Namespace) -> int:
     from megatron_ttt.checkpoint.convert import hf_to_mttt, mttt_to_hf, mttt_to_mttt
     from megatron_ttt.errors import UserInputError
-    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+    from megatron_ttt.parallel.layout import ParallelLayout
+    from megatron_ttt.parallel.setup import parallel_groups
 
     if args.tensor_parallel != 1 and args.direction != "mttt-to-mttt":
         raise UserInputError(f"--tensor-parallel {args.tensor_parallel}: only mttt-to-mttt runs at TP > 1 "
                              f"({args.direction} writes one consolidated directory in one process)")
-    with parallel_groups(ModelParallel(args.tensor_parallel)):
+    with parallel_groups(ParallelLayout(args.tensor_parallel)) as groups:
         convert = {"hf-to-mttt": hf_to_mttt, "mttt-to-hf": mttt_to_hf, "mttt-to-mttt": mttt_to_mttt}[args.direction]
-        diff = convert(Path(args.src), Path(args.dst))
+        diff = convert(Path(args.src), Path(args.dst), groups)
     print(f"wrote {args.dst}; self-check: log-probabilities match the source to {diff:.1e}")
     return 0
 

@@ -14,6 +14,7 @@ part, see layout_free.py); a run directory stands for its latest one (run_dir.py
 from pathlib import Path
 
 import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint.model_dir import load_model, save_model
@@ -55,41 +56,41 @@ def _compare(want: torch.Tensor, got: torch.Tensor, what: str) -> float:
     return diff
 
 
-def hf_to_mttt(src: Path, dst: Path) -> float:
+def hf_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     """Reference directory -> our model checkpoint; returns the self-check's max difference."""
     cfg, tensors = read_reference(src)
-    model = build_model(cfg)
+    model = build_model(cfg, groups)
     model.load_state_dict(to_local(tensors, cfg, source=str(src)))
     diff = self_check(tensors, model, f"hf-to-mttt {src}")
     save_model(model, dst)
     return diff
 
 
-def mttt_to_mttt(src: Path, dst: Path) -> float:
+def mttt_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     """A training checkpoint, run directory or model directory -> a model directory holding only
     the weights, checked by loading it back at the current TP size; returns the self-check's max
     difference. Collective over the process group."""
     src = resolve_model_source(src)
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
-    model = load_model(src)
+    model = load_model(src, groups)
     tokens = check_sequences(model.ttt)
     want = token_logprobs(model, tokens)
     with written_atomically(dst, renames=torch.distributed.get_rank() == 0, shared=True) as checking:
         torch.distributed.barrier()
         save_model(model, checking)
-        diff = _compare(want, token_logprobs(load_model(checking), tokens), f"mttt-to-mttt {src}")
+        diff = _compare(want, token_logprobs(load_model(checking, groups), tokens), f"mttt-to-mttt {src}")
     torch.distributed.barrier()
     return diff
 
 
-def mttt_to_hf(src: Path, dst: Path) -> float:
+def mttt_to_hf(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     """Our model checkpoint, a training checkpoint written at any layout, or a run directory -> one
     consolidated reference directory (in one process); returns the self-check's max difference."""
     src = resolve_model_source(src)
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
-    model = load_model(src)
+    model = load_model(src, groups)
     check_reference_model(model.ttt, str(src))
     tensors = to_full([{n: p.detach() for n, p in model.named_parameters()}], model.ttt)
     with written_atomically(dst) as tmp:

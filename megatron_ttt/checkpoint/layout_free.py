@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from megatron_ttt.atomic import write_atomic
 from megatron_ttt.checkpoint.model_dir import WEIGHTS_DIR, read_weights, write_model_config, write_weights
@@ -56,14 +55,9 @@ def read_trainer_state(directory: Path) -> dict:
 
 def carrier(model: TTTLanguageModel) -> TTTLanguageModel:
     """A plain copy of the model at this TP size, to carry tensors into and out of
-    dist_checkpointing (values overwritten by the caller); built without moving the random
-    streams a resumed run restores."""
-    tracker = get_cuda_rng_tracker()
-    saved = tracker.get_states()
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
-        twin = build_model(model.ttt)
-    tracker.set_states(saved)
-    return twin
+    dist_checkpointing: allocated only (the caller fills every value), so building it draws
+    nothing from the random streams a resumed run restores."""
+    return build_model(model.ttt, model.pg_collection)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 from megatron.core import dist_checkpointing
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint import torch_dist
@@ -66,10 +67,10 @@ def save_model(model: TTTLanguageModel, directory: Path) -> None:
     torch.distributed.barrier()
 
 
-def load_model(directory: Path, params_dtype: torch.dtype = torch.float32,
+def load_model(directory: Path, groups: ProcessGroupCollection, params_dtype: torch.dtype = torch.float32,
                inner_loop: InnerLoopOptions = InnerLoopOptions()) -> TTTLanguageModel:
-    """The checkpoint's model at the current tensor-parallel size, running as `inner_loop` says
+    """The checkpoint's model split over `groups` (any TP size), running as `inner_loop` says
     (whatever the run that wrote it used)."""
-    model = build_model(read_model_config(directory), inner_loop, params_dtype)
+    model = build_model(read_model_config(directory), groups, inner_loop, params_dtype)
     read_weights(model, directory / WEIGHTS_DIR)
     return model

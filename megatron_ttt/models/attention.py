@@ -22,13 +22,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
+from megatron_ttt.models.columns import qkv_columns
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import RopeTables, parallel_linear_args, rotate_pairs
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
@@ -44,22 +44,15 @@ class AttentionSubmodules:
     """Row-parallel out-projection (megatron-core RowParallelLinear)."""
 
 
-def qkv_columns(ttt: TTTModelConfig) -> FusedColumns:
-    kv = ttt.kv_heads * ttt.head_dim
-    return FusedColumns(("q", "k", "v"), (ttt.hidden_size, kv, kv))
-
-
 class AttentionMixer(MegatronModule):
     """Full causal attention (window None) or sliding-window attention over local heads."""
 
     def __init__(self, config: TransformerConfig, submodules: AttentionSubmodules, ttt: TTTModelConfig,
-                 window: int | None = None, layer_number: int = 1,
-                 tp_group: torch.distributed.ProcessGroup | None = None):
+                 pg_collection: ProcessGroupCollection, window: int | None = None, layer_number: int = 1):
         super().__init__(config)
         tp = config.tensor_model_parallel_size
         self.ttt, self.window, self.layer_number, self.tp_size = ttt, window, layer_number, tp
-        self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
-        self.cp_group = context_group(config)
+        self.tp_group, self.cp_group = pg_collection.tp, context_group(config, pg_collection)
         self.local_heads, self.local_kv_heads = ttt.num_heads // tp, ttt.kv_heads // tp
         self.columns = qkv_columns(ttt)
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)

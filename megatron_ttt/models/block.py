@@ -1,20 +1,19 @@
 """The pre-norm block: [h += conv(RMSNorm(h))]; h += mixer(RMSNorm(h)); h += SwiGLU(RMSNorm(h)).
 The mixer is a TTT layer or, in a hybrid model, causal attention (models/spec.py)."""
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from torch import nn
 
+from megatron_ttt.models.columns import mlp_columns
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.inference_cache import BlockCache
 from megatron_ttt.models.layers import (
     RMSNorm,
@@ -27,10 +26,6 @@ from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.parallel.context import context_group, with_previous_rows
 from megatron_ttt.run_options import InnerLoopOptions
-
-
-def mlp_columns(ttt: TTTModelConfig) -> FusedColumns:
-    return FusedColumns(("gate", "up"), (ttt.intermediate_size, ttt.intermediate_size))
 
 
 @dataclass
@@ -75,17 +70,14 @@ class PreConv(nn.Module):
     previous rank's last conv_kernel - 1 in front (a halo of (K - 1) x B x D values per layer,
     where moving it inside the all-to-all would trade all D channels of every token)."""
 
-    def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, tp_group=None):
+    def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, pg_collection: ProcessGroupCollection):
         super().__init__()
-        self.sequence_parallel, self.tp_group = config.sequence_parallel, tp_group
-        self.cp_group = context_group(config)
-        self.norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, config.sequence_parallel, tp_group)
-        bound = 1.0 / math.sqrt(ttt.conv_kernel)
+        self.sequence_parallel, self.tp_group = config.sequence_parallel, pg_collection.tp
+        self.cp_group = context_group(config, pg_collection)
+        self.norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, config.sequence_parallel,
+                            self.tp_group)
         self.weight = nn.Parameter(torch.empty(ttt.hidden_size, 1, ttt.conv_kernel, dtype=config.params_dtype))
         self.bias = nn.Parameter(torch.empty(ttt.hidden_size, dtype=config.params_dtype))
-        if config.perform_initialization:
-            nn.init.uniform_(self.weight, -bound, bound)
-            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, h: torch.Tensor, cache: BlockCache | None = None) -> torch.Tensor:
         x = self.norm(h)
@@ -116,18 +108,17 @@ class TTTBlockSubmodules:
 
 class TTTBlock(MegatronModule):
     def __init__(self, config: TransformerConfig, submodules: TTTBlockSubmodules, ttt: TTTModelConfig,
-                 inner_loop: InnerLoopOptions = InnerLoopOptions(), layer_number: int = 1,
-                 tp_group: torch.distributed.ProcessGroup | None = None):
+                 pg_collection: ProcessGroupCollection, inner_loop: InnerLoopOptions = InnerLoopOptions(),
+                 layer_number: int = 1):
         super().__init__(config)
-        if tp_group is None:
-            tp_group = parallel_state.get_tensor_model_parallel_group()
+        tp_group = pg_collection.tp
         self.layer_number = layer_number
         dtype, sp = config.params_dtype, config.sequence_parallel
-        self.pre_conv = PreConv(config, ttt, tp_group) if ttt.pre_conv else None
+        self.pre_conv = PreConv(config, ttt, pg_collection) if ttt.pre_conv else None
         self.seq_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         run = {"inner_loop": inner_loop} if issubclass(submodules.mixer.module, TTTMixer) else {}
         self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, layer_number=layer_number,
-                                  tp_group=tp_group, **run)
+                                  pg_collection=pg_collection, **run)
         self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         self.mlp = build_module(submodules.mlp, config=config, ttt=ttt, tp_group=tp_group)
 

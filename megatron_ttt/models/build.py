@@ -1,28 +1,33 @@
 """Building the model: megatron-core's config from ours, the modules at the current
 tensor-parallel size, and initialization that does not depend on the parallel layout.
 
-Every reference-format tensor is drawn whole from a generator seeded by (seed, its name), as its
-rule in models/parameters.py says the reference initializes it, and each rank keeps its shard.
-So TP=1 and TP=4 (and any DP size) start from the same weights, one tensor in memory at a time.
+The modules only allocate their parameters; initialization fills every one from its rule in the
+parameter table (models/parameter_table.py). Every reference-format tensor is drawn whole from a
+generator seeded by (seed, its name), as the reference initializes it, and each rank keeps its
+shard. So TP=1 and TP=4 (and any DP size) start from the same weights, one tensor in memory at a
+time, and building draws nothing from torch's or megatron-core's random streams.
 """
 
 import zlib
 
 import torch
-from megatron.core import parallel_state
+import torch.distributed as dist
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.tensor_parallel import set_tensor_model_parallel_attributes
 from megatron.core.transformer import TransformerConfig
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.parameters import Rule, local_tensor, reference_shapes, rules
+from megatron_ttt.models.parameter_table import Rule, Shape, rules
+from megatron_ttt.models.parameters import local_tensor
 from megatron_ttt.run_options import InnerLoopOptions
 
 
 def megatron_config(model: TTTModelConfig, tensor_parallel: int = 1, sequence_parallel: bool = False,
                     params_dtype: torch.dtype = torch.float32, cpu_init: bool | None = None,
-                    module_init: bool = True, context_parallel: int = 1) -> TransformerConfig:
-    """The megatron-core config the parallel layers read (sizes, TP/SP/CP, dtype, init). module_init
-    False: the layers only allocate their parameters (whoever builds them fills every one)."""
+                    context_parallel: int = 1) -> TransformerConfig:
+    """The megatron-core config the parallel layers read (sizes, TP/SP/CP, dtype). Its layers only
+    allocate their parameters (perform_initialization off): build_model fills every one."""
     return TransformerConfig(
         num_layers=model.num_layers, hidden_size=model.hidden_size, num_attention_heads=model.num_heads,
         ffn_hidden_size=model.intermediate_size, tensor_model_parallel_size=tensor_parallel,
@@ -30,7 +35,7 @@ def megatron_config(model: TTTModelConfig, tensor_parallel: int = 1, sequence_pa
         sequence_parallel=sequence_parallel and tensor_parallel > 1, params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16, fp16=params_dtype == torch.float16,
         use_cpu_initialization=not torch.cuda.is_available() if cpu_init is None else cpu_init,
-        perform_initialization=module_init,
+        perform_initialization=False,
         init_method_std=model.init_std, add_bias_linear=False, gated_linear_unit=True,
         normalization="RMSNorm", layernorm_epsilon=model.rms_norm_eps, gradient_accumulation_fusion=False,
         bias_activation_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
@@ -38,22 +43,33 @@ def megatron_config(model: TTTModelConfig, tensor_parallel: int = 1, sequence_pa
         cuda_graph_scope=[])
 
 
-def build_model(cfg: TTTModelConfig, inner_loop: InnerLoopOptions = InnerLoopOptions(),
-                params_dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
-                init_seed: int | None = None) -> TTTLanguageModel:
-    """The model at the current tensor- and context-parallel sizes (parallel state must be initialized),
-    running its inner loop as `inner_loop` says. With `init_seed`, every parameter is drawn once,
-    from its rule (the modules only allocate); without, the modules' own random init."""
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    config = megatron_config(cfg, tp, sequence_parallel, params_dtype, module_init=init_seed is None,
-                             context_parallel=parallel_state.get_context_parallel_world_size())
-    model = TTTLanguageModel(config, cfg, inner_loop)
+def build_model(cfg: TTTModelConfig, groups: ProcessGroupCollection,
+                inner_loop: InnerLoopOptions = InnerLoopOptions(), params_dtype: torch.dtype = torch.float32,
+                sequence_parallel: bool = False, init_seed: int | None = None) -> TTTLanguageModel:
+    """The model split over `groups` (parallel/setup.py: its TP and CP groups), running its inner
+    loop as `inner_loop` says. With `init_seed`, every parameter is drawn once, from its rule in the
+    parameter table; with None, the parameters are only allocated: the caller fills every
+    parameter (loading). Either way each is tagged with its TP split (`tag_tensor_parallel`)."""
+    tp = dist.get_world_size(groups.tp)
+    config = megatron_config(cfg, tp, sequence_parallel, params_dtype, context_parallel=dist.get_world_size(groups.cp))
+    model = TTTLanguageModel(config, cfg, groups, inner_loop)
+    tag_tensor_parallel(model)
     if init_seed is not None:
-        initialize(model, init_seed, parallel_state.get_tensor_model_parallel_rank(), tp)
+        initialize(model, init_seed, dist.get_rank(groups.tp), tp)
     return model
 
 
-def reference_init(rule: Rule, name: str, shape: tuple[int, ...], cfg: TTTModelConfig, seed: int) -> torch.Tensor:
+def tag_tensor_parallel(model: TTTLanguageModel) -> None:
+    """megatron-core's TP attributes on every parameter the table splits over TP (its linears set
+    them only when they initialize themselves): gradient norms (the trainer's, DeepSpeed's
+    clipping) count those on every TP rank and the replicated ones once."""
+    params = dict(model.named_parameters())
+    for rule in rules(model.ttt):
+        if rule.split_dim is not None:
+            set_tensor_model_parallel_attributes(params[rule.ours], True, rule.split_dim, 1)
+
+
+def reference_init(rule: Rule, name: str, shape: Shape, cfg: TTTModelConfig, seed: int) -> torch.Tensor:
     """One reference tensor as the reference initializes it."""
     if rule.init == "ones":
         return torch.ones(shape)
@@ -68,8 +84,9 @@ def reference_init(rule: Rule, name: str, shape: tuple[int, ...], cfg: TTTModelC
 
 @torch.no_grad()
 def initialize(model: TTTLanguageModel, seed: int, tp_rank: int, tp_size: int) -> None:
-    cfg, shapes = model.ttt, reference_shapes(model.ttt)
-    params = dict(model.named_parameters())
+    """Fill every parameter with this TP rank's part of its reference tensor(s), drawn whole."""
+    cfg, params = model.ttt, dict(model.named_parameters())
     for rule in rules(cfg):
+        shapes = dict(zip(rule.refs, rule.shapes))
         local = local_tensor(rule, lambda name: reference_init(rule, name, shapes[name], cfg, seed), tp_rank, tp_size)
         params[rule.ours].copy_(local)

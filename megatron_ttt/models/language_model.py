@@ -2,7 +2,7 @@
 attention, by the layer pattern) -> RMSNorm -> tied head."""
 
 import torch
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import (
     ColumnParallelLinear,
     VocabParallelEmbedding,
@@ -25,12 +25,10 @@ from megatron_ttt.run_options import InnerLoopOptions
 
 
 class TTTLanguageModel(MegatronModule):
-    def __init__(self, config: TransformerConfig, ttt: TTTModelConfig,
-                 inner_loop: InnerLoopOptions = InnerLoopOptions(),
-                 tp_group: torch.distributed.ProcessGroup | None = None):
+    def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, pg_collection: ProcessGroupCollection,
+                 inner_loop: InnerLoopOptions = InnerLoopOptions()):
         super().__init__(config)
-        self.ttt = ttt
-        self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
+        self.ttt, self.pg_collection, self.tp_group = ttt, pg_collection, pg_collection.tp
         layout = ParallelLayout(config.tensor_model_parallel_size, config.sequence_parallel,
                                 config.context_parallel_size)
         if problems := layout_problems(layout, ttt):
@@ -42,8 +40,8 @@ class TTTLanguageModel(MegatronModule):
                                                 reduce_scatter_embeddings=self.sequence_parallel, config=config,
                                                 tp_group=self.tp_group)
         self.blocks = torch.nn.ModuleList(build_module(block_spec(ttt, kind), config=config, ttt=ttt,
-                                                       inner_loop=inner_loop, layer_number=i + 1,
-                                                       tp_group=self.tp_group)
+                                                       pg_collection=pg_collection, inner_loop=inner_loop,
+                                                       layer_number=i + 1)
                                           for i, kind in enumerate(ttt.mixers))
         self.final_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, config.params_dtype, self.sequence_parallel,
                                   self.tp_group)

@@ -12,7 +12,8 @@ from torch import nn
 
 def parallel_linear_args(config, tp_group) -> dict:
     """What every column- and row-parallel linear of ours shares: no bias, the bias never added
-    inside, megatron-core's init, this model's tensor-parallel group."""
+    inside, this model's tensor-parallel group (megatron-core asks for an init method; with
+    perform_initialization off it never calls it)."""
     return dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
                 tp_group=tp_group)
 
@@ -39,13 +40,14 @@ def replicated_weight(weight: torch.Tensor, sequence_parallel: bool, group) -> t
 
 
 class RMSNorm(nn.Module):
-    """The reference's RMSNorm: statistics in float32, scaled by the weight in the input dtype."""
+    """The reference's RMSNorm: statistics in float32, scaled by the weight in the input dtype (its
+    gain allocated only: the parameter table fills it)."""
 
     def __init__(self, width: int, eps: float, dtype: torch.dtype = torch.float32, sequence_parallel: bool = False,
                  tp_group=None):
         super().__init__()
         self.eps, self.sequence_parallel, self.tp_group = eps, sequence_parallel, tp_group
-        self.weight = nn.Parameter(torch.ones(width, dtype=dtype))
+        self.weight = nn.Parameter(torch.empty(width, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.to(stat_dtype(x))

@@ -16,18 +16,17 @@ RoPE and inner loop run on whole sequences of those heads (with their slices of 
 parameters), and z comes back by the opposite all-to-all before the post-norm.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from torch import nn
 
+from megatron_ttt.models.columns import in_proj_columns
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import (
     RopeTables,
@@ -55,30 +54,16 @@ class TTTMixerSubmodules:
     """Row-parallel out-projection (megatron-core RowParallelLinear)."""
 
 
-def in_proj_columns(ttt: TTTModelConfig) -> FusedColumns:
-    """What the fused in-projection computes, in order (the gate and k only where used)."""
-    D, H = ttt.hidden_size, ttt.num_heads
-    names = ["q"] + ([] if ttt.share_qk else ["k"]) + ["v"] + (["gate"] if ttt.use_gate else []) + ["lr"]
-    return FusedColumns(tuple(names), tuple(H if n == "lr" else D for n in names))
-
-
-def _tensor_parallel(param: nn.Parameter, dim: int) -> nn.Parameter:
-    """Tag a per-head parameter as split over TP along `dim` (megatron-core's attributes)."""
-    param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
-    return param
-
-
 class TTTMixer(MegatronModule):
     """A TTT layer (Linear or MLP inner model, by `ttt.layer_type`) over local heads."""
 
     def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig,
-                 inner_loop: InnerLoopOptions = InnerLoopOptions(), layer_number: int = 1,
-                 tp_group: torch.distributed.ProcessGroup | None = None):
+                 pg_collection: ProcessGroupCollection, inner_loop: InnerLoopOptions = InnerLoopOptions(),
+                 layer_number: int = 1):
         super().__init__(config)
         tp, cp = config.tensor_model_parallel_size, config.context_parallel_size
         self.ttt, self.inner_loop, self.layer_number, self.tp_size = ttt, inner_loop, layer_number, tp
-        self.tp_group = tp_group if tp_group is not None else parallel_state.get_tensor_model_parallel_group()
-        self.cp_group = context_group(config)
+        self.tp_group, self.cp_group = pg_collection.tp, context_group(config, pg_collection)
         self.local_heads = ttt.num_heads // tp
         """Heads of this TP rank (its projections' width); each CP rank runs 1/cp of them."""
         self.heads = self.local_heads // cp
@@ -93,40 +78,30 @@ class TTTMixer(MegatronModule):
                                     tp_comm_buffer_name="ttt_in_proj", **linear)
         self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
                                      tp_comm_buffer_name="ttt_out_proj", **linear)
-        self._init_head_params(config.params_dtype, config.perform_initialization)
+        self._allocate_head_params(config.params_dtype)
 
-    def _init_head_params(self, dtype: torch.dtype, initialize: bool) -> None:
-        """initialize False: allocate only (models/build.py fills every parameter from its rule)."""
+    def _allocate_head_params(self, dtype: torch.dtype) -> None:
+        """The per-head parameters (and the shared token offsets), allocated only: models/build.py
+        fills and tags every one as the parameter table says (or a checkpoint is read into them)."""
         ttt, H, d, D = self.ttt, self.local_heads, self.ttt.head_dim, self.local_width
-        std = ttt.init_std
 
-        def param(*shape, fill=None, normal=False, uniform=None, split_dim=0):
-            t = torch.empty(*shape, dtype=dtype)
-            if initialize and normal:
-                nn.init.normal_(t, 0.0, std)
-            elif initialize and uniform is not None:
-                nn.init.uniform_(t, -uniform, uniform)
-            elif initialize:
-                t.fill_(fill)
-            return _tensor_parallel(nn.Parameter(t), split_dim) if split_dim is not None else nn.Parameter(t)
+        def param(*shape):
+            return nn.Parameter(torch.empty(*shape, dtype=dtype))
 
         widths = ttt.inner_widths
         self.inner_names: tuple[str, ...] = ()
         for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:]), 1):
-            setattr(self, f"W{i}", param(H, w_in, w_out, normal=True))
-            setattr(self, f"b{i}", param(H, w_out, fill=0.0))
+            setattr(self, f"W{i}", param(H, w_in, w_out))
+            setattr(self, f"b{i}", param(H, w_out))
             self.inner_names += (f"W{i}", f"b{i}")
-        self.ttt_norm_weight, self.ttt_norm_bias = param(H, d, fill=1.0), param(H, d, fill=0.0)
-        self.ttt_lr_bias = param(H, fill=0.0)
+        self.ttt_norm_weight, self.ttt_norm_bias = param(H, d), param(H, d)
+        self.ttt_lr_bias = param(H)
         # Shared by all heads, so replicated; its gradient is summed over TP in forward().
-        self.token_offset = param(ttt.mini_batch_size, fill=0.0, split_dim=None)
-        self.post_norm_weight, self.post_norm_bias = param(D, fill=1.0), param(D, fill=0.0)
+        self.token_offset = param(ttt.mini_batch_size)
+        self.post_norm_weight, self.post_norm_bias = param(D), param(D)
         if ttt.share_qk:
-            bound = 1.0 / math.sqrt(ttt.conv_kernel)  # torch's Conv1d default, as the reference
-            self.conv_q_weight = param(D, 1, ttt.conv_kernel, uniform=bound)
-            self.conv_q_bias = param(D, uniform=bound)
-            self.conv_k_weight = param(D, 1, ttt.conv_kernel, uniform=bound)
-            self.conv_k_bias = param(D, uniform=bound)
+            self.conv_q_weight, self.conv_q_bias = param(D, 1, ttt.conv_kernel), param(D)
+            self.conv_k_weight, self.conv_k_bias = param(D, 1, ttt.conv_kernel), param(D)
 
     def _mine(self, param: torch.Tensor) -> torch.Tensor:
         """A per-head parameter's rows (heads, or heads x width, along dim 0) of the heads this rank

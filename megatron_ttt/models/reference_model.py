@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.layers import stat_dtype
-from megatron_ttt.ops import TTTState, ttt_primal
+from megatron_ttt.ops import TTTInputs, TTTState, ttt_primal
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -61,8 +61,8 @@ def _mixer(w: dict[str, torch.Tensor], p: str, x: torch.Tensor, cfg: TTTModelCon
     lr = cfg.ttt_base_lr * torch.sigmoid(logits) / d
     layers = len(cfg.inner_widths) - 1
     inner = tuple(t for j in range(1, layers + 1) for t in (w[f"{p}W{j}"], w[f"{p}b{j}"][:, 0]))
-    z, _ = ttt_primal(q, k, v, lr, w[p + "learnable_token_idx"], w[p + "ttt_norm_weight"], w[p + "ttt_norm_bias"],
-                      TTTState.initial(inner, B), mini_batch_size=cfg.mini_batch_size)
+    inputs = TTTInputs(q, k, v, lr, w[p + "learnable_token_idx"], w[p + "ttt_norm_weight"], w[p + "ttt_norm_bias"])
+    z, _ = ttt_primal(inputs, TTTState.initial(inner, B), mini_batch_size=cfg.mini_batch_size)
     out = F.layer_norm(z.transpose(1, 2).reshape(B, T, D), (D,), w[p + "post_norm.weight"], w[p + "post_norm.bias"], 1e-6)
     if cfg.use_gate:
         out = F.gelu(x @ w[p + "g_proj.weight"].T, approximate="tanh") * out

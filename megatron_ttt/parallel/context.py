@@ -11,14 +11,14 @@ all-to-alls and slices are the identity without a group (CP = 1).
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import all_to_all
 
 
-def context_group(config) -> dist.ProcessGroup | None:
-    """megatron-core's context-parallel group where a model's config (a TransformerConfig) has
+def context_group(config, groups: ProcessGroupCollection) -> dist.ProcessGroup | None:
+    """The context-parallel group of `groups` where a model's config (a TransformerConfig) has
     context_parallel_size > 1; None (no communication) at 1."""
-    return parallel_state.get_context_parallel_group() if config.context_parallel_size > 1 else None
+    return groups.cp if config.context_parallel_size > 1 else None
 
 
 def group_size(group: dist.ProcessGroup | None) -> int:

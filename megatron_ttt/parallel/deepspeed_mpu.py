@@ -1,31 +1,35 @@
-"""The model-parallel interface DeepSpeed asks for, answered by megatron-core's parallel_state.
+"""The model-parallel interface DeepSpeed asks for, answered from the run's process groups.
 
 DeepSpeed (`deepspeed.initialize(..., mpu=...)`) reduces gradients and partitions ZeRO states
 over `get_data_parallel_group()` and counts tensor-parallel parameters once in the gradient
-norm using `get_model_parallel_*`; megatron-core names those `get_tensor_model_parallel_*`.
+norm using `get_model_parallel_*`; megatron-core names those groups tp and dp.
 DeepSpeed's data-parallel group is megatron-core's data x context-parallel group (dp_cp): the
 ranks of a CP group hold the same weights and each computes gradients from its part of the
 sequence, so gradients are averaged over both, as megatron-core does.
 """
 
-from megatron.core import parallel_state
+import torch.distributed as dist
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 
 class MegatronMpu:
+    def __init__(self, groups: ProcessGroupCollection):
+        self.groups = groups
+
     def get_model_parallel_rank(self) -> int:
-        return parallel_state.get_tensor_model_parallel_rank()
+        return dist.get_rank(self.groups.tp)
 
     def get_model_parallel_world_size(self) -> int:
-        return parallel_state.get_tensor_model_parallel_world_size()
+        return dist.get_world_size(self.groups.tp)
 
     def get_model_parallel_group(self):
-        return parallel_state.get_tensor_model_parallel_group()
+        return self.groups.tp
 
     def get_data_parallel_rank(self) -> int:
-        return parallel_state.get_data_parallel_rank(with_context_parallel=True)
+        return dist.get_rank(self.groups.dp_cp)
 
     def get_data_parallel_world_size(self) -> int:
-        return parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+        return dist.get_world_size(self.groups.dp_cp)
 
     def get_data_parallel_group(self):
-        return parallel_state.get_data_parallel_group(with_context_parallel=True)
+        return self.groups.dp_cp

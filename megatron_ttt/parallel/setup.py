@@ -3,32 +3,26 @@
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from megatron_ttt.parallel.cpu_shims import apply_cpu_shims
+from megatron_ttt.parallel.layout import ParallelLayout, layout_problems
 
 
-@dataclass(frozen=True)
-class ModelParallel:
-    """How each model replica is split over ranks (the data-parallel size is what remains)."""
-
-    tensor_parallel: int = 1
-    """Ranks that split each layer's heads (and the vocabulary); data parallel takes the rest."""
-    sequence_parallel: bool = False
-    """Split the sequence over the TP ranks outside the mixers and MLPs (needs tensor_parallel > 1)."""
-    context_parallel: int = 1
-    """Ranks that split each sample's sequence (and, inside the mixers, the heads): parallel/context.py."""
+GROUPS = ("tp", "cp", "tp_cp", "dp", "dp_cp")
+"""The process groups handed out (megatron-core's names): TP, CP, both, DP, DP x CP."""
 
 
-def init_parallel(model_parallel: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> None:
+def init_parallel(layout: ParallelLayout, seed: int = 0, store: dist.Store | None = None) -> ProcessGroupCollection:
     """Join the process group (torchrun's environment; a single process without one) and build
-    the tensor/context/data-parallel groups (TP innermost, then CP, then DP). On a machine without
-    CUDA: gloo and the CPU shims."""
+    the tensor/context/data-parallel groups (TP innermost, then CP, then DP); they are handed to
+    whoever needs them, never looked up. On a machine without CUDA: gloo and the CPU shims."""
     apply_cpu_shims()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -44,12 +38,13 @@ def init_parallel(model_parallel: ModelParallel, seed: int = 0, store: dist.Stor
             dist.init_process_group(backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    world = dist.get_world_size()
-    tp, cp = model_parallel.tensor_parallel, model_parallel.context_parallel
-    if world % (tp * cp):
-        raise ValueError(f"world size {world} is not divisible by tensor_parallel x context_parallel = {tp} x {cp}")
-    parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, context_parallel_size=cp)
+    layout = replace(layout, processes=dist.get_world_size())
+    if problems := layout_problems(layout):
+        raise ValueError("; ".join(problems))
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=layout.tensor_parallel,
+                                             context_parallel_size=layout.context_parallel)
     model_parallel_cuda_manual_seed(seed)
+    return ProcessGroupCollection.use_mpu_process_groups(required_pgs=list(GROUPS))
 
 
 def destroy_parallel() -> None:
@@ -59,11 +54,12 @@ def destroy_parallel() -> None:
 
 
 @contextmanager
-def parallel_groups(model_parallel: ModelParallel, seed: int = 0, store: dist.Store | None = None) -> Iterator[None]:
-    """The process group and megatron-core's groups for the body of a `with`, torn down after it
-    (also when it fails)."""
-    init_parallel(model_parallel, seed, store)
+def parallel_groups(layout: ParallelLayout, seed: int = 0,
+                    store: dist.Store | None = None) -> Iterator[ProcessGroupCollection]:
+    """The process groups for the body of a `with` (`as groups`), torn down after it (also when it
+    fails)."""
+    groups = init_parallel(layout, seed, store)
     try:
-        yield
+        yield groups
     finally:
         destroy_parallel()

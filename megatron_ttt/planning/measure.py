@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
 
 
 def _cpu_peak(events) -> int:
@@ -34,11 +33,11 @@ def _cpu_peak(events) -> int:
     return peak
 
 
-def _train(config, steps: int) -> bool:
+def _train(config, groups, steps: int) -> bool:
     from megatron_ttt.data_prep.corpus import default_cache_dir
     from megatron_ttt.training.trainer import build, set_schedules, train_step
 
-    run = build(config, default_cache_dir())
+    run = build(config, groups, default_cache_dir())
     batches = iter(run.loader)
     for _ in range(steps):
         set_schedules(run)
@@ -47,7 +46,7 @@ def _train(config, steps: int) -> bool:
     return run.engine.module.sequence_parallel
 
 
-def peak_bytes(config) -> tuple[int, bool]:
+def peak_bytes(config, groups) -> tuple[int, bool]:
     """This rank's peak tensor memory over building and `config.train.steps` steps, and whether
     the model that ran was built sequence parallel."""
     import deepspeed  # noqa: F401  imported before the window: its import is runtime baseline
@@ -56,13 +55,13 @@ def peak_bytes(config) -> tuple[int, bool]:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        sequence_parallel = _train(config, config.train.steps)
+        sequence_parallel = _train(config, groups, config.train.steps)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base, sequence_parallel
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        sequence_parallel = _train(config, config.train.steps)
+        sequence_parallel = _train(config, groups, config.train.steps)
     return _cpu_peak(prof.profiler.kineto_results.events()), sequence_parallel
 
 
@@ -84,18 +83,14 @@ def planned(config, nproc: int, sequence_parallel: bool):
 
 def main(argv: list[str]) -> int:
     from megatron_ttt.config import load_config
-    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+    from megatron_ttt.parallel.setup import parallel_groups
 
     out, overrides = Path(argv[0]), argv[1:]
     config = load_config(None, overrides)
-    p = config.parallel
-    model_parallel = ModelParallel(p.tensor_parallel, p.sequence_parallel, p.context_parallel)
-    with parallel_groups(model_parallel, seed=config.train.seed):
-        peak, sequence_parallel = peak_bytes(config)
-        row = {"rank": dist.get_rank(), "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
-               "cp_rank": parallel_state.get_context_parallel_rank(),
-               "dp_rank": parallel_state.get_data_parallel_rank(), "peak_bytes": peak,
-               "sequence_parallel": sequence_parallel}
+    with parallel_groups(config.layout(), seed=config.train.seed) as groups:
+        peak, sequence_parallel = peak_bytes(config, groups)
+        row = {"rank": dist.get_rank(), "tp_rank": dist.get_rank(groups.tp), "cp_rank": dist.get_rank(groups.cp),
+               "dp_rank": dist.get_rank(groups.dp), "peak_bytes": peak, "sequence_parallel": sequence_parallel}
         rows = [None] * dist.get_world_size()
         dist.all_gather_object(rows, row)
         if dist.get_rank() == 0:

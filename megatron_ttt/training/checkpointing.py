@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from megatron_ttt.atomic import write_atomic, written_atomically
@@ -110,11 +110,10 @@ LAYOUT_KEYS = ("tensor_parallel", "context_parallel", "data_parallel", "zero_sta
 from the layout-free part."""
 
 
-def current_layout(config: dict) -> dict:
-    """This run's layout (parallel state must be initialized)."""
-    return {"tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
-            "context_parallel": parallel_state.get_context_parallel_world_size(),
-            "data_parallel": parallel_state.get_data_parallel_world_size(),
+def current_layout(config: dict, groups: ProcessGroupCollection) -> dict:
+    """This run's layout, as its process groups split it."""
+    return {"tensor_parallel": dist.get_world_size(groups.tp), "context_parallel": dist.get_world_size(groups.cp),
+            "data_parallel": dist.get_world_size(groups.dp),
             "zero_stage": config["parallel"]["zero_stage"], "dtype": config["train"]["dtype"]}
 
 

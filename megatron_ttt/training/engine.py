@@ -52,7 +52,7 @@ def build_engine(model: TTTLanguageModel, config: PretrainConfig, dp_size: int):
 
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, model_parameters=parameter_groups(model, config.optimizer.weight_decay),
-        config=deepspeed_config(config, dp_size), mpu=MegatronMpu())
+        config=deepspeed_config(config, dp_size), mpu=MegatronMpu(model.pg_collection))
     if config.parallel.zero_stage == 3 and model.ttt.tie_word_embeddings:
         # The tied head reads the embedding's weight outside the embedding's forward: ZeRO-3 must
         # gather it there too.

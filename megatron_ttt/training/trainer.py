@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.checkpoint import layout_free
 from megatron_ttt.config import PretrainConfig, to_dict
@@ -20,7 +20,7 @@ from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.data_prep.corpus import default_cache_dir
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.presets import parameter_count
-from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+from megatron_ttt.parallel.setup import parallel_groups
 from megatron_ttt.training import checkpointing, zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
 from megatron_ttt.training.data import TrainingData, training_data
@@ -32,6 +32,8 @@ from megatron_ttt.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, StopRe
 @dataclass
 class Run:
     config: PretrainConfig
+    groups: ProcessGroupCollection
+    """The process groups the model and the data are split over (parallel/setup.py)."""
     run_dir: Path
     engine: object
     loader: TokenLoader
@@ -45,23 +47,26 @@ class Run:
     step: int = 0
 
 
-def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run:
+def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, resume_mode: str = "auto") -> Run:
     """resume_mode "auto": continue from the latest complete checkpoint if there is one; "none":
     start fresh (refused where checkpoints exist)."""
     run_dir = Path(config.run_dir)
-    plan = checkpointing.plan_resume(run_dir, resume_mode, to_dict(config), checkpointing.current_layout(to_dict(config)))
+    plan = checkpointing.plan_resume(run_dir, resume_mode, to_dict(config),
+                                     checkpointing.current_layout(to_dict(config), groups))
     if dist.get_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     sources = training_data(config.data, cache)
-    model = build_model(trained_model(config, sources.tokenizer_vocab, plan and plan.vocab_size),
+    # A resumed run's weights come from its checkpoint (here at another layout, else by DeepSpeed):
+    # they are allocated only, never drawn first.
+    model = build_model(trained_model(config, sources.tokenizer_vocab, plan and plan.vocab_size), groups,
                         config.inner_loop(), sequence_parallel=config.parallel.sequence_parallel,
-                        init_seed=config.train.seed)
+                        init_seed=None if plan is not None else config.train.seed)
     if plan is not None and plan.reshard:
         layout_free.load_weights(model, plan.path)
     model.block_checkpointing = config.parallel.block_checkpointing
-    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
-    cp = (parallel_state.get_context_parallel_rank(), parallel_state.get_context_parallel_world_size())
+    dp_rank, dp_size = dist.get_rank(groups.dp), dist.get_world_size(groups.dp)
+    cp = (dist.get_rank(groups.cp), dist.get_world_size(groups.cp))
     engine, _ = build_engine(model, config, dp_size)
     data = config.data
     train_config = LoaderConfig(data.micro_batch_size, seed=data.seed, num_workers=data.num_workers)
@@ -70,7 +75,8 @@ def build(config: PretrainConfig, cache: Path, resume_mode: str = "auto") -> Run
     val_loaders = {name: TokenLoader(manifest, val_config, dp_rank, dp_size, context_parallel=cp)
                    for name, manifest in zip(sources.names, sources.manifests)
                    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size}
-    return Run(config, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources, plan)
+    return Run(config, groups, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources,
+               plan)
 
 
 def resume(run: Run) -> None:
@@ -99,12 +105,12 @@ def drop_metrics_after(metrics: Path, step: int) -> None:
         metrics.write_text("".join(line + "\n" for line in keep))
 
 
-def average_over_data_parallel(value: float) -> float:
+def average_over_data_parallel(value: float, groups: ProcessGroupCollection) -> float:
     """A per-rank mean over equal numbers of tokens, averaged over the data- and context-parallel
     ranks: the mean over every token of the step once."""
     t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    return t.item() / parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+    dist.all_reduce(t, group=groups.dp_cp)
+    return t.item() / dist.get_world_size(groups.dp_cp)
 
 
 def set_schedules(run: Run) -> float:
@@ -117,15 +123,15 @@ def set_schedules(run: Run) -> float:
     return lr
 
 
-def gradient_norm(model: torch.nn.Module) -> float:
+def gradient_norm(model: torch.nn.Module, tp_group: dist.ProcessGroup) -> float:
     """The global gradient norm with TP-split tensors counted on every TP rank and replicated ones
     once (what DeepSpeed's ZeRO optimizers report; its stage 0 computes it without keeping it)."""
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    tp_rank = dist.get_rank(tp_group)
     squares = torch.zeros(1, dtype=torch.float64)
     for p in model.parameters():
         if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0):
             squares += p.grad.double().pow(2).sum()
-    dist.all_reduce(squares, group=parallel_state.get_tensor_model_parallel_group())
+    dist.all_reduce(squares, group=tp_group)
     return squares.sqrt().item()
 
 
@@ -145,12 +151,12 @@ def train_step(run: Run, batches) -> tuple[float, float]:
                                      "without a checkpoint (lower the lr, or resume from the last checkpoint)")
         run.engine.backward(loss)
         if micro == run.accumulation - 1 and run.config.parallel.zero_stage == 0:
-            norm = gradient_norm(run.engine.module)
+            norm = gradient_norm(run.engine.module, run.groups.tp)
         run.engine.step()
         total += loss.item()
     if norm is None:
         norm = float(run.engine.get_global_grad_norm())
-    return average_over_data_parallel(total / run.accumulation), norm
+    return average_over_data_parallel(total / run.accumulation, run.groups), norm
 
 
 @torch.no_grad()
@@ -165,7 +171,7 @@ def held_out_loss(run: Run, loader: TokenLoader) -> float:
         batch = next(batches)
         losses.append(model(batch.tokens, batch.labels).float().mean().item())
     model.train()
-    return average_over_data_parallel(sum(losses) / len(losses))
+    return average_over_data_parallel(sum(losses) / len(losses), run.groups)
 
 
 def validation(run: Run) -> dict[str, float]:
@@ -195,7 +201,7 @@ def new_epochs(run: Run, before: np.ndarray, now: np.ndarray) -> list[str]:
 
 def save(run: Run) -> Path:
     state = {"step": run.step, "loader": run.loader.state_dict(), "config": to_dict(run.config),
-             "layout": checkpointing.current_layout(to_dict(run.config))}
+             "layout": checkpointing.current_layout(to_dict(run.config), run.groups)}
     return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep)
 
 
@@ -248,8 +254,7 @@ def _loop(run: Run, reporter: Reporter) -> int:
 def describe(run: Run) -> str:
     """One line on what was built: the model's size and the parallel layout it runs in."""
     model = run.engine.module
-    tp, dp = parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_data_parallel_world_size()
-    cp = parallel_state.get_context_parallel_world_size()
+    tp, cp, dp = (dist.get_world_size(group) for group in (run.groups.tp, run.groups.cp, run.groups.dp))
     sp = " with sequence parallel" if model.config.sequence_parallel else ""
     return (f"model: {parameter_count(model.ttt):,} parameters; layout: TP {tp}{sp}, CP {cp}, DP {dp}, "
             f"ZeRO {run.config.parallel.zero_stage}, {run.config.train.dtype}")
@@ -259,10 +264,8 @@ def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | No
     # Also for callers of this function: config errors come before any process group exists.
     check_world_size(config, int(os.environ.get("WORLD_SIZE", 1)))
     cache = cache or default_cache_dir()
-    p = config.parallel
-    model_parallel = ModelParallel(p.tensor_parallel, p.sequence_parallel, p.context_parallel)
-    with parallel_groups(model_parallel, seed=config.train.seed):
-        run = build(config, cache, resume_mode)
+    with parallel_groups(config.layout(), seed=config.train.seed) as groups:
+        run = build(config, groups, cache, resume_mode)
         if dist.get_rank() == 0:
             print(describe(run), flush=True)
         resume(run)

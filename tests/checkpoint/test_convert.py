@@ -27,24 +27,24 @@ def reference_dir(path, cfg, weights=None):
 
 @pytest.mark.parametrize("layer_type, backbone, tied", [("linear", "transformer", True), ("mlp", "mamba", True),
                                                         ("linear", "mamba", False)])
-def test_round_trip_is_the_identity(tmp_path, layer_type, backbone, tied):
+def test_round_trip_is_the_identity(tmp_path, layer_type, backbone, tied, groups):
     cfg = replace(TINY, layer_type=layer_type, backbone=backbone, tie_word_embeddings=tied)
     src = reference_dir(tmp_path / "ref", cfg)
-    assert convert.hf_to_mttt(src, tmp_path / "ours") <= convert.CHECK_TOLERANCE
-    assert convert.mttt_to_hf(tmp_path / "ours", tmp_path / "back") <= convert.CHECK_TOLERANCE
+    assert convert.hf_to_mttt(src, tmp_path / "ours", groups) <= convert.CHECK_TOLERANCE
+    assert convert.mttt_to_hf(tmp_path / "ours", tmp_path / "back", groups) <= convert.CHECK_TOLERANCE
     before, after = load_file(src / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
     assert before.keys() == after.keys() and ("lm_head.weight" in after) == (not tied)
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert json.loads((tmp_path / "back" / "config.json").read_text()) == json.loads((src / "config.json").read_text())
 
 
-def test_pytorch_bin_and_bf16_weights_import(tmp_path):
+def test_pytorch_bin_and_bf16_weights_import(tmp_path, groups):
     weights = {n: t.bfloat16() for n, t in random_reference_weights(TINY, dtype=torch.float32).items()}
     src = reference_dir(tmp_path / "ref", TINY, weights)
     (src / "model.safetensors").unlink()
     torch.save(weights, src / "pytorch_model.bin")
-    convert.hf_to_mttt(src, tmp_path / "ours")
-    model = load_model(tmp_path / "ours")
+    convert.hf_to_mttt(src, tmp_path / "ours", groups)
+    model = load_model(tmp_path / "ours", groups)
     assert torch.equal(model.embedding.weight, weights["model.embed_tokens.weight"].float())
 
 
@@ -61,10 +61,10 @@ def broken(tmp_path, edit):
     (lambda w: w.update({"model.layers.0.extra.weight": torch.zeros(2)}), r"unexpected: model\.layers\.0\.extra\.weight"),
     (lambda w: w.update({"model.norm.weight": torch.zeros(31)}), r"wrong shape: model\.norm\.weight \(31,\) \(expected \(32,\)\)"),
 ])
-def test_bad_weights_are_named_and_nothing_is_written(tmp_path, edit, message):
+def test_bad_weights_are_named_and_nothing_is_written(tmp_path, edit, message, groups):
     src = broken(tmp_path, edit)
     with pytest.raises(ReferenceFormatError, match=message):
-        convert.hf_to_mttt(src, tmp_path / "ours")
+        convert.hf_to_mttt(src, tmp_path / "ours", groups)
     assert not (tmp_path / "ours").exists()
 
 
@@ -81,7 +81,7 @@ def test_unsupported_configs_are_refused(tmp_path, key, value, message):
         read_reference(src)
 
 
-def test_self_check_catches_a_corrupted_tensor(tmp_path, monkeypatch):
+def test_self_check_catches_a_corrupted_tensor(tmp_path, monkeypatch, groups):
     src = reference_dir(tmp_path / "ref", TINY)
     real = convert.to_local
 
@@ -92,18 +92,19 @@ def test_self_check_catches_a_corrupted_tensor(tmp_path, monkeypatch):
 
     monkeypatch.setattr(convert, "to_local", corrupting)
     with pytest.raises(CheckpointError, match="log-probabilities differ from the source's by .*nothing was written"):
-        convert.hf_to_mttt(src, tmp_path / "ours")
+        convert.hf_to_mttt(src, tmp_path / "ours", groups)
     assert not (tmp_path / "ours").exists()
 
 
-def test_logprobs_command_matches_the_reference(tmp_path, capsys):
+def test_logprobs_command_matches_the_reference(tmp_path, capsys, groups):
     weights = random_reference_weights(TINY, dtype=torch.float32)
-    convert.hf_to_mttt(reference_dir(tmp_path / "ref", TINY, weights), tmp_path / "ours")
+    convert.hf_to_mttt(reference_dir(tmp_path / "ref", TINY, weights), tmp_path / "ours", groups)
     ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (5, 37))
     np.save(tmp_path / "ids.npy", ids)
     args = ["eval", "logprobs", "--checkpoint", str(tmp_path / "ours"), "--input", str(tmp_path / "ids.npy"),
             "--output", str(tmp_path / "lp.npy"), "--batch-size", "2"]
-    from megatron_ttt.parallel.setup import destroy_parallel, init_parallel, ModelParallel
+    from megatron_ttt.parallel.layout import ParallelLayout
+    from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 
     destroy_parallel()  # the command sets up (and tears down) its own process group
     try:
@@ -116,14 +117,14 @@ def test_logprobs_command_matches_the_reference(tmp_path, capsys):
         assert main(args[:4] + ["--input", str(tmp_path / "bad.npy")] + args[6:]) == 2
         assert "outside the model's vocabulary of 64" in capsys.readouterr().err
     finally:
-        init_parallel(ModelParallel())
+        init_parallel(ParallelLayout())
 
 
-def test_a_hybrid_converts_between_our_formats_and_the_reference_format_refuses_it(tmp_path):
+def test_a_hybrid_converts_between_our_formats_and_the_reference_format_refuses_it(tmp_path, groups):
     cfg = replace(TINY, num_layers=3, layer_pattern="T*W", attention_window=5)
-    save_model(build_model(cfg, init_seed=0), tmp_path / "hybrid")
-    assert convert.mttt_to_mttt(tmp_path / "hybrid", tmp_path / "copy") <= convert.CHECK_TOLERANCE
-    assert load_model(tmp_path / "copy").ttt == cfg
+    save_model(build_model(cfg, groups, init_seed=0), tmp_path / "hybrid")
+    assert convert.mttt_to_mttt(tmp_path / "hybrid", tmp_path / "copy", groups) <= convert.CHECK_TOLERANCE
+    assert load_model(tmp_path / "copy", groups).ttt == cfg
     with pytest.raises(ReferenceFormatError, match=r"no attention layers.*at layers \[1, 2\]; nothing was written"):
-        convert.mttt_to_hf(tmp_path / "hybrid", tmp_path / "hf")
+        convert.mttt_to_hf(tmp_path / "hybrid", tmp_path / "hf", groups)
     assert not (tmp_path / "hf").exists()

@@ -13,7 +13,8 @@ from megatron_ttt.checkpoint.model_dir import CheckpointError, load_model
 from megatron_ttt.checkpoint.reference_io import read_reference
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.models.scoring import token_logprobs
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from megatron_ttt.training.data import prepare_bundled
 from tests.distributed import run_distributed
 from tests.training.runs import final_weights, pretrain
@@ -32,16 +33,16 @@ def tp2_run(tmp_path_factory):
 
 def evaluate(rank, world, store, directory, tokens):
     """Log-probs of `tokens` and this TP rank's weights, loaded at TP=world."""
-    init_parallel(ModelParallel(world), store=store)
-    model = load_model(directory)
+    groups = init_parallel(ParallelLayout(world), store=store)
+    model = load_model(directory, groups)
     out = token_logprobs(model, tokens), {n: p.detach().clone() for n, p in model.named_parameters()}
     destroy_parallel()
     return out
 
 
 def convert_at(rank, world, store, direction, src, dst):
-    init_parallel(ModelParallel(world), store=store)
-    diff = getattr(convert, direction)(src, dst)
+    groups = init_parallel(ParallelLayout(world), store=store)
+    diff = getattr(convert, direction)(src, dst, groups)
     destroy_parallel()
     return diff
 
@@ -78,14 +79,14 @@ def test_training_checkpoint_converts_to_reference_and_model_directory(tmp_path,
 @pytest.mark.usefixtures("single_process_parallel")
 class TestSelfCheck:
     @pytest.fixture
-    def model_dir(self, tmp_path):
+    def model_dir(self, tmp_path, groups):
         from tests.checkpoint.test_convert import reference_dir
         from tests.models.tp_cases import TINY
 
-        convert.hf_to_mttt(reference_dir(tmp_path / "ref", TINY), tmp_path / "ours")
+        convert.hf_to_mttt(reference_dir(tmp_path / "ref", TINY), tmp_path / "ours", groups)
         return tmp_path / "ours"
 
-    def test_mttt_to_mttt_catches_a_corrupted_tensor(self, tmp_path, model_dir, monkeypatch):
+    def test_mttt_to_mttt_catches_a_corrupted_tensor(self, tmp_path, model_dir, monkeypatch, groups):
         real = convert.save_model
 
         def corrupting(model, directory):
@@ -95,10 +96,10 @@ class TestSelfCheck:
 
         monkeypatch.setattr(convert, "save_model", corrupting)
         with pytest.raises(CheckpointError, match=r"mttt-to-mttt .*differ from the source's by .*nothing was written"):
-            convert.mttt_to_mttt(model_dir, tmp_path / "copy")
+            convert.mttt_to_mttt(model_dir, tmp_path / "copy", groups)
         assert not (tmp_path / "copy").exists() and not (tmp_path / ".copy.checking").exists()
 
-    def test_mttt_to_hf_catches_a_corrupted_tensor(self, tmp_path, model_dir, monkeypatch):
+    def test_mttt_to_hf_catches_a_corrupted_tensor(self, tmp_path, model_dir, monkeypatch, groups):
         real = convert.to_full
 
         def corrupting(*args, **kwargs):
@@ -108,25 +109,25 @@ class TestSelfCheck:
 
         monkeypatch.setattr(convert, "to_full", corrupting)
         with pytest.raises(CheckpointError, match="differ from the source's"):
-            convert.mttt_to_hf(model_dir, tmp_path / "hf")
+            convert.mttt_to_hf(model_dir, tmp_path / "hf", groups)
         assert not (tmp_path / "hf").exists()
 
-    def test_uncorrupted_copy_passes(self, tmp_path, model_dir):
-        assert convert.mttt_to_mttt(model_dir, tmp_path / "copy") <= convert.CHECK_TOLERANCE
-        a, b = load_model(model_dir), load_model(tmp_path / "copy")
+    def test_uncorrupted_copy_passes(self, tmp_path, model_dir, groups):
+        assert convert.mttt_to_mttt(model_dir, tmp_path / "copy", groups) <= convert.CHECK_TOLERANCE
+        a, b = load_model(model_dir, groups), load_model(tmp_path / "copy", groups)
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
-    def test_a_checkpoint_of_an_older_version_is_refused(self, tmp_path):
+    def test_a_checkpoint_of_an_older_version_is_refused(self, tmp_path, groups):
         step = tmp_path / "run" / "checkpoints" / "step-00000003"
         step.mkdir(parents=True)
         (step / "run_config.json").write_text("{}")
         (step.parent / "latest").write_text(step.name)
         older = f"{step} is a training checkpoint written by an older version, without the layout-free weights"
         with pytest.raises(CheckpointError, match=older):
-            convert.mttt_to_hf(tmp_path / "run", tmp_path / "hf")
+            convert.mttt_to_hf(tmp_path / "run", tmp_path / "hf", groups)
         shutil.rmtree(step)
         with pytest.raises(CheckpointError, match="does not exist"):
-            convert.mttt_to_hf(tmp_path / "run", tmp_path / "hf")
+            convert.mttt_to_hf(tmp_path / "run", tmp_path / "hf", groups)
 
     def test_tensor_parallel_is_refused_where_one_directory_is_written(self, tmp_path, capsys):
         from megatron_ttt.cli import main

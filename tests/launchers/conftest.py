@@ -1,7 +1,5 @@
 import pytest
 
-from megatron_ttt.config.sections import DataSection
-from megatron_ttt.training.data import prepare_bundled
 from tests.launchers import two_node_cluster
 from tests.launchers.jobs import STEPS
 from tests.launchers.slurm_cluster import missing_reason, start_cluster
@@ -20,14 +18,6 @@ def slurm():
 
 
 @pytest.fixture(scope="session")
-def launch_cache(tmp_path_factory):
-    """The bundled corpus prepared once (tokenizer of 512 pieces, seq-len 64) for the jobs."""
-    path = tmp_path_factory.mktemp("cache")
-    prepare_bundled(DataSection(seq_len=64, bundled_vocab_size=512), path)
-    return path
-
-
-@pytest.fixture(scope="session")
 def two_nodes():
     """Two SLURM nodes on this machine, each a network namespace with its own host name."""
     reason = missing_reason() or two_node_cluster.missing_reason()
@@ -39,8 +29,8 @@ def two_nodes():
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory, launch_cache):
+def reference(tmp_path_factory, cache):
     """The test job's run under plain torchrun on one node, 2 processes, uninterrupted."""
     run = tmp_path_factory.mktemp("torchrun") / "run"
-    pretrain(run, launch_cache, STEPS, nproc=2)
+    pretrain(run, cache, STEPS, nproc=2)
     return run

@@ -16,8 +16,8 @@ from tests.training.runs import final_weights, losses, pretrain
 pytestmark = pytest.mark.slow
 
 
-def test_pretrain_job_equals_plain_torchrun(slurm, launch_cache, reference, tmp_path):
-    job_id, log = submit(slurm, launch_cache, tmp_path / "job")
+def test_pretrain_job_equals_plain_torchrun(slurm, cache, reference, tmp_path):
+    job_id, log = submit(slurm, cache, tmp_path / "job")
     info = wait_done(slurm, job_id, log)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0", (info, log.read_text())
     assert event_time(log, r"^finished: step 60 reached") and not event_time(log, "requeue"), log.read_text()
@@ -26,10 +26,10 @@ def test_pretrain_job_equals_plain_torchrun(slurm, launch_cache, reference, tmp_
     assert "step 60/60" in train_log
 
 
-def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, reference, tmp_path):
+def test_preempted_job_checkpoints_requeues_and_resumes(slurm, cache, reference, tmp_path):
     run = tmp_path / "preempted"
     # A periodic checkpoint first, so the preemption's own comes after a completed one.
-    job_id, log = submit(slurm, launch_cache, run, ["checkpoint.interval=3"])
+    job_id, log = submit(slurm, cache, run, ["checkpoint.interval=3"])
     timeline = {"submitted": now()}
     stopped = preempt_after_step_3(slurm, run, job_id, log, timeline)
     snapshot = tmp_path / "snapshot"  # the run as the restart finds it, to resume under plain torchrun
@@ -48,7 +48,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, ref
     assert f"at step {stopped}" in train_log.read_text()
     report_timeline(run, log, timeline, stopped, "preempt -> requeue -> resume timeline")
     # The restart resumed what `mttt pretrain --resume auto` resumes from the same checkpoint, bit for bit.
-    pretrain(snapshot, launch_cache, STEPS + ["checkpoint.interval=3"], nproc=2)
+    pretrain(snapshot, cache, STEPS + ["checkpoint.interval=3"], nproc=2)
     assert losses(run) == losses(snapshot)
     assert_weights(final_weights(run), final_weights(snapshot), 0.0)
     # And it ends where the uninterrupted run ends: to the last float bit where the trainer's resume
@@ -58,9 +58,9 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, launch_cache, ref
     assert_weights(final_weights(run), final_weights(reference), 1e-6)
 
 
-def test_plain_scancel_does_not_requeue(slurm, launch_cache, tmp_path):
+def test_plain_scancel_does_not_requeue(slurm, cache, tmp_path):
     run = tmp_path / "cancelled"
-    job_id, log = submit(slurm, launch_cache, run, ["train.steps=1000"])
+    job_id, log = submit(slurm, cache, run, ["train.steps=1000"])
     wait_for(lambda: (run / "metrics.jsonl").exists(), "the first training step")
     slurm.run("scancel", job_id)  # SIGTERM to the batch shell and the ranks, which do not requeue
     info = wait_done(slurm, job_id, log)

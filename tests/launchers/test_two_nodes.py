@@ -39,8 +39,8 @@ def profile(tmp_path_factory):
     return str(path)
 
 
-def across_two_nodes(two_nodes, launch_cache, profile, run, extra=(), **limits):
-    return submit(two_nodes, launch_cache, run, extra, nodes=2, procs_per_node=1, profile=profile, **limits)
+def across_two_nodes(two_nodes, cache, profile, run, extra=(), **limits):
+    return submit(two_nodes, cache, run, extra, nodes=2, procs_per_node=1, profile=profile, **limits)
 
 
 def node_logs(run, job_id, restart):
@@ -56,9 +56,9 @@ def release_when_idle(cluster, job_id):
     cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
-def test_a_job_across_two_nodes_equals_one_node(two_nodes, launch_cache, reference, profile, tmp_path):
+def test_a_job_across_two_nodes_equals_one_node(two_nodes, cache, reference, profile, tmp_path):
     run = tmp_path / "two"
-    job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run)
+    job_id, log = across_two_nodes(two_nodes, cache, profile, run)
     info = wait_done(two_nodes, job_id, log)
     assert info["JobState"] == "COMPLETED", (info, log.read_text())
     assert hostnames(two_nodes, info["NodeList"]) == sorted(two_nodes.nodes)
@@ -69,11 +69,11 @@ def test_a_job_across_two_nodes_equals_one_node(two_nodes, launch_cache, referen
     assert "step 60/60" in head.read_text() and other.exists()
 
 
-def test_context_parallel_across_two_nodes_equals_one_node(two_nodes, launch_cache, reference, profile, tmp_path):
+def test_context_parallel_across_two_nodes_equals_one_node(two_nodes, cache, reference, profile, tmp_path):
     """Each sample's sequence split over the two nodes (CP 2, DP 1): every mixer's all-to-alls
     and the pre-conv's halo cross the link."""
     run = tmp_path / "context"
-    job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run,
+    job_id, log = across_two_nodes(two_nodes, cache, profile, run,
                                    ["parallel.context_parallel=2", "data.micro_batch_size=8"])
     info = wait_done(two_nodes, job_id, log)
     assert info["JobState"] == "COMPLETED", (info, log.read_text())
@@ -88,9 +88,9 @@ def hostnames(cluster, nodelist: str) -> list[str]:
     return sorted(cluster.run("scontrol", "show", "hostnames", nodelist).stdout.split())
 
 
-def test_preemption_stops_both_nodes_and_the_restart_resumes(two_nodes, launch_cache, reference, profile, tmp_path):
+def test_preemption_stops_both_nodes_and_the_restart_resumes(two_nodes, cache, reference, profile, tmp_path):
     run = tmp_path / "preempted"
-    job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run, ["checkpoint.interval=3"])
+    job_id, log = across_two_nodes(two_nodes, cache, profile, run, ["checkpoint.interval=3"])
     timeline = {"submitted": now()}
     stopped = preempt_after_step_3(two_nodes, run, job_id, log, timeline)
     release_when_idle(two_nodes, job_id)
@@ -107,12 +107,12 @@ def test_preemption_stops_both_nodes_and_the_restart_resumes(two_nodes, launch_c
     assert_weights(final_weights(run), final_weights(reference), 1e-6)
 
 
-def test_the_time_limit_checkpoints_in_the_grace_time_and_requeues(two_nodes, launch_cache, profile, tmp_path):
+def test_the_time_limit_checkpoints_in_the_grace_time_and_requeues(two_nodes, cache, profile, tmp_path):
     # A 1-minute limit with USR1 40 s before it (SLURM sends it when its periodic check sees the
     # time, here 20-30 s in): each segment checkpoints in the grace time and requeues itself until
     # step 800 (two segments on an idle machine); the test releases each requeue hold.
     run = tmp_path / "limited"
-    job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run, ["train.steps=800"], time_limit="1",
+    job_id, log = across_two_nodes(two_nodes, cache, profile, run, ["train.steps=800"], time_limit="1",
                                    grace=40)
     restarts = 0
     while (info := wait_done_or_requeued(two_nodes, job_id, restarts, log))["JobState"] == "PENDING":
@@ -157,11 +157,11 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-def test_a_lost_node_fails_the_job_naming_it_and_a_resubmission_resumes(two_nodes, launch_cache, profile,
+def test_a_lost_node_fails_the_job_naming_it_and_a_resubmission_resumes(two_nodes, cache, profile,
                                                                         tmp_path):
     run = tmp_path / "lost"
     steps = ["train.steps=200", "checkpoint.interval=3"]
-    job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run, steps)
+    job_id, log = across_two_nodes(two_nodes, cache, profile, run, steps)
     wait_for(lambda: (run / "checkpoints" / "latest").exists() and len(losses(run)) >= 5, "step 5")
     lost = list(two_nodes.nodes)[1]
     assert _kill_training_on(two_nodes, lost)
@@ -174,7 +174,7 @@ def test_a_lost_node_fails_the_job_naming_it_and_a_resubmission_resumes(two_node
     tag = failed.group(2)
     assert int(failed.group(1)) >= int(tag.removeprefix("step-"))
     print("\n" + "\n".join(line for line in text.splitlines() if "mttt-slurm" in line))
-    job_id, log = across_two_nodes(two_nodes, launch_cache, profile, run, steps)  # the same command again
+    job_id, log = across_two_nodes(two_nodes, cache, profile, run, steps)  # the same command again
     assert wait_done(two_nodes, job_id, log)["JobState"] == "COMPLETED", log.read_text()
     assert f"at step {int(tag.removeprefix('step-'))}" in node_logs(run, job_id, 0)[0].read_text()
 

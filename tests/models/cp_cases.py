@@ -12,7 +12,8 @@ from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
 from megatron_ttt.parallel.context import all_slices, local_slice
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from tests.models.tp_cases import HYBRID, TINY, rel, twin
 from tests.models.weights import random_reference_weights
 
@@ -26,8 +27,8 @@ def case_config(case: dict):
 def one_rank_model(cfg, weights: dict, tokens: torch.Tensor, labels: torch.Tensor, store):
     """The hybrids' reference (the dense twin has no attention layers): the model unsplit, TP = CP
     = 1 (test_tensor_parallel and test_hybrid tie it to the twin and to TP > 1)."""
-    init_parallel(ModelParallel(), store=store)
-    model = TTTLanguageModel(megatron_config(cfg, params_dtype=torch.float64), cfg)
+    groups = init_parallel(ParallelLayout(), store=store)
+    model = TTTLanguageModel(megatron_config(cfg, params_dtype=torch.float64), cfg, groups)
     model.load_state_dict(to_local(weights, cfg, 0, 1))
     logits = model(tokens)
     F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").backward()
@@ -50,13 +51,13 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict]) -> list[d
         labels = torch.randint(0, cfg.vocab_size, (2, case["seq_len"]), generator=g)
         reference = (one_rank_model(cfg, weights, tokens, labels, store) if case.get("hybrid")
                      else twin(cfg, weights, tokens, labels))
-        init_parallel(ModelParallel(tp, case["sequence_parallel"], cp), store=store)
-        tp_group = parallel_state.get_tensor_model_parallel_group()
-        tp_rank = parallel_state.get_tensor_model_parallel_rank()
-        cp_group = parallel_state.get_context_parallel_group()
+        groups = init_parallel(ParallelLayout(tp, case["sequence_parallel"], cp), store=store)
+        tp_group = groups.tp
+        tp_rank = dist.get_rank(groups.tp)
+        cp_group = groups.cp
         mine, my_labels = local_slice(tokens, 1, cp_group), local_slice(labels, 1, cp_group)
         config = megatron_config(cfg, tp, case["sequence_parallel"], torch.float64, context_parallel=cp)
-        model = TTTLanguageModel(config, cfg)
+        model = TTTLanguageModel(config, cfg, groups)
         model.load_state_dict(to_local(weights, cfg, tp_rank, tp))
         logits = model.gather_logits(model(mine))
         F.cross_entropy(logits.flatten(0, 1), my_labels.flatten(), reduction="sum").backward()

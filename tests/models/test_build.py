@@ -18,12 +18,11 @@ def _config(layer_type: str, backbone: str, tied: bool):
     return preset("tiny", layer_type, backbone, vocab_size=256, tie_word_embeddings=tied)
 
 
-@pytest.mark.usefixtures("single_process_parallel")
 @pytest.mark.parametrize("layer_type, backbone, tied", CASES)
-def test_every_parameter_comes_from_its_rule(layer_type, backbone, tied):
+def test_every_parameter_comes_from_its_rule(groups, layer_type, backbone, tied):
     """torch.empty is NaN-poisoned in the tests: a parameter the table left alone stays NaN."""
     cfg = _config(layer_type, backbone, tied)
-    params = dict(build_model(cfg, init_seed=7).named_parameters())
+    params = dict(build_model(cfg, groups, init_seed=7).named_parameters())
     table = {rule.ours: rule for rule in rules(cfg)}
     assert set(params) == set(table)
     for name, p in params.items():
@@ -37,13 +36,12 @@ def test_every_parameter_comes_from_its_rule(layer_type, backbone, tied):
             assert p.abs().max() <= cfg.conv_kernel ** -0.5 and p.std() > 0.1, name
         else:
             assert abs(p.std().item() / cfg.init_std - 1) < 0.3, f"{name}: std {p.std():.4f}"
-    again = dict(build_model(cfg, init_seed=7).named_parameters())
+    again = dict(build_model(cfg, groups, init_seed=7).named_parameters())
     assert all(torch.equal(params[n], again[n]) for n in params), "the same seed drew other weights"
 
 
-@pytest.mark.usefixtures("single_process_parallel")
-def test_weight_decay_follows_the_table():
-    model = build_model(_config("mlp", "mamba", False), init_seed=0)
+def test_weight_decay_follows_the_table(groups):
+    model = build_model(_config("mlp", "mamba", False), groups, init_seed=0)
     decayed, plain = parameter_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decayed["params"]}
@@ -55,11 +53,12 @@ def test_weight_decay_follows_the_table():
 
 
 def _full_weights(rank, world, store, layer_type, backbone, tied):
-    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+    from megatron_ttt.parallel.layout import ParallelLayout
+    from megatron_ttt.parallel.setup import parallel_groups
 
-    with parallel_groups(ModelParallel(world), store=store):
+    with parallel_groups(ParallelLayout(world), store=store) as groups:
         cfg = _config(layer_type, backbone, tied)
-        local = {n: p.detach().clone() for n, p in build_model(cfg, init_seed=7).named_parameters()}
+        local = {n: p.detach().clone() for n, p in build_model(cfg, groups, init_seed=7).named_parameters()}
         everyone = [None] * world
         torch.distributed.all_gather_object(everyone, local)
         return to_full(everyone, cfg)

@@ -34,8 +34,8 @@ def decode_both(model, prompt: torch.Tensor, tokens: torch.Tensor, compile: bool
 
 
 @pytest.mark.parametrize("layer_type,backbone", [("linear", "mamba"), ("mlp", "transformer")])
-def test_compiled_decode_equals_eager(single_process_parallel, layer_type, backbone):
-    model = build(layer_type, backbone, torch.float32)
+def test_compiled_decode_equals_eager(groups, layer_type, backbone):
+    model = build(groups, layer_type, backbone, torch.float32)
     prompt = 22
     ids = torch.randint(0, TINY.vocab_size, (2, prompt + STEPS), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -48,9 +48,9 @@ def test_compiled_decode_equals_eager(single_process_parallel, layer_type, backb
         assert rel(got, want) < 1e-5
 
 
-def test_fixed_shape_step_is_bitwise_the_eager_step(single_process_parallel):
+def test_fixed_shape_step_is_bitwise_the_eager_step(groups):
     """Uncompiled, the fixed-shape state (tensor position, zero sums at a boundary) changes no bit."""
-    model = build("mlp", "mamba", torch.float32)
+    model = build(groups, "mlp", "mamba", torch.float32)
     ids = torch.randint(0, TINY.vocab_size, (1, 16 + STEPS), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         pairs, eager, decoder = decode_both(model, ids[:, :16], ids[:, 16:], compile=False)
@@ -58,10 +58,10 @@ def test_fixed_shape_step_is_bitwise_the_eager_step(single_process_parallel):
     assert all(torch.equal(a, b) for a, b in zip(cache_tensors(eager), cache_tensors(decoder.cache()), strict=True))
 
 
-def test_one_graph_for_every_prefix_and_position(single_process_parallel):
+def test_one_graph_for_every_prefix_and_position(groups):
     """One compiled step serves every decoder of the model and batch size: other prefix
     lengths, other positions in the mini-batch, the step where the weights move."""
-    model = build("linear", "mamba", torch.float32)
+    model = build(groups, "linear", "mamba", torch.float32)
     ids = torch.randint(0, TINY.vocab_size, (2, 40), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         for prefix in (3, 16, 29):
@@ -73,8 +73,8 @@ def test_one_graph_for_every_prefix_and_position(single_process_parallel):
         assert len(_COMPILED[model]) == 2, "another batch size is another graph"
 
 
-def test_refuses_what_it_cannot_decode(single_process_parallel):
-    model = build("linear", "mamba", torch.float32)
+def test_refuses_what_it_cannot_decode(groups):
+    model = build(groups, "linear", "mamba", torch.float32)
     with pytest.raises(ValueError, match="prefilled cache: run the prompt first"):
         CompiledDecoder(model, InferenceCache.empty(len(model.blocks)))
     decoder = CompiledDecoder(model, prefilled(model, torch.zeros(2, 5, dtype=torch.int64)), compile=False)

@@ -50,12 +50,12 @@ def test_context_parallel_2_with_tensor_parallel_2_and_sequence_parallel_equals_
     (replace(cp_cases.HYBRID, layer_pattern="*TW", num_heads=2, hidden_size=16, num_kv_heads=1), 4,
      r"tensor_parallel=1 x context_parallel=4 does not divide the 2 heads"),
 ])
-def test_heads_that_do_not_split_over_cp_are_named(single_process_parallel, cfg, cp, message):
+def test_heads_that_do_not_split_over_cp_are_named(groups, cfg, cp, message):
     with pytest.raises(ValueError, match=message):
-        TTTLanguageModel(megatron_config(cfg, context_parallel=cp), cfg)
+        TTTLanguageModel(megatron_config(cfg, context_parallel=cp), cfg, groups)
 
 
-def test_last_logits_is_refused_under_cp(single_process_parallel):
-    model = TTTLanguageModel(megatron_config(cp_cases.TINY, context_parallel=2), cp_cases.TINY)
+def test_last_logits_is_refused_under_cp(groups):
+    model = TTTLanguageModel(megatron_config(cp_cases.TINY, context_parallel=2), cp_cases.TINY, groups)
     with pytest.raises(ValueError, match="last_logits needs sequence_parallel off and context_parallel 1"):
         model.last_logits(torch.zeros(1, 4, dtype=torch.long))

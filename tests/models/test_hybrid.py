@@ -43,11 +43,10 @@ def test_tensor_and_sequence_parallel_equal_one_rank(backbone):
     assert rel(grads_2[worst], grads_1[worst]) < 1e-10, worst
 
 
-@pytest.mark.usefixtures("single_process_parallel")
 @pytest.mark.parametrize("pattern", ["TW*", "W", "*"])
-def test_decoding_token_by_token_equals_one_forward(pattern):
+def test_decoding_token_by_token_equals_one_forward(groups, pattern):
     cfg = replace(HYBRID, num_layers=len(pattern), layer_pattern=pattern, backbone="mamba")
-    model = build_model(cfg, init_seed=0)
+    model = build_model(cfg, groups, init_seed=0)
     tokens = torch.randint(0, cfg.vocab_size, (2, 29), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(tokens)
@@ -62,8 +61,7 @@ def test_decoding_token_by_token_equals_one_forward(pattern):
         assert len(set(sizes)) == 1, sizes
 
 
-@pytest.mark.usefixtures("single_process_parallel")
-def test_the_parameter_count_is_exact():
+def test_the_parameter_count_is_exact(groups):
     for backbone in ("transformer", "mamba"):
         cfg = replace(HYBRID, backbone=backbone)
-        assert sum(p.numel() for p in build_model(cfg, init_seed=0).parameters()) == parameter_count(cfg)
+        assert sum(p.numel() for p in build_model(cfg, groups, init_seed=0).parameters()) == parameter_count(cfg)

@@ -20,9 +20,9 @@ CASES = list(itertools.product(("linear", "mlp"), ("transformer", "mamba")))
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
-def build(layer_type: str, backbone: str, dtype: torch.dtype) -> TTTLanguageModel:
+def build(groups, layer_type: str, backbone: str, dtype: torch.dtype) -> TTTLanguageModel:
     cfg = replace(TINY, layer_type=layer_type, backbone=backbone)
-    model = TTTLanguageModel(megatron_config(cfg, 1, False, dtype), cfg)
+    model = TTTLanguageModel(megatron_config(cfg, 1, False, dtype), cfg, groups)
     model.load_state_dict(to_local(random_reference_weights(cfg, seed=3, dtype=dtype), cfg, 0, 1))
     return model.eval()
 
@@ -40,8 +40,8 @@ def pieces_logits(model: TTTLanguageModel, tokens: torch.Tensor, pieces: list[in
 @pytest.mark.parametrize("dtype,pieces", [(torch.float64, [5]), (torch.float64, [8, 3]), (torch.float32, [13])],
                          ids=["f64-prompt5", "f64-prompt8+3", "f32-prompt13"])
 @pytest.mark.parametrize("layer_type,backbone", CASES)
-def test_decode_equals_full_forward(single_process_parallel, layer_type, backbone, dtype, pieces):
-    model = build(layer_type, backbone, dtype)
+def test_decode_equals_full_forward(groups, layer_type, backbone, dtype, pieces):
+    model = build(groups, layer_type, backbone, dtype)
     tokens = torch.randint(0, TINY.vocab_size, (2, 29), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         full = model(tokens)
@@ -51,8 +51,8 @@ def test_decode_equals_full_forward(single_process_parallel, layer_type, backbon
 
 
 @pytest.mark.parametrize("layer_type,backbone", CASES)
-def test_cache_size_is_constant(single_process_parallel, layer_type, backbone):
-    model = build(layer_type, backbone, torch.float32)
+def test_cache_size_is_constant(groups, layer_type, backbone):
+    model = build(groups, layer_type, backbone, torch.float32)
     cache = InferenceCache.empty(len(model.blocks))
     sizes = []
     with torch.no_grad():
@@ -64,19 +64,19 @@ def test_cache_size_is_constant(single_process_parallel, layer_type, backbone):
     assert cache.nbytes() > 0
 
 
-def test_cache_for_another_model_is_refused(single_process_parallel):
-    model = build("linear", "mamba", torch.float32)
+def test_cache_for_another_model_is_refused(groups):
+    model = build(groups, "linear", "mamba", torch.float32)
     with pytest.raises(ValueError, match="cache holds 3 layers, the model has 2"):
         model(torch.zeros(1, 4, dtype=torch.int64), cache=InferenceCache.empty(3))
 
 
 @pytest.mark.parametrize("layer_type,backbone", CASES)
-def test_decode_work_does_not_grow_with_the_prefix(single_process_parallel, layer_type, backbone):
+def test_decode_work_does_not_grow_with_the_prefix(groups, layer_type, backbone):
     """The same floating-point operations for a token after 9 or after 201 tokens (both one
     token into a mini-batch, so the same branch of the step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build(layer_type, backbone, torch.float32)
+    model = build(groups, layer_type, backbone, torch.float32)
     flops = []
     with torch.no_grad():
         for prefix in (9, 201):

@@ -1,4 +1,4 @@
-"""Presets: the paper's sizes build, and the parameter-count formula equals the built model."""
+"""Presets: the paper's sizes build, and the parameter count (from the parameter table) equals the built model."""
 
 import pytest
 
@@ -10,11 +10,9 @@ from megatron_ttt.models.presets import HYBRIDS, SIZES, parameter_count, preset
 @pytest.mark.parametrize("name", ["tiny", "125m", "125m-hybrid", *(pytest.param(n, marks=pytest.mark.slow) for n in ("350m", "760m", "1.3b"))])
 @pytest.mark.parametrize("layer_type", ["linear", "mlp"])
 @pytest.mark.parametrize("backbone", ["transformer", "mamba"])
-def test_parameter_count_formula(single_process_parallel, name, layer_type, backbone):
+def test_parameter_count_formula(groups, name, layer_type, backbone):
     cfg = preset(name, layer_type, backbone)
-    config = megatron_config(cfg)
-    config.perform_initialization = False  # only shapes matter; storage is allocated lazily
-    model = TTTLanguageModel(config, cfg)
+    model = TTTLanguageModel(megatron_config(cfg), cfg, groups)  # allocated only: shapes are what matter
     assert sum(p.numel() for p in model.parameters()) == parameter_count(cfg)
 
 

@@ -12,7 +12,8 @@ from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
 from megatron_ttt.models.reference_model import reference_logits
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from tests.models.weights import random_reference_weights
 
 TINY = TTTModelConfig(vocab_size=64, hidden_size=32, num_heads=4, num_layers=2, intermediate_size=48,
@@ -39,13 +40,13 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict], dtype=tor
     out = []
     for case in cases:
         cfg = replace(TINY, layer_type=case["layer_type"], backbone=case["backbone"])
-        init_parallel(ModelParallel(world, case["sequence_parallel"]), store=store)
-        tp_group, tp_rank = parallel_state.get_tensor_model_parallel_group(), parallel_state.get_tensor_model_parallel_rank()
+        groups = init_parallel(ParallelLayout(world, case["sequence_parallel"]), store=store)
+        tp_group, tp_rank = groups.tp, dist.get_rank(groups.tp)
         weights = random_reference_weights(cfg, seed=1, dtype=dtype)
         g = torch.Generator().manual_seed(2)
         tokens = torch.randint(0, cfg.vocab_size, (2, case["seq_len"]), generator=g)
         labels = torch.randint(0, cfg.vocab_size, (2, case["seq_len"]), generator=g)
-        model = TTTLanguageModel(megatron_config(cfg, world, case["sequence_parallel"], dtype), cfg)
+        model = TTTLanguageModel(megatron_config(cfg, world, case["sequence_parallel"], dtype), cfg, groups)
         model.load_state_dict(to_local(weights, cfg, tp_rank, world))
         # Gradients through the gathered logits: megatron-core's vocab-parallel cross entropy
         # computes in float32, which would hide float64 differences; it is compared on its own.
@@ -68,13 +69,13 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict], dtype=tor
 def hybrid_outputs(rank: int, world: int, store, cfg: TTTModelConfig, sequence_parallel: bool, seq_len: int):
     """A hybrid model at TP=world in float64 from seeded weights: its logits and every gradient in
     reference format (gathered over TP)."""
-    init_parallel(ModelParallel(world, sequence_parallel), store=store)
-    tp_group = parallel_state.get_tensor_model_parallel_group()
-    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    groups = init_parallel(ParallelLayout(world, sequence_parallel), store=store)
+    tp_group = groups.tp
+    tp_rank = dist.get_rank(groups.tp)
     g = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, cfg.vocab_size, (2, seq_len), generator=g)
     labels = torch.randint(0, cfg.vocab_size, (2, seq_len), generator=g)
-    model = TTTLanguageModel(megatron_config(cfg, world, sequence_parallel, torch.float64), cfg)
+    model = TTTLanguageModel(megatron_config(cfg, world, sequence_parallel, torch.float64), cfg, groups)
     model.load_state_dict(to_local(random_reference_weights(cfg, seed=1), cfg, tp_rank, world))
     logits = model.gather_logits(model(tokens))
     F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum").backward()

@@ -12,7 +12,8 @@ from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLine
 
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from tests.distributed import run_distributed
 
 T, B, D, F = 6, 2, 32, 16
@@ -37,7 +38,7 @@ def sequence_parallel_linears(rank: int, world: int, store) -> dict:
     """On each of the TP=2 ranks: its [T/2,B,D] slice of one full input through a sequence-parallel
     ColumnParallelLinear (D -> F) and RowParallelLinear (F -> D), then backward from its slice of
     one full upstream gradient. Returns its inputs, weight shards, outputs and gradients."""
-    init_parallel(ModelParallel(tensor_parallel=world, sequence_parallel=True), store=store)
+    init_parallel(ParallelLayout(tensor_parallel=world, sequence_parallel=True), store=store)
     assert parallel_state.get_tensor_model_parallel_world_size() == world
     config = megatron_config(TTTModelConfig(hidden_size=D, num_heads=4, num_layers=1, intermediate_size=F),
                              tensor_parallel=world, sequence_parallel=True)
@@ -46,6 +47,10 @@ def sequence_parallel_linears(rank: int, world: int, store) -> dict:
                                   gather_output=False)
     row = RowParallelLinear(F, D, config=config, init_method=config.init_method, bias=False,
                             input_is_parallel=True, skip_bias_add=True)
+    with torch.no_grad():  # the layers only allocate: each rank draws its own shards
+        mine = torch.Generator().manual_seed(100 + rank)
+        column.weight.normal_(0.0, 0.02, generator=mine)
+        row.weight.normal_(0.0, 0.02, generator=mine)
     g = torch.Generator().manual_seed(7)  # the same full tensors on every rank; each keeps its slice
     full_x, full_upstream = torch.randn(T, B, D, generator=g), torch.randn(T, B, D, generator=g)
     local = slice(rank * T // world, (rank + 1) * T // world)

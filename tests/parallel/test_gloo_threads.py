@@ -22,17 +22,18 @@ def _gloo_threads() -> int:
 def _threads_around(rank, world, store, directory, guarded):
     """gloo threads before and after saving then loading a model (guarded: as model_dir does it;
     not: dist_checkpointing's own load, as before), and the intra-op threads after."""
-    from megatron_ttt.parallel.setup import ModelParallel, parallel_groups
+    from megatron_ttt.parallel.layout import ParallelLayout
+    from megatron_ttt.parallel.setup import parallel_groups
 
-    with parallel_groups(ModelParallel(), store=store):
+    with parallel_groups(ParallelLayout(), store=store) as groups:
         torch.set_num_threads(2)
         torch.nn.functional.gelu(torch.randn(1024, 1024))  # the main thread's own team, as in any run
         before = _gloo_threads()
         if guarded:
-            save_model(build_model(preset("tiny", num_layers=12), init_seed=0), directory)
-            load_model(directory)
+            save_model(build_model(preset("tiny", num_layers=12), groups, init_seed=0), directory)
+            load_model(directory, groups)
         else:
-            model = build_model(preset("tiny", num_layers=12))
+            model = build_model(preset("tiny", num_layers=12), groups)
             dist_checkpointing.load(model.sharded_state_dict(), str(directory / WEIGHTS_DIR))
         return before, _gloo_threads(), torch.get_num_threads()
 

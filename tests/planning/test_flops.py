@@ -10,13 +10,13 @@ from megatron_ttt.planning import flops
 
 @pytest.mark.parametrize("layer_type", ["linear", "mlp"])
 @pytest.mark.parametrize("backbone", ["transformer", "mamba"])
-def test_forward_flops_equal_the_counted_matmuls(single_process_parallel, layer_type, backbone):
+def test_forward_flops_equal_the_counted_matmuls(groups, layer_type, backbone):
     """Every matmul, bmm and convolution the model runs, as torch counts them. The mamba
     backbone's convolutions also count their K - 1 padded outputs (0.03% here)."""
     from megatron_ttt.models.build import build_model
 
     model = preset("tiny", layer_type, backbone, vocab_size=512)
-    net = build_model(model)
+    net = build_model(model, groups, init_seed=0)
     T, B = 128, 2
     tokens = torch.randint(0, model.vocab_size, (B, T))
     with FlopCounterMode(display=False) as counter:
@@ -44,7 +44,7 @@ def test_mean_keys_counts_every_query(seq_len, window):
     assert flops.mean_keys(seq_len, window) == pytest.approx(sum(keys) / seq_len, rel=1e-12)
 
 
-def test_a_hybrid_counts_every_matmul_as_torch_does(single_process_parallel):
+def test_a_hybrid_counts_every_matmul_as_torch_does(groups):
     """A TTT layer and a full-attention layer at T = 128: every matmul outside the attention
     kernel exactly as torch counts it. Torch's counter has no rule for the CPU's fused attention
     kernel (it counts nothing there; on a GPU it would count the whole T x T rectangle, masked
@@ -54,7 +54,7 @@ def test_a_hybrid_counts_every_matmul_as_torch_does(single_process_parallel):
     model = preset("tiny", "linear", "transformer", vocab_size=512, layer_pattern="T*")
     T, B = 128, 2
     with FlopCounterMode(display=False) as counter:
-        build_model(model)(torch.randint(0, model.vocab_size, (B, T)))
+        build_model(model, groups, init_seed=0)(torch.randint(0, model.vocab_size, (B, T)))
     planned_attention = sum(layer.attention for layer in flops.layers(model, T))
     assert planned_attention == 4 * model.head_dim * model.num_heads * (T + 1) / 2
     assert counter.get_total_flops() / (T * B) == flops.forward_flops(model, T) - planned_attention

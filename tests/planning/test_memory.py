@@ -23,13 +23,13 @@ RUN = ["train.steps=2", "data.seq_len=256", "data.micro_batch_size=4", "data.num
 
 @pytest.mark.parametrize("layer_type", ["linear", "mlp"])
 @pytest.mark.parametrize("backbone", ["mamba", "transformer"])
-def test_local_parameters_match_a_built_model(single_process_parallel, layer_type, backbone):
+def test_local_parameters_match_a_built_model(groups, layer_type, backbone):
     """Psi per TP rank: the built model's TP-split parameters (megatron-core's tensor_model_parallel
     tag) over tp, plus the rest whole."""
     from megatron_ttt.models.build import build_model
 
     model = preset("tiny", layer_type, backbone, vocab_size=512)
-    params = list(build_model(model).parameters())
+    params = list(build_model(model, groups).parameters())
     split = sum(p.numel() for p in params if getattr(p, "tensor_model_parallel", False))
     whole = sum(p.numel() for p in params) - split
     for tp in (1, 2, 4):

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from megatron_ttt.checkpoint.model_dir import load_model
-from megatron_ttt.parallel.setup import ModelParallel, destroy_parallel, init_parallel
+from megatron_ttt.parallel.layout import ParallelLayout
+from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from tests.distributed import run_distributed
 
 FAST = ["train.steps=6", "data.seq_len=64", "data.micro_batch_size=4", "data.global_batch_tokens=512",
@@ -96,8 +97,8 @@ def cut_at(src: Path, dst: Path, step: int) -> Path:
 
 
 def layout_free_weights(rank, world, store, directory):
-    init_parallel(ModelParallel(world), store=store)
-    weights = {n: p.detach().clone() for n, p in load_model(directory).named_parameters()}
+    groups = init_parallel(ParallelLayout(world), store=store)
+    weights = {n: p.detach().clone() for n, p in load_model(directory, groups).named_parameters()}
     destroy_parallel()
     return weights
 

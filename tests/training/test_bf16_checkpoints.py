@@ -12,12 +12,12 @@ from tests.training.runs import final_weights, losses, pretrain
 
 @pytest.mark.slow
 def test_bf16_zero0_checkpoint_holds_each_parameters_master_and_resumes_at_zero1(tmp_path, cache,
-                                                                                 single_process_parallel):
+                                                                                 groups):
     steps = ["train.dtype=bf16", "train.steps=6", "checkpoint.interval=3", "checkpoint.keep=2"]
     whole = tmp_path / "whole"
     pretrain(whole, cache, steps)
     step3 = whole / "checkpoints" / "step-00000003"
-    masters = dict(load_model(step3).named_parameters())
+    masters = dict(load_model(step3, groups).named_parameters())
     module = final_weights(whole, "step-00000003")
     for name, weight in module.items():
         if weight is not None and name in masters:

@@ -9,8 +9,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
+from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.config.sections import DataSection
+from megatron_ttt.data.manifest import Manifest
+from megatron_ttt.data.tokenizer import Tokenizer
+from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.training.data import bundled_manifest_path
 from tests.training.runs import pretrain
 
@@ -42,21 +47,40 @@ def mttt(*args: str, cwd) -> subprocess.CompletedProcess:
     return out
 
 
+def greedy_text(model, tokenizer: Tokenizer, prompt: str, new_tokens: int) -> str:
+    """The prompt and its greedy continuation by full forwards (no cache): what `mttt generate`
+    prints at temperature 0, the way it frames the prompt (EOS first) and stops (at EOS)."""
+    ids, new = [tokenizer.eos_id, *tokenizer.encode([prompt])[0]], []
+    for _ in range(new_tokens):
+        with torch.no_grad():
+            logits = model.gather_logits(model(torch.tensor([ids + new])))
+        token = int(logits[0, -1, :tokenizer.vocab_size].argmax())
+        if token == tokenizer.eos_id:
+            break
+        new.append(token)
+    return prompt + tokenizer.decode(new)
+
+
 @pytest.mark.slow
-def test_a_triton_run_evaluates_generates_and_converts_on_the_cpu(triton_run, cache, tmp_path):
+def test_a_triton_run_evaluates_generates_and_converts_on_the_cpu(triton_run, cache, tmp_path, groups):
     step = triton_run / "checkpoints" / "step-00000003"
-    vocab = json.loads((step / "model_config.json").read_text())["vocab_size"]
-    np.save(tmp_path / "ids.npy", np.random.default_rng(0).integers(0, vocab, (2, 40)))
+    model = load_model(step, groups).eval()
+    ids = np.random.default_rng(0).integers(0, model.ttt.vocab_size, (2, 40))
+    np.save(tmp_path / "ids.npy", ids)
     for source, name in ((triton_run, "run"), (step, "step")):
         mttt("eval", "logprobs", "--checkpoint", str(source), "--input", str(tmp_path / "ids.npy"),
              "--output", str(tmp_path / f"{name}.npy"), cwd=tmp_path)
     by_run, by_step = np.load(tmp_path / "run.npy"), np.load(tmp_path / "step.npy")
-    assert by_run.shape == (2, 39) and np.isfinite(by_run).all() and np.array_equal(by_run, by_step)
+    assert np.array_equal(by_run, by_step)
+    with torch.no_grad():
+        expected = token_logprobs(model, torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(by_run, expected, rtol=0, atol=1e-5)
 
     manifest = bundled_manifest_path(DataSection(seq_len=64, bundled_vocab_size=512), cache)
+    tokenizer = Tokenizer(Manifest.load(manifest).settings.tokenizer.path)
     out = mttt("generate", "--checkpoint", str(triton_run), "--data", str(manifest), "--prompt", "The",
                "--max-new-tokens", "5", cwd=tmp_path)
-    assert out.stdout.strip()
+    assert out.stdout.splitlines()[0] == greedy_text(model, tokenizer, "The", 5)
 
     out = mttt("convert", "mttt-to-hf", str(triton_run), str(tmp_path / "hf"), cwd=tmp_path)
     assert "self-check" in out.stdout and (tmp_path / "hf" / "model.safetensors").exists()
