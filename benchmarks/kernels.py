@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
 from tqdm import tqdm  # noqa: E402
 from ttt_layer import make_inputs  # noqa: E402  (the sibling benchmark's inputs at a layer's scales)
 
-from megatron_ttt.ops import TTTState, ttt_dual, ttt_inner_loop  # noqa: E402
+from megatron_ttt.ops import TTTInputs, TTTState, ttt_dual, ttt_inner_loop  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LEAF_NAMES = ["q", "k", "v", "lr", "token_offset", "ln_weight", "ln_bias"]
@@ -36,12 +36,11 @@ STATE_NAMES = {"linear": ["W", "b"], "mlp": ["W1", "b1", "W2", "b2"]}
 
 def run_op(backend: str, leaves: list[torch.Tensor], b: int, group: int) -> list[torch.Tensor]:
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
-    state = TTTState.initial(tuple(weights), q.shape[0])
+    inputs, state = TTTInputs(q, k, v, lr, offset, ln_w, ln_b), TTTState.initial(tuple(weights), q.shape[0])
     if backend == "twin":
-        z, state = ttt_dual(q, k, v, lr, offset, ln_w, ln_b, state, mini_batch_size=b, time_checkpoint_group=group)
+        z, state = ttt_dual(inputs, state, mini_batch_size=b, time_checkpoint_group=group)
     else:
-        z, state = ttt_inner_loop(q, k, v, lr, offset, ln_w, ln_b, state, mini_batch_size=b,
-                                  time_checkpoint_group=group, backend="triton")
+        z, state = ttt_inner_loop(inputs, state, mini_batch_size=b, time_checkpoint_group=group, backend="triton")
     return [z, *state.weights, *(state.grads or ())]
 
 

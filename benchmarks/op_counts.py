@@ -26,7 +26,7 @@ from megatron_ttt.models.build import build_model
 from megatron_ttt.models.compiled_decode import CompiledDecoder
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.presets import preset
-from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_dual
+from megatron_ttt.ops import TTTInputs, TTTState, ttt_decode_step, ttt_dual
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import parallel_groups
 from ttt_layer import make_inputs
@@ -42,15 +42,15 @@ def count_ops(fn) -> int:
                and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
 
 
-def inner_loop_counts(kind: str, blocks: int, step: str) -> tuple[int, int]:
+def inner_loop_counts(kind: str, blocks: int, backend: str) -> tuple[int, int]:
     """(forward ops, backward ops) of ttt_dual over `blocks` mini-batches."""
     leaves = make_inputs(kind, B, H, blocks * MINI_BATCH, D, MINI_BATCH)
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
     out = {}
 
     def forward():
-        z, final = ttt_dual(q, k, v, lr, offset, ln_w, ln_b, TTTState.initial(tuple(weights), B),
-                            mini_batch_size=MINI_BATCH, step=step)
+        z, final = ttt_dual(TTTInputs(q, k, v, lr, offset, ln_w, ln_b), TTTState.initial(tuple(weights), B),
+                            mini_batch_size=MINI_BATCH, backend=backend)
         out["loss"] = z.sum() + sum(w.sum() for w in final.weights)
 
     return count_ops(forward), count_ops(lambda: out["loss"].backward())
@@ -61,8 +61,8 @@ def decode_counts(kind: str) -> tuple[int, float, float]:
     leaves = [x.detach()[:, :, :1] if x.dim() == 4 else x.detach() for x in make_inputs(kind, B, H, 1, D, MINI_BATCH)]
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
     lr = lr[:, :, :1]
-    step = count_ops(lambda: ttt_decode_step(q, k, v, lr, offset, ln_w, ln_b, TTTState.initial(tuple(weights), B),
-                                             mini_batch_size=MINI_BATCH))
+    step = count_ops(lambda: ttt_decode_step(TTTInputs(q, k, v, lr, offset, ln_w, ln_b),
+                                             TTTState.initial(tuple(weights), B), mini_batch_size=MINI_BATCH))
     with parallel_groups(ParallelLayout()) as groups, torch.no_grad():
         model = build_model(preset("tiny", kind, "mamba"), groups, init_seed=0).eval()
         cache = InferenceCache.empty(len(model.blocks))
@@ -79,18 +79,18 @@ def main() -> None:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     inner, decode = [], []
-    for kind, step in (("linear", "autograd"), ("linear", "manual"), ("mlp", "autograd")):
-        (f8, b8), (f16, b16) = inner_loop_counts(kind, 8, step), inner_loop_counts(kind, 16, step)
-        inner.append({"layer_type": kind, "step": step, "forward_per_mini_batch": (f16 - f8) / 8,
+    for kind, backend in (("linear", "torch"), ("linear", "manual"), ("mlp", "torch")):
+        (f8, b8), (f16, b16) = inner_loop_counts(kind, 8, backend), inner_loop_counts(kind, 16, backend)
+        inner.append({"layer_type": kind, "backend": backend, "forward_per_mini_batch": (f16 - f8) / 8,
                       "backward_per_mini_batch": (b16 - b8) / 8})
     for kind in ("linear", "mlp"):
         step, per_layer, compiled = decode_counts(kind)
         decode.append({"layer_type": kind, "decode_step": step, "decode_token_per_layer": per_layer,
                        "compiled_decode_token_per_layer": compiled})
     print(f"ATen ops (top level), ttt_dual at B={B}, H={H}, d={D}, b={MINI_BATCH}")
-    print(f"{'layer':<7} {'step':<9} {'fwd / mini-batch':>17} {'bwd / mini-batch':>17}")
+    print(f"{'layer':<7} {'backend':<9} {'fwd / mini-batch':>17} {'bwd / mini-batch':>17}")
     for r in inner:
-        print(f"{r['layer_type']:<7} {r['step']:<9} {r['forward_per_mini_batch']:>17.1f} "
+        print(f"{r['layer_type']:<7} {r['backend']:<9} {r['forward_per_mini_batch']:>17.1f} "
               f"{r['backward_per_mini_batch']:>17.1f}")
     print("decode: tiny preset")
     print(f"{'layer':<7} {'decode step':>12} {'token / layer':>14} {'compiled token / layer':>23}")

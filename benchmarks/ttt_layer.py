@@ -23,14 +23,14 @@ import time
 import torch
 from tqdm import tqdm
 
-from megatron_ttt.ops import TTTState, ttt_dual, ttt_primal
+from megatron_ttt.ops import TTTInputs, TTTState, ttt_dual, ttt_primal
 
 IMPLS = {
     "primal": lambda *a, b: ttt_primal(*a, mini_batch_size=b),
     "dual": lambda *a, b: ttt_dual(*a, mini_batch_size=b),
     "dual+ckpt4": lambda *a, b: ttt_dual(*a, mini_batch_size=b, time_checkpoint_group=4),
-    "dual+compile": lambda *a, b: ttt_dual(*a, mini_batch_size=b, step="compiled"),
-    "dual+manual": lambda *a, b: ttt_dual(*a, mini_batch_size=b, step="manual"),
+    "dual+compile": lambda *a, b: ttt_dual(*a, mini_batch_size=b, backend="compile"),
+    "dual+manual": lambda *a, b: ttt_dual(*a, mini_batch_size=b, backend="manual"),
 }
 
 # The primal form holds b per-token copies of the inner weights per mini-batch for its backward:
@@ -56,7 +56,7 @@ def forward(impl: str, leaves: list[torch.Tensor], b: int) -> torch.Tensor:
     """The op and a scalar of its output and final state (so the backward covers both)."""
     q, k, v, lr, offset, ln_w, ln_b, *weights = leaves
     state = TTTState.initial(tuple(weights), q.shape[0])
-    z, final = IMPLS[impl](q, k, v, lr, offset, ln_w, ln_b, state, b=b)
+    z, final = IMPLS[impl](TTTInputs(q, k, v, lr, offset, ln_w, ln_b), state, b=b)
     return z.sum() + sum(w.sum() for w in final.weights)
 
 

@@ -50,6 +50,18 @@ def store_vector(ptr, x, start, T, mini_batch, BL: tl.constexpr):
 
 
 @triton.jit
+def head_constants(ln_w_ptr, ln_b_ptr, coeff_ptr, n, H, mini_batch, D: tl.constexpr, BL: tl.constexpr):
+    """What every mini-batch of program n shares: its head's inner LayerNorm weight and bias [D]
+    in fp32, the token coefficients c [BL] (zeros past the mini-batch) and c[b - 1]."""
+    cols = tl.arange(0, D)
+    rows = tl.arange(0, BL)
+    ln_w = tl.load(ln_w_ptr + (n % H) * D + cols).to(tl.float32)
+    ln_b = tl.load(ln_b_ptr + (n % H) * D + cols).to(tl.float32)
+    c = tl.load(coeff_ptr + rows, mask=rows < mini_batch, other=0.0)
+    return ln_w, ln_b, c, tl.load(coeff_ptr + mini_batch - 1)
+
+
+@triton.jit
 def block_inputs(q_ptr, k_ptr, v_ptr, lr_ptr, start, T, mini_batch, D: tl.constexpr, BL: tl.constexpr):
     """(q, k, v - k, lr) of one mini-batch: the tiles every kernel starts from."""
     q = load_rows(q_ptr, start, T, mini_batch, D, BL)

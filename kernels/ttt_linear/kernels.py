@@ -13,6 +13,7 @@ import triton.language as tl
 from megatron_ttt.kernels.common import (
     block_inputs,
     causal_lr,
+    head_constants,
     ln_l2_grad,
     ln_l2_grad_backward,
     load_rows,
@@ -43,10 +44,7 @@ def ttt_linear_fwd_kernel(
     seq = n * T * D
     w = tl.load(w0_ptr + n * D * D + dd)
     b = tl.load(b0_ptr + n * D + cols)
-    ln_w = tl.load(ln_w_ptr + (n % H) * D + cols).to(tl.float32)
-    ln_b = tl.load(ln_b_ptr + (n % H) * D + cols).to(tl.float32)
-    c = tl.load(coeff_ptr + tl.arange(0, BL), mask=tl.arange(0, BL) < mini_batch, other=0.0)
-    c_last = tl.load(coeff_ptr + mini_batch - 1)
+    ln_w, ln_b, c, c_last = head_constants(ln_w_ptr, ln_b_ptr, coeff_ptr, n, H, mini_batch, D, BL)
     n_ckpt = (n_blocks + G - 1) // G
     for blk in range(n_blocks):
         if blk % G == 0:
@@ -86,10 +84,7 @@ def ttt_linear_bwd_kernel(
     rows = tl.arange(0, BL)
     dd = matrix_offsets(D, D)
     seq = n * T * D
-    ln_w = tl.load(ln_w_ptr + (n % H) * D + cols).to(tl.float32)
-    ln_b = tl.load(ln_b_ptr + (n % H) * D + cols).to(tl.float32)
-    c = tl.load(coeff_ptr + rows, mask=rows < mini_batch, other=0.0)
-    c_last = tl.load(coeff_ptr + mini_batch - 1)
+    ln_w, ln_b, c, c_last = head_constants(ln_w_ptr, ln_b_ptr, coeff_ptr, n, H, mini_batch, D, BL)
     dw = tl.load(dw_out_ptr + n * D * D + dd)
     db = tl.load(db_out_ptr + n * D + cols)
     dln_w = tl.zeros([D], tl.float32)

@@ -23,6 +23,7 @@ from megatron_ttt.kernels.common import (
     causal_lr,
     gelu_tanh,
     gelu_tanh_grads,
+    head_constants,
     ln_l2_grad,
     ln_l2_grad_backward,
     load_rows,
@@ -133,10 +134,7 @@ def ttt_mlp_fwd_kernel(
     w2_ptr = w2_out + n * HID * D
     _copy_state(w1_0 + n * D * HID, b1_0 + n * HID, w2_0 + n * HID * D, w1_ptr, b1_ptr, w2_ptr, D, HID, HC)
     b2 = tl.load(b2_0 + n * D + cols)
-    ln_w = tl.load(ln_w_ptr + (n % H) * D + cols).to(tl.float32)
-    ln_b = tl.load(ln_b_ptr + (n % H) * D + cols).to(tl.float32)
-    c = tl.load(coeff_ptr + tl.arange(0, BL), mask=tl.arange(0, BL) < mini_batch, other=0.0)
-    c_last = tl.load(coeff_ptr + mini_batch - 1)
+    ln_w, ln_b, c, c_last = head_constants(ln_w_ptr, ln_b_ptr, coeff_ptr, n, H, mini_batch, D, BL)
     n_ckpt = (n_blocks + G - 1) // G
     for blk in range(n_blocks):
         if blk % G == 0:
@@ -227,10 +225,7 @@ def ttt_mlp_bwd_kernel(
     cols = tl.arange(0, D)
     rows = tl.arange(0, BL)
     seq = n * T * D
-    ln_w = tl.load(ln_w_ptr + (n % H) * D + cols).to(tl.float32)
-    ln_b = tl.load(ln_b_ptr + (n % H) * D + cols).to(tl.float32)
-    c = tl.load(coeff_ptr + rows, mask=rows < mini_batch, other=0.0)
-    c_last = tl.load(coeff_ptr + mini_batch - 1)
+    ln_w, ln_b, c, c_last = head_constants(ln_w_ptr, ln_b_ptr, coeff_ptr, n, H, mini_batch, D, BL)
     # The gradient of (W1, b1, W2) carried backwards lives in the output buffers, updated in place.
     dw1_ptr = dw1_0 + n * D * HID
     db1_ptr = db1_0 + n * HID

@@ -38,7 +38,7 @@ from megatron_ttt.models.layers import (
     streaming_causal_conv,
 )
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
-from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_inner_loop
+from megatron_ttt.ops import TTTInputs, TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
 from megatron_ttt.parallel.context import context_group, heads_to_sequence, local_slice, sequence_to_heads
 from megatron_ttt.run_options import InnerLoopOptions
@@ -164,13 +164,13 @@ class TTTMixer(MegatronModule):
         token_offset = replicated_weight(self.token_offset, self.tp_size > 1, self.tp_group)
         if state is None:
             state = TTTState.initial(self.inner_weights, q.shape[0])
-        inner = (q, k, self._heads(parts["v"]), lr, token_offset, self._mine(self.ttt_norm_weight),
-                 self._mine(self.ttt_norm_bias), state)
+        inner = TTTInputs(q, k, self._heads(parts["v"]), lr, token_offset, self._mine(self.ttt_norm_weight),
+                          self._mine(self.ttt_norm_bias))
         if cache is not None and q.shape[2] == 1:
-            z, state = ttt_decode_step(*inner, mini_batch_size=ttt.mini_batch_size)
+            z, state = ttt_decode_step(inner, state, mini_batch_size=ttt.mini_batch_size)
         else:
             with torch.profiler.record_function("ttt_inner_loop"):  # a profiler's name for its share of the forward
-                z, state = ttt_inner_loop(*inner, mini_batch_size=ttt.mini_batch_size,
+                z, state = ttt_inner_loop(inner, state, mini_batch_size=ttt.mini_batch_size,
                                           backend=self.inner_loop.backend,
                                           time_checkpoint_group=self.inner_loop.time_checkpoint_group)
         if cache is not None:

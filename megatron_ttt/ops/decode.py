@@ -13,35 +13,25 @@ graph) serves every token. Its values equal the variable-shape step's bit for bi
 import torch
 
 from megatron_ttt.ops.inner import keys_backward, layer_norm, layers_forward, lr_weighted_grads, token_coefficients
-from megatron_ttt.ops.state import TTTState, check_inputs, from_rows, head_param_rows, to_rows
+from megatron_ttt.ops.inputs import TTTInputs
+from megatron_ttt.ops.state import TTTState, from_rows, head_param_rows, to_rows
 
 
-def ttt_decode_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    lr: torch.Tensor,
-    token_offset: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    state: TTTState,
-    *,
-    mini_batch_size: int = 16,
-) -> tuple[torch.Tensor, TTTState]:
+def ttt_decode_step(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16) -> tuple[torch.Tensor, TTTState]:
     """One token: q, k, v [B,H,1,d], lr [B,H,1]; otherwise as ops.dual.ttt_dual. Returns z [B,H,1,d]."""
-    check_inputs((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size)
-    B, H, T, _ = q.shape
+    inputs.check(state, mini_batch_size)
+    B, H, T, _ = inputs.q.shape
     if T != 1:
         raise ValueError(f"ttt_decode_step takes one token, got T={T}; use ttt_dual for a prefix")
-    q, k, v, lr = to_rows(q), to_rows(k), to_rows(v), to_rows(lr)
-    ln_w, ln_b = head_param_rows(ln_weight, B), head_param_rows(ln_bias, B)
+    q, k, v, lr = (to_rows(x) for x in (inputs.q, inputs.k, inputs.v, inputs.lr))
+    ln_w, ln_b = head_param_rows(inputs.ln_weight, B), head_param_rows(inputs.ln_bias, B)
     weights = tuple(to_rows(w) for w in state.weights)
 
-    inputs, preacts = layers_forward(weights, k)
-    acc = lr_weighted_grads(inputs, keys_backward(weights, preacts, v - k, ln_w, ln_b), lr)
+    layer_inputs, preacts = layers_forward(weights, k)
+    acc = lr_weighted_grads(layer_inputs, keys_backward(weights, preacts, v - k, ln_w, ln_b), lr)
     if state.grads is not None:
         acc = tuple(a + to_rows(g) for a, g in zip(acc, state.grads))
-    coeff = token_coefficients(token_offset)
+    coeff = token_coefficients(inputs.token_offset)
     fixed = isinstance(state.position, torch.Tensor)
     # A gather, not indexing, for a tensor position: indexing would read its value on the host.
     c = coeff.index_select(0, state.position.reshape(1)) if fixed else coeff[state.position]

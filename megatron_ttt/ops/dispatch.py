@@ -2,24 +2,23 @@
 
 "auto" runs the fused Triton kernels (megatron_ttt.kernels) on CUDA tensors they support and the
 PyTorch dual form (`ttt_dual`, their twin) everywhere else; "triton" and "torch" force one, and
-"triton" says why when it cannot run. Forced, the kernels also run on CPU tensors under Triton's
-interpreter (TRITON_INTERPRET=1), which is how the tests compare them with the twin; "auto"
-never interprets. "compile" runs the dual form with each mini-batch's step through torch.compile,
-"manual" with TTT-Linear's backward written out (ops/linear_scan.py).
+"triton" says why when it cannot run ("auto" says so once where the kernels would not fit the GPU).
+Forced, the kernels also run on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1),
+which is how the tests compare them with the twin; "auto" never interprets. The other dual-form
+backends (run_options.DUAL_FORM_BACKENDS) pass through to `ttt_dual`: "compile" runs each
+mini-batch's step through torch.compile, "manual" TTT-Linear's backward written out
+(ops/linear_scan.py).
 """
 
 import os
-import warnings
 
 import torch
 
 from megatron_ttt.ops.dual import ttt_dual
 from megatron_ttt.ops.inner import token_coefficients
-from megatron_ttt.ops.state import TTTState, check_inputs
-from megatron_ttt.run_options import check_backend
-
-DUAL_STEPS = {"compile": "compiled", "manual": "manual"}
-"""The dual form's step for each backend that names one (ttt_dual's `step`)."""
+from megatron_ttt.ops.inputs import TTTInputs
+from megatron_ttt.ops.state import TTTState
+from megatron_ttt.run_options import DUAL_FORM_BACKENDS, check_backend, warn_once
 
 
 def triton_unsupported(q: torch.Tensor, state: TTTState) -> str | None:
@@ -33,50 +32,42 @@ def triton_unsupported(q: torch.Tensor, state: TTTState) -> str | None:
     return unsupported(q, (q.shape[-1], *(w.shape[-1] for w in state.weights[0::2])))
 
 
-def ttt_inner_loop(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    lr: torch.Tensor,
-    token_offset: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    state: TTTState,
-    *,
-    mini_batch_size: int = 16,
-    time_checkpoint_group: int = 0,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, TTTState]:
+def ttt_inner_loop(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16, time_checkpoint_group: int = 0,
+                   backend: str = "auto") -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence.
 
-    Arguments and results as `ttt_dual`; backend is "auto", "triton", "torch", "compile" or "manual".
+    Arguments and results as `ttt_dual`; backend is one of run_options.BACKENDS.
     """
     check_backend(backend)
-    inputs = (q, k, v, lr, token_offset, ln_weight, ln_bias)
-    check_inputs(inputs, state, mini_batch_size)
+    inputs.check(state, mini_batch_size)
+    q = inputs.q
     use_triton = backend == "triton" or (backend == "auto" and q.is_cuda)
     reason = triton_unsupported(q, state) if use_triton else None
     if use_triton and not reason and q.is_cuda:
         reason = _shared_memory_shortfall(inputs, state, mini_batch_size, time_checkpoint_group)
         if reason and backend == "auto":
-            warnings.warn(f"the Triton TTT kernels cannot run here ({reason}); using the PyTorch dual form")
+            warn_once(f"the Triton TTT kernels cannot run here ({reason}); using the PyTorch dual form")
     if backend == "triton" and reason:
         raise ValueError(f"backend 'triton' cannot run: {reason}")
     if not use_triton or reason:
-        return ttt_dual(q, k, v, lr, token_offset, ln_weight, ln_bias, state, mini_batch_size=mini_batch_size,
-                        time_checkpoint_group=time_checkpoint_group, step=DUAL_STEPS.get(backend, "autograd"))
+        # "auto" without the kernels is the dual form's autograd step.
+        dual_backend = backend if backend in DUAL_FORM_BACKENDS else "torch"
+        return ttt_dual(inputs, state, mini_batch_size=mini_batch_size, time_checkpoint_group=time_checkpoint_group,
+                        backend=dual_backend)
     fused, _ = _kernels(state)
-    z, *rest = fused(q, k, v, lr, token_coefficients(token_offset), ln_weight, ln_bias, *state.weights,
-                     mini_batch_size=mini_batch_size, time_checkpoint_group=time_checkpoint_group)
+    z, *rest = fused(q, inputs.k, inputs.v, inputs.lr, token_coefficients(inputs.token_offset), inputs.ln_weight,
+                     inputs.ln_bias, *state.weights, mini_batch_size=mini_batch_size,
+                     time_checkpoint_group=time_checkpoint_group)
     n = len(state.weights)
     position = q.shape[2] % mini_batch_size
     return z, TTTState(tuple(rest[:n]), tuple(rest[n:]) if position else None, position)
 
 
-def _shared_memory_shortfall(inputs, state: TTTState, mini_batch_size: int, time_checkpoint_group: int) -> str | None:
+def _shared_memory_shortfall(inputs: TTTInputs, state: TTTState, mini_batch_size: int,
+                             time_checkpoint_group: int) -> str | None:
     """Why the kernels would not launch on this GPU; the backward counts only if a gradient is wanted."""
     backward = torch.is_grad_enabled() and any(x.requires_grad for x in (*inputs, *state.weights))
-    return _kernels(state)[1].shared_memory_shortfall(inputs[0], state.weights, mini_batch_size, time_checkpoint_group,
+    return _kernels(state)[1].shared_memory_shortfall(inputs.q, state.weights, mini_batch_size, time_checkpoint_group,
                                                       backward)
 
 

@@ -1,4 +1,4 @@
-"""TTT-Linear's run of mini-batches with its backward written out: the dual form's "manual" step.
+"""TTT-Linear's run of mini-batches with its backward written out: the dual form's "manual" backend.
 
 The autograd step (`ops.dual._block`) records every small op of every mini-batch, forward and
 backward. Here one autograd.Function runs the mini-batches of a group: its forward keeps only
@@ -21,28 +21,28 @@ The backward of the state's step, with dW', db' the gradient of the state after 
 import torch
 
 from megatron_ttt.ops.inner import LN_EPS
+from megatron_ttt.ops.inputs import MiniBatches
 
 
-def linear_scan(weights, grads, per_group, complete):
+def linear_scan(weights, grads, run: MiniBatches, complete):
     """Run a group of TTT-Linear mini-batches: (Zbar [N,g,L,d], weights after, sums after or None).
 
-    weights (W, b) and grads (the carried sums, or None) as ops.dual._scan; per_group the
-    group's (q, k, v - k, lr, eta, A, coeff, ln_w, ln_b), [N, g, ...] each; complete: per
-    mini-batch, whether the state moves at its end (all but possibly the sequence's last)."""
-    q, k, target, lr, _, attn, coeff, ln_w, ln_b = per_group
-    acc = grads if grads is not None else (None, None)
+    weights (W, b) and grads (the carried sums, or None) as ops.dual._scan; run: the group's
+    mini-batches, [N, g, ...] each; complete: per mini-batch, whether the state moves at its end
+    (all but possibly the sequence's last)."""
+    acc_W, acc_b = grads if grads is not None else (None, None)
     last_complete = complete[-1]
-    inputs = (*weights, *acc, q, k, target, lr, attn, coeff[0, 0, -1], ln_w[:, 0], ln_b[:, 0])
+    inputs = (*weights, acc_W, acc_b, run.q, run.k, run.target, run.lr, run.attn0, run.coeff[0, 0, -1],
+              run.ln_w[:, 0], run.ln_b[:, 0])
     # Without a backward to come (scoring, decoding) the forward keeps nothing.
     keep = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs)
-    out = _LinearScan.apply(*inputs, last_complete, keep)
-    zbar = out[0]
+    zbar, W, b, *sums = _LinearScan.apply(*inputs, last_complete, keep)
     if grads is not None:
         # The carried sums' part of the first mini-batch's outputs, -c_i (q_i acc_W + acc_b) as in
         # ops.dual._block: it does not involve the weights, so autograd takes it.
-        first = zbar[:, 0] - coeff[:, 0].mT * torch.baddbmm(acc[1].unsqueeze(-2), q[:, 0], acc[0])
+        first = zbar[:, 0] - run.coeff[:, 0].mT * torch.baddbmm(acc_b.unsqueeze(-2), run.q[:, 0], acc_W)
         zbar = torch.cat((first.unsqueeze(1), zbar[:, 1:]), dim=1)
-    return zbar, tuple(out[1:3]), None if last_complete else tuple(out[3:5])
+    return zbar, (W, b), tuple(sums) or None
 
 
 def _ln_l2_grad(z: torch.Tensor, beta_minus_t: torch.Tensor, ln_w: torch.Tensor):

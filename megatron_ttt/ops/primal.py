@@ -11,7 +11,8 @@ import torch
 from torch.func import grad, vmap
 
 from megatron_ttt.ops.inner import gelu_tanh, layer_norm, layers, token_coefficients
-from megatron_ttt.ops.state import TTTState, check_inputs, from_rows, to_rows
+from megatron_ttt.ops.inputs import TTTInputs
+from megatron_ttt.ops.state import TTTState, from_rows, to_rows
 
 
 def inner_model(weights: tuple[torch.Tensor, ...], x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor):
@@ -35,26 +36,16 @@ _token_grads = vmap(vmap(grad(inner_loss), in_dims=(None, 0, 0, None, None)), in
 _token_outputs = vmap(vmap(inner_model, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))
 
 
-def ttt_primal(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    lr: torch.Tensor,
-    token_offset: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    state: TTTState,
-    *,
-    mini_batch_size: int = 16,
-) -> tuple[torch.Tensor, TTTState]:
-    """Same arguments and results as ops.dual.ttt_dual (without checkpointing)."""
-    check_inputs((q, k, v, lr, token_offset, ln_weight, ln_bias), state, mini_batch_size)
-    B, H, T, d = q.shape
+def ttt_primal(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16) -> tuple[torch.Tensor, TTTState]:
+    """Same arguments and results as ops.dual.ttt_dual (without checkpointing or backends)."""
+    inputs.check(state, mini_batch_size)
+    B, H, T, d = inputs.q.shape
     b = mini_batch_size
-    q, k, v, lr, ln_w, ln_b = (to_rows(x) for x in (q, k, v, lr, ln_weight.expand(B, H, d), ln_bias.expand(B, H, d)))
+    q, k, v, lr = (to_rows(x) for x in (inputs.q, inputs.k, inputs.v, inputs.lr))
+    ln_w, ln_b = (to_rows(x.expand(B, H, d)) for x in (inputs.ln_weight, inputs.ln_bias))
     weights = tuple(to_rows(w) for w in state.weights)
     acc = tuple(torch.zeros_like(w) for w in weights) if state.grads is None else tuple(to_rows(g) for g in state.grads)
-    coeff = token_coefficients(token_offset)
+    coeff = token_coefficients(inputs.token_offset)
 
     outputs = []
     t, position = 0, state.position

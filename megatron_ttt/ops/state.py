@@ -1,4 +1,4 @@
-"""The TTT state carried between calls, and the checks every entry point makes on its inputs."""
+"""The TTT state carried between calls, its checks, and the [B,H] <-> rows layout helpers."""
 
 from typing import NamedTuple
 
@@ -37,6 +37,30 @@ class TTTState(NamedTuple):
         position = int(self.position)
         return TTTState(self.weights, self.grads if position else None, position)
 
+    def check(self, batch: int, heads: int, width: int, mini_batch_size: int) -> None:
+        """Raise ValueError naming what does not fit `batch` x `heads` inner models of the
+        inputs' width, or a position inside a mini-batch of `mini_batch_size` tokens."""
+        if len(self.weights) not in (2, 4):
+            raise ValueError(f"state.weights must hold 2 (TTT-Linear) or 4 (TTT-MLP) tensors, got {len(self.weights)}")
+        widths = [width] + [w.shape[-1] for w in self.weights[0::2]]
+        if widths[-1] != width:
+            raise ValueError(f"the inner model must map width {width} back to {width}, its layers give {widths}")
+        for index, (w, b) in enumerate(zip(self.weights[0::2], self.weights[1::2])):
+            want_w, want_b = (batch, heads, widths[index], widths[index + 1]), (batch, heads, widths[index + 1])
+            if w.shape != want_w or b.shape != want_b:
+                raise ValueError(
+                    f"state layer {index}: W must be {want_w} and b {want_b}, got {tuple(w.shape)} and {tuple(b.shape)}"
+                )
+        if isinstance(self.position, torch.Tensor):
+            # Fixed-shape (compiled decoding): its value is data, checked where the state was made.
+            if self.position.dim() != 0 or self.position.dtype != torch.int64 or self.grads is None:
+                raise ValueError("a tensor state.position must be a 0-d int64 tensor, with state.grads always given")
+            return
+        if not 0 <= self.position < mini_batch_size:
+            raise ValueError(f"state.position must be in [0, {mini_batch_size}), got {self.position}")
+        if (self.grads is None) != (self.position == 0):
+            raise ValueError("state.grads must be given exactly when state.position > 0 (inside a mini-batch)")
+
     @staticmethod
     def initial(weights: tuple[torch.Tensor, ...], batch_size: int) -> "TTTState":
         """The state before the first token: the learnable initial weights [H,...] for every sequence."""
@@ -56,44 +80,3 @@ def from_rows(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
 def head_param_rows(param: torch.Tensor, batch: int) -> torch.Tensor:
     """[H,d] per-head parameter -> [B*H,1,d], one row per inner model (broadcast over tokens)."""
     return param.unsqueeze(0).expand(batch, *param.shape).reshape(-1, 1, param.shape[-1])
-
-
-def check_inputs(inputs: tuple[torch.Tensor, ...], state: TTTState, mini_batch_size: int) -> None:
-    """Raise ValueError naming the first argument whose shape does not fit the others. `inputs`:
-    (q, k, v, lr, token_offset, ln_weight, ln_bias), the tensors every entry point takes first."""
-    q, k, v, lr, token_offset, ln_weight, ln_bias = inputs
-    if q.dim() != 4:
-        raise ValueError(f"q must be [B,H,T,d], got shape {tuple(q.shape)}")
-    B, H, T, d = q.shape
-    for name, x in (("k", k), ("v", v)):
-        if x.shape != q.shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)}, q has {tuple(q.shape)}; they must match")
-    if lr.shape != (B, H, T):
-        raise ValueError(f"lr must be [B,H,T] = {(B, H, T)}, got {tuple(lr.shape)}")
-    if mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
-    if token_offset.shape != (mini_batch_size,):
-        raise ValueError(f"token_offset must be [mini_batch_size] = [{mini_batch_size}], got {tuple(token_offset.shape)}")
-    for name, x in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
-        if x.shape != (H, d):
-            raise ValueError(f"{name} must be [H,d] = {(H, d)}, got {tuple(x.shape)}")
-    if len(state.weights) not in (2, 4):
-        raise ValueError(f"state.weights must hold 2 (TTT-Linear) or 4 (TTT-MLP) tensors, got {len(state.weights)}")
-    widths = [d] + [w.shape[-1] for w in state.weights[0::2]]
-    if widths[-1] != d:
-        raise ValueError(f"the inner model must map width {d} back to {d}, its layers give {widths}")
-    for index, (w, b) in enumerate(zip(state.weights[0::2], state.weights[1::2])):
-        want_w, want_b = (B, H, widths[index], widths[index + 1]), (B, H, widths[index + 1])
-        if w.shape != want_w or b.shape != want_b:
-            raise ValueError(
-                f"state layer {index}: W must be {want_w} and b {want_b}, got {tuple(w.shape)} and {tuple(b.shape)}"
-            )
-    if isinstance(state.position, torch.Tensor):
-        # Fixed-shape (compiled decoding): its value is data, checked where the state was made.
-        if state.position.dim() != 0 or state.position.dtype != torch.int64 or state.grads is None:
-            raise ValueError("a tensor state.position must be a 0-d int64 tensor, with state.grads always given")
-        return
-    if not 0 <= state.position < mini_batch_size:
-        raise ValueError(f"state.position must be in [0, {mini_batch_size}), got {state.position}")
-    if (state.grads is None) != (state.position == 0):
-        raise ValueError("state.grads must be given exactly when state.position > 0 (inside a mini-batch)")

@@ -8,7 +8,7 @@ every gradient, with random cotangents on the output and on the final state.
 import pytest
 import torch
 
-from megatron_ttt.ops import TTTState, ttt_dual, ttt_inner_loop
+from megatron_ttt.ops import TTTInputs, TTTState, ttt_dual, ttt_inner_loop
 from tests.ops.inputs import make_case, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -26,7 +26,7 @@ def _run(case, backend: str, dtype: torch.dtype, time_checkpoint_group: int):
     state = TTTState.initial(tuple(weights), q.shape[0])
     run = ttt_dual if backend == "twin" else ttt_inner_loop
     kwargs = {} if backend == "twin" else {"backend": backend}
-    z, state = run(q, k, v, lr, offset, ln_w, ln_b, state, mini_batch_size=case.mini_batch_size,
+    z, state = run(TTTInputs(q, k, v, lr, offset, ln_w, ln_b), state, mini_batch_size=case.mini_batch_size,
                    time_checkpoint_group=time_checkpoint_group, **kwargs)
     outputs = _outputs(z, state)
     cotangents = torch.Generator().manual_seed(1)

@@ -4,35 +4,29 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_ttt.ops import TTTState
+from megatron_ttt.ops import TTTInputs, TTTState
 
 
 @dataclass
 class Case:
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    lr: torch.Tensor
-    token_offset: torch.Tensor
-    ln_weight: torch.Tensor
-    ln_bias: torch.Tensor
+    inputs: TTTInputs
     weights: tuple[torch.Tensor, ...]
     mini_batch_size: int
 
     def leaves(self) -> list[torch.Tensor]:
-        return [self.q, self.k, self.v, self.lr, self.token_offset, self.ln_weight, self.ln_bias, *self.weights]
+        return [*self.inputs, *self.weights]
 
     def requires_grad_(self) -> "Case":
         for x in self.leaves():
             x.requires_grad_(True)
         return self
 
-    def args(self, state: TTTState | None = None, start: int = 0, stop: int | None = None) -> tuple:
-        """Positional arguments of the ops for tokens [start, stop)."""
-        span = slice(start, stop)
-        state = state or TTTState.initial(self.weights, self.q.shape[0])
-        return (self.q[:, :, span], self.k[:, :, span], self.v[:, :, span], self.lr[:, :, span],
-                self.token_offset, self.ln_weight, self.ln_bias, state)
+    def args(self, state: TTTState | None = None, start: int = 0,
+             stop: int | None = None) -> tuple[TTTInputs, TTTState]:
+        """Positional arguments of the ops (inputs, state) for tokens [start, stop)."""
+        x, span = self.inputs, slice(start, stop)
+        state = state or TTTState.initial(self.weights, x.q.shape[0])
+        return x._replace(q=x.q[:, :, span], k=x.k[:, :, span], v=x.v[:, :, span], lr=x.lr[:, :, span]), state
 
 
 def make_case(kind: str, T: int, b: int, B: int = 2, H: int = 3, d: int = 8,
@@ -45,13 +39,13 @@ def make_case(kind: str, T: int, b: int, B: int = 2, H: int = 3, d: int = 8,
     weights = []
     for w_in, w_out in zip(widths[:-1], widths[1:]):
         weights += [rand(H, w_in, w_out, std=w_in**-0.5), rand(H, w_out, std=0.1)]
-    return Case(
+    inputs = TTTInputs(
         q=rand(B, H, T, d), k=rand(B, H, T, d), v=rand(B, H, T, d),
         lr=(base_lr * torch.sigmoid(rand(B, H, T)) / d).to(dtype),
         token_offset=rand(b, std=0.05),
         ln_weight=1 + rand(H, d, std=0.1), ln_bias=rand(H, d, std=0.1),
-        weights=tuple(weights), mini_batch_size=b,
     )
+    return Case(inputs=inputs, weights=tuple(weights), mini_batch_size=b)
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

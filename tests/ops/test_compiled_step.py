@@ -12,7 +12,8 @@ from tests.ops.inputs import make_case, rel_err, scalar_loss
 
 def _run(case, compiled: bool, state=None, start: int = 0, stop: int | None = None):
     """z, the final state, and the gradient of every leaf of a scalar of both."""
-    z, final = ttt_dual(*case.args(state, start, stop), mini_batch_size=case.mini_batch_size, step="compiled" if compiled else "autograd")
+    z, final = ttt_dual(*case.args(state, start, stop), mini_batch_size=case.mini_batch_size,
+                        backend="compile" if compiled else "torch")
     return z, final, torch.autograd.grad(scalar_loss(z, final), case.leaves())
 
 
@@ -27,7 +28,7 @@ def test_compiled_step_equals_the_eager_step_and_compiles_once_per_kind(kind):
         for compiled in (False, True):
             state = None
             if start_state:
-                state = ttt_dual(*case.args(stop=21), mini_batch_size=8, step="compiled" if compiled else "autograd")[1]
+                state = ttt_dual(*case.args(stop=21), mini_batch_size=8, backend="compile" if compiled else "torch")[1]
             results[compiled] = _run(case, compiled, state, 21 if start_state else 0, stop)
         (z, final, grads), (cz, cfinal, cgrads) = results[False], results[True]
         assert final.position == cfinal.position == stop % 8

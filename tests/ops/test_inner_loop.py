@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_ttt.ops import TTTState, ttt_decode_step, ttt_dual, ttt_primal
+from megatron_ttt.ops import TTTInputs, TTTState, ttt_decode_step, ttt_dual, ttt_primal
 from tests.ops.inputs import make_case, rel_err, scalar_loss
 
 KINDS = ["linear", "mlp"]
@@ -54,7 +54,8 @@ def test_gradcheck_dual(kind):
 
     def fn(*leaves):
         q, k, v, lr, off, ln_w, ln_b, *weights = leaves
-        z, state = ttt_dual(q, k, v, lr, off, ln_w, ln_b, TTTState.initial(tuple(weights), 1), mini_batch_size=4)
+        z, state = ttt_dual(TTTInputs(q, k, v, lr, off, ln_w, ln_b), TTTState.initial(tuple(weights), 1),
+                            mini_batch_size=4)
         return (z, *state.weights, *state.grads)
 
     assert torch.autograd.gradcheck(fn, case.leaves(), eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -122,16 +123,18 @@ def test_decode_continues_a_prefill(kind):
 
 def test_bad_inputs_are_named():
     case = make_case("linear", T=8, b=4)
-    q, k, v, lr, off, ln_w, ln_b, state = case.args()
+    inputs, state = case.args()
     with pytest.raises(ValueError, match="^k has shape"):
-        ttt_dual(q, k[:, :, :5], v, lr, off, ln_w, ln_b, state, mini_batch_size=4)
+        ttt_dual(inputs._replace(k=inputs.k[:, :, :5]), state, mini_batch_size=4)
     with pytest.raises(ValueError, match="^lr must be"):
-        ttt_dual(q, k, v, lr[..., :5], off, ln_w, ln_b, state, mini_batch_size=4)
+        ttt_dual(inputs._replace(lr=inputs.lr[..., :5]), state, mini_batch_size=4)
     with pytest.raises(ValueError, match="^token_offset must be"):
-        ttt_dual(q, k, v, lr, off, ln_w, ln_b, state, mini_batch_size=8)
+        ttt_dual(inputs, state, mini_batch_size=8)
     with pytest.raises(ValueError, match="^state layer 0"):
-        ttt_dual(q, k, v, lr, off, ln_w, ln_b, TTTState.initial(case.weights, 3), mini_batch_size=4)
+        ttt_dual(inputs, TTTState.initial(case.weights, 3), mini_batch_size=4)
     with pytest.raises(ValueError, match="^time_checkpoint_group"):
-        ttt_dual(q, k, v, lr, off, ln_w, ln_b, state, mini_batch_size=4, time_checkpoint_group=-1)
+        ttt_dual(inputs, state, mini_batch_size=4, time_checkpoint_group=-1)
+    with pytest.raises(ValueError, match="^backend must be one of"):
+        ttt_dual(inputs, state, mini_batch_size=4, backend="triton")
     with pytest.raises(ValueError, match="takes one token"):
-        ttt_decode_step(q, k, v, lr, off, ln_w, ln_b, state, mini_batch_size=4)
+        ttt_decode_step(inputs, state, mini_batch_size=4)

@@ -12,13 +12,13 @@ from tests.ops.inputs import make_case, rel_err, scalar_loss
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
-def _run(case, step: str, stop: int, start_state: bool, group: int):
+def _run(case, backend: str, stop: int, start_state: bool, group: int):
     """z, the final state and the gradient of every leaf of a scalar of both, for tokens [0, stop)
     in one call, or [0, 13) and then the rest from the state inside a mini-batch."""
     state, start = None, 0
     if start_state:
-        state, start = ttt_dual(*case.args(stop=13), mini_batch_size=case.mini_batch_size, step=step)[1], 13
-    z, final = ttt_dual(*case.args(state, start, stop), mini_batch_size=case.mini_batch_size, step=step,
+        state, start = ttt_dual(*case.args(stop=13), mini_batch_size=case.mini_batch_size, backend=backend)[1], 13
+    z, final = ttt_dual(*case.args(state, start, stop), mini_batch_size=case.mini_batch_size, backend=backend,
                         time_checkpoint_group=group)
     return z, final, torch.autograd.grad(scalar_loss(z, final), case.leaves())
 
@@ -26,10 +26,10 @@ def _run(case, step: str, stop: int, start_state: bool, group: int):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("stop,start_state,group", [(37, False, 0), (40, False, 2), (37, True, 0)],
                          ids=["T37", "T40-ckpt2", "mid-state"])
-def test_manual_step_equals_the_autograd_step(dtype, stop, start_state, group):
+def test_manual_backend_equals_the_autograd_step(dtype, stop, start_state, group):
     case = make_case("linear", 40, 8, d=16, dtype=dtype).requires_grad_()
-    (z, final, grads), (mz, mfinal, mgrads) = (_run(case, step, stop, start_state, group)
-                                               for step in ("autograd", "manual"))
+    (z, final, grads), (mz, mfinal, mgrads) = (_run(case, backend, stop, start_state, group)
+                                               for backend in ("torch", "manual"))
     assert mfinal.position == final.position == stop % 8
     errors = {"z": rel_err(mz, z)}
     errors |= {f"state {i}": rel_err(m, e) for i, (m, e) in
