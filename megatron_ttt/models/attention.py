@@ -19,35 +19,26 @@ constant memory and time per token.
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.spec_utils import build_module
 
 from megatron_ttt.models.columns import qkv_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import MixerCache
-from megatron_ttt.models.layers import RopeTables, parallel_linear_args, rotate_pairs
+from megatron_ttt.models.layers import MixerSubmodules, RopeTables, parallel_linear_args, rotate_pairs
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
 from megatron_ttt.parallel.context import context_group, group_size, heads_to_sequence, sequence_to_heads
 
 
-@dataclass
-class AttentionSubmodules:
-    in_proj: ModuleSpec | type = None
-    """Column-parallel fused q|k|v projection (megatron-core ColumnParallelLinear)."""
-    out_proj: ModuleSpec | type = None
-    """Row-parallel out-projection (megatron-core RowParallelLinear)."""
-
-
 class AttentionMixer(MegatronModule):
     """Full causal attention (window None) or sliding-window attention over local heads."""
 
-    def __init__(self, config: TransformerConfig, submodules: AttentionSubmodules, ttt: TTTModelConfig,
+    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig,
                  pg_collection: ProcessGroupCollection, window: int | None = None, layer_number: int = 1):
         super().__init__(config)
         tp = config.tensor_model_parallel_size

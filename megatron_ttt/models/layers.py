@@ -1,12 +1,15 @@
 """Small layers of the TTT block: RMSNorm, causal depthwise convolution, RoPE in mini-batches,
 and the tensor-parallel-exact LayerNorm over all heads."""
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+from megatron.core.transformer.spec_utils import ModuleSpec
 from torch import nn
 
 
@@ -16,6 +19,16 @@ def parallel_linear_args(config, tp_group) -> dict:
     perform_initialization off it never calls it)."""
     return dict(config=config, init_method=config.init_method, bias=False, skip_bias_add=True, is_expert=False,
                 tp_group=tp_group)
+
+
+@dataclass
+class MixerSubmodules:
+    """What a mixer (a TTT layer or attention) builds its projections from."""
+
+    in_proj: ModuleSpec | type = None
+    """Column-parallel fused in-projection (megatron-core ColumnParallelLinear)."""
+    out_proj: ModuleSpec | type = None
+    """Row-parallel out-projection (megatron-core RowParallelLinear)."""
 
 
 class RowParallelLinear(tensor_parallel.RowParallelLinear):

@@ -16,19 +16,18 @@ RoPE and inner loop run on whole sequences of those heads (with their slices of 
 parameters), and z comes back by the opposite all-to-all before the post-norm.
 """
 
-from dataclasses import dataclass
-
 import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+from megatron.core.transformer.spec_utils import build_module
 from torch import nn
 
 from megatron_ttt.models.columns import in_proj_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import (
+    MixerSubmodules,
     RopeTables,
     causal_depthwise_conv,
     head_parallel_layer_norm,
@@ -46,18 +45,10 @@ from megatron_ttt.run_options import InnerLoopOptions
 POST_NORM_EPS = 1e-6
 
 
-@dataclass
-class TTTMixerSubmodules:
-    in_proj: ModuleSpec | type = None
-    """Column-parallel fused in-projection (megatron-core ColumnParallelLinear)."""
-    out_proj: ModuleSpec | type = None
-    """Row-parallel out-projection (megatron-core RowParallelLinear)."""
-
-
 class TTTMixer(MegatronModule):
     """A TTT layer (Linear or MLP inner model, by `ttt.layer_type`) over local heads."""
 
-    def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig,
+    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig,
                  pg_collection: ProcessGroupCollection, inner_loop: InnerLoopOptions = InnerLoopOptions(),
                  layer_number: int = 1):
         super().__init__(config)
@@ -197,7 +188,7 @@ class TTTMixer(MegatronModule):
 class TTTLinearMixer(TTTMixer):
     """TTT-Linear: the inner model is z W + b per head."""
 
-    def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig, **kw):
+    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig, **kw):
         if ttt.layer_type != "linear":
             raise ValueError(f"TTTLinearMixer built with layer_type {ttt.layer_type!r}")
         super().__init__(config, submodules, ttt, **kw)
@@ -206,7 +197,7 @@ class TTTLinearMixer(TTTMixer):
 class TTTMLPMixer(TTTMixer):
     """TTT-MLP: the inner model is a two-layer tanh-GELU MLP of width 4 * head_dim per head."""
 
-    def __init__(self, config: TransformerConfig, submodules: TTTMixerSubmodules, ttt: TTTModelConfig, **kw):
+    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig, **kw):
         if ttt.layer_type != "mlp":
             raise ValueError(f"TTTMLPMixer built with layer_type {ttt.layer_type!r}")
         super().__init__(config, submodules, ttt, **kw)

@@ -3,11 +3,11 @@
 from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from megatron_ttt.models.attention import AttentionMixer, AttentionSubmodules
+from megatron_ttt.models.attention import AttentionMixer
 from megatron_ttt.models.block import SwiGLUMLP, SwiGLUSubmodules, TTTBlock, TTTBlockSubmodules
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.layers import RowParallelLinear
-from megatron_ttt.models.mixer import TTTLinearMixer, TTTMixerSubmodules, TTTMLPMixer
+from megatron_ttt.models.layers import MixerSubmodules, RowParallelLinear
+from megatron_ttt.models.mixer import TTTLinearMixer, TTTMLPMixer
 
 MIXERS = {"linear": TTTLinearMixer, "mlp": TTTMLPMixer}
 
@@ -16,10 +16,10 @@ def mixer_spec(ttt: TTTModelConfig, kind: str) -> ModuleSpec:
     """The mixer of a layer of `kind` (TTTModelConfig.mixers): a TTT mixer or causal attention."""
     if kind == "ttt":
         return ModuleSpec(module=MIXERS[ttt.layer_type],
-                          submodules=TTTMixerSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+                          submodules=MixerSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
     window = ttt.attention_window if kind == "window" else None
     return ModuleSpec(module=AttentionMixer, params={"window": window},
-                      submodules=AttentionSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+                      submodules=MixerSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
 
 
 def block_spec(ttt: TTTModelConfig, kind: str = "ttt") -> ModuleSpec:

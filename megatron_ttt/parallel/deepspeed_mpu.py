@@ -14,22 +14,22 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 
 class MegatronMpu:
     def __init__(self, groups: ProcessGroupCollection):
-        self.groups = groups
-
-    def get_model_parallel_rank(self) -> int:
-        return dist.get_rank(self.groups.tp)
-
-    def get_model_parallel_world_size(self) -> int:
-        return dist.get_world_size(self.groups.tp)
+        self.model_group, self.data_group = groups.tp, groups.dp_cp
 
     def get_model_parallel_group(self):
-        return self.groups.tp
-
-    def get_data_parallel_rank(self) -> int:
-        return dist.get_rank(self.groups.dp_cp)
-
-    def get_data_parallel_world_size(self) -> int:
-        return dist.get_world_size(self.groups.dp_cp)
+        return self.model_group
 
     def get_data_parallel_group(self):
-        return self.groups.dp_cp
+        return self.data_group
+
+    def get_model_parallel_rank(self) -> int:
+        return dist.get_rank(self.model_group)
+
+    def get_data_parallel_rank(self) -> int:
+        return dist.get_rank(self.data_group)
+
+    def get_model_parallel_world_size(self) -> int:
+        return dist.get_world_size(self.model_group)
+
+    def get_data_parallel_world_size(self) -> int:
+        return dist.get_world_size(self.data_group)
