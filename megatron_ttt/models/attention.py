@@ -29,7 +29,7 @@ from megatron.core.transformer.spec_utils import build_module
 from megatron_ttt.models.columns import qkv_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import MixerCache
-from megatron_ttt.models.layers import MixerSubmodules, RopeTables, parallel_linear_args, rotate_pairs
+from megatron_ttt.models.layers import ProjectionSubmodules, RopeTables, parallel_linear_args, rotate_pairs
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
 from megatron_ttt.parallel.context import context_group, group_size, heads_to_sequence, sequence_to_heads
@@ -38,7 +38,7 @@ from megatron_ttt.parallel.context import context_group, group_size, heads_to_se
 class AttentionMixer(MegatronModule):
     """Full causal attention (window None) or sliding-window attention over local heads."""
 
-    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig,
+    def __init__(self, config: TransformerConfig, submodules: ProjectionSubmodules, ttt: TTTModelConfig,
                  pg_collection: ProcessGroupCollection, window: int | None = None, layer_number: int = 1):
         super().__init__(config)
         tp = config.tensor_model_parallel_size

@@ -16,6 +16,7 @@ from megatron_ttt.models.columns import mlp_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import BlockCache
 from megatron_ttt.models.layers import (
+    ProjectionSubmodules,
     RMSNorm,
     causal_depthwise_conv,
     parallel_linear_args,
@@ -28,24 +29,16 @@ from megatron_ttt.parallel.context import context_group, with_previous_rows
 from megatron_ttt.run_options import InnerLoopOptions
 
 
-@dataclass
-class SwiGLUSubmodules:
-    fc1: ModuleSpec | type = None
-    """Column parallel [gate | up]."""
-    fc2: ModuleSpec | type = None
-    """Row parallel down-projection."""
-
-
 class SwiGLUMLP(MegatronModule):
-    def __init__(self, config: TransformerConfig, submodules: SwiGLUSubmodules, ttt: TTTModelConfig,
+    def __init__(self, config: TransformerConfig, submodules: ProjectionSubmodules, ttt: TTTModelConfig,
                  tp_group: torch.distributed.ProcessGroup | None = None):
         super().__init__(config)
         self.tp_size = config.tensor_model_parallel_size
         self.columns = mlp_columns(ttt)
         linear = parallel_linear_args(config, tp_group)
-        self.fc1 = build_module(submodules.fc1, ttt.hidden_size, self.columns.width(), gather_output=False,
+        self.fc1 = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
                                 tp_comm_buffer_name="fc1", **linear)
-        self.fc2 = build_module(submodules.fc2, ttt.intermediate_size, ttt.hidden_size, input_is_parallel=True,
+        self.fc2 = build_module(submodules.out_proj, ttt.intermediate_size, ttt.hidden_size, input_is_parallel=True,
                                 tp_comm_buffer_name="fc2", **linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,8 +95,12 @@ class PreConv(nn.Module):
 
 @dataclass
 class TTTBlockSubmodules:
+    """A block's two sublayers, each after its own RMSNorm (the pre-conv is built from the config)."""
+
     mixer: ModuleSpec | type = None
+    """The sequence mixer: a TTT layer or attention (models/spec.py, by the layer pattern)."""
     mlp: ModuleSpec | type = None
+    """The SwiGLU MLP."""
 
 
 class TTTBlock(MegatronModule):

@@ -22,8 +22,8 @@ def parallel_linear_args(config, tp_group) -> dict:
 
 
 @dataclass
-class MixerSubmodules:
-    """What a mixer (a TTT layer or attention) builds its projections from."""
+class ProjectionSubmodules:
+    """A layer's projections: the mixers' (TTT or attention) in and out, the SwiGLU MLP's fc1 and fc2."""
 
     in_proj: ModuleSpec | type = None
     """Column-parallel fused in-projection (megatron-core ColumnParallelLinear)."""

@@ -27,7 +27,7 @@ from megatron_ttt.models.columns import in_proj_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import (
-    MixerSubmodules,
+    ProjectionSubmodules,
     RopeTables,
     causal_depthwise_conv,
     head_parallel_layer_norm,
@@ -48,7 +48,7 @@ POST_NORM_EPS = 1e-6
 class TTTMixer(MegatronModule):
     """A TTT layer (Linear or MLP inner model, by `ttt.layer_type`) over local heads."""
 
-    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig,
+    def __init__(self, config: TransformerConfig, submodules: ProjectionSubmodules, ttt: TTTModelConfig,
                  pg_collection: ProcessGroupCollection, inner_loop: InnerLoopOptions = InnerLoopOptions(),
                  layer_number: int = 1):
         super().__init__(config)
@@ -188,7 +188,7 @@ class TTTMixer(MegatronModule):
 class TTTLinearMixer(TTTMixer):
     """TTT-Linear: the inner model is z W + b per head."""
 
-    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig, **kw):
+    def __init__(self, config: TransformerConfig, submodules: ProjectionSubmodules, ttt: TTTModelConfig, **kw):
         if ttt.layer_type != "linear":
             raise ValueError(f"TTTLinearMixer built with layer_type {ttt.layer_type!r}")
         super().__init__(config, submodules, ttt, **kw)
@@ -197,7 +197,7 @@ class TTTLinearMixer(TTTMixer):
 class TTTMLPMixer(TTTMixer):
     """TTT-MLP: the inner model is a two-layer tanh-GELU MLP of width 4 * head_dim per head."""
 
-    def __init__(self, config: TransformerConfig, submodules: MixerSubmodules, ttt: TTTModelConfig, **kw):
+    def __init__(self, config: TransformerConfig, submodules: ProjectionSubmodules, ttt: TTTModelConfig, **kw):
         if ttt.layer_type != "mlp":
             raise ValueError(f"TTTMLPMixer built with layer_type {ttt.layer_type!r}")
         super().__init__(config, submodules, ttt, **kw)

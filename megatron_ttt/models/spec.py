@@ -4,9 +4,9 @@ from megatron.core.tensor_parallel import ColumnParallelLinear
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_ttt.models.attention import AttentionMixer
-from megatron_ttt.models.block import SwiGLUMLP, SwiGLUSubmodules, TTTBlock, TTTBlockSubmodules
+from megatron_ttt.models.block import SwiGLUMLP, TTTBlock, TTTBlockSubmodules
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.layers import MixerSubmodules, RowParallelLinear
+from megatron_ttt.models.layers import ProjectionSubmodules, RowParallelLinear
 from megatron_ttt.models.mixer import TTTLinearMixer, TTTMLPMixer
 
 MIXERS = {"linear": TTTLinearMixer, "mlp": TTTMLPMixer}
@@ -16,12 +16,12 @@ def mixer_spec(ttt: TTTModelConfig, kind: str) -> ModuleSpec:
     """The mixer of a layer of `kind` (TTTModelConfig.mixers): a TTT mixer or causal attention."""
     if kind == "ttt":
         return ModuleSpec(module=MIXERS[ttt.layer_type],
-                          submodules=MixerSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+                          submodules=ProjectionSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
     window = ttt.attention_window if kind == "window" else None
     return ModuleSpec(module=AttentionMixer, params={"window": window},
-                      submodules=MixerSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
+                      submodules=ProjectionSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
 
 
 def block_spec(ttt: TTTModelConfig, kind: str = "ttt") -> ModuleSpec:
-    mlp = ModuleSpec(module=SwiGLUMLP, submodules=SwiGLUSubmodules(fc1=ColumnParallelLinear, fc2=RowParallelLinear))
+    mlp = ModuleSpec(module=SwiGLUMLP, submodules=ProjectionSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))
     return ModuleSpec(module=TTTBlock, submodules=TTTBlockSubmodules(mixer=mixer_spec(ttt, kind), mlp=mlp))
