@@ -1,7 +1,6 @@
 """Reference-format (`TTTForCausalLM`) tensors <-> our parameters on each TP rank, by the
-parameter table (models/parameter_table.py, whose `Rule`, `rules` and `reference_shapes` are
-importable from here too): `to_local` and `to_full` apply its rules in the two directions and
-check every name and shape on the way.
+parameter table (models/parameter_table.py): `to_local` and `to_full` apply its rules in the two
+directions and check every name and shape on the way.
 """
 
 from collections.abc import Callable
@@ -12,9 +11,6 @@ from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 from megatron_ttt.models.parameter_table import Rule, reference_shapes, rules
-
-__all__ = ["ReferenceFormatError", "Rule", "check_reference", "local_tensor", "reference_shapes", "rules", "to_full",
-           "to_local"]
 
 
 class ReferenceFormatError(UserInputError):

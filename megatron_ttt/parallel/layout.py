@@ -34,10 +34,14 @@ class ParallelLayout:
         return self.processes // self.model_parallel
 
     @property
+    def sequence_parallel_split(self) -> int:
+        """What sequence parallelism splits the sequence by: TP, where it is on and TP > 1; else 1."""
+        return self.tensor_parallel if self.sequence_parallel and self.tensor_parallel > 1 else 1
+
+    @property
     def sequence_split(self) -> int:
         """What the sequence is split by outside the mixers: CP, times TP under sequence parallel."""
-        sp = self.tensor_parallel if self.sequence_parallel and self.tensor_parallel > 1 else 1
-        return self.context_parallel * sp
+        return self.context_parallel * self.sequence_parallel_split
 
 
 class ModelShape(Protocol):
@@ -55,17 +59,15 @@ class FieldNames:
     tensor_parallel: str
     context_parallel: str
     seq_len: str = "seq_len={}"
-    micro_batch: str = "micro_batch={}"
     global_batch_tokens: str = "global_batch_tokens={}"
     processes: str = "{} processes"
     model: str = ""
-    """The model, after "the 4 heads" (e.g. " of model.preset=tiny"); {} takes nothing."""
+    """Not a format: what names the model after "the 4 heads" (e.g. " of model.preset=tiny")."""
 
 
 CONFIG_NAMES = FieldNames("parallel.tensor_parallel={}", "parallel.context_parallel={}", "data.seq_len={}",
-                          "data.micro_batch_size={}", "data.global_batch_tokens={}", "{} processes of this run")
-FLAG_NAMES = FieldNames("--tp {}", "--cp {}", "--seq-len {}", "--micro-batch {}", "--global-batch-tokens {}",
-                        "{} GPUs")
+                          "data.global_batch_tokens={}", "{} processes of this run")
+FLAG_NAMES = FieldNames("--tp {}", "--cp {}", "--seq-len {}", "--global-batch-tokens {}", "{} GPUs")
 BUILD_NAMES = FieldNames("tensor_parallel={}", "context_parallel={}")
 
 
@@ -115,7 +117,7 @@ def _model_problems(layout: ParallelLayout, model: ModelShape, tp: str, split: s
 def _batch_problems(layout: ParallelLayout, batch: Batch, names: FieldNames, tp: str, cp: str) -> list[str]:
     problems = []
     if batch.seq_len % layout.sequence_split:
-        over = cp + (f" x {tp} (sequence parallel)" if layout.sequence_split != layout.context_parallel else "")
+        over = cp + (f" x {tp} (sequence parallel)" if layout.sequence_parallel_split > 1 else "")
         problems.append(f"{names.seq_len.format(batch.seq_len)} does not split over {over}")
     if batch.global_batch_tokens and layout.processes and not layout.processes % layout.model_parallel:
         per_step = batch.micro_batch * layout.data_parallel * batch.seq_len

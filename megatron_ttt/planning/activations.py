@@ -23,9 +23,9 @@ def outside_bytes(model: TTTModelConfig, layout: Layout) -> float:
     """Norms and residual-stream tensors of a layer, per token: each RMSNorm keeps its fp32
     input and its normed output ((4 + e) D), the in-projection and fc1 keep their inputs (e D
     each, the local sequence shard under SP); the pre-conv keeps its (gathered) input (e D)."""
-    D, e = model.hidden_size, layout.act_bytes
+    D, e, sp = model.hidden_size, layout.act_bytes, layout.parallel.sequence_parallel_split
     norms = 3 if model.pre_conv else 2
-    return (norms * (4 + e) * D + 2 * e * D) / layout.sp + (e * D if model.pre_conv else 0)
+    return (norms * (4 + e) * D + 2 * e * D) / sp + (e * D if model.pre_conv else 0)
 
 
 def mixer_fixed_bytes(model: TTTModelConfig, layout: Layout) -> float:
@@ -89,7 +89,7 @@ def head_bytes(model: TTTModelConfig, layout: Layout) -> float:
     (e D), and the fp32 logits that megatron-core's vocabulary-parallel cross entropy shifts and
     exponentiates in place into the softmax it keeps (4 V / tp)."""
     D, e = model.hidden_size, layout.act_bytes
-    return ((4 + 2 * e) * D) / layout.sp + 4 * model.vocab_size / layout.tp
+    return ((4 + 2 * e) * D) / layout.parallel.sequence_parallel_split + 4 * model.vocab_size / layout.tp
 
 
 def head_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
@@ -115,7 +115,7 @@ def stored_bytes(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
     tokens, L = layout.micro_tokens, model.num_layers
     if layout.block_ckpt:
         # Only each block's input is kept; its inner loop's share is recomputed with it.
-        blocks = L * tokens * layout.act_bytes * model.hidden_size / layout.sp
+        blocks = L * tokens * layout.act_bytes * model.hidden_size / layout.parallel.sequence_parallel_split
         ttt = 0.0
     else:
         ttt = model.mixers.count("ttt") * tokens * ttt_bytes(model, layout)

@@ -60,7 +60,7 @@ def tensor_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
     A = layout.act_bytes * tokens * model.hidden_size
     ring, L = (t - 1) / t, model.num_layers
     small = 2 * ring * 4 * tokens * (2 * 2 * model.mixers.count("ttt") + 3)
-    if layout.sp > 1:
+    if layout.parallel.sequence_parallel_split > 1:
         gathers = 3 if model.pre_conv else 2
         return {"tp_all_gather": ring * A * (L * (gathers + 2 + 2) + 2),
                 "tp_reduce_scatter": ring * A * (L * (gathers + 2) + 2), "tp_all_reduce": small}

@@ -54,11 +54,6 @@ class Layout:
         return self.dp * self.cp
 
     @property
-    def sp(self) -> int:
-        """The factor the sequence is split by outside the mixers and MLPs, over CP's."""
-        return self.parallel.sequence_split // self.cp
-
-    @property
     def act_bytes(self) -> int:
         """Bytes of an activation and of a working parameter."""
         return 2 if self.dtype == "bf16" else 4

@@ -11,7 +11,7 @@ from megatron_ttt.planning.search import Plan
 
 
 def describe(layout: Layout) -> str:
-    sp = " (SP)" if layout.sp > 1 else ""
+    sp = " (SP)" if layout.parallel.sequence_parallel_split > 1 else ""
     time = f"time-axis G={layout.time_checkpoint_group}" if layout.time_checkpoint_group else "time-axis off"
     return (f"TP {layout.tp}{sp} x CP {layout.cp} x DP {layout.dp}, ZeRO {layout.zero}, seq {layout.seq_len}, "
             f"micro-batch {layout.micro_batch} x {layout.accumulation} accumulation, {time}, blocks "

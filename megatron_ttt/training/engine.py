@@ -7,7 +7,7 @@ from pathlib import Path
 
 from megatron_ttt.config import PretrainConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.parameters import rules
+from megatron_ttt.models.parameter_table import rules
 from megatron_ttt.parallel.deepspeed_mpu import MegatronMpu
 
 # DeepSpeed JIT-compiles a CPU communication op on first use (~1 minute). Keeping the build with

@@ -29,6 +29,7 @@ from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import inner_lr_scale, learning_rate
 from megatron_ttt.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
 
+
 @dataclass
 class Run:
     config: PretrainConfig

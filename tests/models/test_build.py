@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from megatron_ttt.models.build import build_model
-from megatron_ttt.models.parameters import rules, to_full
+from megatron_ttt.models.parameter_table import rules
+from megatron_ttt.models.parameters import to_full
 from megatron_ttt.models.presets import preset
 from megatron_ttt.training.engine import parameter_groups
 from tests.distributed import run_distributed

@@ -3,7 +3,7 @@
 import torch
 
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.parameters import reference_shapes
+from megatron_ttt.models.parameter_table import reference_shapes
 
 
 def random_reference_weights(cfg: TTTModelConfig, seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:
