@@ -27,6 +27,10 @@ class ModelSection:
     num_kv_heads: int = 0
     """Key/value heads of the attention layers (grouped-query attention); 0: the preset's (as many
     as query heads but in the hybrid presets)."""
+    document_boundaries: str = "reset"
+    """reset: every layer starts each packed document afresh after the tokenizer's EOS (TTT state,
+    inner mini-batches, convolutions, attention; docs/model.md); carry: state flows across
+    documents, as the reference trains (runs saved before this setting are carry)."""
 
 
 @dataclass
@@ -91,6 +95,9 @@ class DataSection:
     """Shuffles the samples, differently each epoch."""
     bundled_vocab_size: int = 2048
     """Vocabulary of the tokenizer trained for the bundled corpus."""
+    mask_eod_loss: bool = False
+    """Leave out of the loss the prediction made at each EOS (the next document's first token,
+    which nothing before it can tell), as Megatron-LM's --eod-mask-loss."""
 
 
 @dataclass
