@@ -28,6 +28,8 @@ therefore bitwise equal to stored ones.
 """
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ from megatron_ttt.ops.inner import (
     lr_weighted_grads,
     token_coefficients,
 )
+from megatron_ttt.ops.documents import DocumentStarts, document_layout
 from megatron_ttt.ops.inputs import MiniBatches, TTTInputs
 from megatron_ttt.ops.linear_scan import linear_scan
 from megatron_ttt.ops.state import TTTState, from_rows, head_param_rows, to_rows
@@ -48,7 +51,7 @@ from megatron_ttt.run_options import DUAL_FORM_BACKENDS, check_backend, check_ti
 
 
 def ttt_dual(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16, time_checkpoint_group: int = 0,
-             backend: str = "torch") -> tuple[torch.Tensor, TTTState]:
+             backend: str = "torch", documents: DocumentStarts | None = None) -> tuple[torch.Tensor, TTTState]:
     """TTT-Linear or TTT-MLP (chosen by the state's weights) over a sequence, in dual form.
 
     Args:
@@ -57,23 +60,24 @@ def ttt_dual(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16, t
         mini_batch_size: b, tokens per inner gradient step.
         time_checkpoint_group: G, mini-batches per time-axis checkpoint group; 0 stores everything.
         backend: "torch", "compile" or "manual": how each mini-batch runs (the module docstring).
+        documents: where packed documents begin (ops/documents.py); None: one sequence.
 
     Returns:
         z: [B,H,T,d], z_t = q_t + LN(g_{theta_t}(q_t)).
-        the state after the last token.
+        the state after the last token (with documents: its position per row, gradient sums held).
     """
     inputs.check(state, mini_batch_size)
     check_time_checkpoint_group(time_checkpoint_group)
     check_backend(backend, DUAL_FORM_BACKENDS)
     B, H, T, d = inputs.q.shape
     b = mini_batch_size
-    lead = state.position
-    n_blocks = -(-(lead + T) // b)
-    tail = n_blocks * b - lead - T
+    if documents is not None:
+        documents.check(B, T, state.weights)
+    grid = _uniform_grid(state.position, T, b) if documents is None else _document_grid(documents, state, H, b)
+    n_blocks = len(grid.complete)
 
     def blocks(x: torch.Tensor) -> torch.Tensor:
-        padded = F.pad(x, (0, 0, lead, tail)) if x.dim() == 4 else F.pad(x, (lead, tail))
-        return padded.reshape(B * H, n_blocks, b, *x.shape[3:])
+        return grid.place(x).reshape(B * H, n_blocks, b, *x.shape[3:])
 
     coeff = token_coefficients(inputs.token_offset)
     q_blk, k_blk, lr_blk = blocks(inputs.q), blocks(inputs.k), blocks(inputs.lr)
@@ -93,14 +97,15 @@ def ttt_dual(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16, t
     group = time_checkpoint_group or n_blocks
     weights = tuple(to_rows(w) for w in state.weights)
     grads = None if state.grads is None else tuple(to_rows(g) for g in state.grads)
-    last_complete = (lead + T) % b == 0
+    initial = () if documents is None else tuple(to_rows(w.unsqueeze(0).expand(B, *w.shape)) for w in documents.initial)
     run_group = _group_runner(backend, len(weights))
 
     outs = []
     for start, run in zip(range(0, n_blocks, group), mini_batches.split(group)):
-        complete = [n < n_blocks - 1 or last_complete for n in range(start, min(start + group, n_blocks))]
-        args = (*weights, *(grads or ()), *run)
-        scan_spec = (complete, len(weights), grads is not None, run_group)
+        span = slice(start, start + group)
+        args = (*weights, *(grads or ()), *initial, *run)
+        scan_spec = (grid.complete[span], grid.restarts[span], len(weights), grads is not None, bool(initial),
+                     run_group)
         if time_checkpoint_group:
             outputs = _GroupCheckpoint.apply(scan_spec, *args)
         else:
@@ -109,13 +114,54 @@ def ttt_dual(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16, t
         outs.append(z)
 
     z = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    z = z.reshape(B, H, n_blocks * b, d)[:, :, lead : lead + T]
+    z = grid.take(z.reshape(B, H, n_blocks * b, d))
+    if documents is not None and grads is None:
+        grads = tuple(torch.zeros_like(w) for w in weights)
     new_state = TTTState(
         tuple(from_rows(w, B, H) for w in weights),
         None if grads is None else tuple(from_rows(g, B, H) for g in grads),
-        (lead + T) % b,
+        grid.position,
     )
     return z, new_state
+
+
+class _Grid(NamedTuple):
+    """Where a call's tokens sit on its mini-batches, and what happens at each mini-batch."""
+
+    place: Callable[[torch.Tensor], torch.Tensor]
+    """[B,H,T,...] -> [B,H,n*b,...]: the tokens on the grid, zeros (lr = 0) elsewhere."""
+    take: Callable[[torch.Tensor], torch.Tensor]
+    """[B,H,n*b,d] -> [B,H,T,d]."""
+    complete: list
+    """Per mini-batch: the state moves at its end (True), not (False), or per row ([N] bool)."""
+    restarts: list
+    """Per mini-batch: None, or [N] bool, the rows whose state restarts at its start."""
+    position: int | torch.Tensor
+    """The state's position after the call."""
+
+
+def _uniform_grid(lead: int, T: int, b: int) -> _Grid:
+    """One sequence: a state `lead` tokens into a mini-batch gets that many leading pad tokens,
+    and the tail is padded to a whole mini-batch."""
+    n_blocks = -(-(lead + T) // b)
+    tail = n_blocks * b - lead - T
+
+    def place(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, lead, tail)) if x.dim() == 4 else F.pad(x, (lead, tail))
+
+    complete = [n < n_blocks - 1 or (lead + T) % b == 0 for n in range(n_blocks)]
+    return _Grid(place, lambda z: z[:, :, lead : lead + T], complete, [None] * n_blocks, (lead + T) % b)
+
+
+def _document_grid(documents: DocumentStarts, state: TTTState, heads: int, b: int) -> _Grid:
+    """Packed documents (ops/documents.py); per-mini-batch flags that hold for every row become
+    Python bools, so all but a call's last few mini-batches run as in one sequence."""
+    layout = document_layout(documents.starts, state.position, b)
+    complete, resets = (flags.repeat_interleave(heads, dim=0) for flags in (layout.complete, layout.resets))
+    every, some = layout.complete.all(dim=0).tolist(), layout.complete.any(dim=0).tolist()
+    complete = [True if e else complete[:, n] if s else False for n, (e, s) in enumerate(zip(every, some))]
+    restarts = [resets[:, n] if s else None for n, s in enumerate(layout.resets.any(dim=0).tolist())]
+    return _Grid(layout.place, layout.take, complete, restarts, layout.position)
 
 
 def _group_runner(backend: str, n_weights: int):
@@ -131,18 +177,45 @@ def _group_runner(backend: str, n_weights: int):
 def _scan(scan_spec, *args) -> tuple[torch.Tensor, ...]:
     """A run of consecutive mini-batches: (outputs z, *weights after, *grads after).
 
-    args: the state's weights (and grads), then the run's MiniBatches, flattened: all top-level
-    tensors, so a checkpoint saves them. scan_spec's runner takes the run (`_one_by_one` or
-    linear_scan). The output LayerNorm runs here too, so a checkpointed group keeps none of its
-    intermediates.
+    args: the state's weights (and grads, and the initial weights documents restart from), then
+    the run's MiniBatches, flattened: all top-level tensors, so a checkpoint saves them.
+    scan_spec's runner takes the run (`_one_by_one` or linear_scan) in segments that each restart
+    only at their start and move the state at the end of every mini-batch but their last (one
+    segment without documents). The output LayerNorm runs here too, so a checkpointed group keeps
+    none of its intermediates.
     """
-    complete, n_weights, has_grads, run_group = scan_spec
-    weights = args[:n_weights]
-    grads = args[n_weights : 2 * n_weights] if has_grads else None
-    run = MiniBatches(*args[2 * n_weights if has_grads else n_weights :])
-    zbar, weights, grads = run_group(weights, grads, run, complete)
+    complete, restarts, n_weights, has_grads, has_initial, run_group = scan_spec
+    sizes = (n_weights, n_weights if has_grads else 0, n_weights if has_initial else 0)
+    weights, grads, initial = (args[sum(sizes[:i]) : sum(sizes[: i + 1])] for i in range(3))
+    grads = grads or None
+    run = MiniBatches(*args[sum(sizes):])
+    segments = _segments(complete, restarts)
+    parts = [run] if len(segments) == 1 else run.split([stop - first for first, stop in segments])
+    zbars = []
+    for (first, stop), part in zip(segments, parts):
+        if restarts[first] is not None:
+            weights, grads = _restart(weights, grads, restarts[first], initial)
+        per_row = not all(isinstance(c, bool) for c in complete[first:stop])
+        runner = functools.partial(_one_by_one, _block) if per_row else run_group
+        zbar, weights, grads = runner(weights, grads, part, complete[first:stop])
+        zbars.append(zbar)
+    zbar = torch.cat(zbars, dim=1) if len(zbars) > 1 else zbars[0]
     z = run.q + layer_norm(zbar, run.ln_w, run.ln_b)
     return (z, *weights, *(grads or ()))
+
+
+def _segments(complete: list, restarts: list) -> list[tuple[int, int]]:
+    """(first, stop) mini-batch ranges: a new one at every restart, at every per-row mini-batch
+    (which is a segment of its own) and after every mini-batch that does not move the state."""
+    firsts = [n for n in range(len(complete)) if n == 0 or restarts[n] is not None
+              or not isinstance(complete[n], bool) or complete[n - 1] is not True]
+    return list(zip(firsts, firsts[1:] + [len(complete)]))
+
+
+def _restart(weights, grads, rows: torch.Tensor, initial):
+    """The state with the initial weights (and no gradient sums) in `rows` ([N] bool)."""
+    weights = tuple(torch.where(_against(rows, w), w0, w) for w0, w in zip(initial, weights))
+    return weights, None if grads is None else tuple(torch.where(_against(rows, g), 0.0, g) for g in grads)
 
 
 def _one_by_one(step, weights, grads, run: MiniBatches, complete):
@@ -197,10 +270,20 @@ def _block(weights, grads, mb: MiniBatches, complete):
     step = lr_weighted_grads(inputs, key_grads, mb.lr)
     if grads is not None:
         step = tuple(s + a for s, a in zip(step, grads))
-    if not complete:
+    if complete is False:
         return h, weights, step
     last = mb.coeff[0, -1]
-    return h, tuple(w - last * s for w, s in zip(weights, step)), None
+    moved = tuple(w - last * s for w, s in zip(weights, step))
+    if complete is True:
+        return h, moved, None
+    # Per row (packed documents): rows whose last document ended keep their state and sums.
+    return (h, tuple(torch.where(_against(complete, m), m, w) for m, w in zip(moved, weights)),
+            tuple(torch.where(_against(complete, s), 0.0, s) for s in step))
+
+
+def _against(rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-row flag [N] shaped to broadcast against x [N, ...]."""
+    return rows.reshape(-1, *([1] * (x.dim() - 1)))
 
 
 @functools.cache

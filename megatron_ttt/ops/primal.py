@@ -10,6 +10,7 @@ Memory grows with b x (size of theta) per mini-batch; use it for tests and as a 
 import torch
 from torch.func import grad, vmap
 
+from megatron_ttt.ops.documents import DocumentStarts
 from megatron_ttt.ops.inner import gelu_tanh, layer_norm, layers, token_coefficients
 from megatron_ttt.ops.inputs import TTTInputs
 from megatron_ttt.ops.state import TTTState, from_rows, to_rows
@@ -36,8 +37,11 @@ _token_grads = vmap(vmap(grad(inner_loss), in_dims=(None, 0, 0, None, None)), in
 _token_outputs = vmap(vmap(inner_model, in_dims=(0, 0, None, None)), in_dims=(0, 0, 0, 0))
 
 
-def ttt_primal(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16) -> tuple[torch.Tensor, TTTState]:
+def ttt_primal(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16,
+               documents: DocumentStarts | None = None) -> tuple[torch.Tensor, TTTState]:
     """Same arguments and results as ops.dual.ttt_dual (without checkpointing or backends)."""
+    if documents is not None:
+        return _each_document(inputs, state, mini_batch_size, documents)
     inputs.check(state, mini_batch_size)
     B, H, T, d = inputs.q.shape
     b = mini_batch_size
@@ -75,3 +79,39 @@ def ttt_primal(inputs: TTTInputs, state: TTTState, *, mini_batch_size: int = 16)
 def _per_token(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Broadcast a per-token scale [N,L] (or [1,L]) against per-token weights [N,L,...]."""
     return scale.reshape(*scale.shape, *([1] * (like.dim() - scale.dim())))
+
+
+def _each_document(inputs: TTTInputs, state: TTTState, mini_batch_size: int,
+                   documents: DocumentStarts) -> tuple[torch.Tensor, TTTState]:
+    """Packed documents by definition: every sequence cut at its documents' starts, each piece run
+    alone, from the initial weights (the first from the given state unless a document starts there)."""
+    B, _, T, _ = inputs.q.shape
+    documents.check(B, T, state.weights)
+    outputs, finals = [], []
+    for row in range(B):
+        bounds = [0] + [t for t in documents.starts[row].nonzero().flatten().tolist() if t > 0] + [T]
+        current = _row_state(state, row)
+        if documents.starts[row, 0]:
+            current = TTTState.initial(documents.initial, 1)
+        pieces = []
+        for first, stop in zip(bounds, bounds[1:]):
+            if first > 0:
+                current = TTTState.initial(documents.initial, 1)
+            piece = inputs._replace(**{n: getattr(inputs, n)[row : row + 1, :, first:stop]
+                                       for n in ("q", "k", "v", "lr")})
+            z, current = ttt_primal(piece, current, mini_batch_size=mini_batch_size)
+            pieces.append(z)
+        outputs.append(torch.cat(pieces, dim=2))
+        finals.append(current)
+    grads = [f.grads or tuple(torch.zeros_like(w) for w in f.weights) for f in finals]
+    return torch.cat(outputs), TTTState(tuple(torch.cat(ws) for ws in zip(*(f.weights for f in finals))),
+                                        tuple(torch.cat(gs) for gs in zip(*grads)),
+                                        torch.tensor([f.position for f in finals], device=inputs.q.device))
+
+
+def _row_state(state: TTTState, row: int) -> TTTState:
+    """One sequence's part of a state, with an int position (grads None at a boundary)."""
+    position = state.position if isinstance(state.position, int) else int(state.position.reshape(-1)[
+        row if state.position.dim() else 0])
+    grads = None if state.grads is None or position == 0 else tuple(g[row : row + 1] for g in state.grads)
+    return TTTState(tuple(w[row : row + 1] for w in state.weights), grads, position)

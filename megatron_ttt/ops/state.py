@@ -20,7 +20,9 @@ class TTTState(NamedTuple):
     position: int | torch.Tensor = 0
     """Tokens of the current mini-batch already seen, 0 <= position < b. A 0-d int64 tensor makes
     the state fixed-shape, for compiled decoding: grads are then always held, so one decode
-    step's graph serves every position (`fixed_shape`)."""
+    step's graph serves every position (`fixed_shape`). A [B] int64 tensor is one position per
+    sequence (packed documents restart mini-batches at their own first tokens); grads are then
+    always held too."""
 
     def fixed_shape(self) -> "TTTState":
         """The same state with a tensor position and grads held at a boundary too (zeros)."""
@@ -32,7 +34,7 @@ class TTTState(NamedTuple):
 
     def variable_shape(self) -> "TTTState":
         """The same state with an int position and no grads at a boundary (what ttt_dual takes)."""
-        if not isinstance(self.position, torch.Tensor):
+        if not isinstance(self.position, torch.Tensor) or self.position.dim():
             return self
         position = int(self.position)
         return TTTState(self.weights, self.grads if position else None, position)
@@ -52,9 +54,10 @@ class TTTState(NamedTuple):
                     f"state layer {index}: W must be {want_w} and b {want_b}, got {tuple(w.shape)} and {tuple(b.shape)}"
                 )
         if isinstance(self.position, torch.Tensor):
-            # Fixed-shape (compiled decoding): its value is data, checked where the state was made.
-            if self.position.dim() != 0 or self.position.dtype != torch.int64 or self.grads is None:
-                raise ValueError("a tensor state.position must be a 0-d int64 tensor, with state.grads always given")
+            # Fixed-shape or per sequence: its values are data, checked where the state was made.
+            if self.position.shape not in ((), (batch,)) or self.position.dtype != torch.int64 or self.grads is None:
+                raise ValueError(f"a tensor state.position must be a 0-d or [B] = [{batch}] int64 tensor, with "
+                                 "state.grads always given")
             return
         if not 0 <= self.position < mini_batch_size:
             raise ValueError(f"state.position must be in [0, {mini_batch_size}), got {self.position}")
