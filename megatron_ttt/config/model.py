@@ -17,10 +17,14 @@ VOCAB_MULTIPLE = 128
 """A trained model's vocabulary is the tokenizer's rounded up to a multiple of this times TP."""
 
 
+SAVED_BEFORE_THE_KEY = {"document_boundaries": "carry"}
+"""What a run saved before a model key existed trained as (not the key's default for new runs)."""
+
+
 def resolved_section(section: dict) -> dict:
-    """A saved or requested model section (keys a config of an older version lacks take their
-    defaults) with the preset's value of every unset mixer setting."""
-    values = dataclasses.asdict(ModelSection()) | section
+    """A saved or requested model section (keys a config of an older version lacks take what it
+    trained as, else their defaults) with the preset's value of every unset mixer setting."""
+    values = dataclasses.asdict(ModelSection()) | SAVED_BEFORE_THE_KEY | section
     if values["preset"] not in PRESETS:
         return values
     return values | mixer_settings(values["preset"], values["layer_pattern"], values["attention_window"],
@@ -40,9 +44,18 @@ def padded_vocab(tokenizer_vocab: int, tensor_parallel: int) -> int:
     return math.ceil(tokenizer_vocab / multiple) * multiple
 
 
-def trained_model(config: PretrainConfig, tokenizer_vocab: int, vocab: int | None = None) -> TTTModelConfig:
-    """The model a pretraining run trains. vocab: a resumed checkpoint's padded vocabulary, kept as it is."""
-    return resolve_model(config.model, vocab or padded_vocab(tokenizer_vocab, config.parallel.tensor_parallel))
+def trained_model(config: PretrainConfig, tokenizer_vocab: int, eos_id: int | None = None,
+                  vocab: int | None = None) -> TTTModelConfig:
+    """The model a pretraining run trains. eos_id: the tokenizer's EOS, which ends each packed
+    document (None: the model's default, where only its shape matters); vocab: a resumed
+    checkpoint's padded vocabulary, kept as it is."""
+    model = resolve_model(config.model, vocab or padded_vocab(tokenizer_vocab, config.parallel.tensor_parallel))
+    if eos_id is None:
+        return model
+    if eos_id < 0 and model.document_boundaries == "reset":
+        raise ValueError("model.document_boundaries=reset finds documents by the tokenizer's EOS, and this "
+                         "tokenizer has none: train one with an EOS piece, or set model.document_boundaries=carry")
+    return dataclasses.replace(model, eos_token_id=eos_id)
 
 
 def model_differences(saved: dict, requested: dict) -> list[str]:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 LAYER_TYPES = ("linear", "mlp")
 BACKBONES = ("transformer", "mamba")
+DOCUMENT_BOUNDARIES = ("reset", "carry")
 MIXER_SYMBOLS = {"T": "ttt", "*": "attention", "W": "window"}
 """A layer_pattern's symbols: a TTT layer (of layer_type), full causal attention (megatron-core's
 hybrid symbol for attention), sliding-window causal attention."""
@@ -41,6 +42,7 @@ class TTTModelConfig:
     """Normal init of linears, embedding and inner weights (the reference's initializer_range)."""
     bos_token_id: int = 1
     eos_token_id: int = 2
+    """The tokenizer's EOS, which ends each packed document."""
     layer_pattern: str = ""
     """One symbol per layer, its mixer: T TTT, * full causal attention, W sliding-window attention
     (every layer keeps its MLP). Empty: every layer TTT."""
@@ -48,11 +50,16 @@ class TTTModelConfig:
     """Positions a W layer's query attends to: its own and the attention_window - 1 before it."""
     num_kv_heads: int = 0
     """Key/value heads of the attention layers (grouped-query attention); 0: num_heads."""
+    document_boundaries: str = "carry"
+    """"reset": every layer starts each document afresh after an EOS (models/packing.py);
+    "carry": one sequence, as the reference trains (and every model saved before this key)."""
 
     def __post_init__(self):
         problems = []
         if self.layer_type not in LAYER_TYPES:
             problems.append(f"layer_type {self.layer_type!r} is not one of {LAYER_TYPES}")
+        if self.document_boundaries not in DOCUMENT_BOUNDARIES:
+            problems.append(f"document_boundaries {self.document_boundaries!r} is not one of {DOCUMENT_BOUNDARIES}")
         if self.backbone not in BACKBONES:
             problems.append(f"backbone {self.backbone!r} is not one of {BACKBONES}")
         if self.hidden_size % self.num_heads:

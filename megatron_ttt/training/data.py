@@ -49,6 +49,11 @@ class TrainingData:
     def tokenizer_vocab(self) -> int:
         return self.manifests[0].settings.tokenizer.vocab_size
 
+    @property
+    def eos_id(self) -> int:
+        """The tokenizer's EOS (-1: none), which ends each packed document."""
+        return self.manifests[0].settings.tokenizer.eos_id
+
 
 def training_data(data: DataSection, cache: Path) -> TrainingData:
     """The manifests to train on, checked against the config and each other before any training

@@ -60,8 +60,8 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
     sources = training_data(config.data, cache)
     # A resumed run's weights come from its checkpoint (here at another layout, else by DeepSpeed):
     # they are allocated only, never drawn first.
-    model = build_model(trained_model(config, sources.tokenizer_vocab, plan and plan.vocab_size), groups,
-                        config.inner_loop(), sequence_parallel=config.parallel.sequence_parallel,
+    model_config = trained_model(config, sources.tokenizer_vocab, sources.eos_id, plan and plan.vocab_size)
+    model = build_model(model_config, groups, config.inner_loop(), sequence_parallel=config.parallel.sequence_parallel,
                         init_seed=None if plan is not None else config.train.seed)
     if plan is not None and plan.reshard:
         layout_free.load_weights(model, plan.path)
