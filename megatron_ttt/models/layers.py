@@ -68,26 +68,49 @@ class RMSNorm(nn.Module):
         return replicated_weight(self.weight, self.sequence_parallel, self.tp_group) * normed.to(x.dtype)
 
 
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x [T, B, C], weight [C, 1, K], bias [C] -> [T, B, C]: y_t = sum_k w[K-1-k] x_{t-k} + bias."""
+def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          since_start: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, B, C], weight [C, 1, K], bias [C] -> [T, B, C]: y_t = sum_k w[K-1-k] x_{t-k} + bias,
+    with zeros before the first token. since_start [B, T] int64 (None: one sequence per row):
+    tokens since the first token of each token's document; y_t then reads x_{t-k} only for
+    k <= since_start[b, t], so every document starts from zeros."""
     T, kernel = x.shape[0], weight.shape[-1]
+    if since_start is not None:
+        return _tap_sum(F.pad(x, (0, 0, 0, 0, kernel - 1, 0)), weight, bias, since_start)
     y = F.conv1d(x.permute(1, 2, 0), weight, bias, padding=kernel - 1, groups=weight.shape[0])
     return y[..., :T].permute(2, 0, 1)
 
 
-def streaming_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          past: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def streaming_causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor | None,
+                          since_start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """causal_depthwise_conv of a sequence's next piece: `past` [K-1, B, C] holds the inputs
-    before x (None: the sequence starts here, as the zero padding). Returns y [T, B, C] and the
-    last K-1 inputs (a copy, so no longer input is kept alive), the `past` of the next piece.
+    before x (None: the sequence starts here, as the zero padding); since_start [B, T] is as
+    causal_depthwise_conv's, counted across the pieces, so a document that began in an earlier
+    piece reads `past` and one that begins in this piece does not. Returns y [T, B, C] and the
+    last K-1 inputs (a copy, so no longer input is kept alive), the `past` of the next piece:
+    always the inputs themselves, since the next piece's since_start says which of them it may read.
     A weighted sum over unfolded windows: for the few tokens of a decode step it is ~100x
     faster on CPU than F.conv1d."""
     kernel = weight.shape[-1]
     if past is None:
         past = x.new_zeros(kernel - 1, *x.shape[1:])
     window = torch.cat((past, x))
-    y = (window.unfold(0, kernel, 1) * weight[:, 0, :]).sum(-1) + bias
-    return y, window[window.shape[0] - (kernel - 1):].clone()
+    return _tap_sum(window, weight, bias, since_start), window[window.shape[0] - (kernel - 1):].clone()
+
+
+def _tap_sum(window: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+             since_start: torch.Tensor | None) -> torch.Tensor:
+    """The convolution of the inputs `window` [K-1+T, B, C] (the K-1 before the first output's
+    token, then the T tokens') -> [T, B, C]; with since_start [B, T], only the taps that lie
+    inside each output's document. The taps are a view (unfold), so autograd keeps no copy of
+    them; the mask is [T, B, 1, K] bool."""
+    kernel = weight.shape[-1]
+    products = window.unfold(0, kernel, 1) * weight[:, 0, :]
+    if since_start is not None:
+        # unfold lays the taps oldest first: tap m of output t reads token t - (K-1-m).
+        lags = torch.arange(kernel - 1, -1, -1, device=since_start.device)
+        products = products.masked_fill(since_start.t()[:, :, None, None] < lags, 0)
+    return products.sum(-1) + bias
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float,
