@@ -15,6 +15,7 @@ times tokens/s over that peak.
         --seq-len 2048 --micro-batch 4 --peak-tflops 790
     python benchmarks/train_step.py --presets tiny --patterns T,*,TW --window 512 --seq-lens 2048,8192 \
         --micro-batch 1 --cases none
+    python benchmarks/train_step.py --presets tiny,125m --seq-len 2048 --micro-batch 1 --cases carry,reset
 
 --patterns compares layer kinds at the same width and depth: each pattern repeats to the preset's
 layer count (T: TTT, *: full attention, W: sliding-window attention of --window positions).
@@ -34,8 +35,10 @@ from megatron_ttt.models.presets import repeated_pattern
 CASES = {"none": [], "time G=4": ["parallel.time_checkpoint_group=4"], "blocks": ["parallel.block_checkpointing=true"],
          "compile": ["train.inner_loop_backend=compile"], "manual": ["train.inner_loop_backend=manual"],
          "torch": ["train.inner_loop_backend=torch"],
-         "triton": ["train.inner_loop_backend=triton"]}
-"""The variants: checkpointing switches, and the inner loop's backend (none: auto)."""
+         "triton": ["train.inner_loop_backend=triton"],
+         "carry": ["model.document_boundaries=carry"], "reset": ["model.document_boundaries=reset"]}
+"""The variants: checkpointing switches, the inner loop's backend (none: auto), and whether every
+layer restarts at packed documents (reset, the default) or reads across them (carry)."""
 
 
 def training_flops_per_token(preset: str, layer_type: str, pattern: str, window: int, seq_len: int) -> float:

@@ -10,9 +10,10 @@ from safetensors.torch import load_file, save_file
 from megatron_ttt.models.parameters import ReferenceFormatError
 from megatron_ttt.models.config import TTTModelConfig
 
-# Our field <- the reference's config key.
+# Our field <- the reference's config key. document_boundaries is ours: the reference's code reads
+# its config without it and runs as "carry"; written, it brings a "reset" model back as one.
 _SAME_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "rms_norm_eps", "tie_word_embeddings", "rope_theta",
-              "ttt_base_lr", "mini_batch_size", "conv_kernel", "bos_token_id", "eos_token_id")
+              "ttt_base_lr", "mini_batch_size", "conv_kernel", "bos_token_id", "eos_token_id", "document_boundaries")
 
 
 def config_from_reference(ref: dict, source: str) -> TTTModelConfig:

@@ -13,7 +13,9 @@ group of query heads from a T/CP split to whole sequences of 1/CP of the heads, 
 goes back by the opposite one. Where a TP rank's key/value heads do not split over CP, each is
 repeated (as grouped-query attention reads it anyway) until they do: the num_heads / num_kv_heads
 query heads of a group always suffice.
-At inference the cache holds the keys (rotated) and values seen so far: all of them for full
+A model that resets at documents masks every query to its own document (RoPE's angles depend on
+distances only, so absolute positions stay right). At inference the cache holds the keys
+(rotated) and values seen so far: all of them for full
 attention, the last attention_window - 1 for a sliding window, so a window layer decodes in
 constant memory and time per token.
 """
@@ -30,6 +32,7 @@ from megatron_ttt.models.columns import qkv_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import ProjectionSubmodules, RopeTables, parallel_linear_args, rotate_pairs
+from megatron_ttt.models.packing import Packing
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
 from megatron_ttt.parallel.context import context_group, group_size, heads_to_sequence, sequence_to_heads
@@ -58,14 +61,17 @@ class AttentionMixer(MegatronModule):
         T, B = x.shape[:2]
         return x.reshape(T, B, heads, self.ttt.head_dim).permute(1, 2, 0, 3)
 
-    def _cached(self, k: torch.Tensor, v: torch.Tensor, cache: MixerCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and values to attend to (the cache's, then these), and the cache moved past
-        them: everything for full attention, the last window - 1 for a window."""
+    def _cached(self, k: torch.Tensor, v: torch.Tensor, segments: torch.Tensor | None,
+                cache: MixerCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The keys and values to attend to (the cache's, then these) with their documents, and the
+        cache moved past them: everything for full attention, the last window - 1 for a window."""
         if cache.keys is not None:
             k, v = torch.cat((cache.keys, k), dim=2), torch.cat((cache.values, v), dim=2)
+            segments = None if segments is None else torch.cat((cache.segments, segments), dim=1)
         keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
         cache.keys, cache.values = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
-        return k, v
+        cache.segments = None if segments is None else segments[:, segments.shape[1] - keep:]
+        return k, v, segments
 
     def _sequence_to_heads(self, parts: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's tokens of the local heads' q, k, v -> whole sequences of this rank's
@@ -81,9 +87,11 @@ class AttentionMixer(MegatronModule):
         q, k, v = moved.split([groups[0].shape[-1], d, d], dim=-1)
         return q.reshape(cp * T, B, -1, d).permute(1, 2, 0, 3), k.permute(1, 2, 0, 3), v.permute(1, 2, 0, 3)
 
-    def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None,
+                packing: Packing | None = None) -> torch.Tensor:
         """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]; with a cache the tokens
-        continue the cached sequence and the cache moves past them."""
+        continue the cached sequence and the cache moves past them; with a packing (the whole
+        sequence's) a query attends within its document only."""
         projected, _ = self.in_proj(hidden_states)
         parts = self.columns.split(projected, self.tp_size)
         if self.cp_group is not None:
@@ -96,10 +104,11 @@ class AttentionMixer(MegatronModule):
         start = cache.tokens if cache is not None else 0
         cos, sin = self._rope(start + q.shape[2], q.dtype, q.device)
         q, k = rotate_pairs(q, cos[start:], sin[start:]), rotate_pairs(k, cos[start:], sin[start:])
+        segments = None if packing is None else packing.segments
         if cache is not None:
-            k, v = self._cached(k, v, cache)
+            k, v, segments = self._cached(k, v, segments, cache)
             cache.tokens += q.shape[2]
-        out = causal_attention(q, k, v, self.window, start)
+        out = causal_attention(q, k, v, self.window, start, segments=segments)
         y, _ = self.out_proj(heads_to_sequence(out.permute(2, 0, 1, 3), self.cp_group).flatten(2))
         return y
 

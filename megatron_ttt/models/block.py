@@ -24,8 +24,9 @@ from megatron_ttt.models.layers import (
     streaming_causal_conv,
 )
 from megatron_ttt.models.mixer import TTTMixer
+from megatron_ttt.models.packing import Packing
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
-from megatron_ttt.parallel.context import context_group, with_previous_rows
+from megatron_ttt.parallel.context import context_group, local_slice, with_previous_rows
 from megatron_ttt.run_options import InnerLoopOptions
 
 
@@ -61,7 +62,8 @@ class PreConv(nn.Module):
     parameter gradients are summed over TP, like the norms'. Under context parallelism the
     convolution runs here, outside the mixer's all-to-all, on this rank's T/CP tokens with the
     previous rank's last conv_kernel - 1 in front (a halo of (K - 1) x B x D values per layer,
-    where moving it inside the all-to-all would trade all D channels of every token)."""
+    where moving it inside the all-to-all would trade all D channels of every token). Packed
+    documents (models/packing.py) see zeros before their first token."""
 
     def __init__(self, config: TransformerConfig, ttt: TTTModelConfig, pg_collection: ProcessGroupCollection):
         super().__init__()
@@ -72,25 +74,32 @@ class PreConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(ttt.hidden_size, 1, ttt.conv_kernel, dtype=config.params_dtype))
         self.bias = nn.Parameter(torch.empty(ttt.hidden_size, dtype=config.params_dtype))
 
-    def forward(self, h: torch.Tensor, cache: BlockCache | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cache: BlockCache | None = None, packing: Packing | None = None) -> torch.Tensor:
         x = self.norm(h)
+        since_start = None if packing is None else packing.since_start
         if cache is not None:
-            y, cache.pre_conv = streaming_causal_conv(x, self.weight, self.bias, cache.pre_conv)
+            y, cache.pre_conv = streaming_causal_conv(x, self.weight, self.bias, cache.pre_conv, since_start)
             return y
         if not self.sequence_parallel:
-            return self._conv(x, self.weight, self.bias)
+            return self._conv(x, self.weight, self.bias, since_start)
         full = gather_from_sequence_parallel_region(x, group=self.tp_group)
         weight, bias = (replicated_weight(p, True, self.tp_group) for p in (self.weight, self.bias))
-        y = self._conv(full, weight, bias)
+        y = self._conv(full, weight, bias, since_start)
         rank = torch.distributed.get_rank(self.tp_group)
         return y.chunk(torch.distributed.get_world_size(self.tp_group), dim=0)[rank]
 
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """The causal convolution of this rank's tokens (under CP, continuing the previous rank's)."""
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              since_start: torch.Tensor | None) -> torch.Tensor:
+        """The causal convolution of this rank's tokens (under CP, continuing the previous rank's;
+        `since_start` is the whole sequence's)."""
         if self.cp_group is None:
-            return causal_depthwise_conv(x, weight, bias)
+            return causal_depthwise_conv(x, weight, bias, since_start)
         halo = weight.shape[-1] - 1
-        return causal_depthwise_conv(with_previous_rows(x, halo, self.cp_group), weight, bias)[halo:]
+        if since_start is not None:
+            # The halo rows' own outputs are dropped, so their positions are never read.
+            mine = local_slice(since_start, 1, self.cp_group)
+            since_start = torch.cat((mine.new_zeros(mine.shape[0], halo), mine), dim=1)
+        return causal_depthwise_conv(with_previous_rows(x, halo, self.cp_group), weight, bias, since_start)[halo:]
 
 
 @dataclass
@@ -119,10 +128,10 @@ class TTTBlock(MegatronModule):
         self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
         self.mlp = build_module(submodules.mlp, config=config, ttt=ttt, tp_group=tp_group)
 
-    def forward(self, h: torch.Tensor, cache: BlockCache | None = None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cache: BlockCache | None = None, packing: Packing | None = None) -> torch.Tensor:
         """[T(/tp), B, D] -> [T(/tp), B, D]; with a cache, the tokens continue its sequence (and
-        the cache moves past them)."""
+        the cache moves past them); with a packing (models/packing.py), every document afresh."""
         if self.pre_conv is not None:
-            h = h + self.pre_conv(h, cache)
-        h = h + self.mixer(self.seq_norm(h), None if cache is None else cache.mixer)
+            h = h + self.pre_conv(h, cache, packing)
+        h = h + self.mixer(self.seq_norm(h), None if cache is None else cache.mixer, packing)
         return h + self.mlp(self.ffn_norm(h))

@@ -23,6 +23,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from megatron_ttt.models.inference_cache import BlockCache, InferenceCache, MixerCache
 from megatron_ttt.models.mixer import TTTMixer
+from megatron_ttt.models.packing import DocumentCursor
 from megatron_ttt.ops import TTTState
 
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -72,10 +73,10 @@ class CompiledDecoder:
 
     def cache(self) -> InferenceCache:
         """The state as an InferenceCache (a copy), to continue with a prefix in dual form."""
-        blocks = []
-        for pre_conv, conv, ttt in _unflatten([t.clone() for t in self._state], self._layout):
-            blocks.append(BlockCache(MixerCache(ttt=ttt.variable_shape(), conv=conv), pre_conv))
-        return InferenceCache(blocks, self.position)
+        layers, documents = _unflatten([t.clone() for t in self._state], self._layout)
+        blocks = [BlockCache(MixerCache(ttt=ttt.variable_shape(), conv=conv), pre_conv)
+                  for pre_conv, conv, ttt in layers]
+        return InferenceCache(blocks, self.position, documents)
 
     def _compiled(self, tokens: torch.Tensor):
         """The step compiled for this model, batch, weights' dtypes and devices, cache layout and
@@ -114,38 +115,44 @@ def _compile(model, layout: tuple, params: list[torch.Tensor], tokens: torch.Ten
 
 def _decode_token(model, tokens: torch.Tensor, state: list[torch.Tensor], layout: tuple) -> torch.Tensor:
     """One token through the model's cached path, the new state copied into `state` in place."""
-    blocks = _unflatten(state, layout)
-    cache = InferenceCache([BlockCache(MixerCache(ttt=ttt, conv=conv), pre_conv) for pre_conv, conv, ttt in blocks])
+    layers, documents = _unflatten(state, layout)
+    cache = InferenceCache([BlockCache(MixerCache(ttt=ttt, conv=conv), pre_conv) for pre_conv, conv, ttt in layers],
+                           documents=documents)
     logits = model.last_logits(tokens, cache)
     new = [t for block in cache.blocks for t in _block_tensors(block.pre_conv, block.mixer.conv, block.mixer.ttt)]
     # Every layer has seen the same tokens, so one position serves all.
-    for old, value in zip(state, new + [cache.blocks[0].mixer.ttt.position], strict=True):
+    new += [cache.blocks[0].mixer.ttt.position, *(cache.documents or ())]
+    for old, value in zip(state, new, strict=True):
         old.copy_(value)
     return logits
 
 
 def _flat_state(cache: InferenceCache) -> list[torch.Tensor]:
     """Copies of the cache's tensors in fixed shape: per layer its pre-conv and conv histories
-    (where it has them), TTT weights and gradient sums; then the one position."""
+    (where it has them), TTT weights and gradient sums; then the one position (one per sequence
+    in a model that resets at documents) and where each sequence stands in its document."""
     fixed = [block.mixer.ttt.fixed_shape() for block in cache.blocks]
     out = [t.clone() for block, ttt in zip(cache.blocks, fixed) for t in _block_tensors(block.pre_conv, block.mixer.conv,
                                                                                           ttt)]
-    return out + [fixed[0].position.clone()]
+    return out + [fixed[0].position.clone(), *(t.clone() for t in cache.documents or ())]
 
 
 def _block_tensors(pre_conv, conv, ttt: TTTState) -> list[torch.Tensor]:
     return [t for t in (pre_conv, conv) if t is not None] + [*ttt.weights, *ttt.grads]
 
 
-def _unflatten(state: list[torch.Tensor], layout: tuple) -> list[tuple]:
-    """(pre_conv, conv, TTTState) per layer, views of `state` (the inverse of _flat_state)."""
-    tensors, position, out = iter(state[:-1]), state[-1], []
+def _unflatten(state: list[torch.Tensor], layout: tuple) -> tuple[list[tuple], DocumentCursor | None]:
+    """(pre_conv, conv, TTTState) per layer and the document cursor, views of `state` (the
+    inverse of _flat_state)."""
+    tensors, layers = iter(state), []
     for has_pre_conv, has_conv, n_weights in layout:
         pre_conv = next(tensors) if has_pre_conv else None
         conv = next(tensors) if has_conv else None
         weights = tuple(next(tensors) for _ in range(n_weights))
-        out.append((pre_conv, conv, TTTState(weights, tuple(next(tensors) for _ in range(n_weights)), position)))
-    return out
+        layers.append((pre_conv, conv, weights, tuple(next(tensors) for _ in range(n_weights))))
+    position, *cursor = tensors
+    layers = [(pre_conv, conv, TTTState(weights, grads, position)) for pre_conv, conv, weights, grads in layers]
+    return layers, DocumentCursor(*cursor) if cursor else None
 
 
 def _check_decodable(model, cache: InferenceCache) -> None:

@@ -9,12 +9,15 @@ One `BlockCache` per layer holds this rank's share (its local heads) of:
 - the last `conv_kernel - 1` inputs of each causal convolution (the block's pre-conv, and the
   mixer's conv over p that makes q and k in the Mamba backbone).
 A fresh cache equals an empty prefix: zero convolution history and the learnable initial weights.
+A model that resets at documents also keeps where each sequence stands in its document, and its
+attention layers each key's document, so an EOS (in a prompt or generated) restarts every layer.
 """
 
 from dataclasses import dataclass, field
 
 import torch
 
+from megatron_ttt.models.packing import DocumentCursor
 from megatron_ttt.ops import TTTState
 
 
@@ -28,6 +31,8 @@ class MixerCache:
     """Attention layers: [B, Hkv, S, d] the keys attended to next (RoPE applied); None before the first token."""
     values: torch.Tensor | None = None
     """Attention layers: [B, Hkv, S, d] their values."""
+    segments: torch.Tensor | None = None
+    """Attention layers of a model that resets at documents: [B, S] the keys' documents."""
     tokens: int = 0
     """Attention layers: tokens seen so far (the RoPE position of the next one)."""
 
@@ -48,6 +53,8 @@ class InferenceCache:
     """One per layer, in order."""
     position: int = 0
     """Tokens consumed so far (the absolute position of the next token)."""
+    documents: DocumentCursor | None = None
+    """A model that resets at documents: where each sequence stands in its current document."""
 
     @classmethod
     def empty(cls, num_layers: int) -> "InferenceCache":
@@ -60,7 +67,8 @@ class InferenceCache:
             mixer = block.mixer
             if mixer.ttt is not None:
                 out += list(mixer.ttt.weights) + list(mixer.ttt.grads or ())
-            out += [t for t in (mixer.conv, mixer.keys, mixer.values, block.pre_conv) if t is not None]
+            out += [t for t in (mixer.conv, mixer.keys, mixer.values, mixer.segments, block.pre_conv)
+                    if t is not None]
         return out
 
     def nbytes(self) -> int:

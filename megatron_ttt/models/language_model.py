@@ -19,7 +19,9 @@ from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.layers import RMSNorm, stat_dtype
 from megatron_ttt.models.mixer import TTTMixer
+from megatron_ttt.models.packing import Packing, packing
 from megatron_ttt.models.spec import block_spec
+from megatron_ttt.parallel.context import all_slices, context_group
 from megatron_ttt.parallel.layout import ParallelLayout, layout_problems
 from megatron_ttt.run_options import InnerLoopOptions
 
@@ -63,9 +65,21 @@ class TTTLanguageModel(MegatronModule):
         h = self.embedding(tokens)
         if not self.sequence_parallel:
             h = h.transpose(0, 1)
+        documents = self._packing(tokens)
         for block in self.blocks:
-            h = checkpoint(block, h, use_reentrant=False) if self.block_checkpointing and self.training else block(h)
+            if self.block_checkpointing and self.training:
+                h = checkpoint(block, h, None, documents, use_reentrant=False)
+            else:
+                h = block(h, None, documents)
         return self.final_norm(h)
+
+    def _packing(self, tokens: torch.Tensor, cache: InferenceCache | None = None) -> Packing | None:
+        """The documents of the whole sequence (gathered under context parallelism, where each rank
+        holds a slice of the tokens), for a model that resets at them; None for one that carries."""
+        if self.ttt.document_boundaries != "reset":
+            return None
+        whole = all_slices(tokens, 1, context_group(self.config, self.pg_collection))
+        return packing(whole, self.ttt.eos_token_id, None if cache is None else cache.documents)
 
     def _cached_hidden_states(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
         if self.sequence_parallel:
@@ -73,9 +87,12 @@ class TTTLanguageModel(MegatronModule):
         if len(cache.blocks) != len(self.blocks):
             raise ValueError(f"the cache holds {len(cache.blocks)} layers, the model has {len(self.blocks)}")
         h = self.embedding(tokens).transpose(0, 1)
+        documents = self._packing(tokens, cache)
         for block, block_cache in zip(self.blocks, cache.blocks):
-            h = block(h, block_cache)
+            h = block(h, block_cache, documents)
         cache.position += tokens.shape[1]
+        if documents is not None:
+            cache.documents = documents.cursor(tokens, self.ttt.eos_token_id)
         return self.final_norm(h)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,

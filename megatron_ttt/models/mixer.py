@@ -34,10 +34,12 @@ from megatron_ttt.models.layers import (
     parallel_linear_args,
     replicated_weight,
     rope_in_mini_batches,
+    rotate_pairs,
     streaming_causal_conv,
 )
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
-from megatron_ttt.ops import TTTInputs, TTTState, ttt_decode_step, ttt_inner_loop
+from megatron_ttt.models.packing import Packing
+from megatron_ttt.ops import DocumentStarts, TTTInputs, TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
 from megatron_ttt.parallel.context import context_group, heads_to_sequence, local_slice, sequence_to_heads
 from megatron_ttt.run_options import InnerLoopOptions
@@ -121,22 +123,38 @@ class TTTMixer(MegatronModule):
         kept = {"gate": parts["gate"].clone()} if "gate" in parts else {}
         return kept | {n: t.flatten(2) for n, t in zip(names, moved.split(widths, dim=-1))}
 
-    def _queries_keys(self, parts: dict, cache: MixerCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k [T, B, H*d]; the Mamba backbone's convolutions continue the cached sequence."""
+    def _queries_keys(self, parts: dict, cache: MixerCache | None,
+                      packing: Packing | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k [T, B, H*d]; the Mamba backbone's convolutions continue the cached sequence and
+        see zeros before a document's first token."""
         if not self.ttt.share_qk:
             return parts["q"], parts["k"]
-        p = parts["q"]
+        p, since_start = parts["q"], None if packing is None else packing.since_start
         if cache is None:
-            return (causal_depthwise_conv(p, self._mine(self.conv_q_weight), self._mine(self.conv_q_bias)),
-                    causal_depthwise_conv(p, self._mine(self.conv_k_weight), self._mine(self.conv_k_bias)))
-        q, _ = streaming_causal_conv(p, self.conv_q_weight, self.conv_q_bias, cache.conv)
-        k, cache.conv = streaming_causal_conv(p, self.conv_k_weight, self.conv_k_bias, cache.conv)
+            return (causal_depthwise_conv(p, self._mine(self.conv_q_weight), self._mine(self.conv_q_bias), since_start),
+                    causal_depthwise_conv(p, self._mine(self.conv_k_weight), self._mine(self.conv_k_bias), since_start))
+        q, _ = streaming_causal_conv(p, self.conv_q_weight, self.conv_q_bias, cache.conv, since_start)
+        k, cache.conv = streaming_causal_conv(p, self.conv_k_weight, self.conv_k_bias, cache.conv, since_start)
         return q, k
 
-    def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None) -> torch.Tensor:
+    def _rotated(self, q: torch.Tensor, k: torch.Tensor, state: TTTState | None,
+                 packing: Packing | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k [B, H, T, d] with RoPE at positions t mod b: t counted from the sequence's start
+        (the state's position inside its mini-batch), or from the document's."""
+        table = self._rope(self.ttt.mini_batch_size, q.dtype, q.device)
+        if packing is None:
+            start = state.position if state is not None else 0
+            return tuple(rope_in_mini_batches(self._heads(t), table, start) for t in (q, k))
+        position = torch.remainder(packing.since_start, self.ttt.mini_batch_size)
+        cos, sin = (angles[position][:, None] for angles in table)
+        return tuple(rotate_pairs(self._heads(t), cos, sin) for t in (q, k))
+
+    def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None,
+                packing: Packing | None = None) -> torch.Tensor:
         """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]. With a cache (inference) the
         tokens continue the cached sequence, and the cache moves past them: one token is one
-        constant-cost decode step."""
+        constant-cost decode step. With a packing (the whole sequence's) every document starts
+        from the initial state."""
         ttt = self.ttt
         projected, _ = self.in_proj(hidden_states)
         parts = self.columns.split(projected, self.tp_size)
@@ -144,12 +162,9 @@ class TTTMixer(MegatronModule):
             if cache is not None:
                 raise ValueError("inference with a cache runs at context_parallel 1")
             parts = self._sequence_to_heads(parts)
-        q, k = self._queries_keys(parts, cache)
+        q, k = self._queries_keys(parts, cache, packing)
         state = cache.ttt if cache is not None and cache.ttt is not None else None
-        # RoPE positions are t mod b: the state's position inside its mini-batch.
-        start = state.position if state is not None else 0
-        table = self._rope(ttt.mini_batch_size, q.dtype, q.device)
-        q, k = (rope_in_mini_batches(self._heads(t), table, start) for t in (q, k))
+        q, k = self._rotated(q, k, state, packing)
         lr_logits = parts["lr"] + self._mine(self.ttt_lr_bias)
         lr = (ttt.ttt_base_lr * self.inner_lr_scale / ttt.head_dim) * torch.sigmoid(lr_logits).permute(1, 2, 0)
         token_offset = replicated_weight(self.token_offset, self.tp_size > 1, self.tp_group)
@@ -157,13 +172,15 @@ class TTTMixer(MegatronModule):
             state = TTTState.initial(self.inner_weights, q.shape[0])
         inner = TTTInputs(q, k, self._heads(parts["v"]), lr, token_offset, self._mine(self.ttt_norm_weight),
                           self._mine(self.ttt_norm_bias))
+        documents = None if packing is None else DocumentStarts(packing.starts, self.inner_weights)
         if cache is not None and q.shape[2] == 1:
-            z, state = ttt_decode_step(inner, state, mini_batch_size=ttt.mini_batch_size)
+            z, state = ttt_decode_step(inner, state, mini_batch_size=ttt.mini_batch_size, documents=documents)
         else:
             with torch.profiler.record_function("ttt_inner_loop"):  # a profiler's name for its share of the forward
                 z, state = ttt_inner_loop(inner, state, mini_batch_size=ttt.mini_batch_size,
                                           backend=self.inner_loop.backend,
-                                          time_checkpoint_group=self.inner_loop.time_checkpoint_group)
+                                          time_checkpoint_group=self.inner_loop.time_checkpoint_group,
+                                          documents=documents, final_state=cache is not None)
         if cache is not None:
             cache.ttt = state
         z = heads_to_sequence(z.permute(2, 0, 1, 3), self.cp_group).flatten(2)

@@ -18,15 +18,32 @@ from tests.models.tp_cases import HYBRID, TINY, rel, twin
 from tests.models.weights import random_reference_weights
 
 
+EOS_AT = ([2, 9, 13], [10, 16])
+"""Under document_boundaries=reset: row 0 has a document beginning right at the CP = 2 slice
+edge (token 10), row 1 one just after it (the pre-conv's halo reaches into the earlier one)."""
+
+
 def case_config(case: dict):
     base = HYBRID if case.get("hybrid") else TINY
-    return replace(base, layer_type=case["layer_type"], backbone=case["backbone"],
+    documents = {"document_boundaries": "reset", "eos_token_id": base.vocab_size - 1} if case.get("reset") else {}
+    return replace(base, layer_type=case["layer_type"], backbone=case["backbone"], **documents,
                    **({"num_kv_heads": case["kv_heads"]} if "kv_heads" in case else {}))
 
 
+def case_tokens(cfg, case: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, cfg.vocab_size, (2, case["seq_len"]), generator=g)
+    labels = torch.randint(0, cfg.vocab_size, (2, case["seq_len"]), generator=g)
+    if case.get("reset"):
+        for row, positions in enumerate(EOS_AT):
+            tokens[row, positions] = cfg.eos_token_id
+    return tokens, labels
+
+
 def one_rank_model(cfg, weights: dict, tokens: torch.Tensor, labels: torch.Tensor, store):
-    """The hybrids' reference (the dense twin has no attention layers): the model unsplit, TP = CP
-    = 1 (test_tensor_parallel and test_hybrid tie it to the twin and to TP > 1)."""
+    """The reference of hybrids and packed documents (the dense twin has no attention layers and
+    runs one sequence): the model unsplit, TP = CP = 1 (test_tensor_parallel and test_hybrid tie
+    it to the twin and to TP > 1, test_documents to each document alone)."""
     groups = init_parallel(ParallelLayout(), store=store)
     model = TTTLanguageModel(megatron_config(cfg, params_dtype=torch.float64), cfg, groups)
     model.load_state_dict(to_local(weights, cfg, 0, 1))
@@ -46,10 +63,8 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict]) -> list[d
         cfg, tp = case_config(case), case["tp"]
         cp = world // tp
         weights = random_reference_weights(cfg, seed=1, dtype=torch.float64)
-        g = torch.Generator().manual_seed(2)
-        tokens = torch.randint(0, cfg.vocab_size, (2, case["seq_len"]), generator=g)
-        labels = torch.randint(0, cfg.vocab_size, (2, case["seq_len"]), generator=g)
-        reference = (one_rank_model(cfg, weights, tokens, labels, store) if case.get("hybrid")
+        tokens, labels = case_tokens(cfg, case)
+        reference = (one_rank_model(cfg, weights, tokens, labels, store) if case.get("hybrid") or case.get("reset")
                      else twin(cfg, weights, tokens, labels))
         groups = init_parallel(ParallelLayout(tp, case["sequence_parallel"], cp), store=store)
         tp_group = groups.tp

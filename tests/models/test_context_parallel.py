@@ -2,7 +2,9 @@
 sequence, equals the dense twin on the whole sequence: logits, loss and every parameter's
 gradient, both layer types, both backbones, and a hybrid with full and sliding-window attention
 (its key/value heads repeated where they do not split over CP). T is not a multiple of the
-mini-batch, and the Mamba pre-conv reads across the ranks' boundary."""
+mini-batch, and the Mamba pre-conv reads across the ranks' boundary. Under
+document_boundaries=reset (documents beginning at and just after the ranks' boundary) the split
+model equals itself on one rank."""
 
 import itertools
 from dataclasses import replace
@@ -24,14 +26,19 @@ CP2 = [dict(layer_type=lt, backbone=bb, tp=1, sequence_parallel=False, seq_len=2
 CP2 += [dict(layer_type="linear", backbone="mamba", hybrid=True, tp=1, sequence_parallel=False, seq_len=20),
         dict(layer_type="mlp", backbone="transformer", hybrid=True, kv_heads=1, tp=1, sequence_parallel=False,
              seq_len=20)]
+CP2 += [dict(layer_type="linear", backbone="mamba", hybrid=True, reset=True, tp=1, sequence_parallel=False,
+             seq_len=20),
+        dict(layer_type="mlp", backbone="transformer", reset=True, tp=1, sequence_parallel=False, seq_len=20)]
 CP2_TP2 = [dict(layer_type="mlp", backbone="mamba", tp=2, sequence_parallel=True, seq_len=20),
-           dict(layer_type="linear", backbone="mamba", hybrid=True, tp=2, sequence_parallel=True, seq_len=20)]
+           dict(layer_type="linear", backbone="mamba", hybrid=True, tp=2, sequence_parallel=True, seq_len=20),
+           dict(layer_type="mlp", backbone="mamba", hybrid=True, reset=True, tp=2, sequence_parallel=True,
+                seq_len=20)]
 
 
 def check(rows: list[dict], world: int) -> None:
     for row in rows:
         label = (f"world {world} TP={row['tp']} sp={row['sequence_parallel']} {row['layer_type']}/{row['backbone']}"
-                 f"{' hybrid' if row.get('hybrid') else ''}")
+                 f"{' hybrid' if row.get('hybrid') else ''}{' reset' if row.get('reset') else ''}")
         assert row["logits"] < F64_TOL and row["loss"] < LOSS_TOL, f"{label}: {row}"
         assert row["grads"] < F64_TOL, f"{label}: gradient of {row['worst']} off by {row['grads']:.2e}"
 
