@@ -173,3 +173,28 @@ def causal_lr(c, lr, BL: tl.constexpr):
     """eta[i, j] = c[i] * lr[j] for j <= i, else 0: [BL, BL]."""
     rows = tl.arange(0, BL)
     return tl.where(rows[:, None] >= rows[None, :], c[:, None] * lr[None, :], 0.0)
+
+
+@triton.jit
+def restarts(resets_ptr, n, H, blk, n_blocks):
+    """Whether program n's state restarts from the initial weights at the start of mini-batch blk:
+    resets is int8 [B, n_blocks], one row for every head of a batch row."""
+    return tl.load(resets_ptr + (n // H) * n_blocks + blk) != 0
+
+
+@triton.jit
+def block_mask(flag, offsets):
+    """A scalar condition as a mask shaped like offsets. (tl.load would broadcast a scalar mask
+    itself, but Triton's interpreter then gets an int8 mask from a comparison and refuses it.)"""
+    return tl.where(flag, tl.full(offsets.shape, 1, tl.int1), tl.full(offsets.shape, 0, tl.int1))
+
+
+@triton.jit
+def restart_gradient(dx, reset, dinit_ptr, offsets):
+    """At a restart (reset, a scalar), add dx, the gradient of the state a mini-batch starts from, to
+    the initial weights' gradient at offsets, and return zero: nothing flows into the previous
+    mini-batch's final state. Elsewhere dx itself, and nothing is read or written. Each element is
+    read and written by the same thread, so repeated restarts need no barrier."""
+    mask = block_mask(reset, offsets)
+    tl.store(dinit_ptr + offsets, tl.load(dinit_ptr + offsets, mask=mask, other=0.0) + dx, mask=mask)
+    return tl.where(reset, 0.0, dx)

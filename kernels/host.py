@@ -48,3 +48,34 @@ def rows(x: torch.Tensor) -> torch.Tensor:
 def per_head(x: torch.Tensor, batch: int) -> torch.Tensor:
     """Per-program partial sums [B*H,...] of a per-head parameter's gradient -> [H,...]."""
     return x.reshape(batch, -1, *x.shape[1:]).sum(0)
+
+
+def check_restarts(resets: torch.Tensor | None, initial: tuple[torch.Tensor, ...] | None, q: torch.Tensor,
+                   state: tuple[torch.Tensor, ...], mini_batch_size: int) -> None:
+    """Raise ValueError naming what is missing or mis-shaped in a call's restarts.
+
+    Args:
+        resets: None, or bool [B, ceil(T / mini_batch_size)]: the state restarts at the start of
+            these mini-batches.
+        initial: None (without resets), or what the state restarts from: one [H,...] tensor per
+            state tensor.
+        q: [B,H,T,d] the queries.
+        state: the [B,H,...] state tensors before the first token.
+        mini_batch_size: b.
+    """
+    if resets is None:
+        if initial is not None:
+            raise ValueError("initial is given without resets; the state restarts only where resets says")
+        return
+    B, _, T, _ = q.shape
+    blocks = (B, triton.cdiv(T, mini_batch_size))
+    if resets.dtype != torch.bool or tuple(resets.shape) != blocks:
+        raise ValueError(f"resets must be a bool [B, n_blocks] = {list(blocks)} tensor, got {resets.dtype} "
+                         f"{list(resets.shape)}")
+    if initial is None:
+        raise ValueError("resets needs initial, the per-head weights the state restarts from")
+    want, got = [tuple(s.shape[1:]) for s in state], [tuple(w.shape) for w in initial]
+    if got != want:
+        raise ValueError(f"initial must be the per-head weights {want}, got {got}")
+    if any(x.device != q.device for x in (resets, *initial)):
+        raise ValueError(f"resets and initial must be on the inputs' device {q.device}")

@@ -16,7 +16,10 @@ from triton.compiler import ASTSource
 
 INT_ARGS = ("T", "H", "mini_batch", "n_blocks")
 TENSOR_ARGS = ("q_ptr", "k_ptr", "v_ptr", "lr_ptr", "z_ptr", "dz_ptr", "dq_ptr", "dk_ptr", "dv_ptr", "dlr_ptr")
-"""Pointers in the inputs' dtype; every other pointer is fp32 (state, checkpoints, reductions)."""
+"""Pointers in the inputs' dtype; every other pointer but the reset flags is fp32 (state,
+checkpoints, reductions)."""
+FLAG_ARGS = ("resets_ptr",)
+"""int8 pointers: which mini-batches restart from the initial weights."""
 TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -28,6 +31,8 @@ def signature(kernel, dtype: torch.dtype, constexprs: dict) -> dict[str, str]:
             types[name] = "constexpr"
         elif name in INT_ARGS:
             types[name] = "i32"
+        elif name in FLAG_ARGS:
+            types[name] = "*i8"
         else:
             types[name] = "*" + (TRITON_DTYPES[dtype] if name in TENSOR_ARGS else "fp32")
     return types

@@ -5,6 +5,9 @@ rows >= mini_batch are padding with lr = 0), G mini-batches per checkpoint group
 Per mini-batch (kernels/README.md has the derivation):
     Z = K W + b, Grad = dl/dZ, A = eta * (Q K^T + 1), Zbar = Q W + b - A Grad,
     out = Q + LN(Zbar), W' = W - c[b-1] K^T (lr * Grad), b' = b - c[b-1] lr^T Grad.
+A mini-batch whose reset flag is set starts from the initial weights (W_init, b_init) of its head
+instead of the previous mini-batch's; in the backward, the gradient of its starting state goes to
+(W_init, b_init) and none to the previous mini-batch.
 """
 
 import triton
@@ -20,6 +23,8 @@ from megatron_ttt.kernels.common import (
     matrix_offsets,
     residual_layer_norm,
     residual_layer_norm_backward,
+    restart_gradient,
+    restarts,
     store_rows,
     store_vector,
 )
@@ -33,7 +38,7 @@ def _key_grad(k, target, w, b, ln_w, ln_b, D: tl.constexpr, PREC: tl.constexpr):
 
 @triton.jit
 def ttt_linear_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, lr_ptr, coeff_ptr, ln_w_ptr, ln_b_ptr, w0_ptr, b0_ptr,
+    q_ptr, k_ptr, v_ptr, lr_ptr, coeff_ptr, ln_w_ptr, ln_b_ptr, w0_ptr, b0_ptr, resets_ptr, init_w_ptr, init_b_ptr,
     z_ptr, w_out_ptr, b_out_ptr, acc_w_ptr, acc_b_ptr, ckpt_w_ptr, ckpt_b_ptr,
     T, H, mini_batch, n_blocks,
     D: tl.constexpr, BL: tl.constexpr, G: tl.constexpr, PREC: tl.constexpr,
@@ -46,10 +51,18 @@ def ttt_linear_fwd_kernel(
     b = tl.load(b0_ptr + n * D + cols)
     ln_w, ln_b, c, c_last = head_constants(ln_w_ptr, ln_b_ptr, coeff_ptr, n, H, mini_batch, D, BL)
     n_ckpt = (n_blocks + G - 1) // G
+    init_w_ptr += (n % H) * D * D
+    init_b_ptr += (n % H) * D
     for blk in range(n_blocks):
+        # The checkpoint is the state carried into the group; whoever runs a mini-batch applies its reset.
         if blk % G == 0:
             tl.store(ckpt_w_ptr + (n * n_ckpt + blk // G) * D * D + dd, w)
             tl.store(ckpt_b_ptr + (n * n_ckpt + blk // G) * D + cols, b)
+        if restarts(resets_ptr, n, H, blk, n_blocks):
+            # A scalar branch, not a select: selecting between w and a masked load doubles the
+            # forward's shared memory (64 KiB at D = 64).
+            w = tl.load(init_w_ptr + dd)
+            b = tl.load(init_b_ptr + cols)
         start = blk * mini_batch
         q, k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T, start, T,
                                          mini_batch, D, BL)
@@ -72,9 +85,9 @@ def ttt_linear_fwd_kernel(
 
 @triton.jit
 def ttt_linear_bwd_kernel(
-    q_ptr, k_ptr, v_ptr, lr_ptr, coeff_ptr, ln_w_ptr, ln_b_ptr, ckpt_w_ptr, ckpt_b_ptr,
-    dz_ptr, dw_out_ptr, db_out_ptr, dacc_w_ptr, dacc_b_ptr,
-    dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dw0_ptr, db0_ptr, dln_w_ptr, dln_b_ptr, dcoeff_ptr,
+    q_ptr, k_ptr, v_ptr, lr_ptr, coeff_ptr, ln_w_ptr, ln_b_ptr, ckpt_w_ptr, ckpt_b_ptr, resets_ptr, init_w_ptr,
+    init_b_ptr, dz_ptr, dw_out_ptr, db_out_ptr, dacc_w_ptr, dacc_b_ptr,
+    dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dw0_ptr, db0_ptr, dln_w_ptr, dln_b_ptr, dcoeff_ptr, dinit_w_ptr, dinit_b_ptr,
     scratch_w_ptr, scratch_b_ptr,
     T, H, mini_batch, n_blocks,
     D: tl.constexpr, BL: tl.constexpr, G: tl.constexpr, PREC: tl.constexpr,
@@ -90,6 +103,8 @@ def ttt_linear_bwd_kernel(
     dln_w = tl.zeros([D], tl.float32)
     dln_b = tl.zeros([D], tl.float32)
     dc = tl.zeros([BL], tl.float32)
+    init_w_ptr += (n % H) * D * D
+    init_b_ptr += (n % H) * D
     n_ckpt = (n_blocks + G - 1) // G
     for group_back in range(n_ckpt):
         group = n_ckpt - 1 - group_back
@@ -99,6 +114,9 @@ def ttt_linear_bwd_kernel(
         w = tl.load(ckpt_w_ptr + (n * n_ckpt + group) * D * D + dd)
         b = tl.load(ckpt_b_ptr + (n * n_ckpt + group) * D + cols)
         for j in range(count):
+            if restarts(resets_ptr, n, H, first + j, n_blocks):
+                w = tl.load(init_w_ptr + dd)
+                b = tl.load(init_b_ptr + cols)
             tl.store(scratch_w_ptr + (n * G + j) * D * D + dd, w)
             tl.store(scratch_b_ptr + (n * G + j) * D + cols, b)
             _, k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T,
@@ -107,7 +125,8 @@ def ttt_linear_bwd_kernel(
             w = w - c_last * tl.dot(tl.trans(k), grad * lr[:, None], input_precision=PREC)
             b = b - c_last * tl.sum(grad * lr[:, None], 0)
         for j_back in range(count):
-            start = (first + count - 1 - j_back) * mini_batch
+            blk = first + count - 1 - j_back
+            start = blk * mini_batch
             w = tl.load(scratch_w_ptr + (n * G + count - 1 - j_back) * D * D + dd)
             b = tl.load(scratch_b_ptr + (n * G + count - 1 - j_back) * D + cols)
             q, k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T, start, T,
@@ -160,6 +179,10 @@ def ttt_linear_bwd_kernel(
             dk += tl.dot(dz, tl.trans(w), input_precision=PREC) - dtarget
             dw += tl.dot(tl.trans(k), dz, input_precision=PREC)
             db += tl.sum(dz, 0)
+            # dw, db: the gradient of the state this mini-batch starts from.
+            reset = restarts(resets_ptr, n, H, blk, n_blocks)
+            dw = restart_gradient(dw, reset, dinit_w_ptr + n * D * D, dd)
+            db = restart_gradient(db, reset, dinit_b_ptr + n * D, cols)
             store_rows(dq_ptr + seq, dq, start, T, mini_batch, D, BL)
             store_rows(dk_ptr + seq, dk, start, T, mini_batch, D, BL)
             store_rows(dv_ptr + seq, dtarget, start, T, mini_batch, D, BL)

@@ -3,7 +3,7 @@
 import torch
 
 from megatron_ttt.kernels.fused import FusedTTTFunction
-from megatron_ttt.kernels.host import check_kernel_inputs
+from megatron_ttt.kernels.host import check_kernel_inputs, check_restarts
 from megatron_ttt.kernels.ttt_mlp.kernels import ttt_mlp_bwd_kernel, ttt_mlp_fwd_kernel
 
 
@@ -48,6 +48,8 @@ def fused_ttt_mlp(
     *,
     mini_batch_size: int,
     time_checkpoint_group: int = 0,
+    resets: torch.Tensor | None = None,
+    initial: tuple[torch.Tensor, ...] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """TTT-MLP over a sequence that starts at a mini-batch boundary, forward and backward in Triton.
 
@@ -61,11 +63,18 @@ def fused_ttt_mlp(
         mini_batch_size: b.
         time_checkpoint_group: G, mini-batches between the states the forward keeps for the
             backward (which replays each group); 0 keeps every mini-batch's state.
+        resets: None, or bool [B, ceil(T / b)]: at the start of mini-batch n of batch row i (every
+            head) where resets[i, n], the state restarts from `initial` (packed documents, each
+            laid to start on a mini-batch). resets[:, 0] may be set: w1, b1, w2, b2 then go unused
+            for that row (zero gradient).
+        initial: with resets, the learnable initial weights per head (W1 [H,d,h], b1 [H,h],
+            W2 [H,h,d], b2 [H,d]); their gradient sums those of the state at every restart.
 
     Returns:
         (z [B,H,T,d], w1, b1, w2, b2, step_w1, step_b1, step_w2, step_b2): as fused_ttt_linear,
         one weight and one step sum per state tensor.
     """
     check_kernel_inputs(q, (q.shape[-1], w1.shape[-1]), mini_batch_size)
-    return TTTMLPFunction.apply(mini_batch_size, time_checkpoint_group, q, k, v, lr, coeff, ln_weight, ln_bias,
-                                w1, b1, w2, b2)
+    check_restarts(resets, initial, q, (w1, b1, w2, b2), mini_batch_size)
+    return TTTMLPFunction.apply(mini_batch_size, time_checkpoint_group, resets, q, k, v, lr, coeff, ln_weight,
+                                ln_bias, w1, b1, w2, b2, *(initial or ()))

@@ -13,6 +13,11 @@ it needs, so no operand of a tl.dot is larger than D x HC (a whole W1 or W2 as a
 the backward need 545 KiB of shared memory at D = 64). Hidden unit h meets only column h of W1
 and b1 and row h of W2, so a chunk's slices are stepped as soon as the chunk has been used. Z2
 sums over every chunk and G2 needs all of Z2, so a mini-batch passes over the chunks twice.
+
+A mini-batch whose reset flag is set starts from its head's initial weights, copied into the
+state buffer (forward) or the replay scratch (backward); in the backward, the carried gradient of
+its starting state moves into the initial weights' gradient buffers, leaving zero for the
+previous mini-batch.
 """
 
 import triton
@@ -29,6 +34,8 @@ from megatron_ttt.kernels.common import (
     load_rows,
     residual_layer_norm,
     residual_layer_norm_backward,
+    restart_gradient,
+    restarts,
     store_rows,
     store_vector,
 )
@@ -65,10 +72,55 @@ def _copy_state(src_w1, src_b1, src_w2, dst_w1, dst_b1, dst_w2, D: tl.constexpr,
     orders shared memory by itself, not global memory)."""
     tl.debug_barrier()
     for ch in range(HID // HC):
-        tl.store(dst_w1 + _w1_chunk(ch, D, HID, HC), tl.load(src_w1 + _w1_chunk(ch, D, HID, HC)))
-        tl.store(dst_b1 + _b1_chunk(ch, HC), tl.load(src_b1 + _b1_chunk(ch, HC)))
-        tl.store(dst_w2 + _w2_chunk(ch, D, HC), tl.load(src_w2 + _w2_chunk(ch, D, HC)))
+        _copy_chunk(src_w1, src_b1, src_w2, dst_w1, dst_b1, dst_w2, ch, D, HID, HC)
     tl.debug_barrier()
+
+
+@triton.jit
+def _copy_chunk(src_w1, src_b1, src_w2, dst_w1, dst_b1, dst_w2, ch, D: tl.constexpr, HID: tl.constexpr,
+                HC: tl.constexpr):
+    tl.store(dst_w1 + _w1_chunk(ch, D, HID, HC), tl.load(src_w1 + _w1_chunk(ch, D, HID, HC)))
+    tl.store(dst_b1 + _b1_chunk(ch, HC), tl.load(src_b1 + _b1_chunk(ch, HC)))
+    tl.store(dst_w2 + _w2_chunk(ch, D, HC), tl.load(src_w2 + _w2_chunk(ch, D, HC)))
+
+
+@triton.jit
+def _restart_state(init_w1, init_b1, init_w2, init_b2, w1_ptr, b1_ptr, w2_ptr, b2, reset, D: tl.constexpr,
+                   HID: tl.constexpr, HC: tl.constexpr):
+    """Where reset (a scalar), overwrite the state buffers (W1, b1, W2) with the head's initial
+    weights and return its initial b2; else leave them and return b2. Without a restart the copy
+    loop runs no chunk: a loop of zero trips rather than an `if` around the stores (stores inside
+    one fail Triton 3.6's sm_90 pipeliner). Barriers as in _copy_state."""
+    tl.debug_barrier()
+    for ch in range(tl.where(reset, HID // HC, 0)):
+        _copy_chunk(init_w1, init_b1, init_w2, w1_ptr, b1_ptr, w2_ptr, ch, D, HID, HC)
+    tl.debug_barrier()
+    if reset:
+        b2 = tl.load(init_b2 + tl.arange(0, D))
+    return b2
+
+
+@triton.jit
+def _restart_gradients(dw1_ptr, db1_ptr, dw2_ptr, di_w1, di_b1, di_w2, reset, D: tl.constexpr,
+                       HID: tl.constexpr, HC: tl.constexpr):
+    """Where reset (a scalar), add the carried gradient (dW1, db1, dW2) of the state a mini-batch
+    starts from to the initial weights' gradient buffers and zero it, so none flows into the
+    previous mini-batch; else touch nothing (a loop of zero trips, as in _restart_state)."""
+    tl.debug_barrier()
+    for ch in range(tl.where(reset, HID // HC, 0)):
+        _move_gradient(dw1_ptr, di_w1, _w1_chunk(ch, D, HID, HC))
+        _move_gradient(db1_ptr, di_b1, _b1_chunk(ch, HC))
+        _move_gradient(dw2_ptr, di_w2, _w2_chunk(ch, D, HC))
+    tl.debug_barrier()
+
+
+@triton.jit
+def _move_gradient(src, dst, offsets):
+    """dst += src, then src = 0. The same thread reads and writes each element of dst, which
+    nothing else touches, so repeated restarts need no barrier for it."""
+    dx = tl.load(src + offsets)
+    tl.store(dst + offsets, tl.load(dst + offsets) + dx)
+    tl.store(src + offsets, tl.zeros_like(dx))
 
 
 @triton.jit
@@ -120,6 +172,7 @@ def _store_chunk(w1_ptr, b1_ptr, w2_ptr, w1, b1, w2, ch, D: tl.constexpr, HID: t
 @triton.jit
 def ttt_mlp_fwd_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, coeff_ptr, ln_w_ptr, ln_b_ptr, w1_0, b1_0, w2_0, b2_0,
+    resets_ptr, init_w1, init_b1, init_w2, init_b2,
     z_ptr, w1_out, b1_out, w2_out, b2_out, acc_w1, acc_b1, acc_w2, acc_b2, ck_w1, ck_b1, ck_w2, ck_b2,
     T, H, mini_batch, n_blocks,
     D: tl.constexpr, HID: tl.constexpr, HC: tl.constexpr, BL: tl.constexpr, G: tl.constexpr,
@@ -136,12 +189,17 @@ def ttt_mlp_fwd_kernel(
     b2 = tl.load(b2_0 + n * D + cols)
     ln_w, ln_b, c, c_last = head_constants(ln_w_ptr, ln_b_ptr, coeff_ptr, n, H, mini_batch, D, BL)
     n_ckpt = (n_blocks + G - 1) // G
+    head = n % H
     for blk in range(n_blocks):
+        # The checkpoint is the state carried into the group; whoever runs a mini-batch applies its reset.
         if blk % G == 0:
             slot = n * n_ckpt + blk // G
             _copy_state(w1_ptr, b1_ptr, w2_ptr, ck_w1 + slot * D * HID, ck_b1 + slot * HID, ck_w2 + slot * HID * D,
                         D, HID, HC)
             tl.store(ck_b2 + slot * D + cols, b2)
+        b2 = _restart_state(init_w1 + head * D * HID, init_b1 + head * HID, init_w2 + head * HID * D,
+                            init_b2 + head * D, w1_ptr, b1_ptr, w2_ptr, b2, restarts(resets_ptr, n, H, blk, n_blocks),
+                            D, HID, HC)
         start = blk * mini_batch
         complete = start + mini_batch <= T
         # Only the last mini-batch can be incomplete: its state is not stepped (as the twin).
@@ -179,11 +237,13 @@ def ttt_mlp_fwd_kernel(
 
 
 @triton.jit
-def _replay(q_ptr, k_ptr, v_ptr, lr_ptr, seq, n, c, c_last, ln_w, ln_b, ck_w1, ck_b1, ck_w2, ck_b2, sc_w1, sc_b1,
-            sc_w2, sc_b2, slot, first, count, T, mini_batch, D: tl.constexpr, HID: tl.constexpr, HC: tl.constexpr,
-            BL: tl.constexpr, G: tl.constexpr, PREC: tl.constexpr):
-    """Replay a group's mini-batches from its checkpoint: the state at each one's start into the
-    scratch slots 0 .. count - 1 (all but the group's last mini-batch are complete)."""
+def _replay(q_ptr, k_ptr, v_ptr, lr_ptr, seq, n, H, c, c_last, ln_w, ln_b, ck_w1, ck_b1, ck_w2, ck_b2, resets_ptr,
+            init_w1, init_b1, init_w2, init_b2, sc_w1, sc_b1, sc_w2, sc_b2, slot, first, count, T, mini_batch,
+            n_blocks, D: tl.constexpr, HID: tl.constexpr, HC: tl.constexpr, BL: tl.constexpr, G: tl.constexpr,
+            PREC: tl.constexpr):
+    """Replay a group's mini-batches from its checkpoint, with their resets: the state at each one's
+    start into the scratch slots 0 .. count - 1 (all but the group's last mini-batch are complete).
+    init_* point at the head's initial weights."""
     _copy_state(ck_w1 + slot * D * HID, ck_b1 + slot * HID, ck_w2 + slot * HID * D, sc_w1 + n * G * D * HID,
                 sc_b1 + n * G * HID, sc_w2 + n * G * HID * D, D, HID, HC)
     cols = tl.arange(0, D)
@@ -192,6 +252,8 @@ def _replay(q_ptr, k_ptr, v_ptr, lr_ptr, seq, n, c, c_last, ln_w, ln_b, ck_w1, c
         w1_ptr = sc_w1 + (n * G + j) * D * HID
         b1_ptr = sc_b1 + (n * G + j) * HID
         w2_ptr = sc_w2 + (n * G + j) * HID * D
+        b2 = _restart_state(init_w1, init_b1, init_w2, init_b2, w1_ptr, b1_ptr, w2_ptr, b2,
+                            restarts(resets_ptr, n, H, first + j, n_blocks), D, HID, HC)
         tl.store(sc_b2 + (n * G + j) * D + cols, b2)
         if j < count - 1:
             k, target, lr = block_inputs(q_ptr + seq, k_ptr + seq, v_ptr + seq, lr_ptr + n * T,
@@ -214,9 +276,10 @@ def _replay(q_ptr, k_ptr, v_ptr, lr_ptr, seq, n, c, c_last, ln_w, ln_b, ck_w1, c
 @triton.jit
 def ttt_mlp_bwd_kernel(
     q_ptr, k_ptr, v_ptr, lr_ptr, coeff_ptr, ln_w_ptr, ln_b_ptr, ck_w1, ck_b1, ck_w2, ck_b2,
+    resets_ptr, init_w1, init_b1, init_w2, init_b2,
     dz_ptr, dw1_out, db1_out, dw2_out, db2_out, dacc_w1, dacc_b1, dacc_w2, dacc_b2,
     dq_ptr, dk_ptr, dv_ptr, dlr_ptr, dw1_0, db1_0, dw2_0, db2_0, dln_w_ptr, dln_b_ptr, dcoeff_ptr,
-    sc_w1, sc_b1, sc_w2, sc_b2, sc_dz1,
+    di_w1, di_b1, di_w2, di_b2, sc_w1, sc_b1, sc_w2, sc_b2, sc_dz1,
     T, H, mini_batch, n_blocks,
     D: tl.constexpr, HID: tl.constexpr, HC: tl.constexpr, BL: tl.constexpr, G: tl.constexpr,
     PREC: tl.constexpr,
@@ -239,12 +302,15 @@ def ttt_mlp_bwd_kernel(
     dln_b = tl.zeros([D], tl.float32)
     dc = tl.zeros([BL], tl.float32)
     n_ckpt = (n_blocks + G - 1) // G
+    head = n % H
     for group_back in range(n_ckpt):
         group = n_ckpt - 1 - group_back
         first = group * G
         count = tl.minimum(G, n_blocks - first)
-        _replay(q_ptr, k_ptr, v_ptr, lr_ptr, seq, n, c, c_last, ln_w, ln_b, ck_w1, ck_b1, ck_w2, ck_b2, sc_w1, sc_b1,
-                sc_w2, sc_b2, n * n_ckpt + group, first, count, T, mini_batch, D, HID, HC, BL, G, PREC)
+        _replay(q_ptr, k_ptr, v_ptr, lr_ptr, seq, n, H, c, c_last, ln_w, ln_b, ck_w1, ck_b1, ck_w2, ck_b2, resets_ptr,
+                init_w1 + head * D * HID, init_b1 + head * HID, init_w2 + head * HID * D, init_b2 + head * D,
+                sc_w1, sc_b1, sc_w2, sc_b2, n * n_ckpt + group, first, count, T, mini_batch, n_blocks, D, HID, HC,
+                BL, G, PREC)
         for j_back in range(count):
             j = count - 1 - j_back
             start = (first + j) * mini_batch
@@ -368,7 +434,11 @@ def ttt_mlp_bwd_kernel(
                 _store_chunk(dw1_ptr, db1_ptr, dw2_ptr, dw1 + tl.dot(tl.trans(k), dz1, input_precision=PREC),
                              db1 + tl.sum(dz1, 0), dw2 + tl.dot(tl.trans(gelu_tanh(z1)), dz2, input_precision=PREC),
                              ch, D, HID, HC)
-            tl.debug_barrier()
+            # dW1, db1, dW2, db2: the gradient of the state this mini-batch starts from.
+            reset = restarts(resets_ptr, n, H, first + j, n_blocks)
+            _restart_gradients(dw1_ptr, db1_ptr, dw2_ptr, di_w1 + n * D * HID, di_b1 + n * HID, di_w2 + n * HID * D,
+                               reset, D, HID, HC)
+            db2 = restart_gradient(db2, reset, di_b2 + n * D, cols)
             store_rows(dq_ptr + seq, dq, start, T, mini_batch, D, BL)
             store_rows(dk_ptr + seq, dk - dtarget, start, T, mini_batch, D, BL)
             store_rows(dv_ptr + seq, dtarget, start, T, mini_batch, D, BL)
