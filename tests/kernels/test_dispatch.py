@@ -122,3 +122,26 @@ def test_unknown_backend():
     case = make_case("linear", 8, 8, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"backend must be one of"):
         ttt_inner_loop(*case.args(), mini_batch_size=8, backend="cuda")
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_triton_documents_keep_or_drop_the_final_state(rows):
+    """Packed documents through the kernels equal the dual form; the state after the call is the
+    kernels' where every sequence ends at the same position (one row), the dual form's otherwise,
+    and None when the caller drops it."""
+    from megatron_ttt.ops import DocumentStarts
+
+    case = make_case("linear", 22, 4, B=rows, H=2, d=16, dtype=torch.float32)
+    starts = torch.zeros(rows, 22, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[0, [6, 7]] = True
+    documents = DocumentStarts(starts, case.weights)
+    want, want_state = ttt_dual(*case.args(), mini_batch_size=4, documents=documents)
+    got, state = ttt_inner_loop(*case.args(), mini_batch_size=4, backend="triton", documents=documents)
+    assert rel_err(got, want) < 1e-5
+    assert torch.equal(state.position, want_state.position)
+    for a, e in zip(state.weights + state.grads, want_state.weights + want_state.grads):
+        assert rel_err(a, e) < 1e-5
+    dropped, none = ttt_inner_loop(*case.args(), mini_batch_size=4, backend="triton", documents=documents,
+                                   final_state=False)
+    assert none is None and rel_err(dropped, want) < 1e-5
