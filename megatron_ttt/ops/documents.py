@@ -66,17 +66,22 @@ class DocumentLayout(NamedTuple):
 
     def place(self, x: torch.Tensor) -> torch.Tensor:
         """[B,H,T,...] -> [B,H,length,...]: the tokens on the grid, zeros elsewhere."""
-        index = self._index_like(x)
-        grid = x.new_zeros(*x.shape[:2], self.length, *x.shape[3:])
-        return grid.scatter(2, index, x)
+        T = x.shape[2]
+        # Each grid position's token, or T: the zero appended after the last.
+        source = self.index.new_full((self.index.shape[0], self.length), T)
+        source.scatter_(1, self.index, torch.arange(T, device=x.device).expand_as(self.index))
+        padded = torch.cat((x, x.new_zeros(*x.shape[:2], 1, *x.shape[3:])), dim=2)
+        return _rows_select(padded, source)
 
     def take(self, y: torch.Tensor) -> torch.Tensor:
         """[B,H,length,...] -> [B,H,T,...]: the grid's values at the tokens."""
-        return y.gather(2, self._index_like(y, self.index.shape[1]))
+        return _rows_select(y, self.index)
 
-    def _index_like(self, x: torch.Tensor, tokens: int | None = None) -> torch.Tensor:
-        index = self.index[:, None, :].reshape(*self.index.shape[:1], 1, -1, *([1] * (x.dim() - 3)))
-        return index.expand(*x.shape[:2], tokens or x.shape[2], *x.shape[3:])
+
+def _rows_select(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B,H,L,...] -> [B,H,len,...] taking positions index[b] [len] of row b: one index_select a
+    row, which copies whole vectors (a gather would read an index per element)."""
+    return torch.stack([row.index_select(1, where) for row, where in zip(x, index)])
 
 
 def document_layout(starts: torch.Tensor, lead: int | torch.Tensor, mini_batch_size: int) -> DocumentLayout:
