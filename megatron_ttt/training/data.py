@@ -55,6 +55,21 @@ class TrainingData:
         return self.manifests[0].settings.tokenizer.eos_id
 
 
+def eod_mask_id(data: DataSection, sources: TrainingData) -> int | None:
+    """The input token whose predictions data.mask_eod_loss leaves out of the loss: the
+    tokenizer's EOS; None with the setting off. Checked at start-up: a tokenizer without EOS has
+    nothing to mask, and training on as if it had would silently be the unmasked run."""
+    if not data.mask_eod_loss:
+        return None
+    if sources.eos_id < 0:
+        manifest = sources.manifests[0]
+        raise DataError(f"data.mask_eod_loss=true leaves the prediction at each EOS out of the loss, and the "
+                        f"tokenizer of {manifest.directory / 'manifest.json'} ({manifest.settings.tokenizer.path}) "
+                        "has no EOS piece (eos_id -1): shard the data with a tokenizer that has one, or set "
+                        "data.mask_eod_loss=false")
+    return sources.eos_id
+
+
 def training_data(data: DataSection, cache: Path) -> TrainingData:
     """The manifests to train on, checked against the config and each other before any training
     starts; rank 0 prepares the bundled corpus while the others wait."""

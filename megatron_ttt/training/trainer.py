@@ -23,8 +23,9 @@ from megatron_ttt.models.presets import parameter_count
 from megatron_ttt.parallel.setup import parallel_groups
 from megatron_ttt.training import checkpointing, zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
-from megatron_ttt.training.data import TrainingData, training_data
+from megatron_ttt.training.data import TrainingData, eod_mask_id, training_data
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
+from megatron_ttt.training.loss import eod_mask, token_mean
 from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import inner_lr_scale, learning_rate
 from megatron_ttt.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
@@ -45,6 +46,8 @@ class Run:
     plan: checkpointing.ResumePlan | None = None
     """The checkpoint to continue from (chosen before the model is built: it fixes the vocabulary
     and, at another layout, the weights DeepSpeed starts from)."""
+    masked_token: int | None = None
+    """The input token whose predictions the losses leave out (data.mask_eod_loss: the EOS)."""
     step: int = 0
 
 
@@ -58,6 +61,7 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     sources = training_data(config.data, cache)
+    masked_token = eod_mask_id(config.data, sources)
     # A resumed run's weights come from its checkpoint (here at another layout, else by DeepSpeed):
     # they are allocated only, never drawn first.
     model_config = trained_model(config, sources.tokenizer_vocab, sources.eos_id, plan and plan.vocab_size)
@@ -77,7 +81,7 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
                    for name, manifest in zip(sources.names, sources.manifests)
                    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size}
     return Run(config, groups, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources,
-               plan)
+               plan, masked_token)
 
 
 def resume(run: Run) -> None:
@@ -136,15 +140,23 @@ def gradient_norm(model: torch.nn.Module, tp_group: dist.ProcessGroup) -> float:
     return squares.sqrt().item()
 
 
+def micro_batch_loss(run: Run, model, batch) -> torch.Tensor:
+    """This rank's loss of one micro-batch (training/loss.py): the mean per-token loss of `model`
+    (the engine or its module), over the positions not masked by data.mask_eod_loss."""
+    return token_mean(model(batch.tokens, batch.labels), eod_mask(batch.tokens, run.masked_token), run.groups.cp)
+
+
 def train_step(run: Run, batches) -> tuple[float, float]:
     """One optimizer step (accumulation micro-batches): the loss averaged over them and DP, and
     the gradient norm before clipping. Under CP each rank's loss is the mean over its T/CP tokens,
     which is CP times its share of the sample's mean: DeepSpeed's average over DP x CP then gives
-    the gradient of the mean over every token (megatron-core scales its CP loss the same way)."""
+    the gradient of the mean over every token (megatron-core scales its CP loss the same way).
+    With data.mask_eod_loss each micro-batch's loss is the mean over its unmasked tokens, split
+    over CP the same way (training/loss.py)."""
     total, norm = 0.0, None
     for micro in range(run.accumulation):
         batch = next(batches)
-        loss = run.engine(batch.tokens, batch.labels).mean()
+        loss = micro_batch_loss(run, run.engine, batch)
         finite = torch.tensor([float(torch.isfinite(loss))])
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not finite.item():
@@ -162,7 +174,9 @@ def train_step(run: Run, batches) -> tuple[float, float]:
 
 @torch.no_grad()
 def held_out_loss(run: Run, loader: TokenLoader) -> float:
-    """Mean loss over the first eval_batches micro-batches of one source's val split."""
+    """Mean loss over the first eval_batches micro-batches of one source's val split (each
+    micro-batch's loss as training computes it, so with data.mask_eod_loss without the EOS
+    positions)."""
     model = run.engine.module
     model.eval()
     loader.consumed_samples = 0  # the same held-out samples at every evaluation
@@ -170,7 +184,7 @@ def held_out_loss(run: Run, loader: TokenLoader) -> float:
     for _ in range(min(run.config.logging.eval_batches, loader.samples_per_epoch //
                        (run.config.data.micro_batch_size * loader.dp_size))):
         batch = next(batches)
-        losses.append(model(batch.tokens, batch.labels).float().mean().item())
+        losses.append(micro_batch_loss(run, model, batch).item())
     model.train()
     return average_over_data_parallel(sum(losses) / len(losses), run.groups)
 
