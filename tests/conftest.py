@@ -50,3 +50,14 @@ def cache(tmp_path_factory):
     path = tmp_path_factory.mktemp("cache")
     prepare_bundled(DataSection(seq_len=64, bundled_vocab_size=512), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, cache):
+    """The FAST run in one process with a checkpoint at every step: what runs at other layouts,
+    resumed or not, and damaged checkpoints are compared with."""
+    from tests.training.runs import EVERY_STEP, pretrain
+
+    run = tmp_path_factory.mktemp("layout") / "uninterrupted"
+    pretrain(run, cache, EVERY_STEP)
+    return run

@@ -7,7 +7,7 @@ import pytest
 from megatron_ttt import __version__
 from megatron_ttt.cli import build_parser, main
 
-COMMANDS = ("data", "pretrain", "convert", "eval", "generate", "launch", "plan", "version")
+COMMANDS = ("data", "pretrain", "convert", "checkpoint", "eval", "generate", "launch", "plan", "version")
 
 
 def _subcommands() -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""`mttt convert ...`. Heavy imports (megatron-core) happen inside the command, so `mttt --help`
+"""`mttt convert ...` and `mttt checkpoint verify`. Heavy imports (megatron-core) happen inside the command, so `mttt --help`
 and the data commands start fast."""
 
 import argparse
@@ -33,3 +33,22 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
                    help="mttt-to-mttt: load and check at this TP size (launch with torchrun for > 1)")
     p.set_defaults(func=_convert)
 
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from megatron_ttt.checkpoint.verify import verify
+
+    return verify(Path(args.path), show_progress=not args.quiet)
+
+
+def add_checkpoint_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("checkpoint", help="inspect checkpoints: verify their checksums")
+    commands = p.add_subparsers(dest="checkpoint_command", metavar="COMMAND", required=True)
+    v = commands.add_parser("verify", help="check every file of one checkpoint, or of all of a run's, against the "
+                                           "checksums written with it",
+                            description="Exit status: 0 every checkpoint intact (or written before checksums), "
+                                        "2 one or more damaged. See docs/checkpoints.md.")
+    v.add_argument("path", metavar="RUN|CKPT", help="a run directory (all its checkpoints), a training checkpoint "
+                                                     "or a model directory")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=_verify)

@@ -17,6 +17,7 @@ import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
+from megatron_ttt.checkpoint.checksums import verify_model_source
 from megatron_ttt.checkpoint.model_dir import load_model, save_model
 from megatron_ttt.checkpoint.reference_io import check_reference_model, read_reference, write_reference
 from megatron_ttt.checkpoint.run_dir import CheckpointError, resolve_model_source
@@ -71,6 +72,7 @@ def mttt_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     the weights, checked by loading it back at the current TP size; returns the self-check's max
     difference. Collective over the process group."""
     src = resolve_model_source(src)
+    verify_model_source(src)
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
     model = load_model(src, groups)
@@ -88,6 +90,7 @@ def mttt_to_hf(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     """Our model checkpoint, a training checkpoint written at any layout, or a run directory -> one
     consolidated reference directory (in one process); returns the self-check's max difference."""
     src = resolve_model_source(src)
+    verify_model_source(src)
     if dst.exists():
         raise CheckpointError(f"{dst} already exists; choose a new destination")
     model = load_model(src, groups)

@@ -10,14 +10,13 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint import torch_dist
-from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, CheckpointError
+from megatron_ttt.checkpoint.sealing import seal
+from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, WEIGHTS_DIR, CheckpointError
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 from megatron_ttt.run_options import InnerLoopOptions
-
-WEIGHTS_DIR = "model"
 
 
 def read_model_config(directory: Path) -> TTTModelConfig:
@@ -54,8 +53,8 @@ def write_model_config(cfg: TTTModelConfig, directory: Path) -> None:
 
 
 def save_model(model: TTTLanguageModel, directory: Path) -> None:
-    """Write the checkpoint to `directory` (which must not exist) under a temporary name, renamed
-    when complete. Collective over the process group."""
+    """Write the checkpoint to `directory` (which must not exist) under a temporary name, sealed
+    with its checksums and renamed when complete. Collective over the process group."""
     if directory.exists():
         raise CheckpointError(f"{directory} already exists; choose a new destination")
     rank0 = torch.distributed.get_rank() == 0
@@ -64,6 +63,7 @@ def save_model(model: TTTLanguageModel, directory: Path) -> None:
             tmp.mkdir(parents=True)
             write_model_config(model.ttt, tmp)
         write_weights(model, tmp / WEIGHTS_DIR)
+        seal(tmp)
     torch.distributed.barrier()
 
 

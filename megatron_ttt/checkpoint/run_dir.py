@@ -18,6 +18,8 @@ LATEST = "latest"
 STEP_PREFIX = "step-"
 MODEL_CONFIG = "model_config.json"
 """What makes a directory a model directory (model_dir.py writes it)."""
+WEIGHTS_DIR = "model"
+"""The model directory's weights (a dist_checkpointing directory)."""
 RUN_CONFIG = "run_config.json"
 """The resolved pretraining config inside each training checkpoint."""
 

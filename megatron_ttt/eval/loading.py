@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 
+from megatron_ttt.checkpoint.checksums import verify_model_source
 from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
 from megatron_ttt.checkpoint.run_dir import resolve_model_source
 from megatron_ttt.data import Tokenizer
@@ -51,8 +52,10 @@ def open_model_source(checkpoint: str | Path, with_tokenizer: bool = False, toke
                       data: str | None = None) -> ModelSource:
     """`--checkpoint` resolved and its model config read; `with_tokenizer`: also the tokenizer
     (`--tokenizer`, else the model directory's, else the one the `--data` manifest names), which
-    must fit the model's vocabulary. Cheap, and before any process group, so bad inputs stop early."""
+    must fit the model's vocabulary. Before any process group, so bad inputs (a damaged checkpoint
+among them) stop early."""
     path = resolve_model_source(Path(checkpoint))
+    verify_model_source(path)
     config = read_model_config(path)
     found = resolve_tokenizer(path, tokenizer, data, config.vocab_size) if with_tokenizer else None
     return ModelSource(path, config, found)

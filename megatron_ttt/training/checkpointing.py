@@ -1,9 +1,11 @@
 """Training checkpoints: DeepSpeed's engine state plus ours (step, loader, RNG, config), and the
 layout-free weights and optimizer state (checkpoint/layout_free.py) that resume at another layout.
 
-Each checkpoint (checkpoint/run_dir.py names the paths) is written under a temporary name and
-renamed when every rank has finished; the `latest` pointer is replaced after that, so a crash
-mid-write leaves the previous checkpoint as the latest complete one.
+Each checkpoint (checkpoint/run_dir.py names the paths) is written under a temporary name,
+sealed with every file's checksum (checkpoint/checksums.py) and renamed when every rank has
+finished; the `latest` pointer is replaced after that, so a crash mid-write leaves the previous
+checkpoint as the latest complete one. Resuming checks the checksums and passes over a damaged
+checkpoint to the newest one that verifies.
 
 Resuming at the writing layout (TP, DP, ZeRO stage, dtype) loads DeepSpeed's files: bitwise
 exact, RNG streams included. At another layout the layout-free part is loaded instead; RNG
@@ -13,6 +15,7 @@ streams are per rank and have no counterpart there, so they stay as `train.seed`
 import json
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,8 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import get_cuda_rng_tracker
 
 from megatron_ttt.atomic import write_atomic, written_atomically
-from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.checkpoint import layout_free, sealing
+from megatron_ttt.checkpoint.checksums import summary
 from megatron_ttt.checkpoint.model_dir import read_model_config
 from megatron_ttt.checkpoint.run_dir import (
     RUN_CONFIG,
@@ -74,6 +78,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Pat
         zero_state.save(engine, partial, {k: client_state[k] for k in ("step", "loader", "layout")})
         if rank0:
             write_atomic(partial / RUN_CONFIG, json.dumps(client_state["config"], indent=1) + "\n")
+        sealing.seal(partial)
     if rank0:
         write_atomic(latest_pointer(run_dir), tag)
         _prune(run_dir, step, keep)
@@ -129,15 +134,17 @@ class ResumePlan:
 
 
 def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> ResumePlan | None:
-    """Which checkpoint to resume and how. mode "auto": the latest, if any; "none": start fresh
-    (refused where checkpoints exist). Refuses another model, and layout changes it cannot do."""
-    tag = latest_tag(run_dir)
-    if tag is None:
+    """Which checkpoint to resume and how. mode "auto": the newest that verifies, if any; "none":
+    start fresh (refused where checkpoints exist). Refuses another model, and layout changes it
+    cannot do. Collective: the ranks share the reading of the checksummed files."""
+    latest = latest_tag(run_dir)
+    if latest is None:
         return None
     if mode == "none":
         raise ResumeError(f"{run_dir} already holds checkpoints; pass --resume auto to continue it, or choose "
                           "another run_dir")
-    path = checkpoints_dir(run_dir) / tag
+    path = intact_checkpoint(run_dir, latest)
+    tag = path.name
     saved = saved_config(run_dir, tag)
     check_same_model(saved, requested, path)
     written = saved_layout(path, saved)
@@ -150,6 +157,26 @@ def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> Resu
         raise ResumeError(f"{path}: its model's vocabulary of {vocab} does not split over tensor_parallel="
                           f"{layout['tensor_parallel']}; resume at a TP size dividing it")
     return ResumePlan(path, tag, bool(differ), vocab)
+
+
+def intact_checkpoint(run_dir: Path, latest: str) -> Path:
+    """The newest checkpoint up to `latest` whose files match their checksums (every rank agrees),
+    warning of each damaged one passed over; one written before checksums is taken as it is."""
+    rank0 = dist.get_rank() == 0
+    for _, path in reversed(saved_steps(run_dir)):
+        if path.name > latest:
+            continue  # newer than `latest`: left by a run resumed from an older checkpoint
+        found = sealing.damage(path)
+        if found is None and rank0:
+            print(f"note: {path} carries no checksums (written before they existed); resuming from it unverified",
+                  file=sys.stderr, flush=True)
+        if not found:
+            return path
+        if rank0:
+            print(f"warning: {path} is damaged: {summary(found)}; it is left as it is and the previous checkpoint "
+                  "is tried", file=sys.stderr, flush=True)
+    raise ResumeError(f"no checkpoint of {run_dir} verifies (`mttt checkpoint verify {run_dir}` lists what is "
+                      "damaged): restore the files, or start over in another run_dir")
 
 
 def saved_layout(path: Path, saved_config: dict) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_ttt.checkpoint.checksums import checkpoint_files, file_sum, write_checksums
 from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
@@ -94,6 +95,19 @@ def cut_at(src: Path, dst: Path, step: int) -> Path:
             shutil.rmtree(path)
     (root / "latest").write_text(f"step-{step:08d}")
     return dst
+
+
+def reseal(checkpoint: Path) -> None:
+    """Record the checksums of a checkpoint a test edited on purpose, as if it had been written so."""
+    write_checksums(checkpoint, {name: file_sum(checkpoint / name) for name in checkpoint_files(checkpoint)})
+
+
+def flip_bytes(path: Path, *offsets: int) -> None:
+    """Damage a file in place without changing its size."""
+    data = bytearray(path.read_bytes())
+    for offset in offsets:
+        data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
 
 
 def layout_free_weights(rank, world, store, directory):

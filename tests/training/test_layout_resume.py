@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.training.runs import EVERY_STEP, cut_at, losses, max_weight_difference, pretrain
+from tests.training.runs import EVERY_STEP, cut_at, losses, max_weight_difference, pretrain, reseal
 
 SAMPLES_PER_STEP = 8
 """data.global_batch_tokens 512 / seq_len 64."""
@@ -48,7 +48,8 @@ def test_a_run_continues_across_dp_zero_and_tp_changes(tmp_path, cache, uninterr
 def test_an_old_checkpoint_at_another_layout_is_refused(tmp_path, cache, uninterrupted):
     run = cut_at(uninterrupted, tmp_path / "old", 3)
     step = run / "checkpoints" / "step-00000003"
-    for name in ("model", "optimizer", "trainer_state.json", "model_config.json"):  # as an older version wrote it
+    # As an older version wrote it: no layout-free part, no checksums.
+    for name in ("model", "optimizer", "trainer_state.json", "model_config.json", "checksums.json"):
         shutil.rmtree(step / name) if (step / name).is_dir() else (step / name).unlink()
     out = pretrain(run, cache, EVERY_STEP + ["parallel.zero_stage=1"], check=False)
     assert out.returncode == 2, out.stderr[-2000:]
@@ -59,6 +60,7 @@ def test_a_vocabulary_that_does_not_split_is_refused(tmp_path, cache, uninterrup
     run = cut_at(uninterrupted, tmp_path / "vocab", 3)
     config = run / "checkpoints" / "step-00000003" / "model_config.json"
     config.write_text(json.dumps(json.loads(config.read_text()) | {"vocab_size": 513}))
+    reseal(config.parent)
     out = pretrain(run, cache, EVERY_STEP + ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2,
                    check=False)
     assert out.returncode != 0, out.stderr[-2000:]  # torchrun reports its ranks' status 2 as 1
