@@ -6,7 +6,7 @@ import sys
 
 from megatron_ttt import __version__
 from megatron_ttt.errors import UserInputError
-from megatron_ttt.checkpoint.cli import add_convert_parser
+from megatron_ttt.checkpoint.cli import add_checkpoint_parser, add_convert_parser
 from megatron_ttt.data_prep.cli import add_data_parser
 from megatron_ttt.eval.cli import add_eval_parser, add_generate_parser
 from megatron_ttt.launch.cli import add_launch_parser
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_pretrain_parser(sub)
     add_convert_parser(sub)
+    add_checkpoint_parser(sub)
     add_eval_parser(sub)
     add_generate_parser(sub)
     add_launch_parser(sub)
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"mttt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mttt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from megatron_ttt.parallel.cpu_shims import apply_cpu_shims
+from megatron_ttt.parallel.launcher import die_with_launcher
 from megatron_ttt.parallel.layout import ParallelLayout, layout_problems
 
 
@@ -22,7 +23,9 @@ GROUPS = ("tp", "cp", "tp_cp", "dp", "dp_cp")
 def init_parallel(layout: ParallelLayout, seed: int = 0, store: dist.Store | None = None) -> ProcessGroupCollection:
     """Join the process group (torchrun's environment; a single process without one) and build
     the tensor/context/data-parallel groups (TP innermost, then CP, then DP); they are handed to
-    whoever needs them, never looked up. On a machine without CUDA: gloo and the CPU shims."""
+    whoever needs them, never looked up. On a machine without CUDA: gloo and the CPU shims. Under
+    torchrun the process dies with torchrun (parallel/launcher.py)."""
+    die_with_launcher()
     apply_cpu_shims()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

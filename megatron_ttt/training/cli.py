@@ -19,7 +19,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="pretrain a TTT language model (default: tiny preset, bundled corpus, CPU)",
                        description="Launch with torchrun for several processes. Exit status: 0 finished, 75 stopped "
-                                   "by SIGTERM/SIGUSR1 after saving a checkpoint, 3 non-finite loss, 2 bad input.")
+                                   "by SIGTERM/SIGUSR1/Ctrl-C after saving a checkpoint, 130 stopped at once by a "
+                                   "second Ctrl-C, 3 non-finite loss, 2 bad input.")
     p.add_argument("--config", metavar="FILE.yaml", help="sections: model, parallel, optimizer, data, checkpoint, "
                                                           "logging, train (see docs/training.md)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")

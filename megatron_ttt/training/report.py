@@ -6,14 +6,17 @@ from pathlib import Path
 
 
 class Reporter:
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0):
+        """start_step: the step the run resumed from (0: a fresh start). metrics.jsonl already
+        holds no later step (the trainer drops those lines); tensorboard's are purged as it reads
+        them, superseded by the steps trained again."""
         self.run_dir, self.enabled = run_dir, enabled
         self.metrics = run_dir / "metrics.jsonl"
         self.writer = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
         self.last = time.perf_counter()
 
     def step(self, step: int, total: int, values: dict, print_line: bool, details: dict | None = None) -> None:

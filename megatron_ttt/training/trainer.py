@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.checkpoint.run_dir import latest_tag
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.config.loading import check_world_size
 from megatron_ttt.config.model import trained_model
@@ -28,7 +30,7 @@ from megatron_ttt.training.engine import build_engine, gradient_accumulation
 from megatron_ttt.training.loss import eod_mask, token_mean
 from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import inner_lr_scale, learning_rate
-from megatron_ttt.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
+from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
 
 
 @dataclass
@@ -89,6 +91,8 @@ def resume(run: Run) -> None:
     (weights already in the module) at another."""
     plan = run.plan
     if plan is None:
+        if dist.get_rank() == 0:
+            drop_metrics_after(run.run_dir / "metrics.jsonl", 0)  # left by a run that saved nothing
         return
     if plan.reshard:
         state = zero_state.load(run.engine, plan.path)
@@ -223,7 +227,7 @@ def save(run: Run) -> Path:
 def train(run: Run) -> int:
     """Train to the configured step count; the exit status (0, or EXIT_PREEMPTED on a signal)."""
     config, rank0 = run.config, dist.get_rank() == 0
-    reporter = Reporter(run.run_dir, rank0, config.logging.tensorboard)
+    reporter = Reporter(run.run_dir, rank0, config.logging.tensorboard, run.step)
     try:
         status = _loop(run, reporter)
     finally:
@@ -261,7 +265,7 @@ def _loop(run: Run, reporter: Reporter) -> int:
                 print(f"saved {path}", flush=True)
         if stopping:
             if rank0:
-                print(f"stopped by signal {stop.received} after step {run.step}; resume with --resume auto", flush=True)
+                print(f"stopped by {stop.name()} after step {run.step} (saved); resume with --resume auto", flush=True)
             return EXIT_PREEMPTED
     return 0
 
@@ -289,3 +293,8 @@ def pretrain(config: PretrainConfig, resume_mode: str = "auto", cache: Path | No
         except FloatingPointError as exc:
             print(f"mttt pretrain: {exc}", flush=True)
             return EXIT_NONFINITE
+        except KeyboardInterrupt:
+            print(f"mttt pretrain: stopped at once by a second Ctrl-C after step {run.step}, without a checkpoint of "
+                  f"it; --resume auto continues from the latest one ({latest_tag(run.run_dir)})", file=sys.stderr,
+                  flush=True)
+            return EXIT_INTERRUPTED

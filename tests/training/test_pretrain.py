@@ -1,17 +1,20 @@
 """Short real pretraining runs: exact resume, ZeRO stages, TP vs DP, signals, kills, faults."""
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
-from megatron_ttt.training.signals import EXIT_PREEMPTED
-from tests.training.runs import command, environment, final_weights, losses, pretrain
+from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
+from tests.training.runs import command, environment, final_weights, flip_bytes, losses, pretrain
 
 
 def test_loss_falls_and_the_run_directory_is_complete(tmp_path, cache):
@@ -25,18 +28,38 @@ def test_loss_falls_and_the_run_directory_is_complete(tmp_path, cache):
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000006", "step-00000012"]
 
 
-@pytest.mark.parametrize("overrides, nproc, on_resume", [
-    ([], 1, ["parallel.time_checkpoint_group=2"]),  # a run option, not the model: bitwise neutral
-    pytest.param(["parallel.zero_stage=2"], 2, [], marks=pytest.mark.slow),
-    pytest.param(["parallel.zero_stage=3"], 2, [], marks=pytest.mark.slow),
+def flipped(step: Path) -> Path:
+    flip_bytes(step / "mp_rank_00_model_states.pt", 999, 1999)
+    return step / "mp_rank_00_model_states.pt"
+
+
+def truncated(step: Path) -> Path:
+    """The layout-free weights alone: what a resume at the same layout does not read."""
+    path = next((step / "model").glob("*.distcp"))
+    path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+def missing(step: Path) -> Path:
+    path = next(step.glob("*optim_states.pt"))
+    path.unlink()
+    return path
+
+
+@pytest.mark.parametrize("overrides, nproc, on_resume, damage", [
+    ([], 1, ["parallel.time_checkpoint_group=2"], flipped),  # a run option, not the model: bitwise neutral
+    pytest.param(["parallel.zero_stage=2"], 2, [], truncated, marks=pytest.mark.slow),
+    pytest.param(["parallel.zero_stage=3"], 2, [], missing, marks=pytest.mark.slow),
 ])
-def test_resume_equals_an_uninterrupted_run(tmp_path, cache, overrides, nproc, on_resume):
+def test_a_damaged_latest_checkpoint_resumes_the_previous_one_as_an_uninterrupted_run(
+        tmp_path, cache, overrides, nproc, on_resume, damage):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     pretrain(whole, cache, overrides, nproc)
     shutil.copytree(whole, cut)
-    shutil.rmtree(cut / "checkpoints" / "step-00000006")
-    (cut / "checkpoints" / "latest").write_text("step-00000003")
+    step = cut / "checkpoints" / "step-00000006"
+    damaged = damage(step)
     out = pretrain(cut, cache, overrides + on_resume, nproc)
+    assert f"warning: {step} is damaged: {damaged} " in out.stderr, out.stderr[-2000:]
     assert "resumed from" in out.stdout and "at step 3" in out.stdout
     assert losses(cut) == losses(whole)  # steps 4-6 trained again replace their old lines
     a, b = final_weights(whole), final_weights(cut)
@@ -102,8 +125,8 @@ def test_a_hybrid_at_tensor_parallel_2_with_sp_equals_one_process(tmp_path, cach
         assert abs(tp[step] - one[step]) <= 1e-5 * abs(one[step]), (step, tp[step], one[step])
 
 
-def _start(run, cache, overrides):
-    proc = subprocess.Popen(command(run, overrides), env=environment(cache), stdout=subprocess.PIPE,
+def _start(run, cache, overrides, nproc=1):
+    proc = subprocess.Popen(command(run, overrides, nproc), env=environment(cache), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "latest").exists():
@@ -113,14 +136,34 @@ def _start(run, cache, overrides):
     return proc
 
 
-def test_sigusr1_saves_and_exits_with_the_documented_status(tmp_path, cache):
-    run = tmp_path / "run"
-    proc = _start(run, cache, ["train.steps=10000", "checkpoint.interval=2"])
-    proc.send_signal(signal.SIGUSR1)
+def logged_steps(run: Path) -> list[int]:
+    """The step of every line of metrics.jsonl, in order (repeats included)."""
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ctrl_c_saves_a_second_stops_at_once_and_each_step_is_logged_once(tmp_path, cache):
+    # A terminal's Ctrl-C reaches its whole foreground process group: the data loader's worker too.
+    run, endless = tmp_path / "run", ["train.steps=10000", "checkpoint.interval=2", "data.num_workers=1"]
+    proc = _start(run, cache, endless)
+    os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
-    step = max(losses(run))
-    assert (run / "checkpoints" / "latest").read_text() == f"step-{step:08d}" and "stopped by signal" in out
+    assert proc.returncode == EXIT_PREEMPTED and "Traceback" not in err, err[-2000:]
+    saved = max(losses(run))
+    assert (run / "checkpoints" / "latest").read_text() == f"step-{saved:08d}"
+    assert f"stopped by SIGINT after step {saved} (saved)" in out
+
+    proc = _start(run, cache, endless)
+    deadline = time.time() + 120
+    while logged_steps(run)[-1] <= saved:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)  # less than the step and checkpoint it starts
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED and "Traceback" not in err, err[-2000:]
+    assert "stopped at once by a second Ctrl-C" in err.splitlines()[-1]
+    assert logged_steps(run) == list(range(1, logged_steps(run)[-1] + 1))  # steps after a resume: see the kill -9 test
 
 
 def test_sigterm_to_the_whole_process_group_still_writes_the_final_checkpoint(tmp_path, cache):
@@ -132,7 +175,7 @@ def test_sigterm_to_the_whole_process_group_still_writes_the_final_checkpoint(tm
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     step = max(losses(run))
-    assert (run / "checkpoints" / "latest").read_text() == f"step-{step:08d}" and "stopped by signal 15" in out
+    assert (run / "checkpoints" / "latest").read_text() == f"step-{step:08d}" and "stopped by SIGTERM" in out
     assert step > 2 and (run / "checkpoints" / f"step-{step:08d}" / "model").is_dir()
 
 
@@ -143,9 +186,23 @@ def test_kill_9_mid_checkpoint_leaves_a_loadable_latest(tmp_path, cache):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     latest = (run / "checkpoints" / "latest").read_text()
-    out = pretrain(run, cache, ["train.steps=10000", "checkpoint.interval=1", "checkpoint.keep=3",
-                                f"train.steps={int(latest.split('-')[1]) + 1}"])
-    assert f"at step {int(latest.split('-')[1])}" in out.stdout
+    step = int(latest.split("-")[1])
+    out = pretrain(run, cache, ["checkpoint.interval=1", "checkpoint.keep=3", f"train.steps={step + 1}"])
+    assert f"at step {step}" in out.stdout
+    assert logged_steps(run) == list(range(1, step + 2))  # steps logged after the checkpoint were dropped
+
+
+def test_kill_9_of_torchrun_takes_its_ranks_and_their_workers_along(tmp_path, cache):
+    # torchrun starts each rank in a session of its own: nothing else reaches them once it is gone.
+    proc = _start(tmp_path / "run", cache, ["train.steps=10000", "data.num_workers=1"], nproc=2)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) >= 4, family  # two ranks, a data-loader worker each
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    deadline = time.time() + 30
+    while alive := [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+        assert time.time() < deadline, f"still running 30 s after torchrun was killed: {alive}"
+        time.sleep(0.2)
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path, cache):
