@@ -20,6 +20,7 @@ from pathlib import Path
 from megatron_ttt.atomic import write_atomic
 from megatron_ttt.checkpoint.run_dir import (
     CHECKPOINTS,
+    CHECKSUMS,
     MODEL_CONFIG,
     STEP_PREFIX,
     WEIGHTS_DIR,
@@ -27,7 +28,6 @@ from megatron_ttt.checkpoint.run_dir import (
     saved_steps,
 )
 
-CHECKSUMS = "checksums.json"
 ALGORITHM = "crc32"
 CHUNK = 16 << 20
 MODEL_PARTS = (MODEL_CONFIG, WEIGHTS_DIR)

@@ -22,6 +22,8 @@ WEIGHTS_DIR = "model"
 """The model directory's weights (a dist_checkpointing directory)."""
 RUN_CONFIG = "run_config.json"
 """The resolved pretraining config inside each training checkpoint."""
+CHECKSUMS = "checksums.json"
+"""Every other file's size and CRC-32, in each checkpoint (checksums.py)."""
 
 
 class CheckpointError(UserInputError):
@@ -67,7 +69,7 @@ def resolve_model_source(path: Path) -> Path:
     run_dir = path.parent if path.name == CHECKPOINTS else path
     if latest_pointer(run_dir).is_file():
         path = checkpoints_dir(run_dir) / latest_tag(run_dir)
-    if not (path / MODEL_CONFIG).exists():
+    if not (path / MODEL_CONFIG).exists() and not (path / CHECKSUMS).exists():  # checksums name what is missing
         if (path / RUN_CONFIG).exists():
             raise CheckpointError(f"{path} is a training checkpoint written by an older version, without the "
                                   "layout-free weights (model_config.json, model/) that evaluation and conversion "

@@ -48,26 +48,47 @@ def test_each_kind_of_damage_is_named(tmp_path):
     assert check(tmp_path)[0].startswith(f"{tmp_path / CHECKSUMS} is damaged (JSONDecodeError")
 
 
-def test_damaged_checkpoints_stop_eval_generate_and_convert(tmp_path, run, capsys):
-    flip_bytes(weights_file(step(run, 6)), 100, 200)  # the latest
-    truncated = weights_file(step(run, 5))
-    truncated.write_bytes(truncated.read_bytes()[:-1])
-    np.save(tmp_path / "ids.npy", np.zeros((1, 8), dtype=np.int64))
-    previous = f"The previous complete checkpoint is {step(run, 4)}"
-    for command in (["eval", "logprobs", "--checkpoint", str(run), "--input", str(tmp_path / "ids.npy"),
-                     "--output", str(tmp_path / "lp.npy")],
-                    ["generate", "--checkpoint", str(run), "--prompt", "a", "--max-new-tokens", "1"],
-                    ["convert", "mttt-to-hf", str(run), str(tmp_path / "hf")]):
-        assert main(command) == 2, command
-        err = capsys.readouterr().err
-        assert f"{step(run, 6)} is damaged: {weights_file(step(run, 6))} has CRC-32 " in err and previous in err, err
-    assert not (tmp_path / "lp.npy").exists() and not (tmp_path / "hf").exists()
+def flipped(checkpoint):
+    flip_bytes(weights_file(checkpoint), 100, 200)
+    return f"{weights_file(checkpoint)} has CRC-32 "
 
+
+def truncated(checkpoint):
+    weights_file(checkpoint).write_bytes(weights_file(checkpoint).read_bytes()[:-1])
+    return f"{weights_file(checkpoint)} has "
+
+
+def missing(checkpoint):
+    (checkpoint / "model_config.json").unlink()
+    return f"{checkpoint / 'model_config.json'} is missing"
+
+
+@pytest.mark.parametrize("command, damage", [
+    (["eval", "logprobs", "--input", "{tmp}/ids.npy", "--output", "{tmp}/out"], flipped),
+    (["generate", "--prompt", "a", "--max-new-tokens", "1"], truncated),
+    (["convert", "mttt-to-hf", "{run}", "{tmp}/out"], missing),
+])
+def test_a_damaged_checkpoint_stops_eval_generate_and_convert(tmp_path, run, capsys, command, damage):
+    problem = damage(step(run, 6))  # the latest
+    np.save(tmp_path / "ids.npy", np.zeros((1, 8), dtype=np.int64))
+    if "{run}" not in command:
+        command = command + ["--checkpoint", "{run}"]
+    assert main([word.format(tmp=tmp_path, run=run) for word in command]) == 2
+    err = capsys.readouterr().err
+    assert f"{step(run, 6)} is damaged: {problem}" in err, err
+    assert f"The previous complete checkpoint is {step(run, 5)}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_verify_lists_every_checkpoint_of_a_run(run, capsys):
+    flipped(step(run, 6))
+    truncated(step(run, 4))
     assert main(["checkpoint", "verify", str(run), "--quiet"]) == 2
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(": ")[1] for line in lines] == ["ok (19 files, 3.8 MB)"] * 4 + ["DAMAGED"] * 2, lines
-    assert f"{truncated} has" in lines[4] and "(a partial copy?)" in lines[4]
-    assert main(["checkpoint", "verify", str(step(run, 4)), "--quiet"]) == 0
+    assert [line.split(": ")[1] for line in lines] == ["ok (19 files, 3.8 MB)"] * 3 + ["DAMAGED", "ok (19 files, 3.8 MB)",
+                                                                                       "DAMAGED"], lines
+    assert f"{weights_file(step(run, 4))} has" in lines[3] and "(a partial copy?)" in lines[3]
+    assert main(["checkpoint", "verify", str(step(run, 5)), "--quiet"]) == 0
 
 
 def test_a_checkpoint_written_before_checksums_loads_with_a_note_and_its_copy_is_sealed(tmp_path, run, capsys):
