@@ -18,7 +18,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint.checksums import verify_model_source
-from megatron_ttt.checkpoint.model_dir import load_model, save_model
+from megatron_ttt.checkpoint.model_dir import copy_tokenizer, load_model, save_model, tokenizer_of
 from megatron_ttt.checkpoint.reference_io import check_reference_model, read_reference, write_reference
 from megatron_ttt.checkpoint.run_dir import CheckpointError, resolve_model_source
 from megatron_ttt.models.build import build_model
@@ -63,13 +63,13 @@ def hf_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     model = build_model(cfg, groups)
     model.load_state_dict(to_local(tensors, cfg, source=str(src)))
     diff = self_check(tensors, model, f"hf-to-mttt {src}")
-    save_model(model, dst)
+    save_model(model, dst, tokenizer_of(src))
     return diff
 
 
 def mttt_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     """A training checkpoint, run directory or model directory -> a model directory holding only
-    the weights, checked by loading it back at the current TP size; returns the self-check's max
+    the weights (and the tokenizer, where the source carries one), checked by loading it back at the current TP size; returns the self-check's max
     difference. Collective over the process group."""
     src = resolve_model_source(src)
     verify_model_source(src)
@@ -80,7 +80,7 @@ def mttt_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     want = token_logprobs(model, tokens)
     with written_atomically(dst, renames=torch.distributed.get_rank() == 0, shared=True) as checking:
         torch.distributed.barrier()
-        save_model(model, checking)
+        save_model(model, checking, tokenizer_of(src))
         diff = _compare(want, token_logprobs(load_model(checking, groups), tokens), f"mttt-to-mttt {src}")
     torch.distributed.barrier()
     return diff
@@ -98,4 +98,5 @@ def mttt_to_hf(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     tensors = to_full([{n: p.detach() for n, p in model.named_parameters()}], model.ttt)
     with written_atomically(dst) as tmp:
         write_reference(tmp, model.ttt, tensors)
+        copy_tokenizer(tokenizer_of(src), tmp)
         return self_check(read_reference(tmp)[1], model, f"mttt-to-hf {src}")

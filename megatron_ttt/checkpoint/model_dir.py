@@ -2,6 +2,7 @@
 dist_checkpointing directory `model/` (so it loads at any tensor-parallel size)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint import torch_dist
 from megatron_ttt.checkpoint.sealing import seal
-from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, WEIGHTS_DIR, CheckpointError
+from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, TOKENIZER_FILE, WEIGHTS_DIR, CheckpointError
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
@@ -52,9 +53,22 @@ def write_model_config(cfg: TTTModelConfig, directory: Path) -> None:
     (directory / MODEL_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
 
 
-def save_model(model: TTTLanguageModel, directory: Path) -> None:
-    """Write the checkpoint to `directory` (which must not exist) under a temporary name, sealed
-    with its checksums and renamed when complete. Collective over the process group."""
+def copy_tokenizer(source: Path | None, directory: Path) -> None:
+    """The tokenizer model file `source` (if any) into a checkpoint or model directory."""
+    if source is not None:
+        shutil.copyfile(source, directory / TOKENIZER_FILE)
+
+
+def tokenizer_of(directory: Path) -> Path | None:
+    """The tokenizer a model directory or checkpoint carries, if it carries one."""
+    path = directory / TOKENIZER_FILE
+    return path if path.is_file() else None
+
+
+def save_model(model: TTTLanguageModel, directory: Path, tokenizer: Path | None = None) -> None:
+    """Write the checkpoint (with a copy of `tokenizer`, the model file, if given) to `directory`
+    (which must not exist) under a temporary name, sealed with its checksums and renamed when
+    complete. Collective over the process group."""
     if directory.exists():
         raise CheckpointError(f"{directory} already exists; choose a new destination")
     rank0 = torch.distributed.get_rank() == 0
@@ -62,6 +76,7 @@ def save_model(model: TTTLanguageModel, directory: Path) -> None:
         if rank0:
             tmp.mkdir(parents=True)
             write_model_config(model.ttt, tmp)
+            copy_tokenizer(tokenizer, tmp)
         write_weights(model, tmp / WEIGHTS_DIR)
         seal(tmp)
     torch.distributed.barrier()

@@ -22,6 +22,9 @@ WEIGHTS_DIR = "model"
 """The model directory's weights (a dist_checkpointing directory)."""
 RUN_CONFIG = "run_config.json"
 """The resolved pretraining config inside each training checkpoint."""
+TOKENIZER_FILE = "tokenizer.model"
+"""The sentencepiece model the model was trained with, copied into its checkpoints and the model
+directories converted from them, so eval and generate find it without being told."""
 CHECKSUMS = "checksums.json"
 """Every other file's size and CRC-32, in each checkpoint (checksums.py)."""
 

@@ -4,12 +4,10 @@ from pathlib import Path
 
 import torch
 
+from megatron_ttt.checkpoint.run_dir import TOKENIZER_FILE
 from megatron_ttt.data import Manifest, Tokenizer
 from megatron_ttt.data.tokenizer import file_sha256
 from megatron_ttt.errors import UserInputError
-
-TOKENIZER_FILE = "tokenizer.model"
-"""A sentencepiece model stored in a model directory is used when no other is named."""
 
 
 def _manifest_tokenizer(manifest_path: Path) -> Tokenizer:

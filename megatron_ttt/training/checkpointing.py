@@ -28,7 +28,7 @@ from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from megatron_ttt.atomic import write_atomic, written_atomically
 from megatron_ttt.checkpoint import layout_free, sealing
 from megatron_ttt.checkpoint.checksums import summary
-from megatron_ttt.checkpoint.model_dir import read_model_config
+from megatron_ttt.checkpoint.model_dir import copy_tokenizer, read_model_config
 from megatron_ttt.checkpoint.run_dir import (
     RUN_CONFIG,
     checkpoints_dir,
@@ -66,7 +66,8 @@ def _all_finite(module: torch.nn.Module) -> bool:
     return bool(finite.item())
 
 
-def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Path:
+def save(engine, run_dir: Path, step: int, client_state: dict, keep: int, tokenizer: Path | None) -> Path:
+    """The checkpoint of `step`, with a copy of the `tokenizer` model file (where the run has one)."""
     root, tag, rank0 = checkpoints_dir(run_dir), step_tag(step), dist.get_rank() == 0
     if not _all_finite(engine.module):
         raise FloatingPointError(f"step {step}: the weights hold NaN or inf; no checkpoint is written")
@@ -78,6 +79,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep: int) -> Pat
         zero_state.save(engine, partial, {k: client_state[k] for k in ("step", "loader", "layout")})
         if rank0:
             write_atomic(partial / RUN_CONFIG, json.dumps(client_state["config"], indent=1) + "\n")
+            copy_tokenizer(tokenizer, partial)
         sealing.seal(partial)
     if rank0:
         write_atomic(latest_pointer(run_dir), tag)

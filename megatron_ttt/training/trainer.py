@@ -18,7 +18,9 @@ from megatron_ttt.checkpoint.run_dir import latest_tag
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.config.loading import check_world_size
 from megatron_ttt.config.model import trained_model
+from megatron_ttt.data import Manifest
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+from megatron_ttt.data.tokenizer import file_sha256
 from megatron_ttt.data_prep.corpus import default_cache_dir
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.presets import parameter_count
@@ -50,6 +52,9 @@ class Run:
     and, at another layout, the weights DeepSpeed starts from)."""
     masked_token: int | None = None
     """The input token whose predictions the losses leave out (data.mask_eod_loss: the EOS)."""
+    tokenizer: Path | None = None
+    """The tokenizer model file the data was made with, copied into each checkpoint (None: not
+    found here)."""
     step: int = 0
 
 
@@ -83,7 +88,20 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
                    for name, manifest in zip(sources.names, sources.manifests)
                    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size}
     return Run(config, groups, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources,
-               plan, masked_token)
+               plan, masked_token, tokenizer_file(sources.manifests[0]))
+
+
+def tokenizer_file(manifest: Manifest) -> Path | None:
+    """The tokenizer model file the manifest names, where it is found unchanged (its path is as
+    given when the shards were written); otherwise None, with a note, on rank 0."""
+    info = manifest.settings.tokenizer
+    path = Path(info.path)
+    if path.is_file() and file_sha256(path) == info.sha256:
+        return path
+    if dist.get_rank() == 0:
+        print(f"note: the tokenizer {path} that {manifest.directory} was made with is not found here unchanged; "
+              "checkpoints will not carry it (eval and generate then need --tokenizer)", file=sys.stderr, flush=True)
+    return None
 
 
 def resume(run: Run) -> None:
@@ -221,7 +239,7 @@ def new_epochs(run: Run, before: np.ndarray, now: np.ndarray) -> list[str]:
 def save(run: Run) -> Path:
     state = {"step": run.step, "loader": run.loader.state_dict(), "config": to_dict(run.config),
              "layout": checkpointing.current_layout(to_dict(run.config), run.groups)}
-    return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep)
+    return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep, run.tokenizer)
 
 
 def train(run: Run) -> int:

@@ -104,3 +104,12 @@ def test_tensor_parallel_generation_equals_one_process(eval_data):
     for tp_tokens, tp_logits in run_distributed(2, tp_generation, 2, str(eval_data.model_dir)):
         assert torch.equal(tp_tokens, tokens)
         assert rel(tp_logits, logits) < 1e-5
+
+
+def test_a_run_and_its_conversion_carry_their_tokenizer(uninterrupted, tmp_path, capsys):
+    args = ["generate", "--prompt", "def", "--max-new-tokens", "4", "--seed", "1", "--checkpoint"]
+    assert main(args + [str(uninterrupted)]) == 0
+    text = capsys.readouterr().out
+    assert main(["convert", "mttt-to-mttt", str(uninterrupted), str(tmp_path / "copy")]) == 0
+    assert main(args + [str(tmp_path / "copy")]) == 0
+    assert capsys.readouterr().out.endswith(text)
