@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from tests.training.runs import command, environment, final_weights, flip_bytes, losses, pretrain
+from tests.training.runs import command, environment, final_weights, flip_bytes, losses, metrics, pretrain
 
 
 def test_loss_falls_and_the_run_directory_is_complete(tmp_path, cache):
@@ -189,7 +189,12 @@ def test_kill_9_mid_checkpoint_leaves_a_loadable_latest(tmp_path, cache):
     step = int(latest.split("-")[1])
     out = pretrain(run, cache, ["checkpoint.interval=1", "checkpoint.keep=3", f"train.steps={step + 1}"])
     assert f"at step {step}" in out.stdout
+    assert f"the schedule changed on resume (train.steps 10000 -> {step + 1}): from step {step + 1} the learning " \
+           "rate is " in out.stdout
     assert logged_steps(run) == list(range(1, step + 2))  # steps logged after the checkpoint were dropped
+    elapsed = [row["elapsed_s"] for row in metrics(run).values()]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0  # goes on across the restart
+    assert re.search(r"\| elapsed \d+s \| eta 0s$", out.stdout.splitlines()[-3]), out.stdout[-600:]
 
 
 def test_kill_9_of_torchrun_takes_its_ranks_and_their_workers_along(tmp_path, cache):
