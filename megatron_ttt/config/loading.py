@@ -12,7 +12,7 @@ from megatron_ttt.config.sections import DataSection, PretrainConfig
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.data.blend import PERIOD
 from megatron_ttt.models.config import BACKBONES, LAYER_TYPES
-from megatron_ttt.models.presets import PRESETS, mixer_problems
+from megatron_ttt.models.presets import PRESETS, mixer_problems, mixer_settings
 from megatron_ttt.parallel.layout import CONFIG_NAMES, Batch, layout_problems
 from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group
 
@@ -123,6 +123,18 @@ def check(config: PretrainConfig) -> None:
     if bad:
         raise ConfigError("; ".join(bad))
     blend_entries(config.data)
+
+
+def notes(config: PretrainConfig) -> list[str]:
+    """What is allowed but probably not meant, one line each (printed once at the start)."""
+    m, seq_len = config.model, config.data.seq_len
+    mixers = mixer_settings(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads) if m.preset in PRESETS else {}
+    if "W" in mixers.get("layer_pattern", "") and mixers["attention_window"] > seq_len:
+        return [f"note: model.attention_window={mixers['attention_window']} is longer than data.seq_len={seq_len}: the "
+                f"W layers never attend further back than {seq_len} tokens in training, so evaluating them on longer "
+                "contexts measures spans they were not trained on; set model.attention_window <= data.seq_len unless "
+                "a later stage trains at a longer data.seq_len"]
+    return []
 
 
 def blend_entries(data: DataSection) -> list[tuple[float, str]]:

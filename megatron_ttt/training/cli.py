@@ -2,15 +2,19 @@
 
 import argparse
 import os
+import sys
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from megatron_ttt.config import load_config
-    from megatron_ttt.config.loading import check_world_size
+    from megatron_ttt.config.loading import check_world_size, notes
 
     config = load_config(args.config, args.overrides)
     # Before the trainer (and megatron-core, DeepSpeed) is imported: a config error is one line.
     check_world_size(config, int(os.environ.get("WORLD_SIZE", 1)))
+    if os.environ.get("RANK", "0") == "0":
+        for note in notes(config):
+            print(note, file=sys.stderr, flush=True)
     from megatron_ttt.training.trainer import pretrain
 
     return pretrain(config, args.resume)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatron_ttt.config import PretrainConfig, load_config, to_dict
-from megatron_ttt.config.loading import ConfigError, check_world_size
+from megatron_ttt.config.loading import ConfigError, check_world_size, notes
 from megatron_ttt.config.reference import markdown
 from megatron_ttt.run_options import InnerLoopOptions
 
@@ -74,6 +74,15 @@ def test_world_sizes_that_fit():
     check_world_size(load_config(None, ["parallel.context_parallel=2", "parallel.tensor_parallel=2",
                                         "parallel.sequence_parallel=true", "data.global_batch_tokens=2048"]), 8)
     check_world_size(load_config(None, ["parallel.tensor_parallel=2", "data.global_batch_tokens=4096"]), 8)
+
+
+def test_a_window_longer_than_the_sequences_is_noted():
+    hybrid = ["model.layer_pattern=TW", "data.seq_len=256"]
+    assert notes(load_config(None, hybrid + ["model.attention_window=256"])) == []
+    assert notes(load_config(None, ["data.seq_len=256"])) == []  # no W layer: the window is unused
+    note, = notes(load_config(None, hybrid))  # the preset's 4096
+    assert note.startswith("note: model.attention_window=4096 is longer than data.seq_len=256: the W layers never "
+                           "attend further back than 256 tokens in training")
 
 
 def test_pretrain_config_errors_exit_2_before_any_process_group(tmp_path):
