@@ -45,8 +45,10 @@ class Generation:
     logits: torch.Tensor | None
     """[B, N, V] the logits each generated token was drawn from (when asked for)."""
     prefill_seconds: float
+    first_step_seconds: float
+    """Wall time of the first decode step (where a compiled decoder compiles); 0 if none ran."""
     decode_seconds: float
-    """Wall time of the N - 1 decode steps after the prefill."""
+    """Wall time of the N - 2 decode steps after the first: the steady state."""
     cache_bytes: int
     """Size of the inference cache at the end (the same at any length)."""
 
@@ -84,7 +86,7 @@ def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingCo
     prefill = time.perf_counter() - start
     next_logits = CompiledDecoder(model, cache) if compiled else lambda tokens: model.last_logits(tokens, cache)
     tokens, kept, finished = [], [], torch.zeros(prompt.shape[0], dtype=torch.bool)
-    start = time.perf_counter()
+    first, start = 0.0, time.perf_counter()
     for step in tqdm(range(sampling.max_new_tokens), unit="tok", disable=not show_progress):
         token = sample_next(logits, sampling, generator)
         tokens.append(token)
@@ -96,6 +98,8 @@ def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingCo
         if step == sampling.max_new_tokens - 1 or bool(finished.all()):
             break
         logits = model.gather_logits(next_logits(token[:, None])).float()
-    decode = time.perf_counter() - start
-    return Generation(torch.stack(tokens, dim=1), torch.stack(kept, dim=1) if keep_logits else None, prefill, decode,
-                      (next_logits.cache() if compiled else cache).nbytes())
+        if step == 0:
+            first, start = time.perf_counter() - start, time.perf_counter()
+    decode = time.perf_counter() - start if first else 0.0
+    return Generation(torch.stack(tokens, dim=1), torch.stack(kept, dim=1) if keep_logits else None, prefill, first,
+                      decode, (next_logits.cache() if compiled else cache).nbytes())

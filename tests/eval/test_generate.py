@@ -11,13 +11,16 @@ import torch
 
 from megatron_ttt.models.parameters import to_local
 from megatron_ttt.cli import main
+from megatron_ttt.errors import UserInputError
 from megatron_ttt.eval.generate import SamplingConfig, generate, sample_next
+from megatron_ttt.eval.generate_run import check_compilable
+from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from tests.distributed import run_distributed
-from tests.eval.conftest import loaded_model
+from tests.eval.conftest import MODEL, loaded_model
 from tests.models.tp_cases import TINY, rel
 from tests.models.weights import random_reference_weights
 
@@ -67,11 +70,22 @@ def test_generate_command(eval_data, capsys):
             "--prompt", "the model learns", "--max-new-tokens", "12", "--temperature", "0.7", "--seed", "3"]
     assert main(args) == 0
     first = capsys.readouterr()
-    assert first.out.startswith("the model learns") and "ms/token" in first.err
+    assert first.out.startswith("the model learns") and re.search(r"12 new tokens: [\d.]+ ms/token after the first "
+                                                                  r"step \(first step [\d.]+ s\)", first.err)
     assert main(args[:2] + [str(eval_data.model_dir), "--tokenizer", str(eval_data.tokenizer_path)] + args[5:]) == 0
     assert capsys.readouterr().out == first.out  # same seed, same tokenizer: the same text
     assert main(args + ["--compile"]) == 0
-    assert capsys.readouterr().out == first.out  # the compiled decode step: the same text
+    compiled = capsys.readouterr()
+    assert compiled.out == first.out  # the compiled decode step: the same text
+    assert re.search(r"ms/token after the first step \(first step [\d.]+ s \(compiling\)\)", compiled.err)
+
+
+def test_compiled_decoding_of_attention_layers_or_at_tp_2_is_refused_in_one_line():
+    with pytest.raises(UserInputError, match=r"--compile decodes models of TTT layers only; this one has attention "
+                                             r"layers \('TW\*T': \*, W, whose cache grows or slides\)"):
+        check_compilable(TTTModelConfig(**(MODEL.to_dict() | {"num_layers": 4, "layer_pattern": "TW*T"})), 1)
+    with pytest.raises(UserInputError, match="--compile decodes at --tensor-parallel 1, not 2"):
+        check_compilable(MODEL, 2)
 
 
 @pytest.mark.parametrize("change,message", [
