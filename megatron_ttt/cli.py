@@ -1,10 +1,12 @@
 """The ``mttt`` command: subcommands wired to one function each."""
 
 import argparse
+import os
 import platform
 import sys
 
 from megatron_ttt import __version__
+from megatron_ttt.console import quiet_libraries
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.checkpoint.cli import add_checkpoint_parser, add_convert_parser
 from megatron_ttt.data_prep.cli import add_data_parser
@@ -23,6 +25,8 @@ def _version(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mttt", description="Pretrain TTT language models.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' warnings (megatron-core, DeepSpeed, torch), hidden by default")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("version", help="print the package and torch versions").set_defaults(func=_version)
     add_data_parser(sub)
@@ -42,14 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 0
+    if not args.verbose:
+        quiet_libraries()
     try:
         return args.func(args)
     except UserInputError as exc:
-        print(f"mttt {args.command}: error: {exc}", file=sys.stderr)
+        report(f"mttt {args.command}", exc)
         return 2
     except KeyboardInterrupt:
         print(f"mttt {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def report(command: str, exc: UserInputError) -> None:
+    """The error in one line, once per job: under torchrun, by rank 0 alone where every rank met
+    it alike, else by each rank that met it."""
+    rank, world = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
+    if exc.every_rank_finds_it and rank != "0":
+        return
+    where = f" on rank {rank}" if world > 1 and not exc.every_rank_finds_it else ""
+    print(f"{command}: error{where}: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

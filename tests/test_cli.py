@@ -1,11 +1,15 @@
 import argparse
+import logging
 import subprocess
 import sys
+import warnings
 
 import pytest
 
 from megatron_ttt import __version__
-from megatron_ttt.cli import build_parser, main
+from megatron_ttt.cli import build_parser, main, report
+from megatron_ttt.console import quiet_libraries
+from megatron_ttt.errors import UserInputError
 
 COMMANDS = ("data", "pretrain", "convert", "checkpoint", "eval", "generate", "launch", "plan", "version")
 
@@ -35,7 +39,7 @@ def test_help_lists_commands(capsys):
     captured = capsys.readouterr()
     assert captured.err == ""
     out = _flat(captured.out)
-    assert out.startswith("usage: mttt [-h] COMMAND")
+    assert out.startswith("usage: mttt [-h] [--verbose] COMMAND")
     for name, help_text in commands.items():
         assert help_text, f"{name} has no help text"
         assert f"{name} {_flat(help_text)}" in out, f"top-level help lacks {name!r}: {help_text!r}"
@@ -75,3 +79,27 @@ def test_unknown_command_fails():
     result = subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "frobnicate"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_the_libraries_warnings_are_hidden_and_ours_are_not():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        quiet_libraries()
+        for module in ("megatron.core.optimizer", "deepspeed", "torch.distributed", "megatron_ttt.training"):
+            warnings.warn_explicit(f"from {module}", UserWarning, "x.py", 1, module=module)
+    assert [str(w.message) for w in caught] == ["from megatron_ttt.training"]
+    assert not logging.getLogger("DeepSpeed").filter(logging.makeLogRecord({"levelno": logging.WARNING}))
+
+
+@pytest.mark.parametrize("rank, every_rank, line", [
+    ("0", True, "mttt pretrain: error: bad key\n"),
+    ("1", True, ""),  # rank 0 says it for all
+    ("1", False, "mttt pretrain: error on rank 1: bad shard\n"),
+])
+def test_an_error_is_reported_once_per_job(monkeypatch, capsys, rank, every_rank, line):
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    exc = UserInputError("bad key" if every_rank else "bad shard")
+    exc.every_rank_finds_it = every_rank
+    report("mttt pretrain", exc)
+    assert capsys.readouterr().err == line

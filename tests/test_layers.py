@@ -12,7 +12,7 @@ REPO = Path(__file__).parents[1]
 ROOTS = {"megatron_ttt": REPO / "megatron_ttt", "megatron_ttt.kernels": REPO / "kernels",
          "megatron_ttt.data_prep": REPO / "data_prep", "megatron_ttt.launchers": REPO / "launchers"}
 LAYERS = [
-    {"errors", "atomic", "run_options"},
+    {"errors", "atomic", "run_options", "console"},
     {"kernels", "parallel", "data"},
     {"ops", "data_prep"},
     {"models"},
