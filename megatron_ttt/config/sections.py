@@ -113,7 +113,7 @@ class LoggingSection:
     interval: int = 10
     """Print a line every N steps."""
     eval_interval: int = 50
-    """Validation loss every N steps (0: never)."""
+    """Validation loss every N steps and at the last step (0: never)."""
     eval_batches: int = 8
     """Micro-batches of the held-out split per validation."""
     tensorboard: bool = True

@@ -277,7 +277,7 @@ def _loop(run: Run, reporter: Reporter) -> int:
         run.step += 1
         values = {"train_loss": loss, "lr": lr, "grad_norm": norm,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - start)}
-        if run.val_loaders and run.step % config.logging.eval_interval == 0:
+        if run.val_loaders and (run.step % config.logging.eval_interval == 0 or run.step == config.train.steps):
             values |= validation(run)
         before, consumed = consumed, run.loader.per_source()
         details = tokens_per_source(run, consumed) if len(run.sources.names) > 1 else {}

@@ -192,6 +192,7 @@ def test_kill_9_mid_checkpoint_leaves_a_loadable_latest(tmp_path, cache):
     assert f"the schedule changed on resume (train.steps 10000 -> {step + 1}): from step {step + 1} the learning " \
            "rate is " in out.stdout
     assert logged_steps(run) == list(range(1, step + 2))  # steps logged after the checkpoint were dropped
+    assert "val_loss" in metrics(run)[step + 1]  # the last step validates, whatever logging.eval_interval
     elapsed = [row["elapsed_s"] for row in metrics(run).values()]
     assert elapsed == sorted(elapsed) and elapsed[0] > 0  # goes on across the restart
     assert re.search(r"\| elapsed \d+s \| eta 0s$", out.stdout.splitlines()[-3]), out.stdout[-600:]
