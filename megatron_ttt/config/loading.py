@@ -62,6 +62,8 @@ def _apply(obj, values: dict, where: str, prefix: str = ""):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {dotted} is a section; give its keys")
             _apply(current, value, where, f"{dotted}.")
+        elif dotted == "data.blend" and isinstance(value, list):
+            setattr(obj, key, blend_text(value, f"{where}: {dotted}"))
         else:
             setattr(obj, key, _convert(value, hints[key], f"{where}: {dotted}"))
     return obj
@@ -135,6 +137,24 @@ def notes(config: PretrainConfig) -> list[str]:
                 "contexts measures spans they were not trained on; set model.attention_window <= data.seq_len unless "
                 "a later stage trains at a longer data.seq_len"]
     return []
+
+
+def blend_text(items: list, where: str) -> str:
+    """data.blend written as a YAML list, each item {manifest: PATH, weight: W} or [W, PATH], as
+    the one-line form "W PATH W PATH" (what the config holds and saves)."""
+    words = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and set(item) == {"manifest", "weight"}:
+            weight, manifest = item["weight"], item["manifest"]
+        elif isinstance(item, list) and len(item) == 2:
+            weight, manifest = item
+        else:
+            raise ConfigError(f"{where}: item {i} is {item!r}; give each as {{manifest: PATH, weight: W}} or [W, PATH]")
+        if len(str(manifest).split()) != 1:
+            raise ConfigError(f"{where}: item {i}: the manifest path {manifest!r} holds spaces; move or link it to a "
+                              "path without them")
+        words += [str(weight), str(manifest)]
+    return " ".join(words)
 
 
 def blend_entries(data: DataSection) -> list[tuple[float, str]]:

@@ -81,7 +81,8 @@ class DataSection:
     on first use into the cache directory."""
     blend: str = ""
     """Train on several manifests mixed by weight instead of `manifest`, as Megatron-LM's
-    --data-path: "W1 MANIFEST1 W2 MANIFEST2 ..." (weights are normalized; docs/data.md). Validation
+    --data-path: "W1 MANIFEST1 W2 MANIFEST2 ..." (weights are normalized; docs/data.md); in a YAML
+    file also a list of {manifest: PATH, weight: W}. Validation
     scores each manifest's val split on its own; the reported val_loss is their weighted mean."""
     seq_len: int = 256
     """Tokens per sample (must equal the manifest's seq-len)."""

@@ -120,3 +120,13 @@ def test_a_checkpoint_resumes_when_its_config_spelled_the_presets_defaults():
                      Path("ckpt"))
     with pytest.raises(ResumeError, match=r"another model \(model.attention_window: 1024 there, 512 now\)"):
         check_same_model(hybrid, {"model": hybrid["model"] | {"attention_window": 512}}, Path("ckpt"))
+
+
+def test_a_blend_may_be_a_yaml_list(tmp_path):
+    config = tmp_path / "blend.yaml"
+    config.write_text("data:\n  blend:\n    - {manifest: /d/web, weight: 0.7}\n    - [0.3, /d/code/manifest.json]\n")
+    assert load_config(config).data.blend == "0.7 /d/web 0.3 /d/code/manifest.json"
+    config.write_text("data:\n  blend:\n    - {manifest: /d/web, weights: 0.7}\n")
+    with pytest.raises(ConfigError, match=r"data.blend: item 0 is \{'manifest': '/d/web', 'weights': 0.7\}; give "
+                                          r"each as \{manifest: PATH, weight: W\} or \[W, PATH\]"):
+        load_config(config)
