@@ -40,3 +40,28 @@ def token_mean(per_token: torch.Tensor, mask: torch.Tensor | None, cp_group: dis
     count = mask.sum()
     dist.all_reduce(count, group=cp_group)
     return masked_mean(per_token, mask, count, dist.get_world_size(cp_group))
+
+
+class SourceLosses:
+    """Each source's training loss over a step of a blend: the mean loss of its tokens (those
+    the training loss counts), over the step's micro-batches and every data- and
+    context-parallel rank. Only reported: the gradient comes from the blended loss."""
+
+    def __init__(self, sources: int):
+        self.sums = torch.zeros(sources, dtype=torch.float64)
+        self.counts = torch.zeros(sources, dtype=torch.float64)
+
+    def add(self, per_token: torch.Tensor, mask: torch.Tensor | None, sources: torch.Tensor) -> None:
+        """One micro-batch: per-token losses [B, T/CP], the counted positions (or None), each
+        sample's source [B]."""
+        losses = per_token.detach().double()
+        if mask is None:
+            mask = torch.ones_like(losses, dtype=torch.bool)
+        self.sums.index_add_(0, sources, torch.where(mask, losses, 0.0).sum(1))
+        self.counts.index_add_(0, sources, mask.sum(1).double())
+
+    def means(self, group: dist.ProcessGroup) -> list[float | None]:
+        """Each source's mean over the group's ranks (None for a source the step drew nothing from)."""
+        both = torch.stack([self.sums, self.counts])
+        dist.all_reduce(both, group=group)
+        return [(s / c).item() if c else None for s, c in zip(*both)]

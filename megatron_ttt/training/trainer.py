@@ -30,7 +30,7 @@ from megatron_ttt.training import checkpointing, zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
 from megatron_ttt.training.data import TrainingData, eod_mask_id, training_data
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
-from megatron_ttt.training.loss import eod_mask, token_mean
+from megatron_ttt.training.loss import SourceLosses, eod_mask, token_mean
 from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import SCHEDULE_KEYS, inner_lr_scale, learning_rate, schedule_change
 from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
@@ -172,23 +172,29 @@ def gradient_norm(model: torch.nn.Module, tp_group: dist.ProcessGroup) -> float:
     return squares.sqrt().item()
 
 
-def micro_batch_loss(run: Run, model, batch) -> torch.Tensor:
+def micro_batch_loss(run: Run, model, batch, per_source: SourceLosses | None = None) -> torch.Tensor:
     """This rank's loss of one micro-batch (training/loss.py): the mean per-token loss of `model`
-    (the engine or its module), over the positions not masked by data.mask_eod_loss."""
-    return token_mean(model(batch.tokens, batch.labels), eod_mask(batch.tokens, run.masked_token), run.groups.cp)
+    (the engine or its module), over the positions not masked by data.mask_eod_loss; its tokens'
+    losses also go to `per_source`, where given."""
+    per_token, mask = model(batch.tokens, batch.labels), eod_mask(batch.tokens, run.masked_token)
+    if per_source is not None:
+        per_source.add(per_token, mask, batch.sources)
+    return token_mean(per_token, mask, run.groups.cp)
 
 
-def train_step(run: Run, batches) -> tuple[float, float]:
-    """One optimizer step (accumulation micro-batches): the loss averaged over them and DP, and
-    the gradient norm before clipping. Under CP each rank's loss is the mean over its T/CP tokens,
+def train_step(run: Run, batches) -> tuple[float, float, dict[str, float]]:
+    """One optimizer step (accumulation micro-batches): the loss averaged over them and DP, the
+    gradient norm before clipping, and for a blend each source's loss (train_loss_<source>). Under CP each rank's loss is the mean over its T/CP tokens,
     which is CP times its share of the sample's mean: DeepSpeed's average over DP x CP then gives
     the gradient of the mean over every token (megatron-core scales its CP loss the same way).
     With data.mask_eod_loss each micro-batch's loss is the mean over its unmasked tokens, split
     over CP the same way (training/loss.py)."""
     total, norm = 0.0, None
+    names = run.sources.names
+    per_source = SourceLosses(len(names)) if len(names) > 1 else None
     for micro in range(run.accumulation):
         batch = next(batches)
-        loss = micro_batch_loss(run, run.engine, batch)
+        loss = micro_batch_loss(run, run.engine, batch, per_source)
         finite = torch.tensor([float(torch.isfinite(loss))])
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not finite.item():
@@ -201,7 +207,9 @@ def train_step(run: Run, batches) -> tuple[float, float]:
         total += loss.item()
     if norm is None:
         norm = float(run.engine.get_global_grad_norm())
-    return average_over_data_parallel(total / run.accumulation, run.groups), norm
+    sources = {} if per_source is None else {f"train_loss_{name}": loss for name, loss in
+                                             zip(names, per_source.means(run.groups.dp_cp)) if loss is not None}
+    return average_over_data_parallel(total / run.accumulation, run.groups), norm, sources
 
 
 @torch.no_grad()
@@ -273,14 +281,14 @@ def _loop(run: Run, reporter: Reporter) -> int:
     while run.step < config.train.steps:
         start = time.perf_counter()
         lr = set_schedules(run)
-        loss, norm = train_step(run, batches)
+        loss, norm, source_losses = train_step(run, batches)
         run.step += 1
         values = {"train_loss": loss, "lr": lr, "grad_norm": norm,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - start)}
         if run.val_loaders and (run.step % config.logging.eval_interval == 0 or run.step == config.train.steps):
             values |= validation(run)
         before, consumed = consumed, run.loader.per_source()
-        details = tokens_per_source(run, consumed) if len(run.sources.names) > 1 else {}
+        details = tokens_per_source(run, consumed) | source_losses if len(run.sources.names) > 1 else {}
         print_line = run.step % config.logging.interval == 0 or "val_loss" in values
         reporter.step(run.step, config.train.steps, values, print_line, details)
         if rank0:

@@ -32,6 +32,10 @@ def test_a_blend_trains_logs_each_source_and_resumes_exactly(tmp_path, cache, bl
     tokens = [(r["tokens_shards-bpe-512-L64"], r["tokens_generated"]) for r in rows]
     assert all(a + b == 512 * r["step"] for (a, b), r in zip(tokens, rows))  # every token counted once
     assert abs(tokens[-1][1] / (512 * 6) - 0.3) < 0.02
+    for r, before, now in zip(rows, [(0, 0)] + tokens, tokens):  # the blended loss: the sources' token-weighted mean
+        drawn = [b - a for a, b in zip(before, now)]
+        mean = (drawn[0] * r["train_loss_shards-bpe-512-L64"] + drawn[1] * r["train_loss_generated"]) / sum(drawn)
+        assert abs(mean - r["train_loss"]) <= 1e-6 * r["train_loss"], r
     validated = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in validated] == [3, 6]
     for r in validated:
