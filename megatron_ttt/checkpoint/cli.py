@@ -1,5 +1,5 @@
-"""`mttt convert ...` and `mttt checkpoint verify`. Heavy imports (megatron-core) happen inside the command, so `mttt --help`
-and the data commands start fast."""
+"""`mttt convert ...` and `mttt checkpoint verify`. Heavy imports (megatron-core) happen inside
+the command, so `mttt --help` and the data commands start fast."""
 
 import argparse
 from pathlib import Path

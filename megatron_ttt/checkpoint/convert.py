@@ -69,8 +69,9 @@ def hf_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
 
 def mttt_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
     """A training checkpoint, run directory or model directory -> a model directory holding only
-    the weights (and the tokenizer, where the source carries one), checked by loading it back at the current TP size; returns the self-check's max
-    difference. Collective over the process group."""
+    the weights (and the tokenizer, where the source carries one), checked by loading it back at
+    the current TP size; returns the self-check's max difference. Collective over the process
+    group."""
     src = resolve_model_source(src)
     verify_model_source(src)
     if dst.exists():

@@ -31,9 +31,10 @@ def schedule_change(before: OptimizerSection, before_steps: int, now: OptimizerS
                 if getattr(before, k) != getattr(now, k)]
     if not changed:
         return None
+    lr_now, lr_before = learning_rate(now, step, now_steps), learning_rate(before, step, before_steps)
     return (f"the schedule changed on resume ({', '.join(changed)}): from step {step + 1} the learning rate is "
-            f"{learning_rate(now, step, now_steps):.3g} (it would have been {learning_rate(before, step, before_steps):.3g}), "
-            f"warm-up ends at step {warmup_steps(now, now_steps)}, the decay reaches {now.min_lr:g} at step {now_steps}")
+            f"{lr_now:.3g} (it would have been {lr_before:.3g}), warm-up ends at step {warmup_steps(now, now_steps)}, "
+            f"the decay reaches {now.min_lr:g} at step {now_steps}")
 
 
 def inner_lr_scale(opt: OptimizerSection, layer_type: str, base_lr: float, step: int, total_steps: int) -> float:

@@ -184,9 +184,10 @@ def micro_batch_loss(run: Run, model, batch, per_source: SourceLosses | None = N
 
 def train_step(run: Run, batches) -> tuple[float, float, dict[str, float]]:
     """One optimizer step (accumulation micro-batches): the loss averaged over them and DP, the
-    gradient norm before clipping, and for a blend each source's loss (train_loss_<source>). Under CP each rank's loss is the mean over its T/CP tokens,
-    which is CP times its share of the sample's mean: DeepSpeed's average over DP x CP then gives
-    the gradient of the mean over every token (megatron-core scales its CP loss the same way).
+    gradient norm before clipping, and for a blend each source's loss (train_loss_<source>).
+    Under CP each rank's loss is the mean over its T/CP tokens, which is CP times its share of
+    the sample's mean: DeepSpeed's average over DP x CP then gives the gradient of the mean over
+    every token (megatron-core scales its CP loss the same way).
     With data.mask_eod_loss each micro-batch's loss is the mean over its unmasked tokens, split
     over CP the same way (training/loss.py)."""
     total, norm = 0.0, None
