@@ -130,8 +130,10 @@ def check(config: PretrainConfig) -> None:
 def notes(config: PretrainConfig) -> list[str]:
     """What is allowed but probably not meant, one line each (printed once at the start)."""
     m, seq_len = config.model, config.data.seq_len
-    mixers = mixer_settings(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads) if m.preset in PRESETS else {}
-    if "W" in mixers.get("layer_pattern", "") and mixers["attention_window"] > seq_len:
+    if m.preset not in PRESETS:
+        return []
+    mixers = mixer_settings(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads)
+    if "W" in mixers["layer_pattern"] and mixers["attention_window"] > seq_len:
         return [f"note: model.attention_window={mixers['attention_window']} is longer than data.seq_len={seq_len}: the "
                 f"W layers never attend further back than {seq_len} tokens in training, so evaluating them on longer "
                 "contexts measures spans they were not trained on; set model.attention_window <= data.seq_len unless "
