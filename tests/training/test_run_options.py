@@ -17,7 +17,7 @@ from megatron_ttt.data.manifest import Manifest
 from megatron_ttt.data.tokenizer import Tokenizer
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.training.data import bundled_manifest_path
-from tests.training.runs import pretrain
+from tests.training.runs import pretrain, reseal
 
 SEQ = ["train.steps=3", "checkpoint.interval=3"]
 
@@ -35,6 +35,7 @@ def triton_run(tmp_path_factory, cache):
     model = json.loads((step / "model_config.json").read_text())
     assert "inner_loop_backend" not in model and "checkpoint_group" not in model
     (step / "model_config.json").write_text(json.dumps(model | {"inner_loop_backend": "triton", "checkpoint_group": 3}))
+    reseal(step)
     return run
 
 
