@@ -23,6 +23,20 @@ def _harness(args: argparse.Namespace) -> int:
     return run_harness(args)
 
 
+class _ListExamples(argparse.Action):
+    """`--list-examples`: prints the shipped example tasks and exits while parsing, as --help does,
+    so it needs no --checkpoint or --tasks."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from megatron_ttt.eval.harness_run import example_lines
+
+        print("\n".join(example_lines()))
+        parser.exit()
+
+
 def _long_context(args: argparse.Namespace) -> int:
     from megatron_ttt.eval.long_context_run import run_long_context
 
@@ -83,12 +97,16 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_perplexity)
 
     p = evals.add_parser("harness", help="lm-evaluation-harness tasks (needs megatron-ttt[eval]); offline",
-                         description="Runs tasks of lm-eval's registry whose data is available locally, and tasks "
-                                     "from local YAML files (--include-path). See docs/eval.md.")
+                         description="Runs tasks of lm-eval's registry whose data is available locally, the "
+                                     "example tasks shipped with megatron-ttt (--list-examples) and tasks from "
+                                     "local YAML files (--include-path). See docs/eval.md.")
     _checkpoint_args(p)
     _tokenizer_args(p)
     p.add_argument("--tasks", required=True, metavar="T1,T2", help="task names (or groups), comma-separated")
-    p.add_argument("--include-path", default=None, metavar="DIR", help="a folder of local task YAML files")
+    p.add_argument("--include-path", default=None, metavar="DIR",
+                   help="a folder of local task YAML files, searched with the examples")
+    p.add_argument("--list-examples", action=_ListExamples,
+                   help="print the example tasks and their folder, then exit")
     p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples per prompt (default: the task's)")
     p.add_argument("--limit", type=float, default=None, help="documents per task at most (a fraction if < 1)")
     p.add_argument("--batch-size", type=int, default=8, help="loglikelihood requests per forward")
