@@ -83,7 +83,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     verify_shards(Manifest.load(args.manifest), show_progress=True)
-    print(f"{args.manifest}: every shard matches its sha256")
+    print(f"{args.manifest}: every shard matches its size and sha256")
     return 0
 
 
@@ -117,7 +117,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slices", nargs="+", type=Path, help="slice manifests (default: DIR/manifests/slice-*.json)")
     p.set_defaults(func=_merge)
 
-    p = data.add_parser("verify", help="check every shard of a manifest against its sha256")
+    p = data.add_parser("verify", help="check every shard of a manifest against its size and sha256")
     p.add_argument("manifest", metavar="MANIFEST")
     p.set_defaults(func=_verify)
 

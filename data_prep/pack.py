@@ -8,16 +8,12 @@ import numpy as np
 import webdataset as wds
 
 from megatron_ttt.data import DataError, ShardEntry
-from megatron_ttt.data.manifest import SAMPLE_FIELD
+from megatron_ttt.data.manifest import SAMPLE_FIELD, sample_key
 from megatron_ttt.data.tokenizer import file_sha256
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
-
-
-def shard_key(task: int, sample: int) -> str:
-    return f"t{task:05d}-{sample:09d}"
 
 
 def shard_pattern(directory: Path, split: str, task: int) -> Path:
@@ -94,7 +90,7 @@ class ShardSink:
         self._pending_tokens = stream.size - full
 
     def _write(self, sample: np.ndarray, documents: int) -> None:
-        self._writer.write({"__key__": shard_key(self.task, self.tokens // self.sample_tokens),
+        self._writer.write({"__key__": sample_key(self.task, self.tokens // self.sample_tokens),
                             SAMPLE_FIELD: sample.tobytes()})
         self._shard.samples += 1
         self._shard.documents += documents
@@ -105,7 +101,8 @@ class ShardSink:
         path = Path(fname)
         self.shards.append(ShardEntry(path=f"{self.split}/{path.name}", samples=self._shard.samples,
                                       tokens=self._shard.samples * self.sample_tokens,
-                                      documents=self._shard.documents, sha256=file_sha256(path), task=self.task))
+                                      documents=self._shard.documents, sha256=file_sha256(path), task=self.task,
+                                      size_bytes=path.stat().st_size))
         self._shard = _OpenShard()
 
     def close(self) -> None:

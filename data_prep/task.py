@@ -14,16 +14,12 @@ import numpy as np
 
 from megatron_ttt.data import DataError, ShardEntry, Tokenizer
 from megatron_ttt.atomic import write_atomic
-from megatron_ttt.data.manifest import SPLITS, ShardSettings, TaskEntry
+from megatron_ttt.data.manifest import SPLITS, ShardSettings, TaskEntry, task_marker
 from megatron_ttt.data_prep.pack import ProgressFn, ShardSink, remove_task_shards
 from megatron_ttt.data_prep.sources import SourceOptions, SourceStats, iter_documents
 
 ENCODE_BATCH_DOCS = 256
 """Documents per sentencepiece call: enough to amortize the call, small enough for memory."""
-
-
-def marker_path(directory: Path, task: int) -> Path:
-    return directory / "tasks" / f"t{task:05d}.json"
 
 
 def source_options(settings: ShardSettings) -> SourceOptions:
@@ -32,7 +28,7 @@ def source_options(settings: ShardSettings) -> SourceOptions:
 
 
 def read_marker(directory: Path, task: int) -> tuple[TaskEntry, dict[str, list[ShardEntry]]] | None:
-    path = marker_path(directory, task)
+    path = task_marker(directory, task)
     if not path.exists():
         return None
     try:
@@ -69,7 +65,7 @@ def run_task(directory: Path, settings: ShardSettings, task: int, tokenizer: Tok
                       dropped_tokens={s: sinks[s].dropped_tokens for s in SPLITS})
     shards = {s: sinks[s].shards for s in SPLITS}
     body = {"task": asdict(entry), "shards": {s: [asdict(e) for e in shards[s]] for s in SPLITS}}
-    marker = marker_path(directory, task)
+    marker = task_marker(directory, task)
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(marker, json.dumps(body, indent=1) + "\n")
     return entry, shards

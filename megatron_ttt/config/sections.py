@@ -92,6 +92,9 @@ class DataSection:
     """Tokens per optimizer step over all ranks; sets the gradient accumulation."""
     num_workers: int = 1
     """DataLoader workers per rank."""
+    verify: str = "size"
+    """What is checked of every shard before training starts: size (a stat each: missing and
+    truncated shards) or full (also each shard's sha256, reading all the data once per node; docs/data.md)."""
     seed: int = 1234
     """Shuffles the samples, differently each epoch."""
     bundled_vocab_size: int = 2048

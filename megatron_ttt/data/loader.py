@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from megatron_ttt.data.blend import BlendSchedule
-from megatron_ttt.data.errors import DataError
-from megatron_ttt.data.manifest import Manifest
+from megatron_ttt.data.errors import DataError, ShardReadError
+from megatron_ttt.data.manifest import Manifest, ShardEntry, sample_key
 from megatron_ttt.data.permutation import FeistelPermutation
 from megatron_ttt.data.shard_reader import ShardReader
 
@@ -66,6 +66,7 @@ class ShardedSamples(Dataset):
         self.manifest, self.split, self.verify = manifest, split, verify_sha256
         self.entries = [e for e in manifest.shards[split] if e.samples > 0]
         self.starts = np.cumsum([0] + [e.samples for e in self.entries])
+        self.key_starts = _key_starts(self.entries)
         self.vocab_size = manifest.settings.tokenizer.vocab_size
         self._readers: dict[int, ShardReader] = {}
 
@@ -84,14 +85,39 @@ class ShardedSamples(Dataset):
                                                e.sha256 if self.verify else None)
         return self._readers[shard]
 
+    def _tokens(self, shard: int, index: int) -> np.ndarray:
+        tokens = self._reader(shard).read(index)
+        if tokens.max() >= self.vocab_size:
+            raise DataError(f"it holds token id {tokens.max()}, beyond the tokenizer's vocabulary of {self.vocab_size}")
+        return tokens
+
     def __getitem__(self, sample_id: int) -> np.ndarray:
         shard = int(np.searchsorted(self.starts, sample_id, side="right")) - 1
-        tokens = self._reader(shard).read(int(sample_id - self.starts[shard]))
-        if tokens.max() >= self.vocab_size:
-            raise DataError(f"shard {self.manifest.directory / self.entries[shard].path}: sample "
-                            f"{sample_id - self.starts[shard]} holds token id {tokens.max()}, beyond the "
-                            f"tokenizer's vocabulary of {self.vocab_size}")
-        return tokens
+        index = int(sample_id - self.starts[shard])
+        try:
+            return self._tokens(shard, index)
+        except DataError as exc:
+            e = self.entries[shard]
+            raise ShardReadError(f"shard {self.manifest.directory / e.path}, sample {index} (key "
+                                 f"{sample_key(e.task, int(self.key_starts[shard]) + index)}): {exc}; "
+                                 f"{self.manifest.repair_hint([e])}") from None
+
+
+def _key_starts(entries: list[ShardEntry]) -> np.ndarray:
+    """The key number of each shard's first sample: the task's samples in the split before it."""
+    seen: dict[int, int] = {}
+    starts = []
+    for e in entries:
+        starts.append(seen.get(e.task, 0))
+        seen[e.task] = starts[-1] + e.samples
+    return np.array(starts, dtype=np.int64)
+
+
+class _Unreadable(NamedTuple):
+    """A micro-batch that could not be read, handed to the training process as data: raised in a
+    DataLoader worker, the error would arrive there re-raised around the worker's traceback."""
+
+    message: str
 
 
 class BlendedSamples(Dataset):
@@ -100,8 +126,12 @@ class BlendedSamples(Dataset):
     def __init__(self, datasets: list[ShardedSamples]):
         self.datasets = datasets
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> TokenBatch:
-        samples = torch.from_numpy(np.stack([self.datasets[s][i] for s, i in keys]).astype(np.int64))
+    def __getitems__(self, keys: list[tuple[int, int]]) -> TokenBatch | _Unreadable:
+        try:
+            rows = [self.datasets[s][i] for s, i in keys]
+        except ShardReadError as exc:
+            return _Unreadable(str(exc))
+        samples = torch.from_numpy(np.stack(rows).astype(np.int64))
         sources, sample_ids = (torch.tensor(column, dtype=torch.int64) for column in zip(*keys))
         return TokenBatch(samples[:, :-1], samples[:, 1:], sample_ids, sources)
 
@@ -219,6 +249,8 @@ class TokenLoader:
         loader = DataLoader(BlendedSamples(self.datasets), batch_sampler=sampler, collate_fn=_identity,
                             num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
         for batch in loader:
+            if isinstance(batch, _Unreadable):
+                raise ShardReadError(batch.message)
             self.consumed_samples += self.config.micro_batch_size * self.dp_size
             yield sequence_slice(batch, *self.context_parallel)
 

@@ -22,6 +22,16 @@ SAMPLE_FIELD = "tok"
 """Each sample is one tar member `<key>.tok`: the raw little-endian token ids."""
 
 
+def sample_key(task: int, sample: int) -> str:
+    """The key of a task's `sample`-th sample in a split (counted over the task's shards of it)."""
+    return f"t{task:05d}-{sample:09d}"
+
+
+def task_marker(directory: Path, task: int) -> Path:
+    """The completion marker of a task: while it exists, `mttt data shard` does not redo the task."""
+    return directory / "tasks" / f"t{task:05d}.json"
+
+
 @dataclass(frozen=True)
 class ShardEntry:
     path: str
@@ -33,6 +43,9 @@ class ShardEntry:
     sha256: str
     task: int
     """The input task that wrote the shard."""
+    size_bytes: int | None = None
+    """The shard file's length, checked with a stat when training starts; None in manifests
+    written before it was recorded."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,20 @@ class Manifest:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.settings.dtype)
+
+    def entries(self) -> list[ShardEntry]:
+        """Every shard of every split."""
+        return [e for split in SPLITS for e in self.shards[split]]
+
+    def repair_hint(self, entries: list[ShardEntry]) -> str:
+        """What to do about damaged or missing shards: a task redone from scratch writes the same
+        bytes, so deleting its marker and re-running the same command restores its shards."""
+        tasks = sorted({e.task for e in entries})
+        markers = " ".join(str(task_marker(self.directory, t)) for t in tasks)
+        which = f"task {tasks[0]}'s shards" if len(tasks) == 1 else f"the shards of tasks {', '.join(map(str, tasks))}"
+        return (f"restore {'it' if len(entries) == 1 else 'them'} from a copy, or delete {markers} and re-run the "
+                f"same `mttt data shard` command (the slice holding the task, for a sliced job) to rewrite {which}; "
+                f"then run `mttt data verify {self.directory}`")
 
     def samples(self, split: str) -> int:
         return sum(s.samples for s in self.shards[split])

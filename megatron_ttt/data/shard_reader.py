@@ -2,7 +2,8 @@
 
 `mttt data shard` writes one tar member per sample, all the same size, so sample i's header sits
 at i * stride. Each read checks that header (name, size, checksum), so a damaged or truncated
-shard is reported with its path and the sample, never decoded into garbage tokens.
+shard is reported, never decoded into garbage tokens. The errors say what is wrong; the loader,
+which knows the manifest, adds the shard, the sample and what to do.
 """
 
 from pathlib import Path
@@ -27,17 +28,20 @@ class ShardReader:
         self.sample_bytes = sample_tokens * dtype.itemsize
         self.stride = member_stride(self.sample_bytes)
         if not path.is_file():
-            raise DataError(f"shard {path} is missing; re-run `mttt data shard` with the same arguments to rewrite it")
+            raise DataError("the shard file is missing")
         if sha256 is not None and (digest := file_sha256(path)) != sha256:
-            raise DataError(f"shard {path} has sha256 {digest[:12]}..., the manifest says {sha256[:12]}...; "
-                            "the shard is damaged or from another run")
+            raise DataError(f"the shard has sha256 {digest[:12]}..., the manifest says {sha256[:12]}... (its bytes "
+                            "are damaged, or it is another dataset's shard)")
         needed = samples * self.stride
         size = path.stat().st_size
         if size < needed:
-            raise DataError(f"shard {path} is truncated: {size} bytes, {samples} samples need {needed}")
-        self._bytes = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+            raise DataError(f"the shard is truncated: {size:,} bytes, its {samples} samples need {needed:,}")
+        try:
+            self._bytes = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+        except OSError as exc:
+            raise DataError(f"the shard cannot be read: {exc.strerror or exc}") from None
 
-    def _check_header(self, index: int, header: np.ndarray) -> None:
+    def _check_header(self, header: np.ndarray) -> None:
         raw = header.tobytes()
         stored = raw[148:156].split(b"\0")[0].strip()
         actual = int(header[:148].sum()) + int(header[156:].sum()) + 8 * ord(" ")
@@ -47,15 +51,19 @@ class ShardReader:
             checksum_ok = int(stored, 8) == actual
         except ValueError:
             size, checksum_ok = -1, False
-        if not checksum_ok or not name.endswith(_SUFFIX) or size != self.sample_bytes:
-            raise DataError(f"shard {self.path}: sample {index} has a damaged tar header (name {name[:40]!r}, "
-                            f"size {size}, checksum {'ok' if checksum_ok else 'wrong'}); re-create the shard")
+        if not checksum_ok:
+            raise DataError("its tar header is damaged (the header checksum is wrong)")
+        if not name.endswith(_SUFFIX):
+            raise DataError(f"its tar member is {name[:40].decode(errors='replace')!r}, not a .{SAMPLE_FIELD} sample")
+        if size != self.sample_bytes:
+            raise DataError(f"it holds {size} bytes ({size / self.dtype.itemsize:g} tokens), where a sample of this "
+                            f"dataset holds {self.sample_bytes} ({self.sample_tokens} tokens)")
 
     def read(self, index: int) -> np.ndarray:
         """Sample `index` of this shard: [sample_tokens] token ids."""
         if not 0 <= index < self.samples:
             raise IndexError(f"shard {self.path} has {self.samples} samples, asked for {index}")
         start = index * self.stride
-        self._check_header(index, self._bytes[start:start + BLOCK])
+        self._check_header(self._bytes[start:start + BLOCK])
         data = self._bytes[start + BLOCK:start + BLOCK + self.sample_bytes]
         return np.frombuffer(data, dtype=self.dtype)

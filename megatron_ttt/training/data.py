@@ -1,13 +1,16 @@
 """The training data: a manifest or a weighted blend of manifests given by the config, or the
-bundled corpus prepared on first use."""
+bundled corpus prepared on first use; their shards checked against the manifests before training
+starts."""
 
 import dataclasses
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.distributed as dist
 
-from megatron_ttt.config.loading import blend_entries
+from megatron_ttt.config.loading import ConfigError, blend_entries
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.data import DataError, Manifest, Tokenizer
 from megatron_ttt.data.manifest import ShardSettings
@@ -15,6 +18,10 @@ from megatron_ttt.data_prep.corpus import bundled_corpus
 from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
+from megatron_ttt.data_prep.verify import shard_problems
+
+VERIFY = ("size", "full")
+"""The values of data.verify."""
 
 
 def bundled_manifest_path(data: DataSection, cache: Path) -> Path:
@@ -71,8 +78,18 @@ def eod_mask_id(data: DataSection, sources: TrainingData) -> int | None:
 
 
 def training_data(data: DataSection, cache: Path) -> TrainingData:
-    """The manifests to train on, checked against the config and each other before any training
-    starts; rank 0 prepares the bundled corpus while the others wait."""
+    """The manifests to train on, checked against the config and each other, and their shards
+    against the manifests (data.verify), before any training starts; rank 0 prepares the bundled
+    corpus while the others wait."""
+    if data.verify not in VERIFY:
+        raise ConfigError(f"data.verify={data.verify!r} (choose one of {', '.join(VERIFY)})")
+    sources = training_sources(data, cache)
+    check_shards(sources.manifests, full=data.verify == "full")
+    return sources
+
+
+def training_sources(data: DataSection, cache: Path) -> TrainingData:
+    """data.manifest's manifest, or data.blend's with their weights and names."""
     entries = blend_entries(data)
     if not entries:
         manifest = training_manifest(data, cache)
@@ -115,3 +132,47 @@ def training_manifest(data: DataSection, cache: Path) -> Manifest:
         dist.barrier()
         return load_manifest(bundled_manifest_path(data, cache), data.seq_len)
     return load_manifest(Path(data.manifest), data.seq_len)
+
+
+def check_shards(manifests: list[Manifest], full: bool) -> None:
+    """Each shard's size checked with a stat (with `full`, its sha256 too) before training starts:
+    a missing, truncated or damaged shard stops the run now, named, rather than hours in, where a
+    loader worker first reads it. The processes of a node share the shards, so each node checks
+    every shard once, on the storage it reads them from; every rank then raises the same error."""
+    shards = [(m, e) for m in manifests for e in m.entries()]
+    first, step = node_share()
+    share = shards[first::step]
+    mine = [(first + i * step, problem) for i, problem in
+            shard_problems(share, range(len(share)) if full else (), show_progress=is_rank0())]
+    if is_rank0():
+        for manifest in manifests:
+            if any(e.size_bytes is None for e in manifest.entries()):
+                print(f"note: {manifest.directory / 'manifest.json'} records no shard sizes (written before they "
+                      "were); each shard was checked to hold at least its samples' bytes, `mttt data verify` checks "
+                      "every byte", file=sys.stderr, flush=True)
+    if found := sorted(set(all_ranks(mine))):
+        (position, problem), more = found[0], len(found) - 1
+        manifest, entry = shards[position]
+        also = f" (and {more} other shard{'s' if more > 1 else ''}: `mttt data verify` lists all)" if more else ""
+        raise DataError(f"{problem}{also}; {manifest.repair_hint([entry])}")
+
+
+def node_share() -> tuple[int, int]:
+    """(this process's place among its node's processes, their number), from torchrun's
+    environment; (0, 1) without it."""
+    if "LOCAL_WORLD_SIZE" not in os.environ:
+        return 0, 1
+    return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["LOCAL_WORLD_SIZE"])
+
+
+def is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def all_ranks(items: list) -> list:
+    """The items of every rank (this one's alone outside a process group)."""
+    if not dist.is_initialized():
+        return items
+    every: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(every, items)
+    return [item for rank in every for item in rank]

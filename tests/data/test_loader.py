@@ -1,10 +1,8 @@
-"""The loader: global order, exact resume in a fresh process, data-parallel remap, bad shards."""
+"""The loader: global order, exact resume in a fresh process, data-parallel remap, bad manifests."""
 
 import json
-import shutil
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ import webdataset as wds
 from megatron_ttt.data import DataError, Manifest
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.data.permutation import FeistelPermutation
-from megatron_ttt.data.shard_reader import member_stride
 
 
 def take(loader, steps):
@@ -120,58 +117,6 @@ def test_state_of_another_dataset_is_refused(manifest):
         loader.load_state_dict(state)
     with pytest.raises(DataError, match="seed differ"):
         TokenLoader(manifest, LoaderConfig(micro_batch_size=2, seed=7, num_workers=0)).load_state_dict(loader.state_dict())
-
-
-@pytest.fixture
-def copy(manifest, tmp_path):
-    """A private copy of the dataset that a test may damage."""
-    shutil.copytree(manifest.directory, tmp_path / "ds")
-    return Manifest.load(tmp_path / "ds")
-
-
-def _read_all(manifest, **config):
-    loader = TokenLoader(manifest, LoaderConfig(micro_batch_size=4, num_workers=0, shuffle=False, **config))
-    return take(loader, loader.samples_per_epoch // 4)
-
-
-def test_damaged_header_names_the_shard(copy):
-    entry = copy.shards["train"][1]
-    path = copy.directory / entry.path
-    data = bytearray(path.read_bytes())
-    stride = member_stride(copy.settings.sample_tokens * 2)
-    data[2 * stride + 3] ^= 0xFF
-    path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=rf"{entry.path}: sample 2 has a damaged tar header"):
-        _read_all(copy)
-
-
-def test_truncated_shard_names_the_shard(copy):
-    entry = copy.shards["train"][0]
-    path = copy.directory / entry.path
-    path.write_bytes(path.read_bytes()[: entry.samples * member_stride(copy.settings.sample_tokens * 2) // 2])
-    with pytest.raises(DataError, match=rf"{entry.path} is truncated"):
-        _read_all(copy)
-
-
-def test_sha256_mismatch_names_the_shard(copy):
-    entry = copy.shards["train"][0]
-    path = copy.directory / entry.path
-    data = bytearray(path.read_bytes())
-    data[512 + 4] ^= 0x01  # the low byte of a token: still a valid id, only the hash can tell
-    path.write_bytes(bytes(data))
-    _read_all(copy)
-    with pytest.raises(DataError, match=rf"{entry.path} has sha256 .* the manifest says"):
-        _read_all(copy, verify_sha256=True)
-    from megatron_ttt.data_prep.verify import verify_shards
-
-    with pytest.raises(DataError, match=rf"1 of .* shards do not match the manifest:\n  .*{entry.path}"):
-        verify_shards(copy)
-
-
-def test_token_beyond_the_vocabulary_names_the_shard(copy):
-    small = replace(copy.settings, tokenizer=replace(copy.settings.tokenizer, vocab_size=50))
-    with pytest.raises(DataError, match=r"t00000-000000.tar: sample \d+ holds token id \d+, beyond .* of 50"):
-        _read_all(replace(copy, settings=small))
 
 
 def test_bad_manifests(tmp_path):

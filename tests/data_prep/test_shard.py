@@ -44,7 +44,8 @@ def test_samples_are_the_document_stream_cut_into_equal_pieces(tmp_path, tokeniz
         assert sum(e.documents for e in m.shards["train"] if e.task == task) == (starts < mine.size).sum()
     assert len(m.shards["train"]) > 2 * len(inputs)  # several shards per task at this --shard-size
     for e in m.shards["train"]:
-        assert file_sha256(m.directory / e.path) == e.sha256 and e.tokens == 51 * e.samples
+        path = m.directory / e.path
+        assert file_sha256(path) == e.sha256 and e.size_bytes == path.stat().st_size and e.tokens == 51 * e.samples
 
 
 def test_token_dtype_follows_the_vocabulary():
@@ -81,7 +82,8 @@ def test_slices_merge_into_the_full_manifest(tmp_path, tokenizer, monkeypatch):
     assert main(["data", "shard", "--tokenizer", s.tokenizer.path, "--output", str(out), "--seq-len", "64",
                  "--val-fraction", "0.1", "--quiet", "--input", *map(str, inputs)]) == 0
     assert (out / "manifests" / "slice-00001-of-00003.json").exists()
-    assert merge_manifests(slice_manifests(out), out / "manifest.json").to_json() == full.to_json()
+    merged = merge_manifests(slice_manifests(out), out / "manifest.json")
+    assert merged.to_json() == full.to_json() and all(e.size_bytes for e in merged.entries())
 
 
 def test_changed_settings_refuse_to_resume(tmp_path, tokenizer):
