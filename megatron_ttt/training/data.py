@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from megatron_ttt.config.loading import ConfigError, blend_entries
+from megatron_ttt.config.loading import blend_entries
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.data import DataError, Manifest, Tokenizer
 from megatron_ttt.data.manifest import ShardSettings
@@ -19,9 +19,6 @@ from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
 from megatron_ttt.data_prep.verify import shard_problems
-
-VERIFY = ("size", "full")
-"""The values of data.verify."""
 
 
 def bundled_manifest_path(data: DataSection, cache: Path) -> Path:
@@ -81,8 +78,6 @@ def training_data(data: DataSection, cache: Path) -> TrainingData:
     """The manifests to train on, checked against the config and each other, and their shards
     against the manifests (data.verify), before any training starts; rank 0 prepares the bundled
     corpus while the others wait."""
-    if data.verify not in VERIFY:
-        raise ConfigError(f"data.verify={data.verify!r} (choose one of {', '.join(VERIFY)})")
     sources = training_sources(data, cache)
     check_shards(sources.manifests, full=data.verify == "full")
     return sources

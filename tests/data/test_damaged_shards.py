@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 
 from megatron_ttt.cli import main, report
-from megatron_ttt.config.loading import ConfigError
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.data import DataError, Manifest
 from megatron_ttt.data.errors import ShardReadError
@@ -95,8 +94,6 @@ def test_same_size_damage_passes_the_size_check_and_fails_the_full_one(copy):
     start(copy)
     with pytest.raises(DataError, match=rf"^shard {lit(path)} is damaged: sha256 .*, the manifest says .*; restore it"):
         start(copy, check="full")
-    with pytest.raises(ConfigError, match="data.verify='fast' \\(choose one of size, full\\)"):
-        start(copy, check="fast")
 
 
 def test_a_manifest_without_shard_sizes_loads_and_checks_a_lower_bound(copy, capsys):

@@ -39,6 +39,7 @@ def test_yaml_then_overrides(tmp_path):
     ("model.num_kv_heads=3", r"model.num_kv_heads 3 must divide num_heads 4"),
     ("parallel.zero_stage=4", r"parallel.zero_stage=4"),
     ("train.dtype=fp16", r"train.dtype='fp16'"),
+    ("data.verify=fast", r"data.verify='fast' \(choose one of size, full\)"),
     ("train.inner_loop_backend=cuda", r"train.inner_loop_backend='cuda'"),
     ("parallel.time_checkpoint_group=-1", r"parallel.time_checkpoint_group must be an integer >= 0"),
 ])
