@@ -5,8 +5,9 @@ from dataclasses import dataclass
 
 from megatron_ttt.errors import UserInputError
 
-# SLURM's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
-TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2})$")
+# SLURM's --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; matched whole (fullmatch), as `$` would let
+# a trailing line break through into the #SBATCH line.
+TIME = re.compile(r"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2})")
 
 
 @dataclass
@@ -35,12 +36,12 @@ def check_job(job: SlurmJob) -> None:
         raise UserInputError(f"--nodes {job.nodes}: a job needs at least 1 node")
     if job.procs_per_node < 1:
         raise UserInputError(f"--gpus-per-node {job.procs_per_node}: at least 1 process per node is needed")
-    if job.time is not None and not TIME.match(job.time):
+    if job.time is not None and not TIME.fullmatch(job.time):
         raise UserInputError(f"--time {job.time!r} is not a SLURM time limit (minutes, M:S, H:M:S, D-H, D-H:M or "
                              "D-H:M:S, e.g. 2-00:00:00)")
     if job.grace_seconds < 1:
         raise UserInputError(f"--grace {job.grace_seconds}: the signal must come at least 1 s before the time limit")
     if not 1 <= job.port <= 65535:
         raise UserInputError(f"--port {job.port} is not a TCP port")
-    if not re.match(r"^[\w.-]+$", job.job_name):
+    if not re.fullmatch(r"[\w.-]+", job.job_name):
         raise UserInputError(f"--job-name {job.job_name!r}: use letters, digits, '.', '-' and '_'")

@@ -20,17 +20,22 @@ class Profile:
     cpus_per_task: int | None = None
     """#SBATCH --cpus-per-task for each node's task (torchrun and its ranks); null: SLURM's default."""
     sbatch_options: list[str] = field(default_factory=list)
-    """Extra #SBATCH options, e.g. --exclusive or --qos=high."""
+    """Extra #SBATCH options, e.g. --exclusive or --qos=high: one line each, read by sbatch as written
+    (its own quotes apply); a line break is refused."""
     srun_options: list[str] = field(default_factory=list)
-    """Extra srun options for the training step, e.g. pyxis' --container-image."""
+    """Extra srun options for the training step, e.g. pyxis' --container-image: each item one word,
+    quoted for the shell (spaces and quotes in it stay part of it)."""
     setup: str = ""
-    """Shell lines run first in every job (module loads, activating an environment, MTTT_CACHE)."""
+    """Shell lines run first in every job (module loads, activating an environment, MTTT_CACHE):
+    shell code, pasted in as written."""
     environment: dict[str, str] = field(default_factory=dict)
-    """Variables exported in the script's NCCL / network block."""
+    """Variables exported in the script's NCCL / network block; the values are quoted (no expansion)."""
     wrapper: str = ""
-    """A command put before torchrun on every node, e.g. `apptainer exec --nv image.sif`."""
+    """A command put before torchrun on every node, e.g. `apptainer exec --nv image.sif`: shell code,
+    pasted in as written (quote its paths yourself)."""
     python: str = ""
-    """The job's Python (after `setup`); empty: the interpreter that ran `mttt launch`."""
+    """The job's Python (after `setup`), a path or command name quoted as one word; empty: the
+    interpreter that ran `mttt launch`."""
 
 
 def bundled_profiles() -> list[str]:

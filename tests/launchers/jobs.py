@@ -20,6 +20,25 @@ def now() -> str:
 
 STEPS = ["train.steps=60", "checkpoint.interval=100", "logging.eval_interval=20"]
 
+HOSTILE = "run a'b\"c $(touch {}) `touch {}`"
+
+
+def hostile_dir(parent: Path, percent: bool = True) -> tuple[Path, list[Path]]:
+    """A path under PARENT whose name holds spaces, both quotes, two commands that create
+    PARENT/marker-1 and -2 if a shell runs them, and (`percent`) `100% %j`, a SLURM file name
+    pattern; and those markers. Every script that names it must mean exactly this string and run
+    nothing. (`mttt data shard` cannot write to an output holding a %: its shard names are
+    %-formatted patterns.)"""
+    markers = [parent / "marker-1", parent / "marker-2"]
+    return parent / (HOSTILE.format(*markers) + (" 100% %j" if percent else "")), markers
+
+
+def assert_nothing_ran(parent: Path, markers: list[Path]) -> None:
+    """No marker exists, and nothing under PARENT (the job's working directory) is named with a
+    leading quote, as a path quoted twice (`"'/abs/path'/x.log"`) would make one."""
+    assert not [m for m in markers if m.exists()], "a command in a path ran"
+    assert not [p for p in parent.rglob("*") if p.name[0] in "'\""], "a path was quoted twice"
+
 
 def launch(cluster: Cluster, env: dict, *args: str) -> list[str]:
     """Runs `mttt launch ARGS` against the cluster (on its head node); the submitted job ids, in order."""
@@ -62,13 +81,16 @@ def event_time(log: Path, pattern: str) -> str | None:
 
 
 def submit(cluster: Cluster, cache: Path, run: Path, extra=(), nodes: int = 1, procs_per_node: int = 2,
-           profile: str = "cpu-test", time_limit: str = "20:00", grace: int = 300) -> tuple[str, Path]:
-    """`mttt launch pretrain` of the tiny test run (STEPS, then `extra`); the job id and its log."""
+           profile: str = "cpu-test", time_limit: str = "20:00", grace: int = 300,
+           job_name: str | None = None) -> tuple[str, Path]:
+    """`mttt launch pretrain` of the tiny test run (STEPS, then `extra`), named `job_name` (default:
+    the run directory's name); the job id and its batch log."""
+    job_name = job_name or run.name
     (job_id,) = launch(cluster, environment(cache), "pretrain", "--nodes", str(nodes), "--gpus-per-node",
                        str(procs_per_node), "--profile", profile, "--partition", cluster.partition, "--time",
-                       time_limit, "--grace", str(grace), "--port", str(free_port()), "--job-name", run.name,
+                       time_limit, "--grace", str(grace), "--port", str(free_port()), "--job-name", job_name,
                        f"run_dir={run}", *FAST, *STEPS, *extra)
-    return job_id, run / "slurm" / "logs" / f"{run.name}-{job_id}.out"
+    return job_id, run / "slurm" / "logs" / f"{job_name}-{job_id}.out"
 
 
 def assert_weights(a: dict, b: dict, atol: float) -> None:

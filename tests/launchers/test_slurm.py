@@ -9,21 +9,27 @@ import time
 import pytest
 from megatron_ttt.cli import main
 from tests.data_prep.corpora import make_tokenizer, write_corpus
-from tests.launchers.jobs import (STEPS, assert_weights, event_time, events, launch, now, preempt_after_step_3,
-                                  report_timeline, submit, wait_done, wait_for)
+from tests.launchers.jobs import (STEPS, assert_nothing_ran, assert_weights, event_time, events, hostile_dir, launch,
+                                  now, preempt_after_step_3, report_timeline, submit, wait_done, wait_for)
 from tests.training.runs import final_weights, losses, pretrain
 
 pytestmark = pytest.mark.slow
 
 
-def test_pretrain_job_equals_plain_torchrun(slurm, cache, reference, tmp_path):
-    job_id, log = submit(slurm, cache, tmp_path / "job")
+def test_pretrain_job_equals_plain_torchrun(slurm, cache, reference, tmp_path, monkeypatch):
+    """In a run directory named with spaces, quotes, `%j` and two commands: the job trains as
+    anywhere else, its logs are in RUN/slurm/logs/, and nothing in the name runs."""
+    monkeypatch.chdir(tmp_path)  # the job's working directory
+    run, markers = hostile_dir(tmp_path)
+    job_id, log = submit(slurm, cache, run, job_name="job")
     info = wait_done(slurm, job_id, log)
+    assert log.exists(), list((run / "slurm" / "logs").iterdir())
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0", (info, log.read_text())
     assert event_time(log, r"^finished: step 60 reached") and not event_time(log, "requeue"), log.read_text()
-    assert losses(tmp_path / "job") == losses(reference)
-    train_log = (tmp_path / "job" / "slurm" / "logs" / f"train-{job_id}-r0-node0.log").read_text()
+    assert losses(run) == losses(reference)
+    train_log = (run / "slurm" / "logs" / f"train-{job_id}-r0-node0.log").read_text()
     assert "step 60/60" in train_log
+    assert_nothing_ran(tmp_path, markers)
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm, cache, reference, tmp_path):
@@ -68,12 +74,16 @@ def test_plain_scancel_does_not_requeue(slurm, cache, tmp_path):
     assert not any("requeue" in message for _, message in events(log)), log.read_text()
 
 
-def test_data_shard_array_and_merge_equal_a_local_run(slurm, tmp_path):
+def test_data_shard_array_and_merge_equal_a_local_run(slurm, tmp_path, monkeypatch):
+    """With the inputs named with spaces, quotes, `%j` and commands, and the output with all but
+    the %, none of which run."""
+    monkeypatch.chdir(tmp_path)  # the jobs' working directory
     tokenizer = make_tokenizer(tmp_path / "tok")
-    inputs = [str(p) for p in write_corpus(tmp_path / "in", files=3)]
+    inputs_dir, input_markers = hostile_dir(tmp_path / "in")
+    inputs = [str(p) for p in write_corpus(inputs_dir, files=3)]
     common = ["--tokenizer", tokenizer.info().path, "--seq-len", "64", "--val-fraction", "0.1", "--input", *inputs]
     assert main(["data", "shard", "--output", str(tmp_path / "local"), "--quiet", *common]) == 0
-    out = tmp_path / "slurm"
+    out, markers = hostile_dir(tmp_path / "out", percent=False)
     array_id, merge_id = launch(slurm, {}, "data-shard", "--array", "2", "--time", "10", "--", "--output", str(out),
                                 *common)
     logs = out / "slurm" / "logs"
@@ -84,3 +94,4 @@ def test_data_shard_array_and_merge_equal_a_local_run(slurm, tmp_path):
     assert sorted(p.name for p in (out / "manifests").iterdir()) == ["slice-00000-of-00002.json",
                                                                      "slice-00001-of-00002.json"]
     assert json.loads((out / "manifest.json").read_text()) == json.loads((tmp_path / "local" / "manifest.json").read_text())
+    assert_nothing_ran(tmp_path, markers + input_markers)
