@@ -192,6 +192,16 @@ def saved_layout(path: Path, saved_config: dict) -> dict:
             "zero_stage": saved_config["parallel"]["zero_stage"], "dtype": saved_config["train"]["dtype"]}
 
 
+DATA_KEYS = ("manifest", "blend", "seed", "seq_len")
+"""The data settings that decide which sample comes next."""
+
+
+def data_differences(saved: dict, requested: dict) -> list[str]:
+    """The data settings a checkpoint's run used that the requested run changes, with both values."""
+    before, now = saved["data"], requested["data"]
+    return [f"data.{k}: {before[k]!r} there, {now[k]!r} now" for k in DATA_KEYS if k in before and before[k] != now[k]]
+
+
 def check_same_model(saved: dict, requested: dict, where: Path) -> None:
     """The model of a checkpoint must be the run's (the parallel layout may change)."""
     differ = model_differences(saved, requested)

@@ -19,7 +19,7 @@ from megatron_ttt.checkpoint.run_dir import latest_tag
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.config.loading import check_world_size
 from megatron_ttt.config.model import trained_model
-from megatron_ttt.data import Manifest
+from megatron_ttt.data import DataError, Manifest
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.data.tokenizer import file_sha256
 from megatron_ttt.data_prep.corpus import default_cache_dir
@@ -118,13 +118,21 @@ def resume(run: Run) -> None:
     else:
         state = checkpointing.load(run.engine, run.run_dir, plan.tag)
     replay_bias_correction(zero_state.base_optimizer(run.engine.optimizer), zero_state.adam_step(run.engine))
-    run.loader.load_state_dict(state["loader"])
+    saved = checkpointing.saved_config(run.run_dir, plan.tag)
+    try:
+        run.loader.load_state_dict(state["loader"])
+    except DataError:
+        if not (differ := checkpointing.data_differences(saved, to_dict(run.config))):
+            raise
+        raise checkpointing.ResumeError(f"{plan.path} was trained on other data ({'; '.join(differ)}): its position in "
+                                        "the data does not carry over. Resume with the checkpoint's data settings, or "
+                                        "start another run_dir") from None
     run.step = state["step"]
     if dist.get_rank() == 0:
         drop_metrics_after(run.run_dir / "metrics.jsonl", run.step)
         how = " at another layout (weights, optimizer and loader position resharded)" if plan.reshard else ""
         print(f"resumed from {plan.path} at step {run.step}{how}", flush=True)
-        if note := schedule_note(run, checkpointing.saved_config(run.run_dir, plan.tag)):
+        if note := schedule_note(run, saved):
             print(note, flush=True)
 
 

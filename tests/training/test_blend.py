@@ -45,6 +45,9 @@ def test_a_blend_trains_logs_each_source_and_resumes_exactly(tmp_path, cache, bl
     shutil.copytree(whole, cut)
     shutil.rmtree(cut / "checkpoints" / "step-00000006")
     (cut / "checkpoints" / "latest").write_text("step-00000003")
+    reweighted = blend.replace("data.blend=0.7", "data.blend=0.6").replace(" 0.3 ", " 0.4 ")
+    out = pretrain(cut, cache, [reweighted], check=False)
+    assert out.returncode == 2 and f"data.blend: '{blend[11:]}' there, '{reweighted[11:]}' now" in out.stderr, out.stderr
     assert "at step 3" in pretrain(cut, cache, [blend]).stdout
     assert losses(cut) == losses(whole)
     a, b = final_weights(whole), final_weights(cut)
