@@ -16,8 +16,9 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
 
 
-def shard_pattern(directory: Path, split: str, task: int) -> Path:
-    return directory / split / f"t{task:05d}-%06d.tar"
+def shard_pattern(directory: Path, split: str, task: int) -> str:
+    """ShardWriter's %-format pattern of a task's shards (a `%` in the directory kept literal)."""
+    return str(directory / split).replace("%", "%%") + f"/t{task:05d}-%06d.tar"
 
 
 @dataclass
@@ -49,11 +50,11 @@ class ShardSink:
     dropped_tokens: int = 0
 
     def __post_init__(self):
+        (self.directory / self.split).mkdir(parents=True, exist_ok=True)
         pattern = shard_pattern(self.directory, self.split, self.task)
-        pattern.parent.mkdir(parents=True, exist_ok=True)
         # An integer mtime: reproducible shards, and no per-member pax header (tarfile writes one
         # for a float mtime), so every sample sits at a fixed stride.
-        self._writer = wds.ShardWriter(str(pattern), maxcount=1 << 62, maxsize=self.shard_bytes,
+        self._writer = wds.ShardWriter(pattern, maxcount=1 << 62, maxsize=self.shard_bytes,
                                        post=self._finished, verbose=0, encoder=False, mtime=0)
         self._pending: list[np.ndarray] = []
         self._pending_tokens = 0

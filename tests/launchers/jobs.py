@@ -23,14 +23,12 @@ STEPS = ["train.steps=60", "checkpoint.interval=100", "logging.eval_interval=20"
 HOSTILE = "run a'b\"c $(touch {}) `touch {}`"
 
 
-def hostile_dir(parent: Path, percent: bool = True) -> tuple[Path, list[Path]]:
+def hostile_dir(parent: Path) -> tuple[Path, list[Path]]:
     """A path under PARENT whose name holds spaces, both quotes, two commands that create
-    PARENT/marker-1 and -2 if a shell runs them, and (`percent`) `100% %j`, a SLURM file name
-    pattern; and those markers. Every script that names it must mean exactly this string and run
-    nothing. (`mttt data shard` cannot write to an output holding a %: its shard names are
-    %-formatted patterns.)"""
+    PARENT/marker-1 and -2 if a shell runs them, and `100% %j`, a SLURM file name pattern; and
+    those markers. Every script that names it must mean exactly this string and run nothing."""
     markers = [parent / "marker-1", parent / "marker-2"]
-    return parent / (HOSTILE.format(*markers) + (" 100% %j" if percent else "")), markers
+    return parent / (HOSTILE.format(*markers) + " 100% %j"), markers
 
 
 def assert_nothing_ran(parent: Path, markers: list[Path]) -> None:

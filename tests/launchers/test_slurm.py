@@ -83,7 +83,7 @@ def test_data_shard_array_and_merge_equal_a_local_run(slurm, tmp_path, monkeypat
     inputs = [str(p) for p in write_corpus(inputs_dir, files=3)]
     common = ["--tokenizer", tokenizer.info().path, "--seq-len", "64", "--val-fraction", "0.1", "--input", *inputs]
     assert main(["data", "shard", "--output", str(tmp_path / "local"), "--quiet", *common]) == 0
-    out, markers = hostile_dir(tmp_path / "out", percent=False)
+    out, markers = hostile_dir(tmp_path / "out")
     array_id, merge_id = launch(slurm, {}, "data-shard", "--array", "2", "--time", "10", "--", "--output", str(out),
                                 *common)
     logs = out / "slurm" / "logs"
