@@ -209,7 +209,7 @@ def test_hostile_run_dir_and_profile_values_reach_the_job_as_written(tmp_path, m
         "--container-mounts=/a b:/c", f"--comment=`touch {markers[1]}`", "env", "MTTT_WRAPPED=x y",
         "bash", "-c", 'run_node "$@"', "run_node", profile.python, "-m", "torch.distributed.run", "--nnodes", "1",
         "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", "node0:29500", "--rdzv-id", "7",
-        "--max-restarts", "0", "-m", "megatron_ttt.cli", "pretrain", "--config", str(launch.config_path),
+        "--max-restarts", "0", "--shutdown-timeout", "300", "-m", "megatron_ttt.cli", "pretrain", "--config", str(launch.config_path),
         "--resume", "auto"], output
     assert recorded["srun.env"] == [f"{run}/slurm/stop-7-0", f"{run}/slurm/status-7-0-node",
                                     profile.environment["MTTT_PROBE"]]
