@@ -9,6 +9,7 @@ single run would have written.
 import json
 import multiprocessing as mp
 import queue
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,12 +88,18 @@ def _check_job(job: ShardJob) -> None:
 
 
 def _check_settings(directory: Path, settings: ShardSettings) -> None:
+    """A folder holding finished tasks of other settings is refused; one whose earlier run
+    finished no task (it failed on a wrong column, say) holds nothing to keep and is taken over."""
     path = directory / "settings.json"
     if path.exists():
         old = json.loads(path.read_text())
         new = settings.to_dict()
         changed = [k for k in new if old.get(k) != new[k]]
-        if changed:
+        if changed and not any((directory / "tasks").glob("t*.json")):
+            print(f"note: {directory} was begun with other settings ({', '.join(changed)}) by a run that finished no "
+                  "task; starting over with these", file=sys.stderr)
+            write_atomic(path, json.dumps(new, indent=1) + "\n")
+        elif changed:
             raise DataError(f"{directory} was prepared with other settings ({', '.join(changed)} differ); "
                             "re-run with the same arguments to resume, or use a new --output")
     else:

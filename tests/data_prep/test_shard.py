@@ -131,6 +131,10 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, tokenizer, capsys):
     assert (tmp_path / "ds" / "tasks" / "t00000.json").exists(), "the good task's work is kept"
     assert main(args + ["--skip-bad"]) == 2, "other settings than the first attempt"
     assert "skip_bad differ" in capsys.readouterr().err
+    only_bad = args[:5] + [str(tmp_path / "only-bad")] + args[6:-2] + [str(bad)]
+    assert main(only_bad) == 2  # no task finished: the corrected command may take the folder over
+    assert main(only_bad + ["--skip-bad"]) == 0
+    assert "was begun with other settings (skip_bad) by a run that finished no task" in capsys.readouterr().err
 
 
 def test_cli_trains_a_tokenizer_with_the_expected_settings(tmp_path):
