@@ -77,6 +77,14 @@ def recorded(directory: Path) -> dict[str, FileSum] | None:
         raise CheckpointError(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
 
 
+def recorded_or_why(directory: Path) -> tuple[dict[str, FileSum] | None, str | None]:
+    """`recorded(directory)` and None, or None and what is wrong with a damaged checksums.json."""
+    try:
+        return recorded(directory), None
+    except CheckpointError as exc:
+        return None, str(exc)
+
+
 def problem(directory: Path, name: str, want: FileSum,
             progress: Callable[[int], object] | None = None) -> str | None:
     """What is wrong with one recorded file, in words; None if it is intact."""
@@ -110,10 +118,9 @@ def check(directory: Path, parts: Iterable[str] | None = None,
           progress: Callable[[int], object] | None = None) -> list[str] | None:
     """What is wrong with the checkpoint's recorded files under `parts` (all if None), in one
     process; None when it records no checksums."""
-    try:
-        sums = recorded(directory)
-    except CheckpointError as exc:
-        return [str(exc)]
+    sums, why = recorded_or_why(directory)
+    if why is not None:
+        return [why]
     return None if sums is None else problems(directory, selected(sums, parts), sums, progress)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from megatron_ttt.checkpoint.checksums import check, recorded, summary
+from megatron_ttt.checkpoint.checksums import check, recorded_or_why, summary
 from megatron_ttt.checkpoint.run_dir import CHECKPOINTS, MODEL_CONFIG, RUN_CONFIG, CheckpointError, saved_steps
 
 
@@ -30,7 +30,8 @@ def verify(path: Path, show_progress: bool = True) -> int:
     """Prints one line per checkpoint (ok, damaged with each problem, or without checksums); the
     exit status: 0 when none is damaged, 2 otherwise."""
     checkpoints = checkpoints_named(path)
-    total = sum(s.bytes for c in checkpoints for s in (_sums(c) or {}).values())
+    sums = {c: recorded_or_why(c)[0] or {} for c in checkpoints}
+    total = sum(s.bytes for c in checkpoints for s in sums[c].values())
     damaged = 0
     with tqdm(total=total, unit="B", unit_scale=True, disable=not show_progress, file=sys.stderr) as bar:
         for checkpoint in checkpoints:
@@ -43,16 +44,10 @@ def verify(path: Path, show_progress: bool = True) -> int:
                 for problem in found[1:]:
                     tqdm.write(f"    {problem}")
             else:
-                sums = _sums(checkpoint)
-                tqdm.write(f"{checkpoint}: ok ({len(sums)} files, {sum(s.bytes for s in sums.values()) / 1e6:,.1f} MB)")
+                files = sums[checkpoint]
+                size = sum(s.bytes for s in files.values()) / 1e6
+                tqdm.write(f"{checkpoint}: ok ({len(files)} files, {size:,.1f} MB)")
     if damaged:
         print(f"{damaged} of {len(checkpoints)} checkpoints are damaged: resume passes over them to the newest intact "
               "one; eval and convert need an intact one", file=sys.stderr)
     return 2 if damaged else 0
-
-
-def _sums(checkpoint: Path) -> dict | None:
-    try:
-        return recorded(checkpoint)
-    except CheckpointError:
-        return None

@@ -19,6 +19,7 @@ from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.data_prep.tokenizer_train import TokenizerTraining, train_tokenizer
 from megatron_ttt.data_prep.verify import shard_problems
+from megatron_ttt.parallel.objects import every_rank, is_rank0
 
 
 def bundled_manifest_path(data: DataSection, cache: Path) -> Path:
@@ -145,7 +146,7 @@ def check_shards(manifests: list[Manifest], full: bool) -> None:
                 print(f"note: {manifest.directory / 'manifest.json'} records no shard sizes (written before they "
                       "were); each shard was checked to hold at least its samples' bytes, `mttt data verify` checks "
                       "every byte", file=sys.stderr, flush=True)
-    if found := sorted(set(all_ranks(mine))):
+    if found := sorted({problem for rank in every_rank(mine) for problem in rank}):
         (position, problem), more = found[0], len(found) - 1
         manifest, entry = shards[position]
         also = f" (and {more} other shard{'s' if more > 1 else ''}: `mttt data verify` lists all)" if more else ""
@@ -159,15 +160,3 @@ def node_share() -> tuple[int, int]:
         return 0, 1
     return int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["LOCAL_WORLD_SIZE"])
 
-
-def is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def all_ranks(items: list) -> list:
-    """The items of every rank (this one's alone outside a process group)."""
-    if not dist.is_initialized():
-        return items
-    every: list[list] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(every, items)
-    return [item for rank in every for item in rank]

@@ -124,11 +124,11 @@ def test_the_processes_of_a_node_share_the_checks_and_name_every_bad_shard(copy,
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     for rank in (0, 1):
         monkeypatch.setenv("LOCAL_RANK", str(rank))
-        monkeypatch.setattr(training, "all_ranks", lambda items, rank=rank: seen.setdefault(rank, items) and [])
+        monkeypatch.setattr(training, "every_rank", lambda items, rank=rank: seen.setdefault(rank, items) and [])
         check_shards([copy], full=True)
     assert [position for position, _ in seen[0]] == [2] and [position for position, _ in seen[1]] == [3]
     assert sorted(hashed) == sorted(copy.directory / e.path for i, e in enumerate(entries) if i not in (2, 3))
-    monkeypatch.setattr(training, "all_ranks", lambda items: seen[0] + seen[1])
+    monkeypatch.setattr(training, "every_rank", lambda items: [seen[0], seen[1]])
     with pytest.raises(DataError, match=rf"^shard {lit(copy.directory / entries[2].path)} is missing \(and 1 other"):
         check_shards([copy], full=False)
 
