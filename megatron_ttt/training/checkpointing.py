@@ -133,6 +133,8 @@ class ResumePlan:
     """The layout differs from the writing one: load the layout-free part, not DeepSpeed's files."""
     vocab_size: int | None
     """The checkpoint model's (padded) vocabulary, kept at the new TP size; None: not recorded."""
+    config: dict
+    """The resolved config the checkpoint's run trained with (its run_config.json)."""
 
 
 def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> ResumePlan | None:
@@ -158,7 +160,7 @@ def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> Resu
     if vocab is not None and vocab % layout["tensor_parallel"]:
         raise ResumeError(f"{path}: its model's vocabulary of {vocab} does not split over tensor_parallel="
                           f"{layout['tensor_parallel']}; resume at a TP size dividing it")
-    return ResumePlan(path, tag, bool(differ), vocab)
+    return ResumePlan(path, tag, bool(differ), vocab, saved)
 
 
 def intact_checkpoint(run_dir: Path, latest: str) -> Path:

@@ -118,11 +118,10 @@ def resume(run: Run) -> None:
     else:
         state = checkpointing.load(run.engine, run.run_dir, plan.tag)
     replay_bias_correction(zero_state.base_optimizer(run.engine.optimizer), zero_state.adam_step(run.engine))
-    saved = checkpointing.saved_config(run.run_dir, plan.tag)
     try:
         run.loader.load_state_dict(state["loader"])
     except DataError:
-        if not (differ := checkpointing.data_differences(saved, to_dict(run.config))):
+        if not (differ := checkpointing.data_differences(plan.config, to_dict(run.config))):
             raise
         raise checkpointing.ResumeError(f"{plan.path} was trained on other data ({'; '.join(differ)}): its position in "
                                         "the data does not carry over. Resume with the checkpoint's data settings, or "
@@ -132,7 +131,7 @@ def resume(run: Run) -> None:
         drop_metrics_after(run.run_dir / "metrics.jsonl", run.step)
         how = " at another layout (weights, optimizer and loader position resharded)" if plan.reshard else ""
         print(f"resumed from {plan.path} at step {run.step}{how}", flush=True)
-        if note := schedule_note(run, saved):
+        if note := schedule_note(run, plan.config):
             print(note, flush=True)
 
 
