@@ -34,7 +34,6 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_convert)
 
 
-
 def _verify(args: argparse.Namespace) -> int:
     from megatron_ttt.checkpoint.verify import verify
 

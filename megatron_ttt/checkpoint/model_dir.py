@@ -11,8 +11,8 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint import torch_dist
-from megatron_ttt.checkpoint.sealing import seal
 from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, TOKENIZER_FILE, WEIGHTS_DIR, CheckpointError
+from megatron_ttt.checkpoint.sealing import seal
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel

@@ -99,7 +99,8 @@ POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.in
             "data.seq_len", "data.micro_batch_size", "data.global_batch_tokens", "parallel.tensor_parallel",
             "parallel.context_parallel", "model.mini_batch_size")
 CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
-           "parallel.zero_stage": (0, 1, 2, 3), "data.verify": ("size", "full"), "train.dtype": ("fp32", "bf16"), "train.inner_loop_backend": BACKENDS}
+           "parallel.zero_stage": (0, 1, 2, 3), "data.verify": ("size", "full"), "train.dtype": ("fp32", "bf16"),
+           "train.inner_loop_backend": BACKENDS}
 
 
 def _get(config: PretrainConfig, key: str):

@@ -82,8 +82,8 @@ class DataSection:
     blend: str = ""
     """Train on several manifests mixed by weight instead of `manifest`, as Megatron-LM's
     --data-path: "W1 MANIFEST1 W2 MANIFEST2 ..." (weights are normalized; docs/data.md); in a YAML
-    file also a list of {manifest: PATH, weight: W}. Validation
-    scores each manifest's val split on its own; the reported val_loss is their weighted mean."""
+    file also a list of {manifest: PATH, weight: W}. Validation scores each manifest's val split
+    on its own; the reported val_loss is their weighted mean."""
     seq_len: int = 256
     """Tokens per sample (must equal the manifest's seq-len)."""
     micro_batch_size: int = 4
@@ -94,7 +94,8 @@ class DataSection:
     """DataLoader workers per rank."""
     verify: str = "size"
     """What is checked of every shard before training starts: size (a stat each: missing and
-    truncated shards) or full (also each shard's sha256, reading all the data once per node; docs/data.md)."""
+    truncated shards) or full (also each shard's sha256, reading all the data once per node;
+    docs/data.md)."""
     seed: int = 1234
     """Shuffles the samples, differently each epoch."""
     bundled_vocab_size: int = 2048

@@ -52,8 +52,8 @@ def open_model_source(checkpoint: str | Path, with_tokenizer: bool = False, toke
                       data: str | None = None) -> ModelSource:
     """`--checkpoint` resolved and its model config read; `with_tokenizer`: also the tokenizer
     (`--tokenizer`, else the model directory's, else the one the `--data` manifest names), which
-    must fit the model's vocabulary. Before any process group, so bad inputs (a damaged checkpoint
-among them) stop early."""
+    must fit the model's vocabulary. Before any process group, so bad inputs (a damaged
+    checkpoint among them) stop early."""
     path = resolve_model_source(Path(checkpoint))
     verify_model_source(path)
     config = read_model_config(path)

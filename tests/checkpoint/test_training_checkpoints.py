@@ -70,7 +70,8 @@ def test_training_checkpoint_converts_to_reference_and_model_directory(tmp_path,
     assert run_distributed(1, convert_at, "mttt_to_hf", tp2_run, reference)[0] <= convert.CHECK_TOLERANCE
     diffs = run_distributed(2, convert_at, "mttt_to_mttt", tp2_run / "checkpoints", model_dir)
     assert max(diffs) <= convert.CHECK_TOLERANCE
-    assert sorted(p.name for p in model_dir.iterdir()) == ["checksums.json", "model", "model_config.json", "tokenizer.model"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["checksums.json", "model", "model_config.json",
+                                                           "tokenizer.model"]
     cfg, tensors = read_reference(reference)
     (_, weights), = run_distributed(1, evaluate, model_dir, torch.zeros(1, 2, dtype=torch.long))
     assert all(torch.equal(weights[n], local) for n, local in convert.to_local(tensors, cfg).items())
