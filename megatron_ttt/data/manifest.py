@@ -80,22 +80,30 @@ class ShardSettings:
     inputs: tuple[str, ...]
     input_format: str
     text_docs: str
-    json_field: str
+    text_fields: tuple[str, ...]
+    """Per input: the JSON field, or the Parquet/Arrow column, holding the text."""
     val_fraction: float
     seed: int
     shard_bytes: int
     bad_utf8: str
-    skip_bad: bool
+    skip_bad: float
+    """The fraction of an input's records that may be skipped as malformed (0: none)."""
 
     @property
     def sample_tokens(self) -> int:
         return self.seq_len + 1
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"inputs": list(self.inputs)}
+        return asdict(self) | {"inputs": list(self.inputs), "text_fields": list(self.text_fields)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShardSettings":
+        d = dict(d)
+        # Manifests written before per-input fields name one field for every input, and skip_bad as
+        # true (no limit) or false.
+        fields = d.pop("json_field", None)
+        d["text_fields"] = tuple(d.get("text_fields") or [fields] * len(d["inputs"]))
+        d["skip_bad"] = float(d["skip_bad"])
         return cls(**(d | {"tokenizer": TokenizerInfo(**d["tokenizer"]), "inputs": tuple(d["inputs"])}))
 
 

@@ -37,7 +37,7 @@ def prepare_bundled(data: DataSection, cache: Path) -> Path:
         train_tokenizer(TokenizerTraining(inputs, str(prefix), vocab_size=data.bundled_vocab_size))
     info = Tokenizer(f"{prefix}.model").info()
     settings = ShardSettings(data.seq_len, token_dtype(info.vocab_size).name, info, inputs, "auto", "blank-line",
-                             "text", 0.05, 0, 10**9, "replace", False)
+                             ("text",) * len(inputs), 0.05, 0, 10**9, "replace", 0.0)
     shard_corpus(ShardJob(path.parent, settings, workers=1), show_progress=False)
     return path
 
