@@ -6,7 +6,7 @@ give the same manifest byte for byte however the work was split, killed or resum
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +174,23 @@ class Manifest:
                        slice=tuple(body["slice"]) if body["slice"] else None, directory=path.parent)
         except (KeyError, TypeError) as exc:
             raise DataError(f"manifest {path} is missing or has a malformed field: {exc}") from None
+
+
+def source_names(manifests: list[Manifest]) -> list[str]:
+    """A short name for each of several sources: its directory's name, with its position where two
+    share a name."""
+    names = [m.directory.name or str(m.directory) for m in manifests]
+    return [f"{name}-{i}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def check_one_tokenizer(manifests: list[Manifest], where: str) -> None:
+    """Sources read together (a blend) must share the tokenizer: the same model file, wherever it
+    was read from."""
+    first = manifests[0].settings.tokenizer
+    for manifest in manifests[1:]:
+        mine = manifest.settings.tokenizer
+        if replace(mine, path=first.path) != first:
+            raise DataError(f"{where}: {manifest.directory} was tokenized with {mine.path} (sha256 "
+                            f"{mine.sha256[:12]}, {mine.vocab_size} pieces), {manifests[0].directory} with "
+                            f"{first.path} (sha256 {first.sha256[:12]}, {first.vocab_size} pieces); a blend needs "
+                            "one tokenizer")
