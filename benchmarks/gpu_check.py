@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from megatron_ttt.planning.machine import matmul_tflops
+
 ROOT = Path(__file__).resolve().parent.parent
 GPU = torch.cuda.is_available()
 LIMITS = {"kernel_tests": 110, "kernel_speed": 110, "pretrain": 180, "planner_memory": 80}
@@ -54,20 +56,9 @@ def skipped(name: str, why: str) -> dict:
     return {"step": name, "status": f"skipped: {why}", "seconds": 0.0, "command": "", "last_line": ""}
 
 
-def matmul_tflops() -> float:
+def peak_tflops() -> float:
     """The device's dense matmul rate now (bf16 on a GPU, fp32 on the CPU): the MFU peak."""
-    n, dtype, device = (8192, torch.bfloat16, "cuda") if GPU else (1024, torch.float32, "cpu")
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ a
-    if GPU:
-        torch.cuda.synchronize()
-    start, repeats = time.perf_counter(), 10
-    for _ in range(repeats):
-        a @ a
-    if GPU:
-        torch.cuda.synchronize()
-    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+    return matmul_tflops("cuda", torch.bfloat16) if GPU else matmul_tflops("cpu", torch.float32)
 
 
 def environment() -> dict:
@@ -76,7 +67,7 @@ def environment() -> dict:
     return {"torch": torch.__version__, "triton": triton.__version__, "python": sys.version.split()[0],
             "device": torch.cuda.get_device_name() if GPU else "cpu",
             "capability": ".".join(map(str, torch.cuda.get_device_capability())) if GPU else None,
-            "matmul_tflops": round(matmul_tflops(), 2), "matmul_dtype": "bf16" if GPU else "fp32"}
+            "matmul_tflops": round(peak_tflops(), 2), "matmul_dtype": "bf16" if GPU else "fp32"}
 
 
 def steps(out: Path, peak: float) -> Iterator[dict]:

@@ -28,6 +28,7 @@ from tqdm import tqdm  # noqa: E402
 from ttt_layer import make_inputs  # noqa: E402  (the sibling benchmark's inputs at a layer's scales)
 
 from megatron_ttt.ops import TTTInputs, TTTState, ttt_dual, ttt_inner_loop  # noqa: E402
+from megatron_ttt.planning.machine import copy_gbps, matmul_tflops  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LEAF_NAMES = ["q", "k", "v", "lr", "token_offset", "ln_weight", "ln_bias"]
@@ -92,12 +93,7 @@ def ttt_flops_per_token(kind: str, d: int, b: int) -> float:
 
 def ceilings() -> dict:
     """The device's bf16 matmul TFLOP/s and copy GB/s, measured now."""
-    n = 8192 if DEVICE == "cuda" else 512
-    a = torch.randn(n, n, device=DEVICE, dtype=torch.bfloat16)
-    matmul = timed(lambda: a @ a, 10)
-    x = torch.empty(256 * 2**20 if DEVICE == "cuda" else 2**22, device=DEVICE, dtype=torch.float32)
-    copy = timed(lambda: x.clone(), 10)
-    return {"matmul_tflops": 2 * n**3 / matmul / 1e12, "copy_gbps": 2 * x.numel() * 4 / copy / 1e9}
+    return {"matmul_tflops": matmul_tflops(DEVICE, torch.bfloat16), "copy_gbps": copy_gbps(DEVICE)}
 
 
 def speed_rows(kind: str, B: int, H: int, T: int, d: int, b: int, group: int, repeats: int) -> list[dict]:

@@ -10,6 +10,7 @@ times tokens/s over that peak.
 
     python benchmarks/train_step.py
     python benchmarks/train_step.py --presets tiny --steps 5 --json rows.json
+    python benchmarks/train_step.py --presets 125m --seq-len 2048 --micro-batch 1 --cases none --peak-tflops measured
     python benchmarks/train_step.py --presets 125m --seq-len 2048 --micro-batch 1 --cases none,compile
     python benchmarks/train_step.py --presets 125m --layer-types linear,mlp --dtype bf16 --cases triton,torch \
         --seq-len 2048 --micro-batch 4 --peak-tflops 790
@@ -53,6 +54,20 @@ def training_flops_per_token(preset: str, layer_type: str, pattern: str, window:
     return model_flops(model, seq_len)
 
 
+def _peak(value: str) -> float | str:
+    return value if value == "measured" else float(value)
+
+
+def measured_peak(dtype: str) -> float:
+    """This machine's matmul TFLOP/s in the run's dtype, on the device `mttt pretrain` picks."""
+    import torch
+
+    from megatron_ttt.planning.machine import matmul_tflops
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return matmul_tflops(device, torch.bfloat16 if dtype == "bf16" else torch.float32)
+
+
 def run_case(preset: str, extra: list[str], steps: int, seq_len: int, micro_batch: int, tmp: Path) -> dict:
     run_dir = Path(tempfile.mkdtemp(dir=tmp))
     cmd = [sys.executable, "-m", "megatron_ttt.cli", "pretrain", f"run_dir={run_dir}", f"model.preset={preset}",
@@ -78,12 +93,17 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--cases", default="none,time G=4,blocks,compile",
                         help=f"among {', '.join(CASES)}; the first is the baseline")
-    parser.add_argument("--peak-tflops", type=float, help="the device's matmul rate, for MFU")
+    parser.add_argument("--peak-tflops", type=_peak, metavar="TFLOPS|measured",
+                        help="the device's matmul rate, for MFU: a number, or measured (a large matmul in the run's "
+                             "dtype, same threads, this run)")
     parser.add_argument("--patterns", default="T", help="layer patterns, each repeated to the preset's depth")
     parser.add_argument("--window", type=int, default=4096, help="the sliding window of W layers")
     parser.add_argument("--seq-lens", help="several sequence lengths (overrides --seq-len)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.peak_tflops == "measured":
+        args.peak_tflops = measured_peak(args.dtype)
+        print(f"peak: {args.peak_tflops * 1e3:.1f} GFLOP/s ({args.dtype} matmul, measured)", file=sys.stderr)
     rows = []
     seq_lens = [int(n) for n in args.seq_lens.split(",")] if args.seq_lens else [args.seq_len]
     grid = [(preset, layer_type, pattern, seq_len, name) for preset in args.presets.split(",")
