@@ -26,7 +26,7 @@ from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import parallel_groups
 from megatron_ttt.planning.flops import forward_flops
-from megatron_ttt.planning.machine import matmul_tflops
+from megatron_ttt.planning.machine import matmul_size, matmul_tflops
 from megatron_ttt.run_options import InnerLoopOptions
 
 KINDS = {"linear": ("linear", "T"), "mlp": ("mlp", "T"), "hybrid": ("linear", "TW")}
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    peak = matmul_tflops("cpu", torch.float32)
+    peak, size = matmul_tflops("cpu", torch.float32), matmul_size("cpu", torch.float32)
     rows = []
     for kind, (layer_type, motif) in KINDS.items():
         pattern = repeated_pattern(motif, args.preset)
@@ -83,7 +83,7 @@ def main() -> None:
                            peak):
             rows.append({"kind": kind, "preset": args.preset, "seq_len": args.seq_len, **row})
     print(f"preset {args.preset}, B=1, T={args.seq_len}, float32, {args.threads} threads, inner loop {args.backend}; "
-          f"peak: a {2048}x{2048} matmul at {peak * 1e3:.1f} GFLOP/s, measured in this run")
+          f"peak: a {size}x{size} matmul at {peak * 1e3:.1f} GFLOP/s, measured in this run")
     print(f"{'kind':<7} {'pass':<6} {'seconds':>8} {'model TFLOP':>12} {'MFU':>6}")
     for r in rows:
         print(f"{r['kind']:<7} {r['pass']:<6} {r['seconds']:>8.3f} {r['model_tflops']:>12.3f} {r['mfu']:>6.1%}")

@@ -10,8 +10,12 @@ import time
 
 import torch
 
-MATMUL_SIZE = {"cuda": 8192, "cpu": 2048}
-"""Square matmul sizes large enough for each device's plateau, small enough to time in seconds."""
+def matmul_size(device: str, dtype: torch.dtype) -> int:
+    """A square matmul large enough for the device's plateau, small enough to time in seconds: most
+    CPUs only emulate bf16 (no AVX-512 BF16), hundreds of times slower than fp32."""
+    if device == "cuda":
+        return 8192
+    return 2048 if dtype == torch.float32 else 512
 
 
 def _median_seconds(fn, repeats: int, device: str) -> float:
@@ -30,7 +34,7 @@ def _median_seconds(fn, repeats: int, device: str) -> float:
 
 def matmul_tflops(device: str = "cpu", dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
     """TFLOP/s of one large square matmul in `dtype` at torch's current threads: the MFU peak."""
-    n = MATMUL_SIZE[device]
+    n = matmul_size(device, dtype)
     a = torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / _median_seconds(lambda: a @ a, repeats, device) / 1e12
 
