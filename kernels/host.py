@@ -3,7 +3,7 @@
 import torch
 import triton
 
-from megatron_ttt.run_options import check_time_checkpoint_group
+from megatron_ttt.run_options import check_time_checkpoint_group, triton_widths_unsupported
 
 
 def row_tile(mini_batch: int) -> int:
@@ -24,8 +24,8 @@ def time_checkpoint_group_size(time_checkpoint_group: int, n_blocks: int) -> int
 
 def unsupported(q: torch.Tensor, widths: tuple[int, ...]) -> str | None:
     """Why the kernels cannot take inputs like q with these inner widths, or None if they can."""
-    if not all(w >= 16 and w & (w - 1) == 0 for w in widths):
-        return f"the inner widths {list(widths)} are not all powers of two >= 16"
+    if reason := triton_widths_unsupported(widths):
+        return reason
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return f"the inputs are {q.dtype}; the kernels take fp32, fp16 or bf16"
     return None

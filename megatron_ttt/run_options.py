@@ -34,6 +34,14 @@ def warn_once(message: str) -> None:
         warnings.warn(message, stacklevel=2)
 
 
+def triton_widths_unsupported(widths: tuple[int, ...]) -> str | None:
+    """Why the fused Triton kernels cannot take an inner model of these layer widths (tl.dot's
+    tiles), or None if they can."""
+    if not all(w >= 16 and w & (w - 1) == 0 for w in widths):
+        return f"the inner widths {list(widths)} are not all powers of two >= 16"
+    return None
+
+
 def check_time_checkpoint_group(group: int) -> None:
     if not isinstance(group, int) or group < 0:
         raise ValueError(f"time_checkpoint_group must be an integer >= 0 (0 = off), got {group!r}")

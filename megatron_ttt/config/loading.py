@@ -8,13 +8,13 @@ from pathlib import Path
 import yaml
 
 from megatron_ttt.config.model import resolve_model
-from megatron_ttt.config.sections import DataSection, PretrainConfig
+from megatron_ttt.config.sections import DECAY_SHAPES, SCHEDULES, DataSection, PretrainConfig
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.data.blend import PERIOD
-from megatron_ttt.models.config import BACKBONES, LAYER_TYPES
-from megatron_ttt.models.presets import PRESETS, mixer_problems, mixer_settings
+from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, inner_widths
+from megatron_ttt.models.presets import PRESETS, SETTINGS, preset_settings, settings_problems
 from megatron_ttt.parallel.layout import CONFIG_NAMES, Batch, layout_problems
-from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group
+from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group, triton_widths_unsupported
 
 MOVED = {"model.time_checkpoint_group": "parallel.time_checkpoint_group"}
 """Keys that moved to another section: named in the error."""
@@ -100,7 +100,8 @@ POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.in
             "parallel.context_parallel", "model.mini_batch_size")
 CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
            "parallel.zero_stage": (0, 1, 2, 3), "data.verify": ("size", "full"), "train.dtype": ("fp32", "bf16"),
-           "train.inner_loop_backend": BACKENDS}
+           "train.inner_loop_backend": BACKENDS, "optimizer.schedule": SCHEDULES,
+           "optimizer.decay_shape": DECAY_SHAPES}
 
 
 def _get(config: PretrainConfig, key: str):
@@ -119,27 +120,64 @@ def check(config: PretrainConfig) -> None:
         check_time_checkpoint_group(config.parallel.time_checkpoint_group)
     except ValueError as exc:
         bad.append(f"parallel.{exc}")
-    m = config.model
-    if m.preset in PRESETS:
-        bad += mixer_problems(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads,
-                              key=lambda field: f"model.{field}")
+    if config.model.preset in PRESETS:
+        bad += _model_problems(config)
+    bad += _schedule_problems(config.optimizer)
     if bad:
         raise ConfigError("; ".join(bad))
     blend_entries(config.data)
 
 
+def _model_problems(config: PretrainConfig) -> list[str]:
+    """The preset's shape and mixers with the section's settings, and the backend that must run them."""
+    problems = settings_problems(config.model.preset, _model_settings(config), key=lambda field: f"model.{field}")
+    if not problems and config.train.inner_loop_backend == "triton" and (reason := _kernels_refuse(config)):
+        problems.append(f"train.inner_loop_backend=triton: the fused kernels cannot run {reason}; choose auto (the "
+                        "PyTorch dual form runs it)")
+    return problems
+
+
+def _schedule_problems(opt) -> list[str]:
+    """The schedule's fractions: each of the steps, and warm-up and decay together no more than all."""
+    bad = [f"optimizer.{key}={getattr(opt, key)} (must be from 0 to 1)" for key in ("warmup_fraction", "decay_fraction")
+           if not 0 <= getattr(opt, key) <= 1]
+    if not bad and opt.schedule == "wsd" and opt.warmup_fraction + opt.decay_fraction > 1:
+        bad.append(f"optimizer.warmup_fraction={opt.warmup_fraction} + optimizer.decay_fraction={opt.decay_fraction} "
+                   "is more than all the steps; a run that starts in the decay sets optimizer.warmup_fraction=0")
+    return bad
+
+
+def _model_settings(config: PretrainConfig) -> dict:
+    """The model section's shape and mixer settings as given (0, empty: the preset's)."""
+    return {key: getattr(config.model, key) for key in SETTINGS}
+
+
 def notes(config: PretrainConfig) -> list[str]:
     """What is allowed but probably not meant, one line each (printed once at the start)."""
-    m, seq_len = config.model, config.data.seq_len
-    if m.preset not in PRESETS:
+    if config.model.preset not in PRESETS:
         return []
-    mixers = mixer_settings(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads)
-    if "W" in mixers["layer_pattern"] and mixers["attention_window"] > seq_len:
-        return [f"note: model.attention_window={mixers['attention_window']} is longer than data.seq_len={seq_len}: the "
-                f"W layers never attend further back than {seq_len} tokens in training, so evaluating them on longer "
-                "contexts measures spans they were not trained on; set model.attention_window <= data.seq_len unless "
-                "a later stage trains at a longer data.seq_len"]
-    return []
+    values, seq_len = preset_settings(config.model.preset, _model_settings(config)), config.data.seq_len
+    found = []
+    if "W" in values["layer_pattern"] and values["attention_window"] > seq_len:
+        found.append(f"note: model.attention_window={values['attention_window']} is longer than data.seq_len={seq_len}: "
+                     f"the W layers never attend further back than {seq_len} tokens in training, so evaluating them on "
+                     "longer contexts measures spans they were not trained on; set model.attention_window <= "
+                     "data.seq_len unless a later stage trains at a longer data.seq_len")
+    if config.train.inner_loop_backend == "auto" and (reason := _kernels_refuse(config)):
+        found.append(f"note: the fused Triton TTT kernels cannot run this model's head dim ({reason}): on GPUs its "
+                     "TTT layers run the PyTorch dual form (train.inner_loop_backend=auto)")
+    return found
+
+
+def _kernels_refuse(config: PretrainConfig) -> str | None:
+    """Why the fused kernels cannot run the TTT layers of the config's model (a preset's), or None."""
+    values = preset_settings(config.model.preset, _model_settings(config))
+    if values["layer_pattern"] and "T" not in values["layer_pattern"]:
+        return None
+    head_dim = values["hidden_size"] // values["num_heads"]
+    if reason := triton_widths_unsupported(inner_widths(head_dim, config.model.layer_type)):
+        return f"model.hidden_size / model.num_heads = {values['hidden_size']} / {values['num_heads']} = {head_dim}: {reason}"
+    return None
 
 
 def blend_text(items: list, where: str) -> str:
@@ -203,7 +241,9 @@ def check_world_size(config: PretrainConfig, world_size: int) -> None:
     before any process group is built."""
     m, data = config.model, config.data
     model = resolve_model(m, vocab_size=1) if m.preset in PRESETS else None  # the vocabulary is padded to fit TP
-    names = dataclasses.replace(CONFIG_NAMES, model=f" of model.preset={m.preset}")
+    given = "".join(f", model.{key}={value}" for key, value in _model_settings(config).items()
+                    if value and key in ("num_heads", "ffn_hidden_size", "num_kv_heads"))
+    names = dataclasses.replace(CONFIG_NAMES, model=f" of model.preset={m.preset}{given}")
     problems = layout_problems(config.layout(world_size), model,
                                Batch(data.seq_len, data.micro_batch_size, data.global_batch_tokens), names,
                                check_vocab=False)

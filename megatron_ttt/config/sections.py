@@ -16,6 +16,16 @@ class ModelSection:
     """Inner model: linear (TTT-Linear) or mlp (TTT-MLP)."""
     backbone: str = "mamba"
     """mamba (gate, shared q/k convs, pre-conv) or transformer."""
+    num_layers: int = 0
+    """Layers (0: the preset's); a hybrid preset's layer pattern repeats to this depth."""
+    hidden_size: int = 0
+    """Model width D (0: the preset's); a multiple of num_heads with an even head dim D / heads.
+    The fused Triton kernels take head dims that are powers of two >= 16: others run the PyTorch
+    dual form (noted at the start)."""
+    num_heads: int = 0
+    """Heads of every mixer (0: the preset's); TP x CP must divide them."""
+    ffn_hidden_size: int = 0
+    """Width of each layer's SwiGLU MLP (0: the preset's); TP must divide it."""
     mini_batch_size: int = 16
     """Tokens per inner-loop gradient step."""
     layer_pattern: str = ""
@@ -52,14 +62,28 @@ class ParallelSection:
     recompute inside them in the backward (0: off); bitwise neutral, may change on resume."""
 
 
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
+
+
 @dataclass
 class OptimizerSection:
     lr: float = 3e-3
     """Peak learning rate."""
     min_lr: float = 1e-5
-    """Floor of the cosine decay."""
+    """The learning rate the decay ends at, on the last step."""
     warmup_fraction: float = 0.1
-    """Fraction of the steps spent warming up linearly from 0."""
+    """Fraction of the steps spent warming up linearly from 0 (0: the first step at lr)."""
+    schedule: str = "cosine"
+    """After the warm-up: cosine or linear decay to min_lr, constant at lr, or wsd (warmup-stable-
+    decay: lr until the last decay_fraction of the steps, then decay_shape down to min_lr)."""
+    decay_fraction: float = 0.2
+    """wsd: fraction of the steps in the final decay (1 with warmup_fraction 0: a run that is all
+    decay, such as a decay branch from a stable-phase checkpoint)."""
+    decay_shape: str = "1-sqrt"
+    """wsd: the decay's shape over its progress p from 0 to 1, as a fraction of lr - min_lr: linear
+    (1 - p), cosine ((1 + cos(pi p)) / 2) or 1-sqrt (1 - sqrt(p), the cooldown Hagele et al. 2024,
+    "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations", found best)."""
     weight_decay: float = 0.1
     """AdamW decoupled weight decay (not on biases, norms and token offsets)."""
     beta1: float = 0.9

@@ -62,10 +62,7 @@ class TTTModelConfig:
             problems.append(f"document_boundaries {self.document_boundaries!r} is not one of {DOCUMENT_BOUNDARIES}")
         if self.backbone not in BACKBONES:
             problems.append(f"backbone {self.backbone!r} is not one of {BACKBONES}")
-        if self.hidden_size % self.num_heads:
-            problems.append(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        elif self.head_dim % 2:
-            problems.append(f"head_dim {self.head_dim} must be even for RoPE")
+        problems += shape_problems(self.hidden_size, self.num_heads)
         problems += pattern_problems(self.layer_pattern, self.num_layers, self.attention_window, self.num_kv_heads,
                                      self.num_heads)
         if problems:
@@ -99,8 +96,7 @@ class TTTModelConfig:
     @property
     def inner_widths(self) -> tuple[int, ...]:
         """Layer widths of the inner model per head: (d, d) or (d, 4d, d)."""
-        d = self.head_dim
-        return (d, d) if self.layer_type == "linear" else (d, 4 * d, d)
+        return inner_widths(self.head_dim, self.layer_type)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +110,24 @@ class TTTModelConfig:
         if unknown:
             raise ValueError(f"{source}: unknown model config keys {unknown} (known: {', '.join(sorted(known))})")
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def inner_widths(head_dim: int, layer_type: str) -> tuple[int, ...]:
+    """Layer widths of a head's inner model: (d, d) for linear, (d, 4d, d) for mlp."""
+    return (head_dim, head_dim) if layer_type == "linear" else (head_dim, 4 * head_dim, head_dim)
+
+
+def shape_problems(hidden_size: int, num_heads: int, key: Callable[[str], str] = str) -> list[str]:
+    """What is wrong with a width and head count, each field named by `key(field)`."""
+    if num_heads < 1 or hidden_size < 1:
+        return [f"{key(name)} {value} must be at least 1" for name, value in
+                (("hidden_size", hidden_size), ("num_heads", num_heads)) if value < 1]
+    if hidden_size % num_heads:
+        return [f"{key('hidden_size')} {hidden_size} is not divisible by {key('num_heads')} {num_heads}"]
+    if (hidden_size // num_heads) % 2:
+        return [f"the head dim {key('hidden_size')} / {key('num_heads')} = {hidden_size // num_heads} must be even "
+                "for RoPE"]
+    return []
 
 
 def pattern_problems(layer_pattern: str, num_layers: int, attention_window: int, num_kv_heads: int, num_heads: int,
@@ -132,5 +146,6 @@ def pattern_problems(layer_pattern: str, num_layers: int, attention_window: int,
     if attention_window < 1:
         problems.append(f"{key('attention_window')} {attention_window} must be at least 1")
     if num_kv_heads < 0 or (num_kv_heads and num_heads % num_kv_heads):
-        problems.append(f"{key('num_kv_heads')} {num_kv_heads} must divide num_heads {num_heads} (0: num_heads)")
+        problems.append(f"{key('num_kv_heads')} {num_kv_heads} must divide {key('num_heads')} {num_heads} "
+                        "(0: as many as heads)")
     return problems

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from math import prod
 
-from megatron_ttt.models.config import TTTModelConfig, pattern_problems
+from megatron_ttt.models.config import TTTModelConfig, pattern_problems, shape_problems
 from megatron_ttt.models.parameter_table import reference_shapes
 
 # name: (layers, hidden, heads, ffn), from the paper's table; 7b: the Llama-2 7B shape with head
@@ -57,41 +57,61 @@ def shape(name: str) -> tuple[int, int, int, int]:
     return SIZES[HYBRIDS[name].size if name in HYBRIDS else name]
 
 
-def mixer_settings(name: str, layer_pattern: str = "", attention_window: int = 0, num_kv_heads: int = 0) -> dict:
-    """The preset's layer pattern, attention window and key/value heads, each replaced by the
-    given value where that is set (non-empty, non-zero)."""
+SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size")
+"""A preset's shape as a config names it: 0 keeps the preset's value."""
+MIXER_KEYS = ("layer_pattern", "attention_window", "num_kv_heads")
+"""A preset's mixers as a config names them: empty or 0 keeps the preset's value."""
+SETTINGS = (*SHAPE_KEYS, *MIXER_KEYS)
+
+
+def preset_settings(name: str, given: dict | None = None) -> dict:
+    """Preset `name`'s shape and mixers (the SETTINGS keys), each replaced by the value `given`
+    sets (non-zero, non-empty). A hybrid's motif repeats to the depth the settings give."""
+    given = given or {}
+    shape_values = dict(zip(SHAPE_KEYS, shape(name)))
+    values = {key: given.get(key) or value for key, value in shape_values.items()}
     hybrid = HYBRIDS.get(name)
-    return {"layer_pattern": layer_pattern or (repeated_pattern(hybrid.motif, name) if hybrid else ""),
-            "attention_window": attention_window or (hybrid.window if hybrid else DEFAULT_WINDOW),
-            "num_kv_heads": num_kv_heads or (hybrid.kv_heads if hybrid else 0)}
+    layers = values["num_layers"]
+    return values | {
+        "layer_pattern": given.get("layer_pattern") or (repeated(hybrid.motif, layers) if hybrid else ""),
+        "attention_window": given.get("attention_window") or (hybrid.window if hybrid else DEFAULT_WINDOW),
+        "num_kv_heads": given.get("num_kv_heads") or (hybrid.kv_heads if hybrid else 0)}
 
 
-def mixer_problems(name: str, layer_pattern: str, attention_window: int, num_kv_heads: int,
-                   key: Callable[[str], str]) -> list[str]:
-    """What is wrong with preset `name`'s mixers once the given settings replace its own, each
-    field named by `key(field)`."""
-    layers, _, heads, _ = shape(name)
-    return pattern_problems(**mixer_settings(name, layer_pattern, attention_window, num_kv_heads),
-                            num_layers=layers, num_heads=heads, key=key)
+def settings_problems(name: str, given: dict, key: Callable[[str], str]) -> list[str]:
+    """What is wrong with preset `name` once the `given` settings replace its own, each field
+    named by `key(field)` (e.g. "model.num_heads" in a config, "--num-heads" on a command line)."""
+    negative = [f"{key(field)} {given[field]} must be at least 0 (0: the preset's)" for field in SHAPE_KEYS
+                if given.get(field, 0) < 0]
+    if negative:
+        return negative
+    values = preset_settings(name, given)
+    return (shape_problems(values["hidden_size"], values["num_heads"], key)
+            + pattern_problems(values["layer_pattern"], values["num_layers"], values["attention_window"],
+                               values["num_kv_heads"], values["num_heads"], key))
 
 
 def preset(name: str, layer_type: str = "linear", backbone: str = "mamba", **overrides) -> TTTModelConfig:
     """A named size; the paper's inner base lr for the layer type; `overrides` replace fields
-    (for example vocab_size to match a tokenizer); an unset (empty, 0) layer_pattern,
-    attention_window or num_kv_heads keeps the preset's."""
-    layers, hidden, heads, ffn = shape(name)
-    mixers = mixer_settings(name, *(overrides.pop(key, unset) for key, unset in
-                                    (("layer_pattern", ""), ("attention_window", 0), ("num_kv_heads", 0))))
-    config = TTTModelConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=ffn, num_layers=layers,
-                            num_heads=heads, layer_type=layer_type, backbone=backbone, ttt_base_lr=BASE_LR[layer_type],
-                            **mixers)
+    (for example vocab_size to match a tokenizer); the SETTINGS keys (ffn_hidden_size is the
+    model's intermediate_size) keep the preset's value where unset (0, empty)."""
+    values = preset_settings(name, {key: overrides.pop(key) for key in SETTINGS if key in overrides})
+    config = TTTModelConfig(vocab_size=32000, hidden_size=values["hidden_size"],
+                            intermediate_size=values["ffn_hidden_size"], num_layers=values["num_layers"],
+                            num_heads=values["num_heads"], layer_type=layer_type, backbone=backbone,
+                            ttt_base_lr=BASE_LR[layer_type],
+                            **{key: values[key] for key in MIXER_KEYS})
     return replace(config, **overrides)
 
 
 def repeated_pattern(motif: str, name: str) -> str:
     """A layer pattern that repeats `motif` to the depth of preset `name` ("TW" -> "TWTW..." ;
     "T": every layer TTT)."""
-    layers = shape(name)[0]
+    return repeated(motif, shape(name)[0])
+
+
+def repeated(motif: str, layers: int) -> str:
+    """`motif` repeated to `layers` symbols."""
     return (motif * layers)[:layers]
 
 

@@ -49,6 +49,7 @@ class ModelShape(Protocol):
 
     num_heads: int
     kv_heads: int
+    intermediate_size: int
     vocab_size: int
 
 
@@ -109,6 +110,8 @@ def _model_problems(layout: ParallelLayout, model: ModelShape, tp: str, split: s
         problems.append(f"{split} does not divide the {model.num_heads} heads{of_model}")
     if model.kv_heads % layout.tensor_parallel:
         problems.append(f"{tp} does not divide the {model.kv_heads} key/value heads{of_model}")
+    if model.intermediate_size % layout.tensor_parallel:
+        problems.append(f"{tp} does not divide the MLP width {model.intermediate_size}{of_model}")
     if check_vocab and model.vocab_size % layout.tensor_parallel:
         problems.append(f"{tp} does not divide the vocabulary of {model.vocab_size}{of_model}")
     return problems

@@ -19,6 +19,9 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer-type", default="linear", choices=("linear", "mlp"))
     p.add_argument("--backbone", default="mamba", choices=("mamba", "transformer"))
     p.add_argument("--vocab-size", type=int, default=32000)
+    for flag, what in (("--num-layers", "layers"), ("--hidden-size", "model width"), ("--num-heads", "heads"),
+                       ("--ffn-hidden-size", "SwiGLU MLP width")):
+        p.add_argument(flag, type=int, default=0, help=f"{what} (default: the preset's), as model.{flag[2:].replace('-', '_')}")
     p.add_argument("--layer-pattern", default="", metavar="PATTERN",
                    help="a hybrid's mixer per layer: T TTT, * full attention, W sliding window (default: the preset's)")
     p.add_argument("--attention-window", type=int, default=0, help="the W layers' window (default: the preset's)")
@@ -53,7 +56,7 @@ def _assumption_names() -> list[str]:
 def _plan(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # megatron-core's import warns about optional CUDA extensions
         warnings.simplefilter("ignore")
-        from megatron_ttt.models.presets import PRESETS, mixer_problems, preset
+        from megatron_ttt.models.presets import PRESETS, SETTINGS, preset, settings_problems
     from megatron_ttt.errors import UserInputError
     from megatron_ttt.planning.hardware import Assumptions, gpu
     from megatron_ttt.planning.layout import Layout
@@ -64,13 +67,10 @@ def _plan(args: argparse.Namespace) -> int:
         raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
-    problems = mixer_problems(args.preset, args.layer_pattern, args.attention_window, args.num_kv_heads,
-                              key=lambda field: "--" + field.replace("_", "-"))
-    if problems:
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    if problems := settings_problems(args.preset, settings, key=lambda field: "--" + field.replace("_", "-")):
         raise UserInputError("; ".join(problems))
-    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size,
-                   layer_pattern=args.layer_pattern, attention_window=args.attention_window,
-                   num_kv_heads=args.num_kv_heads)
+    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size, **settings)
     device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
     given = {"tp": args.tp, "cp": args.cp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
              "micro_batch": args.micro_batch,

@@ -73,8 +73,11 @@ def _comm_lines(model: TTTModelConfig, p: Plan) -> list[str]:
 def report(model: TTTModelConfig, p: Plan, gpu: GPU, assume: Assumptions) -> str:
     lay, est = p.layout, p.estimate
     pattern = f", layer pattern {model.layer_pattern}" if model.layer_pattern else ""
-    head = (f"{model.layer_type} {model.backbone} model{pattern}, {parameter_count(model) / 1e9:.2f} B parameters, "
-            f"on {lay.nodes} x {lay.gpus_per_node} {gpu.name}\nlayout: {describe(lay)}")
+    shape = (f"{model.num_layers} layers, D {model.hidden_size}, {model.num_heads} heads of {model.head_dim}, "
+             f"FFN {model.intermediate_size}, vocabulary {model.vocab_size}")
+    head = (f"{model.layer_type} {model.backbone} model{pattern} ({shape}): {parameter_count(model):,} parameters "
+            f"({parameter_count(model) / 1e9:.2f} B), on {lay.nodes} x {lay.gpus_per_node} {gpu.name}\n"
+            f"layout: {describe(lay)}")
     cp = f" + CP comm {est.cp_comm_s:.3f} s" if lay.cp > 1 else ""
     timing = (f"step: compute {est.compute_s:.3f} s + TP comm {est.tp_comm_s:.3f} s{cp} + DP comm "
               f"{est.dp_comm_s:.3f} s = {est.step_s:.3f} s; {est.tokens_per_s:,.0f} tokens/s; MFU {est.mfu:.1%}")

@@ -1,6 +1,5 @@
 """The pretraining loop: build everything from a PretrainConfig, train, checkpoint, resume."""
 
-import dataclasses
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ from megatron_ttt.training.data import TrainingData, eod_mask_id, training_data
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
 from megatron_ttt.training.loss import SourceLosses, eod_mask, token_mean
 from megatron_ttt.training.report import Reporter
-from megatron_ttt.training.schedule import SCHEDULE_KEYS, inner_lr_scale, learning_rate, schedule_change
+from megatron_ttt.training.schedule import inner_lr_scale, learning_rate, saved_schedule, schedule_change
 from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
 
 
@@ -137,8 +136,7 @@ def resume(run: Run) -> None:
 
 def schedule_note(run: Run, saved: dict) -> str | None:
     """One line where the resumed run's schedule settings differ from the checkpoint's."""
-    before = dataclasses.replace(run.config.optimizer, **{k: saved["optimizer"][k] for k in SCHEDULE_KEYS
-                                                           if k in saved["optimizer"]})
+    before = saved_schedule(saved["optimizer"])
     return schedule_change(before, saved["train"]["steps"], run.config.optimizer, run.config.train.steps, run.step)
 
 

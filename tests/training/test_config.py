@@ -9,6 +9,7 @@ import pytest
 
 from megatron_ttt.config import PretrainConfig, load_config, to_dict
 from megatron_ttt.config.loading import ConfigError, check_world_size, notes
+from megatron_ttt.config.model import resolve_model
 from megatron_ttt.config.reference import markdown
 from megatron_ttt.run_options import InnerLoopOptions
 
@@ -36,7 +37,10 @@ def test_yaml_then_overrides(tmp_path):
     ("model.layer_pattern=TX", r"model.layer_pattern 'TX' has unknown symbols \['X'\]"),
     ("model.layer_pattern=*W*", r"model.layer_pattern '\*W\*' has 3 symbols for 2 layers"),
     ("model.attention_window=-1", r"model.attention_window -1 must be at least 1"),
-    ("model.num_kv_heads=3", r"model.num_kv_heads 3 must divide num_heads 4"),
+    ("model.num_kv_heads=3", r"model.num_kv_heads 3 must divide model.num_heads 4"),
+    ("model.hidden_size=90", r"model.hidden_size 90 is not divisible by model.num_heads 4"),
+    ("model.num_heads=-2", r"model.num_heads -2 must be at least 0 \(0: the preset's\)"),
+    ("model.hidden_size=12", r"the head dim model.hidden_size / model.num_heads = 3 must be even for RoPE"),
     ("parallel.zero_stage=4", r"parallel.zero_stage=4"),
     ("train.dtype=fp16", r"train.dtype='fp16'"),
     ("data.verify=fast", r"data.verify='fast' \(choose one of size, full\)"),
@@ -62,6 +66,11 @@ def test_bad_overrides_name_the_key(override, message):
                                          r"divide the 4 heads of model.preset=tiny"),
     (["model.preset=7b-hybrid", "parallel.tensor_parallel=16"], 16,
      r"parallel.tensor_parallel=16 does not divide the 8 key/value heads of model.preset=7b-hybrid"),
+    (["parallel.tensor_parallel=3", "model.preset=125m"], 3,
+     r"parallel.tensor_parallel=3 does not divide the MLP width 2048 of model.preset=125m"),
+    (["parallel.tensor_parallel=4", "model.num_heads=2", "model.hidden_size=32"], 4,
+     r"parallel.tensor_parallel=4 x parallel.context_parallel=1 does not divide the 2 heads of model.preset=tiny, "
+     r"model.num_heads=2"),
     (["parallel.tensor_parallel=2", "data.global_batch_tokens=1024"], 8,
      r"data.global_batch_tokens=1024 is not a multiple of .* = 4 x 4 x 256 = 4096"),
 ])
@@ -70,8 +79,41 @@ def test_world_size_checks_name_the_keys(overrides, world, message):
         check_world_size(load_config(None, overrides), world)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["model.num_layers=3", "model.layer_pattern=TW"], r"model.layer_pattern 'TW' has 2 symbols for 3 layers"),
+    (["model.preset=125m-hybrid", "model.num_heads=6", "model.hidden_size=384"],
+     r"model.num_kv_heads 4 must divide model.num_heads 6"),
+    (["model.hidden_size=96", "train.inner_loop_backend=triton"],
+     r"train.inner_loop_backend=triton: the fused kernels cannot run model.hidden_size / model.num_heads = 96 / 4 = "
+     r"24: the inner widths \[24, 24\] are not all powers of two >= 16"),
+    (["optimizer.schedule=wsd", "optimizer.decay_fraction=0.95"],
+     r"optimizer.warmup_fraction=0.1 \+ optimizer.decay_fraction=0.95 is more than all the steps"),
+    (["optimizer.decay_shape=exponential"], r"optimizer.decay_shape='exponential' \(choose one of linear, cosine, "
+                                            r"1-sqrt\)"),
+])
+def test_bad_shapes_and_schedules_name_the_keys(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_hybrid_preset_repeats_its_motif_to_the_depth_given():
+    config = load_config(None, ["model.preset=125m-hybrid", "model.num_layers=5"])
+    assert resolve_model(config.model, 128).layer_pattern == "TWTWT"
+
+
+def test_a_head_dim_the_kernels_refuse_is_noted_with_the_backend_that_runs():
+    note, = notes(load_config(None, ["model.hidden_size=96"]))
+    assert note == ("note: the fused Triton TTT kernels cannot run this model's head dim (model.hidden_size / "
+                    "model.num_heads = 96 / 4 = 24: the inner widths [24, 24] are not all powers of two >= 16): on "
+                    "GPUs its TTT layers run the PyTorch dual form (train.inner_loop_backend=auto)")
+    assert notes(load_config(None, ["model.hidden_size=128"])) == []  # head dim 32
+    assert notes(load_config(None, ["model.hidden_size=96", "train.inner_loop_backend=torch"])) == []
+
+
 def test_world_sizes_that_fit():
-    check_world_size(load_config(None, ["parallel.tensor_parallel=3", "model.preset=125m"]), 3)
+    # 2046 = 3 x 682: the MLP splits over TP 3 as the heads do.
+    check_world_size(load_config(None, ["parallel.tensor_parallel=3", "model.preset=125m",
+                                        "model.ffn_hidden_size=2046"]), 3)
     check_world_size(load_config(None, ["parallel.context_parallel=2", "parallel.tensor_parallel=2",
                                         "parallel.sequence_parallel=true", "data.global_batch_tokens=2048"]), 8)
     check_world_size(load_config(None, ["parallel.tensor_parallel=2", "data.global_batch_tokens=4096"]), 8)
@@ -121,6 +163,10 @@ def test_a_checkpoint_resumes_when_its_config_spelled_the_presets_defaults():
                      Path("ckpt"))
     with pytest.raises(ResumeError, match=r"another model \(model.attention_window: 1024 there, 512 now\)"):
         check_same_model(hybrid, {"model": hybrid["model"] | {"attention_window": 512}}, Path("ckpt"))
+    check_same_model(hybrid, {"model": hybrid["model"] | {"num_layers": 12, "ffn_hidden_size": 2048}}, Path("ckpt"))
+    with pytest.raises(ResumeError, match=r"another model \(model.num_layers: 12 there, 6 now; model.layer_pattern: "
+                                          r"'TWTWTWTWTWTW' there, 'TWTWTW' now\)"):
+        check_same_model(hybrid, {"model": hybrid["model"] | {"num_layers": 6}}, Path("ckpt"))
 
 
 def test_a_blend_may_be_a_yaml_list(tmp_path):
