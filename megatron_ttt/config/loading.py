@@ -159,10 +159,10 @@ def notes(config: PretrainConfig) -> list[str]:
     values, seq_len = preset_settings(config.model.preset, _model_settings(config)), config.data.seq_len
     found = []
     if "W" in values["layer_pattern"] and values["attention_window"] > seq_len:
-        found.append(f"note: model.attention_window={values['attention_window']} is longer than data.seq_len={seq_len}: "
-                     f"the W layers never attend further back than {seq_len} tokens in training, so evaluating them on "
-                     "longer contexts measures spans they were not trained on; set model.attention_window <= "
-                     "data.seq_len unless a later stage trains at a longer data.seq_len")
+        found.append(f"note: model.attention_window={values['attention_window']} is longer than "
+                     f"data.seq_len={seq_len}: the W layers never attend further back than {seq_len} tokens in "
+                     "training, so evaluating them on longer contexts measures spans they were not trained on; set "
+                     "model.attention_window <= data.seq_len unless a later stage trains at a longer data.seq_len")
     if config.train.inner_loop_backend == "auto" and (reason := _kernels_refuse(config)):
         found.append(f"note: the fused Triton TTT kernels cannot run this model's head dim ({reason}): on GPUs its "
                      "TTT layers run the PyTorch dual form (train.inner_loop_backend=auto)")
@@ -176,7 +176,8 @@ def _kernels_refuse(config: PretrainConfig) -> str | None:
         return None
     head_dim = values["hidden_size"] // values["num_heads"]
     if reason := triton_widths_unsupported(inner_widths(head_dim, config.model.layer_type)):
-        return f"model.hidden_size / model.num_heads = {values['hidden_size']} / {values['num_heads']} = {head_dim}: {reason}"
+        return (f"model.hidden_size / model.num_heads = {values['hidden_size']} / {values['num_heads']} = {head_dim}: "
+                f"{reason}")
     return None
 
 

@@ -21,7 +21,8 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=32000)
     for flag, what in (("--num-layers", "layers"), ("--hidden-size", "model width"), ("--num-heads", "heads"),
                        ("--ffn-hidden-size", "SwiGLU MLP width")):
-        p.add_argument(flag, type=int, default=0, help=f"{what} (default: the preset's), as model.{flag[2:].replace('-', '_')}")
+        p.add_argument(flag, type=int, default=0,
+                       help=f"{what} (default: the preset's), as model.{flag[2:].replace('-', '_')} in a config")
     p.add_argument("--layer-pattern", default="", metavar="PATTERN",
                    help="a hybrid's mixer per layer: T TTT, * full attention, W sliding window (default: the preset's)")
     p.add_argument("--attention-window", type=int, default=0, help="the W layers' window (default: the preset's)")
