@@ -100,7 +100,8 @@ POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.in
             "parallel.context_parallel", "model.mini_batch_size")
 CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
            "parallel.zero_stage": (0, 1, 2, 3), "data.verify": ("size", "full"), "train.dtype": ("fp32", "bf16"),
-           "train.inner_loop_backend": BACKENDS, "optimizer.schedule": SCHEDULES,
+           "train.inner_loop_backend": BACKENDS, "train.compile_backend": ("inductor", "aot_eager"),
+           "optimizer.schedule": SCHEDULES,
            "optimizer.decay_shape": DECAY_SHAPES}
 
 

@@ -162,6 +162,13 @@ class TrainSection:
     compile (the dual form with its mini-batch step through torch.compile: compiled once at the
     start, seconds to a minute, then faster), or manual (the dual form with TTT-Linear's backward
     written out: fewer ops and about half the saved bytes, no compile; TTT-MLP as torch)."""
+    compile: bool = False
+    """torch.compile each block (one graph per kind of block, compiled in the first step and printed
+    with its time; the inner loop stays one op that runs as inner_loop_backend says, its backward
+    running its forward again). Off by default: see docs/benchmarks.md for where it pays."""
+    compile_backend: str = "inductor"
+    """torch.compile's backend for train.compile: inductor generates fused code; aot_eager traces
+    the same forward and backward graphs without generating code (quick, for checks)."""
 
 
 @dataclass

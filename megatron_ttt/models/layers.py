@@ -148,6 +148,10 @@ class RopeTables:
 
     def __call__(self, length: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The angles at positions 0..length-1."""
+        if torch.compiler.is_compiling():
+            # Filling the cache inside a compiled block would change what its guards see after the
+            # first call (one recompilation); the compiler folds the angles into the graph instead.
+            return rope_angles(torch.arange(length, device=device), self.head_dim, self.theta, dtype)
         cos, sin = self._tables.get((dtype, device), (None, None))
         if cos is None or cos.shape[0] < length:
             size = max(length, 0 if cos is None else 2 * cos.shape[0])

@@ -41,6 +41,7 @@ from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_pa
 from megatron_ttt.models.packing import Packing
 from megatron_ttt.ops import DocumentStarts, TTTInputs, TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
+from megatron_ttt.ops.opaque import ttt_sequence_op
 from megatron_ttt.parallel.context import context_group, heads_to_sequence, local_slice, sequence_to_heads
 from megatron_ttt.run_options import InnerLoopOptions
 
@@ -173,7 +174,12 @@ class TTTMixer(MegatronModule):
         inner = TTTInputs(q, k, self._heads(parts["v"]), lr, token_offset, self._mine(self.ttt_norm_weight),
                           self._mine(self.ttt_norm_bias))
         documents = None if packing is None else DocumentStarts(packing.starts, self.inner_weights)
-        if cache is not None and q.shape[2] == 1:
+        if cache is None and torch.compiler.is_compiling():
+            z = ttt_sequence_op(inner, self.inner_weights, mini_batch_size=ttt.mini_batch_size,
+                                backend=self.inner_loop.backend,
+                                time_checkpoint_group=self.inner_loop.time_checkpoint_group,
+                                starts=None if packing is None else packing.starts)
+        elif cache is not None and q.shape[2] == 1:
             z, state = ttt_decode_step(inner, state, mini_batch_size=ttt.mini_batch_size, documents=documents)
         else:
             with torch.profiler.record_function("ttt_inner_loop"):  # a profiler's name for its share of the forward

@@ -23,6 +23,7 @@ from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.data.tokenizer import file_sha256
 from megatron_ttt.data_prep.corpus import default_cache_dir
 from megatron_ttt.models.build import build_model
+from megatron_ttt.models.compile import compile_blocks, compile_seconds
 from megatron_ttt.models.presets import parameter_count
 from megatron_ttt.parallel.setup import parallel_groups
 from megatron_ttt.training import checkpointing, zero_state
@@ -77,6 +78,8 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
     if plan is not None and plan.reshard:
         layout_free.load_weights(model, plan.path)
     model.block_checkpointing = config.parallel.block_checkpointing
+    if config.train.compile:
+        compile_blocks(model, config.train.compile_backend, fullgraph=config.parallel.zero_stage < 3)
     dp_rank, dp_size = dist.get_rank(groups.dp), dist.get_world_size(groups.dp)
     cp = (dist.get_rank(groups.cp), dist.get_world_size(groups.cp))
     engine, _ = build_engine(model, config, dp_size)
@@ -284,11 +287,15 @@ def _loop(run: Run, reporter: Reporter) -> int:
     stop, batches = StopRequests(), iter(run.loader)
     tokens_per_step = config.data.global_batch_tokens
     consumed = run.loader.per_source()
+    compiling = config.train.compile
     while run.step < config.train.steps:
         start = time.perf_counter()
         lr = set_schedules(run)
         loss, norm, source_losses = train_step(run, batches)
         run.step += 1
+        if compiling and rank0:
+            print(f"compiled blocks: {compile_seconds():.1f} s compiling in the first step", flush=True)
+        compiling = False
         values = {"train_loss": loss, "lr": lr, "grad_norm": norm,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - start)}
         if run.val_loaders and (run.step % config.logging.eval_interval == 0 or run.step == config.train.steps):
