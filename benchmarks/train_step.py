@@ -12,6 +12,8 @@ times tokens/s over that peak.
     python benchmarks/train_step.py --presets tiny --steps 5 --json rows.json
     python benchmarks/train_step.py --presets 125m --seq-len 2048 --micro-batch 1 --cases none --peak-tflops measured
     python benchmarks/train_step.py --presets 125m --seq-len 2048 --micro-batch 1 --cases none,compile
+    python benchmarks/train_step.py --presets 125m --layer-types linear,mlp --seq-len 2048 --micro-batch 1 \
+        --steps 4 --cases "none,blocks compiled"
     python benchmarks/train_step.py --presets 125m --layer-types linear,mlp --dtype bf16 --cases triton,torch \
         --seq-len 2048 --micro-batch 4 --peak-tflops 790
     python benchmarks/train_step.py --presets tiny --patterns T,*,TW --window 512 --seq-lens 2048,8192 \
@@ -34,11 +36,13 @@ from pathlib import Path
 from megatron_ttt.models.presets import repeated_pattern
 
 CASES = {"none": [], "time G=4": ["parallel.time_checkpoint_group=4"], "blocks": ["parallel.block_checkpointing=true"],
-         "compile": ["train.inner_loop_backend=compile"], "manual": ["train.inner_loop_backend=manual"],
+         "compile": ["train.inner_loop_backend=compile"], "blocks compiled": ["train.compile=true"],
+         "manual": ["train.inner_loop_backend=manual"],
          "torch": ["train.inner_loop_backend=torch"],
          "triton": ["train.inner_loop_backend=triton"],
          "carry": ["model.document_boundaries=carry"], "reset": ["model.document_boundaries=reset"]}
-"""The variants: checkpointing switches, the inner loop's backend (none: auto), and whether every
+"""The variants: checkpointing switches, the inner loop's backend (none: auto; compile: its
+mini-batch step through torch.compile), every block through torch.compile (blocks compiled), and whether every
 layer restarts at packed documents (reset, the default) or reads across them (carry)."""
 
 

@@ -71,6 +71,12 @@ def _tokenizer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="MANIFEST", help="the training data's manifest, for its tokenizer")
 
 
+def _compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each block (a one-time compile per batch shape, printed; batches padded to "
+                        "a fixed shape)")
+
+
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(dest="eval_command", metavar="WHAT",
                                                                                  required=True)
@@ -79,6 +85,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, metavar="IDS.npy", help="int64 [N, T] token ids")
     p.add_argument("--output", required=True, metavar="LP.npy", help="float32 [N, T-1]")
     p.add_argument("--batch-size", type=int, default=8)
+    _compile_arg(p)
     p.set_defaults(func=_logprobs)
 
     p = evals.add_parser("perplexity", help="loss and perplexity (overall and by token position) on a validation split")
@@ -98,6 +105,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--buckets", choices=("log", "linear"), default="log", help="position buckets: doubling or equal")
     p.add_argument("--num-buckets", type=int, default=32, help="buckets per context with --buckets linear")
     p.add_argument("--out", default="eval-perplexity", metavar="DIR", help="where the CSVs and the plot go")
+    _compile_arg(p)
     p.set_defaults(func=_perplexity)
 
     p = evals.add_parser("harness", help="lm-evaluation-harness tasks (needs megatron-ttt[eval]); offline",

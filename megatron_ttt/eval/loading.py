@@ -16,6 +16,7 @@ from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
 from megatron_ttt.checkpoint.run_dir import resolve_model_source
 from megatron_ttt.data import Tokenizer
 from megatron_ttt.eval.prompt import resolve_tokenizer
+from megatron_ttt.models.compile import compile_blocks, compile_seconds
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.parallel.layout import ParallelLayout
@@ -40,12 +41,19 @@ class ModelSource:
     """The tokenizer when the command asked for one (`open_model_source`)."""
 
     @contextmanager
-    def load(self, tensor_parallel: int = 1, context_parallel: int = 1) -> Iterator[LoadedModel]:
+    def load(self, tensor_parallel: int = 1, context_parallel: int = 1,
+             compiled: bool = False) -> Iterator[LoadedModel]:
         """The process groups (TP x CP per model replica, the rest data parallel) and the model on
-        them, for the body of a `with`; the groups are torn down after it."""
+        them, for the body of a `with`; the groups are torn down after it. compiled: the blocks
+        compiled (models/compile.py), the time spent compiling printed after the body."""
         with parallel_groups(ParallelLayout(tensor_parallel, context_parallel=context_parallel)) as groups:
             model = load_model(self.path, groups).eval()
-            yield LoadedModel(model, groups, torch.distributed.get_rank() == 0)
+            if compiled:
+                compile_blocks(model)
+            loaded = LoadedModel(model, groups, torch.distributed.get_rank() == 0)
+            yield loaded
+            if compiled and loaded.rank0:
+                print(f"compiled blocks: {compile_seconds():.1f} s compiling", flush=True)
 
 
 def open_model_source(checkpoint: str | Path, with_tokenizer: bool = False, tokenizer: str | None = None,

@@ -25,8 +25,9 @@ def check_token_ids(ids: np.ndarray, vocab_size: int, source: str) -> torch.Tens
 def run_logprobs(args: argparse.Namespace) -> int:
     source = open_model_source(args.checkpoint)
     tokens = check_token_ids(np.load(args.input), source.config.vocab_size, args.input)
-    with source.load(args.tensor_parallel) as loaded:
-        logp = token_logprobs(loaded.model, tokens, args.batch_size, show_progress=loaded.rank0)
+    with source.load(args.tensor_parallel, compiled=args.compile) as loaded:
+        logp = token_logprobs(loaded.model, tokens, args.batch_size, show_progress=loaded.rank0,
+                              fixed_shapes=args.compile)
     if loaded.rank0:
         np.save(args.output, logp.numpy().astype(np.float32))
         print(f"wrote {args.output}: float32 {tuple(logp.shape)}")

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from megatron_ttt.data.loader import ShardedSamples
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.scoring import target_logprobs
+from megatron_ttt.models.scoring import padded, target_logprobs
 from megatron_ttt.parallel.context import all_slices, local_slice
 
 
@@ -30,6 +30,8 @@ class PerplexityConfig:
     """Windows per forward on each data-parallel rank."""
     max_samples: int | None = None
     """Windows per context at most (None: as many as the split holds)."""
+    compiled: bool = False
+    """The model's blocks are compiled: the last batch is padded to batch_size windows."""
 
 
 @dataclass
@@ -78,11 +80,14 @@ def check_contexts(contexts: tuple[int, ...], mini_batch_size: int, stream_token
                                  f"tokens, fewer than one window of {context + 1}")
 
 
-def _batch_nll(model: TTTLanguageModel, tokens: torch.Tensor, cp_group: dist.ProcessGroup | None) -> torch.Tensor:
+def _batch_nll(model: TTTLanguageModel, tokens: torch.Tensor, cp_group: dist.ProcessGroup | None,
+               rows: int = 0) -> torch.Tensor:
     """[B, C + 1] ids -> [C] float64: negative log-likelihoods summed over the batch per position
-    (under CP each rank scores its slice of the positions; the slices are then joined)."""
+    (under CP each rank scores its slice of the positions; the slices are then joined). rows: the
+    model sees that many (padding rows scored and dropped: compiled blocks see one shape)."""
     inputs, targets = (local_slice(t, 1, cp_group) for t in (tokens[:, :-1], tokens[:, 1:]))
-    logp = target_logprobs(model.gather_logits(model(inputs)), targets)
+    fed = padded(inputs, rows, inputs.shape[1]) if rows else inputs
+    logp = target_logprobs(model.gather_logits(model(fed))[:inputs.shape[0]], targets)
     return all_slices(-logp.double().sum(0), 0, cp_group)
 
 
@@ -102,7 +107,8 @@ def evaluate_context(model: TTTLanguageModel, stream: TokenStream, context: int,
     batches = range(0, len(mine), config.batch_size)
     for start in tqdm(batches, desc=f"context {context}", unit="batch", disable=not show_progress):
         ids = [stream.window(w * (context + 1), context + 1) for w in mine[start:start + config.batch_size]]
-        nll += _batch_nll(model, torch.from_numpy(np.stack(ids)), cp_group)
+        rows = config.batch_size if config.compiled else 0
+        nll += _batch_nll(model, torch.from_numpy(np.stack(ids)), cp_group, rows)
     if dp_size > 1:
         dist.all_reduce(nll, group=dp_group)
     return ContextResult(context, windows, nll.numpy())

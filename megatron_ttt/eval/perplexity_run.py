@@ -53,8 +53,8 @@ def run_perplexity(args: argparse.Namespace) -> int:
     contexts = args.context or (sources[0].stream.samples.manifest.settings.seq_len,)
     for s in sources:
         check_contexts(contexts, source.config.mini_batch_size, s.stream.length, s.where, args.context_parallel)
-    config = PerplexityConfig(contexts, args.batch_size, args.max_samples)
-    with source.load(args.tensor_parallel, args.context_parallel) as loaded:
+    config = PerplexityConfig(contexts, args.batch_size, args.max_samples, args.compile)
+    with source.load(args.tensor_parallel, args.context_parallel, args.compile) as loaded:
         cp_group = loaded.groups.cp if args.context_parallel > 1 else None
         results = [replace(evaluate_context(loaded.model, s.stream, c, config, loaded.groups.dp, loaded.rank0,
                                             cp_group), source=s.name)

@@ -10,6 +10,7 @@ gates, convolutions, RoPE, reshapes and the projections' epilogues are what gets
 """
 
 import torch
+from megatron.core.tensor_parallel.layers import linear_with_grad_accumulation_and_async_allreduce
 from torch._dynamo.utils import compilation_time_metrics
 
 from megatron_ttt.models.language_model import TTTLanguageModel
@@ -22,8 +23,13 @@ backward's, compiled on the first backward."""
 def compile_blocks(model: TTTLanguageModel, backend: str = "inductor", fullgraph: bool = True) -> None:
     """Compile every block of `model` in place (the backend: inductor to run fast; the tests use
     aot_eager, which traces the same forward and backward graphs without generating code).
-    fullgraph False where hooks the compiler must not trace wrap the block's modules (ZeRO-3's
-    parameter gathering): the graph then breaks at each hook and compiles the pieces between."""
+    fullgraph False where the block holds what the compiler cannot trace: ZeRO-3's parameter
+    gathering hooks, and under TP megatron-core's linears (an asynchronous all-reduce in their
+    backward; on a CPU, the CUDA shim placing sequence-parallel gathers). The graph then breaks
+    there and the pieces between are compiled (more graphs, each built once)."""
+    # megatron-core's parallel linears warn once per process, from inside their forward, that
+    # CUDA_DEVICE_MAX_CONNECTIONS is not 1; a warning cannot be traced, so it counts as given.
+    linear_with_grad_accumulation_and_async_allreduce.warned = True
     for block in model.blocks:
         block.compile(fullgraph=fullgraph, dynamic=False, backend=backend)
 

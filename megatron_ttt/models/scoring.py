@@ -3,6 +3,7 @@ what every conversion checks itself with; and the chunked prefill, which reads a
 length into an inference cache at the memory of one chunk."""
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from megatron_ttt.models.inference_cache import InferenceCache
@@ -25,15 +26,30 @@ def next_token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Ten
     return target_logprobs(logits[:, :-1], tokens[:, 1:])
 
 
+def bucket_length(length: int) -> int:
+    """The length a model with compiled blocks scores `length` tokens at: the next power of two,
+    so every length in (2^(k-1), 2^k] shares one graph and its compile."""
+    return 1 << (length - 1).bit_length()
+
+
+def padded(tokens: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """tokens [N, T] padded with id 0 to [rows, length]: a causal model's outputs at the real
+    positions do not depend on what follows them, so compiled blocks see one shape per bucket."""
+    return F.pad(tokens, (0, length - tokens.shape[1], 0, rows - tokens.shape[0]))
+
+
 @torch.no_grad()
 def token_logprobs(model: TTTLanguageModel, tokens: torch.Tensor, batch_size: int = 8,
-                   show_progress: bool = False) -> torch.Tensor:
-    """tokens [N, T] -> float32 [N, T-1]: log p(tokens[:, t+1] | tokens[:, :t+1])."""
+                   show_progress: bool = False, fixed_shapes: bool = False) -> torch.Tensor:
+    """tokens [N, T] -> float32 [N, T-1]: log p(tokens[:, t+1] | tokens[:, :t+1]). fixed_shapes:
+    every batch padded to batch_size rows and bucket_length(T) tokens (compiled blocks)."""
     model.eval()
     out = []
     for start in tqdm(range(0, tokens.shape[0], batch_size), unit="batch", disable=not show_progress):
         batch = tokens[start:start + batch_size]
-        out.append(next_token_logprobs(model.gather_logits(model(batch)), batch))
+        fed = padded(batch, batch_size, bucket_length(batch.shape[1])) if fixed_shapes else batch
+        logits = model.gather_logits(model(fed))[:batch.shape[0], :batch.shape[1]]
+        out.append(next_token_logprobs(logits, batch))
     return torch.cat(out)
 
 

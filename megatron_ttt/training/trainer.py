@@ -79,7 +79,8 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
         layout_free.load_weights(model, plan.path)
     model.block_checkpointing = config.parallel.block_checkpointing
     if config.train.compile:
-        compile_blocks(model, config.train.compile_backend, fullgraph=config.parallel.zero_stage < 3)
+        compile_blocks(model, config.train.compile_backend,
+                       fullgraph=config.parallel.zero_stage < 3 and config.parallel.tensor_parallel == 1)
     dp_rank, dp_size = dist.get_rank(groups.dp), dist.get_world_size(groups.dp)
     cp = (dist.get_rank(groups.cp), dist.get_world_size(groups.cp))
     engine, _ = build_engine(model, config, dp_size)
