@@ -9,7 +9,6 @@ inner loop is one op (ops/opaque.py), and attention is SDPA's (or FlexAttention'
 gates, convolutions, RoPE, reshapes and the projections' epilogues are what gets fused.
 """
 
-import torch
 from megatron.core.tensor_parallel.layers import linear_with_grad_accumulation_and_async_allreduce
 from torch._dynamo.utils import compilation_time_metrics
 
