@@ -19,6 +19,7 @@ from megatron_ttt.errors import UserInputError
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
 from megatron_ttt.training.trainer import build, resume
+from megatron_ttt.training.zero_state import _whole
 from tests.distributed import run_distributed
 from tests.training.runs import FAST, cut_at, flip_bytes, losses, metrics, pretrain
 
@@ -43,8 +44,8 @@ def test_a_stage_at_twice_the_context_starts_at_the_source_loss(tmp_path, cache,
 
 
 def _started(groups, cache, overrides: list[str]):
-    """The weights, Adam moments and Adam step count of a run built and started or resumed (before
-    its next step), or the message of the UserInputError that refused it."""
+    """The fp32 (master) weights, Adam moments and Adam step count of a run built and started or
+    resumed (before its next step), or the message of the UserInputError that refused it."""
     try:
         run = build(load_config(None, FAST + overrides), groups, cache)
     except UserInputError as exc:
@@ -53,7 +54,7 @@ def _started(groups, cache, overrides: list[str]):
     params = dict(run.engine.module.named_parameters())
     state = run.engine.optimizer.state
     moments = {key: {n: state[p][key].clone() for n, p in params.items() if p in state} for key in layout_free.MOMENTS}
-    weights = {n: p.detach().clone() for n, p in params.items()}
+    weights = {n: _whole(run.engine, p, None).detach().clone() for n, p in params.items()}
     return weights, moments, max((int(s["step"]) for s in state.values()), default=0)
 
 
@@ -78,6 +79,7 @@ def _starts(rank, world, store, tmp, cache, run):
     # A stage that saved its step 3 and resumes: train.init_from is not read again.
     cut_at(run, tmp / "runs" / "resumed", 3)
     runs = {"checkpoint": [f"train.init_from={checkpoint}", "data.seq_len=128"],
+            "bf16": [f"train.init_from={checkpoint}", "train.dtype=bf16", "parallel.zero_stage=1"],
             "model directory": [f"train.init_from={model_dir}"],
             "optimizer": [f"train.init_from={checkpoint}", "train.init_optimizer=true"],
             "model directory with optimizer": [f"train.init_from={model_dir}", "train.init_optimizer=true"],
@@ -93,8 +95,8 @@ def _starts(rank, world, store, tmp, cache, run):
 
 def test_the_weights_before_the_first_step_are_the_source_s_and_what_is_refused(tmp_path, cache, uninterrupted):
     sources, started, shard = run_distributed(1, _starts, tmp_path, cache, uninterrupted)[0]
-    for name, step, optimizer in (("checkpoint", 6, False), ("model directory", 6, False), ("optimizer", 6, True),
-                                  ("resumed", 3, True)):
+    for name, step, optimizer in (("checkpoint", 6, False), ("bf16", 6, False), ("model directory", 6, False),
+                                  ("optimizer", 6, True), ("resumed", 3, True)):
         weights, moments, adam_step = started[name]
         source = sources[step]
         assert weights.keys() == source[None].keys()
