@@ -103,9 +103,12 @@ def source_directory(given: Path) -> Path:
     newest intact checkpoint (damaged ones passed over with a warning); a damaged checkpoint or
     model directory named directly is refused, naming the file."""
     run_dir = given.parent if given.name == CHECKPOINTS else given
-    if latest_pointer(run_dir).is_file():
-        return intact_checkpoint(run_dir, latest_tag(run_dir))
-    path = resolve_model_source(given)
+    try:
+        if latest_pointer(run_dir).is_file():
+            return intact_checkpoint(run_dir, latest_tag(run_dir))
+        path = resolve_model_source(given)
+    except UserInputError as exc:
+        raise InitError(f"train.init_from={given}: {exc}") from None
     found = sealing.damage(path)
     if found:
         raise InitError(f"train.init_from={given} is damaged: {summary(found)}. Copy it again, or start from another "

@@ -84,6 +84,7 @@ def _starts(rank, world, store, tmp, cache, run):
             "optimizer": [f"train.init_from={checkpoint}", "train.init_optimizer=true"],
             "model directory with optimizer": [f"train.init_from={model_dir}", "train.init_optimizer=true"],
             "damaged": [f"train.init_from={damaged}"],
+            "missing": [f"train.init_from={tmp / 'nowhere'}"],
             "another model": [f"train.init_from={run}", "model.backbone=transformer", "model.mini_batch_size=8",
                               "model.rope_theta=500000"],
             "resumed": [f"train.init_from={model_dir}"]}
@@ -108,6 +109,7 @@ def test_the_weights_before_the_first_step_are_the_source_s_and_what_is_refused(
             assert adam_step == 0 and moments == {key: {} for key in layout_free.MOMENTS}, name
     assert "train.init_optimizer=true takes AdamW's moments" in started["model directory with optimizer"]
     assert f"is damaged: {shard} has CRC-32" in started["damaged"]
+    assert f"train.init_from={tmp_path / 'nowhere'}: {tmp_path / 'nowhere'} does not exist" in started["missing"]
     assert ("holds another model than the config describes (model.backbone: 'mamba' there, 'transformer' now; "
             "model.mini_batch_size: 16 there, 8 now)") in started["another model"]
     assert not (tmp_path / "runs" / "damaged").exists() and not (tmp_path / "runs" / "another-model").exists()
