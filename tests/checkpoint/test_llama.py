@@ -110,6 +110,10 @@ def test_converted_by_the_command_scores_as_transformers_through_eval_logprobs(t
         assert main(["eval", "logprobs", "--checkpoint", str(tmp_path / "ours"), "--input", str(tmp_path / "ids.npy"),
                      "--output", str(tmp_path / "lp.npy")]) == 0
         np.testing.assert_allclose(np.load(tmp_path / "lp.npy"), hf_logprobs(hf).numpy(), rtol=0, atol=1e-5)
+    plan = ["plan", "--model", str(tmp_path / "ours"), "--nodes", "1", "--gpus-per-node", "1", "--seq-len", "64",
+            "--global-batch-tokens", "64"]
+    assert main(plan) == 0 and "layer pattern ***" in capsys.readouterr().out
+    assert main(plan + ["--preset", "125m"]) == 2 and "leave out --preset" in capsys.readouterr().err
 
 
 def _config(**changes):
