@@ -220,7 +220,9 @@ def llama_tokenizer(src: Path, vocab_size: int) -> Path | None:
     if not path.is_file():
         if (src / "tokenizer.json").is_file():
             raise LlamaFormatError(f"{src} has a tokenizer.json but no {TOKENIZER_FILE}: only sentencepiece "
-                                   f"tokenizers (Llama 1/2 style) are supported; nothing was written")
+                                   f"tokenizers (Llama 1/2 style) are supported; nothing was written (to convert "
+                                   f"the weights alone, convert a copy of the directory without tokenizer.json and "
+                                   f"give eval token ids)")
         return None
     pieces = Tokenizer(path).vocab_size
     if pieces > vocab_size:
