@@ -130,7 +130,7 @@ def hybrid_config(llama: TTTModelConfig, layout: HybridLayout) -> TTTModelConfig
     window = layout.attention_window or llama.attention_window
     flags = {"layer_pattern": "--layer-pattern", "attention_window": "--attention-window"}
     if problems := pattern_problems(pattern, llama.num_layers, window, llama.num_kv_heads, llama.num_heads,
-                                    key=flags.get):
+                                    key=lambda field: flags.get(field, field)):
         raise LlamaFormatError("; ".join(problems) + "; nothing was written")
     return replace(llama, layer_pattern=pattern, attention_window=window, layer_type=layout.layer_type,
                    ttt_base_lr=BASE_LR[layout.layer_type])
