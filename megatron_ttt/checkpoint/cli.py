@@ -28,7 +28,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def add_convert_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert checkpoints (reference format or Llama <-> ours), self-checked",
+    p = sub.add_parser("convert", help="convert checkpoints (ours, reference, Llama), self-checked",
                        description="SRC of mttt-to-hf and mttt-to-mttt: a model directory, a training checkpoint "
                                    "(RUN/checkpoints/step-N, written at any TP, DP and ZeRO stage) or a run "
                                    "directory (its latest checkpoint). SRC of llama-to-mttt: a Hugging Face "
