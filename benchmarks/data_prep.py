@@ -100,11 +100,11 @@ def main() -> None:
         root = Path(tmp)
         inputs = make_inputs(root, args.megabytes, args.files)
         tokenizer = train_tokenizer(TokenizerTraining(tuple(map(str, bundled_corpus(root / "bundled"))),
-                                                      str(root / "sp"), vocab_size=args.vocab_size))
+                                                      str(root / "sp"), vocab_size=args.vocab_size)).tokenizer
         docs = [d for p in inputs for d in iter_documents(p, SourceOptions(), SourceStats())]
         info = tokenizer.info()
         settings = ShardSettings(args.seq_len, token_dtype(info.vocab_size).name, info, tuple(map(str, inputs)),
-                                 "auto", "blank-line", "text", 0.0, 0, 10**9, "replace", False)
+                                 "auto", "blank-line", ("text",) * len(inputs), 0.0, 0, 10**9, "replace", 0.0)
         rows = []
         seconds, tokens = best_of(args.repeats, lambda: raw_encode(tokenizer, docs))
         rows.append({"case": "sentencepiece Encode (in memory, 1 thread)", "seconds": seconds, "tokens": tokens})

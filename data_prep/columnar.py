@@ -58,7 +58,7 @@ def dataset_files(directory: Path) -> list[Path]:
                         f"save the dataset again, or give its .arrow files") from None
 
 
-def column_values(path: Path, fmt: str, column: str, skip_bad: bool, stats: SourceStats) -> Iterator[bytes]:
+def column_values(path: Path, fmt: str, column: str, skip_bad: float, stats: SourceStats) -> Iterator[bytes]:
     """The values of `column` in file order, as UTF-8 bytes; `fmt` is "parquet" or "arrow"."""
     pa = _pyarrow(path)
     chunks = _parquet_chunks if fmt == "parquet" else _arrow_chunks
@@ -67,7 +67,7 @@ def column_values(path: Path, fmt: str, column: str, skip_bad: bool, stats: Sour
             if raw is not None:
                 yield raw
             elif skip_bad:
-                stats.skipped += 1
+                stats.skip(f"row {row} ({where}): column {column!r} is null")
             else:
                 raise DataError(f"{path}: row {row} ({where}): column {column!r} is null; "
                                 "fix the record or pass --skip-bad to skip and count it")
@@ -94,7 +94,7 @@ def _reason(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _parquet_chunks(pa, path: Path, column: str, skip_bad: bool, stats: SourceStats) -> Iterator[Chunk]:
+def _parquet_chunks(pa, path: Path, column: str, skip_bad: float, stats: SourceStats) -> Iterator[Chunk]:
     try:
         # Pages written with checksums are checked: damage an uncompressed page would hide is caught.
         parquet = pa.parquet.ParquetFile(path, page_checksum_verification=True)
@@ -116,11 +116,11 @@ def _parquet_chunks(pa, path: Path, column: str, skip_bad: bool, stats: SourceSt
                 raise DataError(f"{path}: row group {group} of {groups} (rows {first_row}-{first_row + rows - 1}) "
                                 f"is corrupt ({_reason(exc)}); re-create the file, or pass --skip-bad to skip "
                                 "the row group and count its rows as skipped") from None
-            stats.skipped += rows - done
+            stats.skip(f"row group {group} is corrupt ({_reason(exc)})", rows - done)
         first_row += rows
 
 
-def _arrow_chunks(pa, path: Path, column: str, skip_bad: bool, stats: SourceStats) -> Iterator[Chunk]:
+def _arrow_chunks(pa, path: Path, column: str, skip_bad: float, stats: SourceStats) -> Iterator[Chunk]:
     with pa.memory_map(str(path)) as source:
         try:
             schema, batches = _ipc_batches(pa, source)
@@ -146,7 +146,7 @@ def _ipc_batches(pa, source) -> tuple[pyarrow.Schema, Iterator[pyarrow.RecordBat
     return reader.schema, iter(reader)
 
 
-def _batch_columns(pa, path: Path, batches: Iterator[pyarrow.RecordBatch], index: int, skip_bad: bool,
+def _batch_columns(pa, path: Path, batches: Iterator[pyarrow.RecordBatch], index: int, skip_bad: float,
                    stats: SourceStats) -> Iterator[pyarrow.Array]:
     """Column `index` of each batch up to the first damaged one, which is an error or, under
     `skip_bad`, the end of the file (counted as truncated). Validated first: a damaged batch may
@@ -189,7 +189,7 @@ def _check_column(pa, path: Path, schema: pyarrow.Schema, column: str) -> int:
     return schema.get_field_index(column)
 
 
-def _unreadable(path: Path, what: str, exc: Exception, skip_bad: bool, stats: SourceStats) -> None:
+def _unreadable(path: Path, what: str, exc: Exception, skip_bad: float, stats: SourceStats) -> None:
     if not skip_bad:
         raise DataError(f"{path}: not {what} ({_reason(exc)}); re-create the file, or pass --skip-bad "
                         "to skip it (counted as truncated)") from None

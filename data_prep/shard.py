@@ -92,7 +92,7 @@ def _check_settings(directory: Path, settings: ShardSettings) -> None:
     finished no task (it failed on a wrong column, say) holds nothing to keep and is taken over."""
     path = directory / "settings.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = ShardSettings.from_dict(json.loads(path.read_text())).to_dict()
         new = settings.to_dict()
         changed = [k for k in new if old.get(k) != new[k]]
         if changed and not any((directory / "tasks").glob("t*.json")):

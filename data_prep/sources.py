@@ -38,9 +38,10 @@ class SourceOptions:
     """The field of each JSON object, or the Parquet/Arrow column, that holds the document."""
     bad_utf8: str = "replace"
     """Invalid UTF-8 in a document: "replace" with U+FFFD or "skip" the document; counted either way."""
-    skip_bad: bool = False
+    skip_bad: float = 0.0
     """Skip and count malformed records (and corrupt Parquet row groups) and keep what precedes a
-    truncated compressed stream or Arrow file, instead of stopping with an error."""
+    truncated compressed stream or Arrow file, instead of stopping with an error, as long as the
+    skipped records are at most this fraction of the file's (0: stop at the first; 1: no limit)."""
 
 
 @dataclass
@@ -49,6 +50,16 @@ class SourceStats:
     bad_utf8: int = 0
     skipped: int = 0
     truncated: bool = False
+    records: int = 0
+    """Records read but the skipped ones (empty documents and invalid UTF-8 included)."""
+    documents: int = 0
+    """Documents kept."""
+    first_skipped: str = ""
+    """Where the first skipped record was and what was wrong with it."""
+
+    def skip(self, problem: str, count: int = 1) -> None:
+        self.skipped += count
+        self.first_skipped = self.first_skipped or problem
 
 
 def input_format(path: Path, options: SourceOptions) -> str:
@@ -103,12 +114,25 @@ def iter_documents(path: Path, options: SourceOptions, stats: SourceStats) -> It
     if not path.is_file():
         raise DataError(f"input {path} does not exist or is not a file")
     for text in _records(path, options, stats):
+        stats.records += 1
         if text is None:
             continue
         if not text.strip():
             stats.empty += 1
             continue
+        stats.documents += 1
         yield text
+    _check_skipped(path, options, stats)
+
+
+def _check_skipped(path: Path, options: SourceOptions, stats: SourceStats) -> None:
+    """--skip-bad is for the odd damaged record: a file it empties (a wrong field or column, say)
+    is an error, not a silently smaller corpus."""
+    total = stats.records + stats.skipped
+    if stats.skipped and stats.skipped > options.skip_bad * total:
+        raise DataError(f"{path}: {stats.skipped:,} of {total:,} records skipped ({stats.skipped / total:.1%}), more "
+                        f"than --skip-bad {options.skip_bad:g} allows; the first: {stats.first_skipped}. Fix the "
+                        "input (--text-column names the field or column of each input), or raise the fraction")
 
 
 def _records(path: Path, options: SourceOptions, stats: SourceStats) -> Iterator[str | None]:
@@ -168,7 +192,7 @@ def _json_records(lines: Iterator[bytes], path: Path, options: SourceOptions, st
         if problem is None:
             yield text
         elif options.skip_bad:
-            stats.skipped += 1
+            stats.skip(f"line {line_no}: {problem}")
         else:
             raise DataError(f"{path}:{line_no}: {problem}; fix the record or pass --skip-bad to skip and count it")
 

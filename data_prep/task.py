@@ -22,8 +22,8 @@ ENCODE_BATCH_DOCS = 256
 """Documents per sentencepiece call: enough to amortize the call, small enough for memory."""
 
 
-def source_options(settings: ShardSettings) -> SourceOptions:
-    return SourceOptions(settings.input_format, settings.text_docs, settings.json_field,
+def source_options(settings: ShardSettings, task: int) -> SourceOptions:
+    return SourceOptions(settings.input_format, settings.text_docs, settings.text_fields[task],
                          settings.bad_utf8, settings.skip_bad)
 
 
@@ -47,7 +47,7 @@ def run_task(directory: Path, settings: ShardSettings, task: int, tokenizer: Tok
                               tokenizer.vocab_size, tokenizer.eos_id, settings.shard_bytes) for split in SPLITS}
     stats, documents = SourceStats(), 0
     rng = np.random.default_rng([settings.seed, task])
-    docs = iter_documents(path, source_options(settings), stats)
+    docs = iter_documents(path, source_options(settings, task), stats)
     while batch := list(itertools.islice(docs, ENCODE_BATCH_DOCS)):
         token_lists = tokenizer.encode(batch)
         is_val = rng.random(len(batch)) < settings.val_fraction

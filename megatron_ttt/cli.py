@@ -4,6 +4,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 
 from megatron_ttt import __version__
 from megatron_ttt.console import quiet_libraries
@@ -12,6 +13,7 @@ from megatron_ttt.checkpoint.cli import add_checkpoint_parser, add_convert_parse
 from megatron_ttt.data_prep.cli import add_data_parser
 from megatron_ttt.eval.cli import add_eval_parser, add_generate_parser
 from megatron_ttt.launch.cli import add_launch_parser
+from megatron_ttt.launch.torchrun import add_torchrun_parser
 from megatron_ttt.planning.cli import add_plan_parser
 from megatron_ttt.training.cli import add_pretrain_parser
 
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_generate_parser(sub)
     add_launch_parser(sub)
+    add_torchrun_parser(sub)
     add_plan_parser(sub)
     return parser
 
@@ -58,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+RANK_0_FIRST_S = 5.0
+"""How long the other ranks hold back their exit after an error every rank finds: torchrun stops
+every rank at the first exit, which must be rank 0's, after it has printed the error."""
+
+
 def report(command: str, exc: UserInputError) -> None:
     """The error in one line, once per job: under torchrun, by rank 0 alone where every rank met
     it alike, else by each rank that met it."""
     rank, world = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
     if exc.every_rank_finds_it and rank != "0":
+        time.sleep(RANK_0_FIRST_S)
         return
     where = f" on rank {rank}" if world > 1 and not exc.every_rank_finds_it else ""
     print(f"{command}: error{where}: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from megatron_ttt.cli import build_parser, main, report
 from megatron_ttt.console import quiet_libraries
 from megatron_ttt.errors import UserInputError
 
-COMMANDS = ("data", "pretrain", "convert", "checkpoint", "eval", "generate", "launch", "plan", "version")
+COMMANDS = ("data", "pretrain", "convert", "checkpoint", "eval", "generate", "launch", "torchrun", "plan", "version")
 
 
 def _subcommands() -> dict[str, str]:
@@ -97,9 +97,20 @@ def test_the_libraries_warnings_are_hidden_and_ours_are_not():
     ("1", False, "mttt pretrain: error on rank 1: bad shard\n"),
 ])
 def test_an_error_is_reported_once_per_job(monkeypatch, capsys, rank, every_rank, line):
+    monkeypatch.setattr("megatron_ttt.cli.RANK_0_FIRST_S", 0.0)
     monkeypatch.setenv("RANK", rank)
     monkeypatch.setenv("WORLD_SIZE", "2")
     exc = UserInputError("bad key" if every_rank else "bad shard")
     exc.every_rank_finds_it = every_rank
     report("mttt pretrain", exc)
     assert capsys.readouterr().err == line
+
+
+def test_under_mttt_torchrun_an_error_is_one_line_and_status_2(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "torchrun", "--nproc-per-node", "2", "pretrain",
+                          "model.preset=bogus", f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("mttt pretrain: error: model.preset='bogus' (choose one of tiny, 125m, 350m, 760m, "
+                                  "1.3b, 7b, 125m-hybrid, 7b-hybrid)")
+    assert not (tmp_path / "run").exists()

@@ -6,7 +6,7 @@ give the same manifest byte for byte however the work was split, killed or resum
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,22 +80,30 @@ class ShardSettings:
     inputs: tuple[str, ...]
     input_format: str
     text_docs: str
-    json_field: str
+    text_fields: tuple[str, ...]
+    """Per input: the JSON field, or the Parquet/Arrow column, holding the text."""
     val_fraction: float
     seed: int
     shard_bytes: int
     bad_utf8: str
-    skip_bad: bool
+    skip_bad: float
+    """The fraction of an input's records that may be skipped as malformed (0: none)."""
 
     @property
     def sample_tokens(self) -> int:
         return self.seq_len + 1
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"inputs": list(self.inputs)}
+        return asdict(self) | {"inputs": list(self.inputs), "text_fields": list(self.text_fields)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShardSettings":
+        d = dict(d)
+        # Manifests written before per-input fields name one field for every input, and skip_bad as
+        # true (no limit) or false.
+        fields = d.pop("json_field", None)
+        d["text_fields"] = tuple(d.get("text_fields") or [fields] * len(d["inputs"]))
+        d["skip_bad"] = float(d["skip_bad"])
         return cls(**(d | {"tokenizer": TokenizerInfo(**d["tokenizer"]), "inputs": tuple(d["inputs"])}))
 
 
@@ -166,3 +174,23 @@ class Manifest:
                        slice=tuple(body["slice"]) if body["slice"] else None, directory=path.parent)
         except (KeyError, TypeError) as exc:
             raise DataError(f"manifest {path} is missing or has a malformed field: {exc}") from None
+
+
+def source_names(manifests: list[Manifest]) -> list[str]:
+    """A short name for each of several sources: its directory's name, with its position where two
+    share a name."""
+    names = [m.directory.name or str(m.directory) for m in manifests]
+    return [f"{name}-{i}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+
+
+def check_one_tokenizer(manifests: list[Manifest], where: str) -> None:
+    """Sources read together (a blend) must share the tokenizer: the same model file, wherever it
+    was read from."""
+    first = manifests[0].settings.tokenizer
+    for manifest in manifests[1:]:
+        mine = manifest.settings.tokenizer
+        if replace(mine, path=first.path) != first:
+            raise DataError(f"{where}: {manifest.directory} was tokenized with {mine.path} (sha256 "
+                            f"{mine.sha256[:12]}, {mine.vocab_size} pieces), {manifests[0].directory} with "
+                            f"{first.path} (sha256 {first.sha256[:12]}, {first.vocab_size} pieces); a blend needs "
+                            "one tokenizer")

@@ -83,9 +83,13 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
     p = evals.add_parser("perplexity", help="loss and perplexity (overall and by token position) on a validation split")
     _checkpoint_args(p)
-    p.add_argument("--data", required=True, metavar="MANIFEST", help="a prepared dataset's manifest.json (or its dir)")
+    p.add_argument("--data", required=True, nargs="+", metavar="MANIFEST",
+                   help="a prepared dataset's manifest.json (or its dir); several score each one's validation split "
+                        "and their blend")
+    p.add_argument("--weights", nargs="+", type=float, metavar="W",
+                   help="the blend's weight of each --data manifest, as data.blend's (default: equal)")
     p.add_argument("--context", type=_list_of(int, "token counts like 2048,8192"), default=None, metavar="C1,C2,...",
-                   help="context lengths (default: the dataset's seq-len); longer ones join consecutive samples")
+                   help="context lengths (default: the first dataset's seq-len); longer ones join consecutive samples")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward on each data-parallel rank")
     p.add_argument("--max-samples", type=int, default=None, help="windows per context at most")
     p.add_argument("--context-parallel", type=int, default=1, metavar="CP",

@@ -38,6 +38,8 @@ class ContextResult:
     windows: int
     position_nll: np.ndarray
     """[C] float64: the summed negative log-likelihood at each position over all windows."""
+    source: str = ""
+    """The validation split scored: its dataset's name."""
 
     @property
     def tokens(self) -> int:

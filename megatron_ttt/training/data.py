@@ -2,7 +2,6 @@
 bundled corpus prepared on first use; their shards checked against the manifests before training
 starts."""
 
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import torch.distributed as dist
 from megatron_ttt.config.loading import blend_entries
 from megatron_ttt.config.sections import DataSection
 from megatron_ttt.data import DataError, Manifest, Tokenizer
-from megatron_ttt.data.manifest import ShardSettings
+from megatron_ttt.data.manifest import ShardSettings, check_one_tokenizer, source_names
 from megatron_ttt.data_prep.corpus import bundled_corpus
 from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
@@ -37,7 +36,7 @@ def prepare_bundled(data: DataSection, cache: Path) -> Path:
         train_tokenizer(TokenizerTraining(inputs, str(prefix), vocab_size=data.bundled_vocab_size))
     info = Tokenizer(f"{prefix}.model").info()
     settings = ShardSettings(data.seq_len, token_dtype(info.vocab_size).name, info, inputs, "auto", "blank-line",
-                             "text", 0.05, 0, 10**9, "replace", False)
+                             ("text",) * len(inputs), 0.05, 0, 10**9, "replace", 0.0)
     shard_corpus(ShardJob(path.parent, settings, workers=1), show_progress=False)
     return path
 
@@ -89,27 +88,10 @@ def training_sources(data: DataSection, cache: Path) -> TrainingData:
     entries = blend_entries(data)
     if not entries:
         manifest = training_manifest(data, cache)
-        return TrainingData([manifest], [1.0], [source_name(manifest.directory)])
+        return TrainingData([manifest], [1.0], source_names([manifest]))
     manifests = [load_manifest(Path(path), data.seq_len) for _, path in entries]
-    first = manifests[0].settings.tokenizer
-    for manifest in manifests[1:]:
-        mine = manifest.settings.tokenizer
-        if dataclasses.replace(mine, path=first.path) != first:  # the same model file, wherever it was read from
-            raise DataError(f"data.blend: {manifest.directory} was tokenized with {mine.path} (sha256 "
-                            f"{mine.sha256[:12]}, {mine.vocab_size} pieces), {manifests[0].directory} with "
-                            f"{first.path} (sha256 {first.sha256[:12]}, {first.vocab_size} pieces); a blend needs "
-                            "one tokenizer")
-    return TrainingData(manifests, [w for w, _ in entries], unique_names([m.directory for m in manifests]))
-
-
-def source_name(directory: Path) -> str:
-    return directory.name or str(directory)
-
-
-def unique_names(directories: list[Path]) -> list[str]:
-    """Each source's directory name, with its position in the blend where two share a name."""
-    names = [source_name(d) for d in directories]
-    return [f"{name}-{i}" if names.count(name) > 1 else name for i, name in enumerate(names)]
+    check_one_tokenizer(manifests, "data.blend")
+    return TrainingData(manifests, [w for w, _ in entries], source_names(manifests))
 
 
 def load_manifest(path: Path, seq_len: int) -> Manifest:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from megatron_ttt.data import Manifest, Tokenizer
 from megatron_ttt.data.manifest import ShardSettings
+from megatron_ttt.data_prep.cli import VAL_FRACTION_DEFAULT
 from megatron_ttt.data_prep.corpus import bundled_corpus
 from megatron_ttt.data_prep.pack import token_dtype
 from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
@@ -16,7 +17,7 @@ WORDS = "the model learns at test time by a gradient step on its hidden state ev
 
 def make_tokenizer(directory: Path) -> Tokenizer:
     inputs = tuple(str(p) for p in bundled_corpus(directory / "corpus"))
-    return train_tokenizer(TokenizerTraining(inputs, str(directory / "sp"), vocab_size=600))
+    return train_tokenizer(TokenizerTraining(inputs, str(directory / "sp"), vocab_size=600)).tokenizer
 
 
 def documents(count: int, seed: int, long_every: int = 0) -> list[str]:
@@ -45,7 +46,7 @@ def settings(tokenizer: Tokenizer, inputs: list[Path], seq_len: int = 64, **over
     info = tokenizer.info()
     base = dict(seq_len=seq_len, dtype=token_dtype(info.vocab_size).name, tokenizer=info,
                 inputs=tuple(str(p) for p in inputs), input_format="auto", text_docs="blank-line",
-                json_field="text", val_fraction=0.0, seed=0, shard_bytes=10**9, bad_utf8="replace", skip_bad=False)
+                text_fields=("text",) * len(inputs), val_fraction=VAL_FRACTION_DEFAULT, seed=0, shard_bytes=10**9, bad_utf8="replace", skip_bad=0.0)
     return ShardSettings(**(base | overrides))
 
 

@@ -188,3 +188,23 @@ def test_directory_inputs_must_be_one_saved_dataset(tmp_path, tokenizer, capsys)
         assert main(["data", "shard", "--tokenizer", str(tokenizer.path), "--output", str(tmp_path / "ds"),
                      "--seq-len", "8", "--quiet", "--input", str(tmp_path / directory)]) == 2
         assert problem.replace("\\", "") in capsys.readouterr().err
+
+
+def test_one_tokenizer_from_json_lines_and_parquet_each_with_its_own_field(tmp_path, capsys):
+    notes = write_jsonl(tmp_path / "changelog.jsonl", documents(120, seed=5), field="message")
+    code = write_parquet(tmp_path / "code.parquet", documents(80, seed=6), column="content")
+    train = ["data", "train-tokenizer", "--vocab-size", "300", "--output", str(tmp_path / "sp"),
+             "--input", str(notes), str(code)]
+    assert main(train + ["--text-column", "message", "content"]) == 0
+    out = capsys.readouterr().out
+    assert f"{notes}: 120 documents" in out and f"{code}: 80 documents" in out
+    read = json.loads((tmp_path / "sp.json").read_text())["read"]
+    assert [r["documents"] for r in read.values()] == [120, 80]
+
+    assert main(train + ["--text-column", "message"]) == 2, "code.parquet has no column 'message'"
+    assert "code.parquet: no column 'message' (columns: content, id)" in capsys.readouterr().err
+    assert main(train + ["--text-column", "content", "--skip-bad"]) == 2, "every changelog record lacks 'content'"
+    assert ("changelog.jsonl: 120 of 120 records skipped (100.0%), more than --skip-bad 0.01 allows; the first: "
+            "line 1: no field 'content' (fields: id, message)") in capsys.readouterr().err
+    assert main(train + ["--text-column", "a", "b", "c"]) == 2
+    assert "--text-column names 3 fields for 2 inputs" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def samples_via_webdataset(manifest: Manifest, split: str) -> list[tuple[str, np
 
 def test_samples_are_the_document_stream_cut_into_equal_pieces(tmp_path, tokenizer):
     inputs = write_corpus(tmp_path / "in", files=2)
-    m = shard(tmp_path, "ds", tokenizer, inputs, seq_len=50, shard_bytes=3000)
+    m = shard(tmp_path, "ds", tokenizer, inputs, seq_len=50, shard_bytes=3000, val_fraction=0.0)
     got = samples_via_webdataset(m, "train")
     assert all(s.size == 51 for _, s in got) and m.dtype == np.uint16
     for task, path in enumerate(inputs):
@@ -57,7 +57,7 @@ def test_validation_split_holds_whole_documents(tmp_path, tokenizer):
     m = shard(tmp_path, "ds", tokenizer, inputs, val_fraction=0.2, seq_len=16)
     train, val = (sum(t.tokens[s] + t.dropped_tokens[s] for t in m.tasks) for s in ("train", "val"))
     assert 0.1 < val / (train + val) < 0.3
-    full = shard(tmp_path, "all", tokenizer, inputs, seq_len=16)
+    full = shard(tmp_path, "all", tokenizer, inputs, seq_len=16, val_fraction=0.0)
     assert train + val == sum(t.tokens["train"] + t.dropped_tokens["train"] for t in full.tasks)
 
 
@@ -133,7 +133,11 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, tokenizer, capsys):
     assert "skip_bad differ" in capsys.readouterr().err
     only_bad = args[:5] + [str(tmp_path / "only-bad")] + args[6:-2] + [str(bad)]
     assert main(only_bad) == 2  # no task finished: the corrected command may take the folder over
-    assert main(only_bad + ["--skip-bad"]) == 0
+    capsys.readouterr()
+    assert main(only_bad + ["--skip-bad"]) == 2, "half the file is more than a bare --skip-bad allows"
+    assert ("bad.jsonl: 1 of 2 records skipped (50.0%), more than --skip-bad 0.01 allows; the first: line 2: a JSON "
+            "str, not an object") in capsys.readouterr().err
+    assert main(only_bad + ["--skip-bad", "0.5"]) == 0
     assert "was begun with other settings (skip_bad) by a run that finished no task" in capsys.readouterr().err
 
 

@@ -11,12 +11,15 @@ import pytest
 import torch
 
 from megatron_ttt.cli import main
+from megatron_ttt.data import Tokenizer
 from megatron_ttt.data.loader import ShardedSamples
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.eval.perplexity import PerplexityConfig, TokenStream, evaluate_context
+from megatron_ttt.data_prep.shard import ShardJob, shard_corpus
 from megatron_ttt.eval.perplexity_report import bucket_edges
+from tests.data_prep.corpora import settings, write_corpus
 from tests.distributed import run_distributed
-from tests.eval.conftest import eval_command, loaded_model
+from tests.eval.conftest import SEQ_LEN, eval_command, loaded_model
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -56,6 +59,29 @@ def test_report_matches_an_independent_computation(eval_data, tmp_path, capsys):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_a_blend_scores_each_source_and_their_mean_by_weight(eval_data, tmp_path, capsys):
+    inputs = write_corpus(tmp_path / "in", files=1, docs_per_file=30)
+    tokenizer = Tokenizer(eval_data.tokenizer_path)
+    other = ShardJob(tmp_path / "other", settings(tokenizer, inputs, seq_len=SEQ_LEN, val_fraction=0.5), workers=1)
+    shard_corpus(other, show_progress=False)
+    blend = eval_command("perplexity", eval_data, str(tmp_path / "other"), "--weights", "3", "1", "--context", "32",
+                         "--max-samples", "4", "--out", str(tmp_path / "blend"))
+    assert main(blend) == 0, capsys.readouterr().err
+    rows = {r["source"]: r for r in read_csv(tmp_path / "blend" / "perplexity.csv")}
+    assert list(rows) == ["ds", "other", "blend"]
+    for name, data in (("ds", eval_data.manifest_path), ("other", tmp_path / "other")):
+        alone = eval_command("perplexity", eval_data, "--context", "32", "--max-samples", "4", "--out",
+                             str(tmp_path / name))
+        alone[alone.index("--data") + 1] = str(data)
+        assert main(alone) == 0
+        assert read_csv(tmp_path / name / "perplexity.csv")[0]["loss"] == rows[name]["loss"]
+    mean = 0.75 * float(rows["ds"]["loss"]) + 0.25 * float(rows["other"]["loss"])
+    assert float(rows["blend"]["loss"]) == pytest.approx(mean, rel=1e-12)
+    assert float(rows["blend"]["perplexity"]) == pytest.approx(math.exp(mean), rel=1e-12)
+    by_position = read_csv(tmp_path / "blend" / "perplexity_by_position.csv")
+    assert {r["source"] for r in by_position} == {"ds", "other"}
+
+
 def test_linear_buckets_cover_the_context():
     assert bucket_edges(64, "linear", 5) == [0, 13, 26, 39, 52, 64]
     assert bucket_edges(64, "log", 0) == [0, 1, 2, 4, 8, 16, 32, 64]
@@ -85,12 +111,14 @@ def test_two_ranks_equal_one(eval_data, tp, cp):
     (["--context", "800000"], r"--context 800000: the validation split of .* holds \d+ tokens, fewer than one window"),
     (["--checkpoint", "SMALL"], r"vocabulary of 600, larger than the model's 512"),
     (["--batch-size", "0"], r"--batch-size must be >= 1"),
+    (["--weights", "1 2"], r"--weights 1.0 2.0: give one positive weight per --data manifest \(1\)"),
 ])
 def test_bad_inputs_are_named(eval_data, tmp_path, capsys, change, message):
     values = {"--checkpoint": str(eval_data.model_dir), "--data": str(eval_data.manifest_path), "--context": "32"}
     flag, value = change
     values[flag] = {"MISSING": str(tmp_path / "MISSING"), "SMALL": str(eval_data.small_vocab_dir)}.get(value, value)
-    args = ["eval", "perplexity", "--out", str(tmp_path / "out")] + [x for kv in values.items() for x in kv]
+    args = ["eval", "perplexity", "--out", str(tmp_path / "out")] + [x for flag, value in values.items()
+                                                                     for x in (flag, *value.split())]
     assert main(args) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from tests.training.runs import command, environment, final_weights, flip_bytes, losses, metrics, pretrain
+from tests.training.runs import FAST, command, environment, final_weights, flip_bytes, losses, metrics, pretrain
 
 
 def test_loss_falls_and_the_run_directory_is_complete(tmp_path, cache):
@@ -164,6 +165,26 @@ def test_ctrl_c_saves_a_second_stops_at_once_and_each_step_is_logged_once(tmp_pa
     assert proc.returncode == EXIT_INTERRUPTED and "Traceback" not in err, err[-2000:]
     assert "stopped at once by a second Ctrl-C" in err.splitlines()[-1]
     assert logged_steps(run) == list(range(1, logged_steps(run)[-1] + 1))  # steps after a resume: see the kill -9 test
+
+
+def test_ctrl_c_to_mttt_torchrun_saves_and_says_so_in_one_line(tmp_path, cache):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_ttt.cli", "torchrun", "--nproc-per-node", "1",
+                             "--shutdown-timeout", "60", "pretrain", f"run_dir={run}", *FAST, "train.steps=10000"],
+                            env=environment(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "latest").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # torchrun's group: the ranks run in sessions of their own
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("mttt torchrun: stopped by SIGINT, passed on to the ranks with "
+                                            "--shutdown-timeout 60 s to finish")
+    saved = max(losses(run))
+    assert (run / "checkpoints" / "latest").read_text() == f"step-{saved:08d}"
+    assert f"stopped by SIGINT after step {saved} (saved)" in out
 
 
 def test_sigterm_to_the_whole_process_group_still_writes_the_final_checkpoint(tmp_path, cache):
