@@ -120,6 +120,10 @@ def check(config: PretrainConfig) -> None:
     except ValueError as exc:
         bad.append(f"parallel.{exc}")
     m = config.model
+    if not m.rope_theta > 0:
+        bad.append(f"model.rope_theta={m.rope_theta} (must be positive)")
+    if config.train.init_optimizer and not config.train.init_from:
+        bad.append("train.init_optimizer=true (takes the optimizer state of train.init_from, which is not set)")
     if m.preset in PRESETS:
         bad += mixer_problems(m.preset, m.layer_pattern, m.attention_window, m.num_kv_heads,
                               key=lambda field: f"model.{field}")

@@ -106,3 +106,11 @@ def load(engine, directory: Path) -> dict:
     params = dict(engine.module.named_parameters())
     layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key))
     return state
+
+
+def load_weights(engine, directory: Path) -> None:
+    """The exact fp32 master weights of a model directory or checkpoint, Adam's state left as it
+    is (DeepSpeed made its masters from the module, which under bf16 holds rounded copies)."""
+    params = dict(engine.module.named_parameters())
+    layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key),
+                     layout_free.WEIGHTS)
