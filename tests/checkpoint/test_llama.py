@@ -14,12 +14,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import megatron_ttt.checkpoint.convert as convert
+from megatron_ttt.checkpoint.checksums import weights_checksum
 from megatron_ttt.checkpoint.llama import HybridLayout
 from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.cli import main
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
+from tests.training.runs import losses, pretrain
 
 pytestmark = pytest.mark.usefixtures("single_process_parallel")
 
@@ -153,3 +155,30 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys, llama, edit, opti
     err = capsys.readouterr().err
     assert "mttt convert: error" in err and re.search(message, err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+TINY_PRESET = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=4, tie_word_embeddings=True, rms_norm_eps=1e-6)
+"""A Llama of the tiny preset's shape, with the bundled tokenizer's 512 pieces: what the model
+section of a pretraining config can describe."""
+CONTINUED = ["train.steps=20", "model.backbone=transformer", "model.layer_pattern=TW", "model.document_boundaries=carry",
+             "checkpoint.interval=20", "logging.eval_interval=20"]
+
+
+@pytest.mark.slow
+def test_a_converted_hybrid_continues_pretraining_and_tp_2_equals_tp_1(tmp_path, cache, groups):
+    llama_dir(tmp_path / "src", **TINY_PRESET)
+    shutil.copyfile(next(cache.glob("tokenizer-bpe-512/sp.model")), tmp_path / "src" / "tokenizer.model")
+    convert.llama_to_mttt(tmp_path / "src", tmp_path / "tw", groups, HybridLayout("TW"))
+    overrides = CONTINUED + [f"train.init_from={tmp_path / 'tw'}"]
+    out = pretrain(tmp_path / "tp1", cache, overrides)
+    pretrain(tmp_path / "tp2", cache, overrides + ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2)
+    assert f"initialized from {tmp_path / 'tw'}" in out.stdout, out.stdout[-2000:]
+    record = json.loads((tmp_path / "tp1" / "init_from.json").read_text())
+    assert record["weights_checksum"] == weights_checksum(tmp_path / "tw")
+    one, two = losses(tmp_path / "tp1"), losses(tmp_path / "tp2")
+    assert sorted(one) == sorted(two) == list(range(1, 21))
+    assert sum(one[s] for s in range(16, 21)) < 0.9 * sum(one[s] for s in range(1, 6)), one
+    worst = max(abs(one[s] - two[s]) / one[s] for s in one)
+    print(f"continued pretraining, TP 2 against TP 1: largest relative loss difference {worst:.1e}")
+    assert worst <= 1e-5, (worst, one, two)
