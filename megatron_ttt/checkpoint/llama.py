@@ -72,7 +72,8 @@ def _representable_problems(raw: dict) -> list[str]:
     if raw.get("model_type") != "llama":
         return [f"model_type {raw.get('model_type')!r} is not 'llama' (only Llama-architecture models convert)"]
     problems = _rope_problems(raw)
-    problems += [f"{key} true: our projections have no biases" for key in ("attention_bias", "mlp_bias") if raw.get(key)]
+    problems += [f"{key} true: our projections have no biases" for key in ("attention_bias", "mlp_bias")
+                 if raw.get(key)]
     if raw.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {raw['hidden_act']!r} is not 'silu' (our MLP is SwiGLU)")
     head_dim = raw.get("head_dim")
@@ -176,7 +177,8 @@ def rotate_half_to_pairs(weight: torch.Tensor, head_dim: int) -> torch.Tensor:
     return weight.reshape(rows // head_dim, 2, head_dim // 2, width).transpose(1, 2).reshape(rows, width)
 
 
-def llama_reference_tensors(llama: dict[str, torch.Tensor], cfg: TTTModelConfig, source: str) -> dict[str, torch.Tensor]:
+def llama_reference_tensors(llama: dict[str, torch.Tensor], cfg: TTTModelConfig,
+                            source: str) -> dict[str, torch.Tensor]:
     """Llama's tensors (checked against `cfg`, every layer attention) under our reference-format
     names, q and k in our RoPE order."""
     shapes = reference_shapes(cfg)
@@ -197,8 +199,8 @@ def _ttt_from_attention(attention: dict[str, torch.Tensor], cfg: TTTModelConfig,
     def per_head(w: torch.Tensor) -> torch.Tensor:
         return w.reshape(cfg.kv_heads, d, -1).repeat_interleave(group, dim=0).reshape(cfg.num_heads * d, -1)
 
-    return {t + "q_proj.weight": attention[a + "q_proj.weight"], t + "k_proj.weight": per_head(attention[a + "k_proj.weight"]),
-            t + "v_proj.weight": per_head(attention[a + "v_proj.weight"]), t + "o_proj.weight": attention[a + "o_proj.weight"]}
+    return {t + "q_proj.weight": attention[a + "q_proj.weight"], t + "o_proj.weight": attention[a + "o_proj.weight"],
+            **{t + f"{n}_proj.weight": per_head(attention[a + f"{n}_proj.weight"]) for n in "kv"}}
 
 
 def hybrid_tensors(attention: dict[str, torch.Tensor], cfg: TTTModelConfig, seed: int) -> dict[str, torch.Tensor]:

@@ -161,8 +161,8 @@ TINY_PRESET = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hi
                    num_key_value_heads=4, tie_word_embeddings=True, rms_norm_eps=1e-6)
 """A Llama of the tiny preset's shape, with the bundled tokenizer's 512 pieces: what the model
 section of a pretraining config can describe."""
-CONTINUED = ["train.steps=20", "model.backbone=transformer", "model.layer_pattern=TW", "model.document_boundaries=carry",
-             "checkpoint.interval=20", "logging.eval_interval=20"]
+CONTINUED = ["train.steps=20", "data.global_batch_tokens=256", "model.backbone=transformer", "model.layer_pattern=TW",
+             "model.document_boundaries=carry", "checkpoint.interval=20", "logging.eval_interval=20"]
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_a_converted_hybrid_continues_pretraining_and_tp_2_equals_tp_1(tmp_path,
     convert.llama_to_mttt(tmp_path / "src", tmp_path / "tw", groups, HybridLayout("TW"))
     overrides = CONTINUED + [f"train.init_from={tmp_path / 'tw'}"]
     out = pretrain(tmp_path / "tp1", cache, overrides)
-    pretrain(tmp_path / "tp2", cache, overrides + ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2)
+    pretrain(tmp_path / "tp2", cache, overrides + ["parallel.tensor_parallel=2"], 2)
     assert f"initialized from {tmp_path / 'tw'}" in out.stdout, out.stdout[-2000:]
     record = json.loads((tmp_path / "tp1" / "init_from.json").read_text())
     assert record["weights_checksum"] == weights_checksum(tmp_path / "tw")
