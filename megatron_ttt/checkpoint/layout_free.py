@@ -31,6 +31,8 @@ MOMENTS = ("exp_avg", "exp_avg_sq")
 TRAINER_STATE = "trainer_state.json"
 PARTS = ((None, WEIGHTS_DIR), *((key, f"optimizer/{key}") for key in MOMENTS))
 """(what, directory): the fp32 weights (None), then each Adam moment."""
+WEIGHTS = PARTS[:1]
+"""The weights alone: all a model directory holds."""
 
 WholeTensor = Callable[[str | None, str], torch.Tensor]
 """(part, parameter name) -> this TP rank's whole fp32 tensor of that parameter's weight (part
@@ -78,17 +80,13 @@ def write(directory: Path, model: TTTLanguageModel, whole: WholeTensor, trainer_
     torch.distributed.barrier()
 
 
-def load_weights(model: TTTLanguageModel, directory: Path) -> None:
-    """The fp32 weights into a plain module (before an optimizer takes it over)."""
-    read_weights(model, directory / WEIGHTS_DIR)
-
-
 @torch.no_grad()
-def read(directory: Path, model: TTTLanguageModel, receive: Callable[[str | None, str, torch.Tensor], None]) -> None:
-    """Every part at this TP size: `receive(part, parameter name, whole tensor)` for each weight,
-    then each Adam moment (the trainer state: read_trainer_state)."""
+def read(directory: Path, model: TTTLanguageModel, receive: Callable[[str | None, str, torch.Tensor], None],
+         parts: tuple = PARTS) -> None:
+    """Each of `parts` at this TP size: `receive(part, parameter name, whole tensor)` for each
+    weight, then (all parts) each Adam moment (the trainer state: read_trainer_state)."""
     twin = carrier(model)
-    for part, sub in PARTS:
+    for part, sub in parts:
         read_weights(twin, directory / sub)
         for name, p in twin.named_parameters():
             receive(part, name, p.detach())

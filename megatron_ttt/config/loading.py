@@ -121,6 +121,10 @@ def check(config: PretrainConfig) -> None:
         check_time_checkpoint_group(config.parallel.time_checkpoint_group)
     except ValueError as exc:
         bad.append(f"parallel.{exc}")
+    if not config.model.rope_theta > 0:
+        bad.append(f"model.rope_theta={config.model.rope_theta} (must be positive)")
+    if config.train.init_optimizer and not config.train.init_from:
+        bad.append("train.init_optimizer=true (takes the optimizer state of train.init_from, which is not set)")
     if config.model.preset in PRESETS:
         bad += _model_problems(config)
     bad += _schedule_problems(config.optimizer)

@@ -41,6 +41,10 @@ class ModelSection:
     """reset: every layer starts each packed document afresh after the tokenizer's EOS (TTT state,
     inner mini-batches, convolutions, attention; docs/model.md); carry: state flows across
     documents, as the reference trains (runs saved before this setting are carry)."""
+    rope_theta: float = 10000.0
+    """RoPE's base. TTT layers rotate positions within an inner mini-batch, so a longer context
+    changes nothing there; attention layers (*, W) rotate absolute positions: a context-extension
+    stage may raise it (the one model key that may differ from train.init_from's model)."""
 
 
 @dataclass
@@ -169,6 +173,14 @@ class TrainSection:
     compile_backend: str = "inductor"
     """torch.compile's backend for train.compile: inductor generates fused code; aot_eager traces
     the same forward and backward graphs without generating code (quick, for checks)."""
+    init_from: str = ""
+    """Start this run (step 0, its own schedule and data) from the weights of a run directory (its
+    newest intact checkpoint), a training checkpoint or a model directory (`mttt convert`); the
+    model section must describe the same model (model.rope_theta may differ). Read only until the
+    run has a checkpoint of its own: --resume auto then continues that (docs/training.md)."""
+    init_optimizer: bool = False
+    """With init_from a training checkpoint: also take AdamW's moments and step count from it
+    (false: a fresh optimizer state)."""
 
 
 @dataclass

@@ -98,11 +98,21 @@ def _set(engine, param: torch.nn.Parameter, value: torch.Tensor, key: str | None
         engine.optimizer.state[param][key].copy_(value)
 
 
+def _read_into(engine, directory: Path, parts: tuple) -> None:
+    params = dict(engine.module.named_parameters())
+    layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key), parts)
+
+
 def load(engine, directory: Path) -> dict:
     """Adam's moments and step count, and the exact fp32 master weights (DeepSpeed made its
     masters from the module, which under bf16 holds rounded copies). Returns the trainer state."""
     state = layout_free.read_trainer_state(directory)
     _materialize_state(engine.optimizer, state["adam_step"])
-    params = dict(engine.module.named_parameters())
-    layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key))
+    _read_into(engine, directory, layout_free.PARTS)
     return state
+
+
+def load_weights(engine, directory: Path) -> None:
+    """The exact fp32 master weights of a model directory or checkpoint, Adam's state left as it
+    is (DeepSpeed made its masters from the module, which under bf16 holds rounded copies)."""
+    _read_into(engine, directory, layout_free.WEIGHTS)

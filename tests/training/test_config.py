@@ -46,6 +46,9 @@ def test_yaml_then_overrides(tmp_path):
     ("data.verify=fast", r"data.verify='fast' \(choose one of size, full\)"),
     ("train.inner_loop_backend=cuda", r"train.inner_loop_backend='cuda'"),
     ("parallel.time_checkpoint_group=-1", r"parallel.time_checkpoint_group must be an integer >= 0"),
+    ("model.rope_theta=0", r"model.rope_theta=0.0 \(must be positive\)"),
+    ("train.init_optimizer=true", r"train.init_optimizer=true \(takes the optimizer state of train.init_from, which "
+                                  r"is not set\)"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
