@@ -25,6 +25,12 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy_gbps() -> float:
+    from megatron_ttt.planning.machine import copy_gbps
+
+    return copy_gbps()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mttt", description="Pretrain TTT language models.")
     parser.add_argument("--verbose", action="store_true",
@@ -36,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_parser(sub)
     add_checkpoint_parser(sub)
     add_eval_parser(sub)
-    add_generate_parser(sub)
+    add_generate_parser(sub, _copy_gbps)
     add_launch_parser(sub)
     add_torchrun_parser(sub)
     add_plan_parser(sub)
