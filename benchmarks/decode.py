@@ -79,11 +79,12 @@ def measure(model, prefix: int, tokens: int, baseline_repeats: int, seed: int, c
 
 def matmul_ms(decoder: CompiledDecoder, token: torch.Tensor, steps: int = 10) -> float:
     """Time per token in the compiled step's matrix products (torch profiler, self time of
-    aten::mm / bmm / baddbmm / addmm): the weights' reads, which no fusion removes."""
+    aten::mm / bmm / baddbmm / addmm, and the int8 weight-only kernel): the weights' reads, which no
+    fusion removes."""
     with torch.profiler.profile() as prof:
         for _ in range(steps):
             decoder(token)
-    matmuls = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm")
+    matmuls = ("aten::mm", "aten::bmm", "aten::baddbmm", "aten::addmm", "aten::_weight_int8pack_mm")
     return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in matmuls) / 1e3 / steps
 
 

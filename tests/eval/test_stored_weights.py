@@ -18,6 +18,8 @@ from megatron_ttt.eval.generate import SamplingConfig, generate
 from megatron_ttt.eval.generate_run import check_decode_options
 from megatron_ttt.eval.loading import open_model_source
 from megatron_ttt.models.build import build_model
+from megatron_ttt.models.compiled_decode import CompiledDecoder
+from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.models.stored_weights import dequantized_int8_linear, int8_linear, quantize_int8, store_weights
 from megatron_ttt.parallel.layout import ParallelLayout
@@ -107,3 +109,13 @@ def test_generate_prints_the_floor_and_refuses_a_cuda_graph_without_a_gpu(eval_d
         err = capsys.readouterr().err.strip()
         assert err.endswith("--cuda-graph needs a CUDA device and this machine has none: leave out --cuda-graph")
         assert "Traceback" not in err
+
+
+def test_a_cuda_graph_of_a_model_off_cuda_is_refused(one_process):
+    model = build_model(MODEL, one_process, init_seed=3).eval()
+    cache = InferenceCache.empty(len(model.blocks))
+    with torch.no_grad():
+        model.last_logits(torch.arange(3, 9)[None], cache)
+    with pytest.raises(ValueError, match="CUDA-graph capture replays the compiled step on a CUDA device; this "
+                                         "model is on cpu"):
+        CompiledDecoder(model, cache, cuda_graph=True)
