@@ -15,6 +15,7 @@ from deepspeed.utils import (
 )
 
 from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.training.muon import Muon
 
 
 def base_optimizer(optimizer):
@@ -64,12 +65,27 @@ def _link_fragments(optimizer) -> None:
         optimizer._lazy_init_hp_params_optimizer_state()
 
 
-def save(engine, directory: Path, trainer_state: dict) -> None:
-    """The layout-free part of the engine's state into `directory` (collective)."""
+def _local_shape(param: torch.nn.Parameter) -> torch.Size:
+    """This TP rank's whole shape of a parameter (ZeRO-3 leaves the module an empty placeholder)."""
+    return getattr(param, "ds_shape", param.shape)
+
+
+def save(engine, directory: Path, trainer_state: dict, muon: Muon | None = None) -> None:
+    """The layout-free part of the engine's state into `directory` (collective). With Muon the
+    hidden matrices have its momentum instead of Adam's moments; the missing ones are zeros."""
     _link_fragments(engine.optimizer)
     params = dict(engine.module.named_parameters())
-    layout_free.write(directory, engine.module, lambda key, name: _whole(engine, params[name], key),
-                      trainer_state | {"adam_step": adam_step(engine)})
+    matrices = set() if muon is None else set(muon.matrices)
+
+    def whole(key: str | None, name: str) -> torch.Tensor:
+        if key == layout_free.MUON_PART[0]:
+            return muon.buffers.get(name, torch.zeros(_local_shape(params[name])))
+        if key is not None and name in matrices:
+            return torch.zeros(_local_shape(params[name]))
+        return _whole(engine, params[name], key)
+
+    layout_free.write(directory, engine.module, whole, trainer_state | {"adam_step": adam_step(engine)},
+                      muon is not None)
 
 
 def _materialize_state(optimizer, step: int) -> None:
@@ -98,11 +114,21 @@ def _set(engine, param: torch.nn.Parameter, value: torch.Tensor, key: str | None
         engine.optimizer.state[param][key].copy_(value)
 
 
-def load(engine, directory: Path) -> dict:
-    """Adam's moments and step count, and the exact fp32 master weights (DeepSpeed made its
-    masters from the module, which under bf16 holds rounded copies). Returns the trainer state."""
+def load(engine, directory: Path, muon: Muon | None = None) -> dict:
+    """Adam's moments and step count, Muon's momentum, and the exact fp32 master weights
+    (DeepSpeed made its masters from the module, which under bf16 holds rounded copies). Returns
+    the trainer state."""
     state = layout_free.read_trainer_state(directory)
     _materialize_state(engine.optimizer, state["adam_step"])
     params = dict(engine.module.named_parameters())
-    layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key))
+    matrices = set() if muon is None else set(muon.matrices)
+
+    def receive(key: str | None, name: str, value: torch.Tensor) -> None:
+        if key == layout_free.MUON_PART[0]:
+            if name in matrices:
+                muon.buffers[name] = value.clone()
+        else:
+            _set(engine, params[name], value, key)
+
+    layout_free.read(directory, engine.module, receive)
     return state
