@@ -8,6 +8,7 @@ import torch
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.parameter_table import rules
+from megatron_ttt.planning.memory import hidden_matrix_parameters
 from megatron_ttt.training.checkpointing import ResumeError, check_same_optimizer
 from megatron_ttt.training.engine import parameter_groups
 from megatron_ttt.training.muon import NS_COEFFICIENTS, NS_STEPS, newton_schulz
@@ -51,6 +52,8 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(groups):
                               for n in ("mixer.in_proj.weight", "mixer.out_proj.weight", "mlp.fc1.weight",
                                         "mlp.fc2.weight")}
     assert {"embedding.weight", "blocks.0.mixer.W1"} <= decayed and "blocks.0.mixer.ttt_norm_weight" in plain
+    # The planner counts Muon's momentum over the same parameters.
+    assert hidden_matrix_parameters(model.ttt) == sum(p.numel() for p in parameter_groups(model, 0.1, True)[0]["params"])
 
 
 @pytest.fixture(scope="module")
