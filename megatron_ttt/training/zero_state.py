@@ -25,22 +25,29 @@ def base_optimizer(optimizer):
 
 
 def adam_step(engine) -> int:
-    """Adam's step count (its bias correction), the same for every parameter group."""
+    """Adam's step count (its bias correction), the same for every parameter group (Muon's
+    groups, stepped without state, have none)."""
     state = base_optimizer(engine.optimizer).state.values()
-    return max((int(s["step"]) for s in state), default=0)
+    return max((int(s["step"]) for s in state if "step" in s), default=0)
 
 
 def _flat_slice(optimizer, param: torch.nn.Parameter, key: str | None) -> torch.Tensor | None:
-    """bf16 without ZeRO (DeepSpeed's FP16_Optimizer in bf16 mode): the parameter's slice of its
-    group's flat fp32 master (key None) or of that master's Adam moment; None for other optimizers.
-    The flat master holds the group's parameters back to back, in order, unpadded."""
+    """bf16 without ZeRO: the parameter's fp32 master (key None) or that master's Adam moment;
+    None for other optimizers. DeepSpeed's FP16_Optimizer in bf16 mode (under AdamW) keeps each
+    group's masters in one flat tensor, back to back, in order, unpadded; its unfused twin (under
+    a client optimizer: Muon's) keeps one master per parameter."""
+    base = base_optimizer(optimizer)
     for group, flat in zip(getattr(optimizer, "fp16_groups", ()), getattr(optimizer, "fp32_groups_flat", ())):
         offset = 0
         for p in group:
             if p is param:
-                whole = flat if key is None else base_optimizer(optimizer).state[flat][key]
+                whole = flat if key is None else base.state[flat][key]
                 return whole[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
+    for group, masters in zip(getattr(optimizer, "fp16_groups", ()), getattr(optimizer, "fp32_groups", ())):
+        for p, master in zip(group, masters):
+            if p is param:
+                return master if key is None else base.state[master][key]
     return None
 
 
@@ -95,6 +102,7 @@ def _materialize_state(optimizer, step: int) -> None:
             or getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO 3
             or getattr(optimizer, "fp32_groups_flat_partition", None)  # bf16 optimizer (pipelines)
             or getattr(optimizer, "fp32_groups_flat", None)  # bf16 without ZeRO
+            or [t for g in getattr(optimizer, "fp32_groups", ()) for t in g]  # bf16 without ZeRO, unfused
             or [p for g in optimizer.param_groups for p in g["params"]])  # fp32 without ZeRO
     base = base_optimizer(optimizer)
     for t in flat:
