@@ -1,6 +1,6 @@
 """Muon: the Newton-Schulz iteration against its spectral twin, which parameters it takes, and
-real runs: TP 2 equals TP 1, ZeRO 3 equals ZeRO 0 (and differs from AdamW by far more), the loss
-falls, and a resumed run equals the uninterrupted one bitwise."""
+real runs: TP 2 with ZeRO 3 equals TP 1 with ZeRO 0 (and differs from AdamW by far more), the
+loss falls, and a resumed run equals the uninterrupted one bitwise."""
 
 import pytest
 import torch
@@ -14,7 +14,8 @@ from megatron_ttt.training.engine import parameter_groups
 from megatron_ttt.training.muon import NS_COEFFICIENTS, NS_STEPS, newton_schulz
 from tests.training.runs import EVERY_STEP, cut_at, final_weights, losses, max_weight_difference, pretrain
 
-MUON = EVERY_STEP + ["optimizer.name=muon"]
+MUON = EVERY_STEP + ["optimizer.name=muon", "optimizer.grad_clip=0.5"]
+"""The gradient norm is about 0.7: clipped at every step."""
 TOLERANCE = 1e-5
 """Relative on the losses, absolute on the weights (of order 0.02 to 1): TP and DP add float32
 partial sums in other orders."""
@@ -70,20 +71,14 @@ def relative_loss_difference(a, b) -> float:
 
 
 @pytest.mark.slow
-def test_muon_at_tp_2_equals_tp_1(tmp_path, cache, muon_run):
-    run = tmp_path / "tp2"
-    pretrain(run, cache, MUON + ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2)
+def test_muon_at_tp_2_and_zero_3_equals_tp_1_and_zero_0_and_the_loss_falls(tmp_path, cache, muon_run, uninterrupted):
+    # One launch for both (TP 2 x DP 2, ZeRO 3 over DP): a split matrix orthogonalised in parts, or
+    # a ZeRO partition stepped without Muon, would each miss the tolerance by far.
+    run = tmp_path / "tp2-zero3"
+    pretrain(run, cache, MUON + ["parallel.tensor_parallel=2", "parallel.zero_stage=3"], 4)
     assert relative_loss_difference(muon_run, run) < TOLERANCE
     assert max_weight_difference(muon_run, run) < TOLERANCE
-
-
-@pytest.mark.slow
-def test_muon_under_zero_3_equals_zero_0_and_the_loss_falls(tmp_path, cache, muon_run, uninterrupted):
-    run = tmp_path / "zero3"
-    pretrain(run, cache, MUON + ["parallel.zero_stage=3"], 2)
-    assert relative_loss_difference(muon_run, run) < TOLERANCE
-    assert max_weight_difference(muon_run, run) < TOLERANCE
-    # AdamW (`uninterrupted`) ends elsewhere by far more: a ZeRO stage that fell back to it fails.
+    # AdamW (`uninterrupted`) ends elsewhere by far more than the tolerance.
     assert max_weight_difference(uninterrupted, run) > 100 * TOLERANCE
     curve = losses(run)
     assert curve[6] < curve[1] - 0.2
