@@ -87,11 +87,10 @@ class Muon:
     def gradient_norm(self) -> float:
         """The global norm of the reduced gradients: TP-split tensors counted on every TP rank,
         replicated ones once (as DeepSpeed counts them for clipping)."""
-        squares = torch.zeros(1, dtype=torch.float64)
         first = dist.get_rank(self.tp_group) == 0
-        for name, p in self.params.items():
-            if self.split_dims[name] is not None or first:
-                squares += safe_get_full_grad(p).double().pow(2).sum()
+        # Every rank has split matrices, so the stack is never empty; it is on the gradients' device.
+        squares = torch.stack([safe_get_full_grad(p).double().pow(2).sum() for name, p in self.params.items()
+                               if self.split_dims[name] is not None or first]).sum().reshape(1)
         dist.all_reduce(squares, group=self.tp_group)
         return squares.sqrt().item()
 
