@@ -101,7 +101,7 @@ POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.in
 CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
            "parallel.zero_stage": (0, 1, 2, 3), "data.verify": ("size", "full"), "train.dtype": ("fp32", "bf16"),
            "train.inner_loop_backend": BACKENDS, "optimizer.schedule": SCHEDULES,
-           "optimizer.decay_shape": DECAY_SHAPES}
+           "optimizer.decay_shape": DECAY_SHAPES, "optimizer.name": ("adamw", "muon")}
 
 
 def _get(config: PretrainConfig, key: str):
@@ -114,6 +114,8 @@ def check(config: PretrainConfig) -> None:
     bad = [f"{key}={_get(config, key)} (must be at least 1)" for key in POSITIVE if _get(config, key) < 1]
     if config.logging.eval_interval < 0:
         bad.append(f"logging.eval_interval={config.logging.eval_interval} (must be at least 0: 0 is never)")
+    if not 0 <= config.optimizer.muon_momentum < 1:
+        bad.append(f"optimizer.muon_momentum={config.optimizer.muon_momentum} (must be in [0, 1))")
     bad += [f"{key}={_get(config, key)!r} (choose one of {', '.join(map(str, choices))})"
             for key, choices in CHOICES.items() if _get(config, key) not in choices]
     try:

@@ -100,6 +100,15 @@ class OptimizerSection:
     """Clip the global gradient norm (TP-correct: split tensors counted once)."""
     inner_lr_warmup_from: float = 0.01
     """TTT-MLP only: the inner base lr rises from this to its configured value over the warm-up."""
+    name: str = "adamw"
+    """adamw, or muon: the hidden weight matrices (the mixers' in/out projections and the MLP's,
+    as models/parameter_table.py marks them) step by Newton-Schulz orthogonalised Nesterov
+    momentum, everything else (embeddings, head, norms, biases, convolutions, TTT's per-head
+    vectors and inner initial weights) by AdamW with the settings above (docs/training.md, Muon)."""
+    muon_momentum: float = 0.95
+    """Muon's momentum (Nesterov). Its update is scaled by 0.2 * sqrt(max(rows, cols)) of the
+    whole (unsplit) matrix, which gives it about AdamW's update RMS: `lr`, its schedule and
+    `weight_decay` (decoupled, as AdamW's) serve both."""
 
 
 @dataclass
