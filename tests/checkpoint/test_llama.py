@@ -25,6 +25,7 @@ from megatron_ttt.config.loading import check_world_size, load_config
 from megatron_ttt.config.model import model_differences, trained_model
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
 from megatron_ttt.training.data import training_data
+from megatron_ttt.training.trainer import build, resume, train_step
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
@@ -236,19 +237,20 @@ def test_the_printed_command_and_continue_yaml_describe_the_converted_model(rele
     assert model_differences(to_dict(load_config(None, FAST)), to_dict(from_command)) != []
 
 
-@pytest.mark.slow
 def test_continued_pretraining_of_a_converted_model_of_no_preset_shape_starts_at_its_loss(tmp_path, cache, groups,
                                                                                          released_like):
     dst, overrides, _ = released_like
-    config = load_config(None, FAST + overrides + ["data.global_batch_tokens=256"])  # one micro-batch a step
-    out = pretrain(tmp_path / "run", cache, overrides + ["train.steps=2", "data.global_batch_tokens=256"])
-    assert f"initialized from {dst}" in out.stdout, out.stdout[-2000:]
+    # One micro-batch a step; the trainer in this process, as `mttt pretrain` builds it.
+    config = load_config(None, FAST + overrides + [f"run_dir={tmp_path / 'run'}", "data.global_batch_tokens=256"])
+    run = build(config, groups, cache)
+    resume(run)
+    assert run.init is not None and run.init.path == dst
     sources = training_data(config.data, cache)
-    loader = TokenLoader(sources.manifests, LoaderConfig(config.data.micro_batch_size, seed=config.data.seed, num_workers=0),
-                         0, 1, sources.weights, (0, 1))
+    loader = TokenLoader(sources.manifests, LoaderConfig(config.data.micro_batch_size, seed=config.data.seed,
+                                                         num_workers=0), 0, 1, sources.weights, (0, 1))
     batch = next(iter(loader))
     with torch.no_grad():
         want = load_model(dst, groups)(batch.tokens, batch.labels).mean().item()
-    first = losses(tmp_path / "run")[1]
+    first = train_step(run, iter(run.loader))[0]
     print(f"continued pretraining: first loss {first:.6f}, the converted model's on that batch {want:.6f}")
     assert abs(first - want) <= 1e-5 * want, (first, want)
