@@ -67,7 +67,9 @@ def _override(key: str, value) -> str:
 
 def continue_pretraining(model: TTTModelConfig, directory: Path) -> str:
     """Writes `directory`/continue.yaml (the model section describing `model`, the directory's)
-    and returns what to tell the user: the command line that continues pretraining it."""
+    and returns what to tell the user: the command line that continues pretraining it. The file
+    comes after the directory was sealed, outside its checksums: it holds no weights, and loading
+    and verifying read only the files the checksums record."""
     section = model_section(model)
     boundaries = (f"model.document_boundaries={model.document_boundaries}: as the converted model computes "
                   "(Llama attends across the documents packed in a sequence, as it was trained and as "
