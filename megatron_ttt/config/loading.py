@@ -25,6 +25,11 @@ class ConfigError(UserInputError):
 
 
 def _convert(value, kind, where: str):
+    options = typing.get_args(kind)
+    if type(None) in options:  # an optional key: null keeps the preset's
+        if value is None:
+            return None
+        kind = next(option for option in options if option is not type(None))
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -124,6 +129,8 @@ def check(config: PretrainConfig) -> None:
         bad.append(f"parallel.{exc}")
     if not config.model.rope_theta > 0:
         bad.append(f"model.rope_theta={config.model.rope_theta} (must be positive)")
+    if config.model.rms_norm_eps < 0:
+        bad.append(f"model.rms_norm_eps={config.model.rms_norm_eps} (must be at least 0: 0 is the preset's)")
     if config.train.init_optimizer and not config.train.init_from:
         bad.append("train.init_optimizer=true (takes the optimizer state of train.init_from, which is not set)")
     if config.model.preset in PRESETS:

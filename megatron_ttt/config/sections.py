@@ -45,6 +45,12 @@ class ModelSection:
     """RoPE's base. TTT layers rotate positions within an inner mini-batch, so a longer context
     changes nothing there; attention layers (*, W) rotate absolute positions: a context-extension
     stage may raise it (the one model key that may differ from train.init_from's model)."""
+    rms_norm_eps: float = 0.0
+    """Epsilon of every RMSNorm (0: the preset's, 1e-6); a converted Llama keeps its own (1e-5 for
+    Llama 2)."""
+    tie_word_embeddings: bool | None = None
+    """true: the output head is the embedding matrix; false: a head of its own, as most released
+    Llama models have (null: the preset's, tied)."""
 
 
 @dataclass
