@@ -116,14 +116,13 @@ def lact_swiglu_with_weights(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size: int
     """
     check_lact_inputs(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size, momentum, starts)
     check_time_checkpoint_group(time_checkpoint_group)
-    N, T, C = q.shape[0], q.shape[1], chunk_size
-    grid = _uniform_grid(N, T, C) if starts is None else _document_grid(starts, C)
+    T, C = q.shape[1], chunk_size
+    grid = _uniform_grid(T, C) if starts is None else _document_grid(starts, C)
     n = grid.chunks
     dtype = w0.dtype
-    per_token = [grid.place(x.to(dtype)).unflatten(1, (n, C)).unbind(1) for x in (q, k, v, lr0, lr1, lr2)]
-    coefficients = None if momentum is None else grid.place(momentum.to(dtype)).view(N, n, C).mean(-1)
-    chunks = [_Chunk(*(x[j] for x in per_token), grid.resets[j], grid.updates[j],
-                     None if coefficients is None else coefficients[:, j]) for j in range(n)]
+    per_token = [grid.split(x.to(dtype)) for x in (q, k, v, lr0, lr1, lr2)]
+    momenta = [None] * n if momentum is None else grid.split(momentum.to(dtype))
+    chunks = [_Chunk(*(x[j] for x in per_token), momenta[j], grid.resets[j], grid.updates[j]) for j in range(n)]
     initial = (w0, w1, w2)
     norms = tuple(w.norm(dim=-1, keepdim=True) for w in initial)
     run = functools.partial(_run_chunks, initial=initial, norms=norms, use_muon=use_muon,
@@ -152,35 +151,31 @@ class _Chunk(NamedTuple):
     lr0: torch.Tensor
     lr1: torch.Tensor
     lr2: torch.Tensor
+    momentum: torch.Tensor | None
     reset: torch.Tensor | None
     """None, or [N] bool: the rows whose weights (and velocity) restart from the initial ones before it."""
     update: bool | torch.Tensor
     """True (every row steps after it), False (none does) or [N] bool."""
-    coefficient: torch.Tensor | None
-    """[N]: the chunk's mean momentum coefficient (None: no momentum)."""
 
 
 class _Grid(NamedTuple):
     """The call's tokens on whole chunks, and what happens at each chunk."""
 
     chunks: int
-    place: Callable[[torch.Tensor], torch.Tensor]
-    """[N,T,d] -> [N,chunks*C,d]: the tokens on the grid, zeros elsewhere."""
+    split: Callable[[torch.Tensor], list[torch.Tensor]]
+    """[N,T,d] -> per chunk [N,C,d] (the last of one sequence may be shorter): the tokens, zeros
+    (pads) where the grid has no token."""
     take: Callable[[torch.Tensor], torch.Tensor]
-    """[N,chunks*C,d] -> [N,T,d]."""
+    """The chunks' outputs concatenated -> [N,T,d]."""
     resets: list
     """Per chunk: None, or [N] bool: the rows whose weights restart from the initial ones before it."""
     updates: list
     """Per chunk: True (every row steps after it), False (none does) or [N] bool."""
 
 
-def _uniform_grid(N: int, T: int, C: int) -> _Grid:
+def _uniform_grid(T: int, C: int) -> _Grid:
     n = -(-T // C)
-
-    def place(x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (0, 0, 0, n * C - T))
-
-    return _Grid(n, place, lambda y: y[:, :T], [None] * n, [j < n - 1 for j in range(n)])
+    return _Grid(n, lambda x: list(x.split(C, dim=1)), lambda y: y, [None] * n, [j < n - 1 for j in range(n)])
 
 
 def _document_grid(starts: torch.Tensor, C: int) -> _Grid:
@@ -190,7 +185,7 @@ def _document_grid(starts: torch.Tensor, C: int) -> _Grid:
     resets = [layout.resets[:, j] if bool(layout.resets[:, j].any()) else None for j in range(n)]
     resets[0] = None  # every row starts from the initial weights anyway
     updates = [last_chunk > j for j in range(n)]
-    return _Grid(n, lambda x: layout.place(x.unsqueeze(1)).squeeze(1),
+    return _Grid(n, lambda x: list(layout.place(x.unsqueeze(1)).squeeze(1).unflatten(1, (n, C)).unbind(1)),
                  lambda y: layout.take(y.unsqueeze(1)).squeeze(1), resets, updates)
 
 
@@ -207,7 +202,7 @@ def _run_chunks(weights: Weights, velocity: tuple, chunks: list[_Chunk], *, init
         if chunk.update is False:
             continue
         new_weights, new_velocity = step(weights, velocity, norms, chunk.k, chunk.v,
-                                         (chunk.lr0, chunk.lr1, chunk.lr2), chunk.coefficient, use_muon)
+                                         (chunk.lr0, chunk.lr1, chunk.lr2), chunk.momentum, use_muon)
         if chunk.update is True:
             weights, velocity = new_weights, new_velocity
         else:
@@ -226,7 +221,7 @@ def swiglu_apply(weights: Weights, x: torch.Tensor) -> torch.Tensor:
     return (F.silu(x @ w0.mT) * (x @ w2.mT)) @ w1.mT
 
 
-def _step(weights: Weights, velocity: tuple, norms: tuple, k, v, lrs, coefficient, use_muon: bool):
+def _step(weights: Weights, velocity: tuple, norms: tuple, k, v, lrs, momentum, use_muon: bool):
     """One chunk's update: the negative dot-product loss's descent step with its gradients
     written out (as LaCT does), momentum, Muon, the rows' renormalisation."""
     w0, w1, w2 = weights
@@ -239,7 +234,8 @@ def _step(weights: Weights, velocity: tuple, norms: tuple, k, v, lrs, coefficien
     d_gate = d_hidden * up * sig * (1 + gate * (1 - sig))
     steps = ((d_gate.mT @ (k * lr0)), (v.mT @ (silu * up * lr1)), (d_up.mT @ (k * lr2)))
     if velocity:
-        steps = tuple(s + m * coefficient[:, None, None] for s, m in zip(steps, velocity))
+        coefficient = momentum.mean(dim=1, keepdim=True)  # [N,1,1]: the chunk's mean
+        steps = tuple(s + m * coefficient for s, m in zip(steps, velocity))
         velocity = steps
     if use_muon:
         steps = tuple(newton_schulz5(s) for s in steps)
