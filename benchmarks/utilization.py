@@ -1,7 +1,7 @@
 """Matmul utilisation of each layer kind's inner loop on the CPU: the op's forward+backward FLOPs
 per second as a fraction of this machine's fp32 matmul rate, measured in the same run with the
-same threads (a 2048^3 matmul timed just before each row, so load from other processes shifts
-both alike).
+same threads (a 2048^3 matmul timed just before each row). Both times are the best of their
+repeats: on a shared machine the least disturbed run is the closest to the machine's own rate.
 
 Per-layer shapes, batch 1:
 - linear, mlp: TTT at 125m (hidden 768, 12 heads of 64, mini-batch 16), the dual form the models
@@ -19,7 +19,7 @@ gradients), as model_flops does. Each row prints `<kind> <T> utilization <fracti
 
 import argparse
 import json
-import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -96,7 +96,7 @@ def measure(kind: str, T: int, repeats: int) -> dict:
         step, flops = ttt_case(kind, T)
     first = _seconds(step)
     rate = matmul_rate()
-    seconds = statistics.median(_seconds(step) for _ in range(repeats))
+    seconds = min(_seconds(step) for _ in range(repeats))
     achieved = flops / seconds
     return {"kind": kind, "T": T, "fwd_bwd_s": seconds, "first_call_s": first, "gflop": flops / 1e9,
             "gflops": achieved / 1e9, "matmul_gflops": rate / 1e9, "utilization": achieved / rate,
@@ -124,7 +124,11 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     kinds = args.kinds + (["lact+compile"] if args.lact_compile else [])
-    rows = [measure(kind, T, args.repeats) for T in args.seq_lens for kind in kinds]
+    rows = []
+    for T in args.seq_lens:
+        for kind in kinds:
+            rows.append(measure(kind, T, args.repeats))
+            print(f"measured {kind} {T}: {rows[-1]['fwd_bwd_s']:.2f} s", file=sys.stderr, flush=True)
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
