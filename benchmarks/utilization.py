@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -131,8 +132,7 @@ def main() -> None:
             print(f"measured {kind} {T}: {rows[-1]['fwd_bwd_s']:.2f} s", file=sys.stderr, flush=True)
     print_table(rows)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
