@@ -124,6 +124,16 @@ def check(directory: Path, parts: Iterable[str] | None = None,
     return None if sums is None else problems(directory, selected(sums, parts), sums, progress)
 
 
+def weights_checksum(directory: Path) -> str | None:
+    """One CRC-32 over the recorded sizes and CRC-32s of the weights' files (model/), naming in a
+    line which weights a run started from; None when the directory records no checksums."""
+    sums = recorded(directory)
+    if sums is None:
+        return None
+    listing = "".join(f"{name} {sums[name].bytes} {sums[name].crc32}\n" for name in selected(sums, [WEIGHTS_DIR]))
+    return f"{zlib.crc32(listing.encode()):08x}"
+
+
 def summary(found: list[str]) -> str:
     return found[0] + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
 

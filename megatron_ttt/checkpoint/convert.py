@@ -7,6 +7,11 @@ appears only after the check passes. Reference-format weights go through the den
 (an implementation of its own); mttt-to-mttt compares the model it loaded with the one it wrote,
 which works for hybrid models too (the reference format has no attention layers).
 
+A Hugging Face Llama directory converts the same way (llama.py maps it): with every layer
+attention the converted model is checked against a Llama twin written from Hugging Face's
+formulation (models/llama_reference.py); a hybrid, whose TTT layers Llama has no output for, is
+checked by loading what was written back.
+
 A training checkpoint `RUN/checkpoints/step-N/` is itself a model directory (its layout-free
 part, see layout_free.py); a run directory stands for its latest one (run_dir.py).
 """
@@ -18,6 +23,15 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint.checksums import verify_model_source
+from megatron_ttt.checkpoint.llama import (
+    HybridLayout,
+    hybrid_config,
+    hybrid_tensors,
+    llama_reference_tensors,
+    llama_tokenizer,
+    read_llama_config,
+    read_llama_weights,
+)
 from megatron_ttt.checkpoint.model_dir import copy_tokenizer, load_model, save_model, tokenizer_of
 from megatron_ttt.checkpoint.reference_io import check_reference_model, read_reference, write_reference
 from megatron_ttt.checkpoint.run_dir import CheckpointError, resolve_model_source
@@ -25,6 +39,7 @@ from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.models.parameters import to_full, to_local
+from megatron_ttt.models.llama_reference import llama_logits
 from megatron_ttt.models.reference_model import reference_logits
 from megatron_ttt.models.scoring import next_token_logprobs, token_logprobs
 
@@ -101,3 +116,27 @@ def mttt_to_hf(src: Path, dst: Path, groups: ProcessGroupCollection) -> float:
         write_reference(tmp, model.ttt, tensors)
         copy_tokenizer(tokenizer_of(src), tmp)
         return self_check(read_reference(tmp)[1], model, f"mttt-to-hf {src}")
+
+
+def llama_to_mttt(src: Path, dst: Path, groups: ProcessGroupCollection, layout: HybridLayout = HybridLayout()) -> float:
+    """A Hugging Face Llama directory -> a model directory (every layer attention, or the hybrid
+    `layout` asks for), with its sentencepiece tokenizer; returns the self-check's max difference.
+    Everything is read and checked before anything is written."""
+    if dst.exists():
+        raise CheckpointError(f"{dst} already exists; choose a new destination")
+    llama = read_llama_config(src)
+    cfg = hybrid_config(llama, layout)
+    tokenizer = llama_tokenizer(src, cfg.vocab_size)
+    weights = read_llama_weights(src)
+    model = build_model(cfg, groups)
+    attention = llama_reference_tensors(weights, llama, str(src))
+    model.load_state_dict(to_local(hybrid_tensors(attention, cfg, layout.seed), cfg, source=str(src)))
+    tokens = check_sequences(cfg)
+    if set(cfg.mixers) == {"attention"}:
+        with torch.no_grad():
+            want = next_token_logprobs(llama_logits(weights, llama, tokens), tokens)
+    else:
+        want = token_logprobs(model, tokens)
+    with written_atomically(dst, shared=True) as checking:
+        save_model(model, checking, tokenizer)
+        return _compare(want, token_logprobs(load_model(checking, groups), tokens), f"llama-to-mttt {src}")

@@ -49,6 +49,13 @@ def read_weights(model: TTTLanguageModel, directory: Path) -> None:
     model.load_state_dict(loaded)
 
 
+def load_weights(model: TTTLanguageModel, directory: Path) -> None:
+    """The weights of a model directory or training checkpoint (both hold model/) into a model of
+    the same config built at any tensor-parallel size, e.g. a training model before its optimizer
+    takes it over. Collective over the model's process groups."""
+    read_weights(model, directory / WEIGHTS_DIR)
+
+
 def write_model_config(cfg: TTTModelConfig, directory: Path) -> None:
     (directory / MODEL_CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
 
@@ -87,5 +94,5 @@ def load_model(directory: Path, groups: ProcessGroupCollection, params_dtype: to
     """The checkpoint's model split over `groups` (any TP size), running as `inner_loop` says
     (whatever the run that wrote it used)."""
     model = build_model(read_model_config(directory), groups, inner_loop, params_dtype)
-    read_weights(model, directory / WEIGHTS_DIR)
+    load_weights(model, directory)
     return model

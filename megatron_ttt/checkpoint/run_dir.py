@@ -3,6 +3,7 @@ SLURM renderer and its sbatch template all ask this module):
 
     RUN/checkpoints/step-NNNNNNNN/   one training checkpoint per saved step (a model directory too)
     RUN/checkpoints/latest           the tag of the newest complete one (DeepSpeed's pointer format)
+    RUN/init_from.json               where the first weights came from (a run with train.init_from)
 
 and which directories the commands that read a model accept: a model directory, a training
 checkpoint, or a run directory (or its checkpoints/ folder), which stands for its latest
@@ -25,6 +26,8 @@ RUN_CONFIG = "run_config.json"
 TOKENIZER_FILE = "tokenizer.model"
 """The sentencepiece model the model was trained with, copied into its checkpoints and the model
 directories converted from them, so eval and generate find it without being told."""
+INIT_FROM = "init_from.json"
+"""In a run directory started from another model's weights (train.init_from): where they came from."""
 CHECKSUMS = "checksums.json"
 """Every other file's size and CRC-32, in each checkpoint (checksums.py)."""
 

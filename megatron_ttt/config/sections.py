@@ -41,6 +41,16 @@ class ModelSection:
     """reset: every layer starts each packed document afresh after the tokenizer's EOS (TTT state,
     inner mini-batches, convolutions, attention; docs/model.md); carry: state flows across
     documents, as the reference trains (runs saved before this setting are carry)."""
+    rope_theta: float = 10000.0
+    """RoPE's base. TTT layers rotate positions within an inner mini-batch, so a longer context
+    changes nothing there; attention layers (*, W) rotate absolute positions: a context-extension
+    stage may raise it (the one model key that may differ from train.init_from's model)."""
+    rms_norm_eps: float = 0.0
+    """Epsilon of every RMSNorm (0: the preset's, 1e-6); a converted Llama keeps its own (1e-5 for
+    Llama 2)."""
+    tie_word_embeddings: bool | None = None
+    """true: the output head is the embedding matrix; false: a head of its own, as most released
+    Llama models have (null: the preset's, tied)."""
 
 
 @dataclass
@@ -96,6 +106,15 @@ class OptimizerSection:
     """Clip the global gradient norm (TP-correct: split tensors counted once)."""
     inner_lr_warmup_from: float = 0.01
     """TTT-MLP only: the inner base lr rises from this to its configured value over the warm-up."""
+    name: str = "adamw"
+    """adamw, or muon: the hidden weight matrices (the mixers' in/out projections and the MLP's,
+    as models/parameter_table.py marks them) step by Newton-Schulz orthogonalised Nesterov
+    momentum, everything else (embeddings, head, norms, biases, convolutions, TTT's per-head
+    vectors and inner initial weights) by AdamW with the settings above (docs/training.md, Muon)."""
+    muon_momentum: float = 0.95
+    """Muon's momentum (Nesterov). Its update is scaled by 0.2 * sqrt(max(rows, cols)) of the
+    whole (unsplit) matrix, which gives it about AdamW's update RMS: `lr`, its schedule and
+    `weight_decay` (decoupled, as AdamW's) serve both."""
 
 
 @dataclass
@@ -162,6 +181,14 @@ class TrainSection:
     compile (the dual form with its mini-batch step through torch.compile: compiled once at the
     start, seconds to a minute, then faster), or manual (the dual form with TTT-Linear's backward
     written out: fewer ops and about half the saved bytes, no compile; TTT-MLP as torch)."""
+    init_from: str = ""
+    """Start this run (step 0, its own schedule and data) from the weights of a run directory (its
+    newest intact checkpoint), a training checkpoint or a model directory (`mttt convert`); the
+    model section must describe the same model (model.rope_theta may differ). Read only until the
+    run has a checkpoint of its own: --resume auto then continues that (docs/training.md)."""
+    init_optimizer: bool = False
+    """With init_from a training checkpoint: also take AdamW's moments and step count from it
+    (false: a fresh optimizer state)."""
 
 
 @dataclass

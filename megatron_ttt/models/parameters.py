@@ -19,10 +19,15 @@ class ReferenceFormatError(UserInputError):
 
 def check_reference(full: dict[str, torch.Tensor], cfg: TTTModelConfig, source: str) -> None:
     """Raise ReferenceFormatError listing missing, unexpected and misshapen tensors."""
-    expected = reference_shapes(cfg)
     # With tied embeddings the reference usually saves no lm_head; a copy of the embedding is ignored.
-    allowed = set(expected) | ({"lm_head.weight"} if cfg.tie_word_embeddings else set())
-    extra = sorted(set(full) - allowed)
+    check_tensors(full, reference_shapes(cfg), source, {"lm_head.weight"} if cfg.tie_word_embeddings else set())
+
+
+def check_tensors(full: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str,
+                  ignored: set[str] = frozenset()) -> None:
+    """Raise ReferenceFormatError listing the tensors of `full` missing from, unexpected by (less
+    `ignored`) and misshapen against `expected` (name -> shape)."""
+    extra = sorted(set(full) - set(expected) - ignored)
     missing = sorted(set(expected) - set(full))
     wrong = sorted(f"{n} {tuple(full[n].shape)} (expected {expected[n]})"
                    for n in set(expected) & set(full) if tuple(full[n].shape) != expected[n])

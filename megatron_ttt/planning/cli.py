@@ -8,26 +8,35 @@ from megatron_ttt.planning.hardware import GPUS
 
 SEARCHED = ("tp", "cp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt")
 
+MODEL_OPTIONS = {"preset": "7b", "layer_type": "linear", "backbone": "mamba", "vocab_size": 32000, "num_layers": 0,
+                 "hidden_size": 0, "num_heads": 0, "ffn_hidden_size": 0, "layer_pattern": "", "attention_window": 0,
+                 "num_kv_heads": 0}
+"""The options that shape the model, and their defaults (which --model leaves as they are)."""
+
 
 def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="per-GPU memory, FLOPs, communication and step time of a layout",
                        description="Without --tp/--cp/--zero/--time-checkpoint-group/--micro-batch/--block-ckpt, the "
                                    "ones left out are searched and the fastest layouts that fit are shown. See "
                                    "docs/planning.md.")
-    p.add_argument("--preset", default="7b",
+    p.add_argument("--preset", default=MODEL_OPTIONS["preset"],
                    help="tiny, 125m, 350m, 760m, 1.3b, 7b, or a hybrid: 125m-hybrid, 7b-hybrid (default 7b)")
-    p.add_argument("--layer-type", default="linear", choices=("linear", "mlp"))
-    p.add_argument("--backbone", default="mamba", choices=("mamba", "transformer"))
-    p.add_argument("--vocab-size", type=int, default=32000)
+    p.add_argument("--layer-type", default=MODEL_OPTIONS["layer_type"], choices=("linear", "mlp"))
+    p.add_argument("--backbone", default=MODEL_OPTIONS["backbone"], choices=("mamba", "transformer"))
+    p.add_argument("--vocab-size", type=int, default=MODEL_OPTIONS["vocab_size"])
     for flag, what in (("--num-layers", "layers"), ("--hidden-size", "model width"), ("--num-heads", "heads"),
                        ("--ffn-hidden-size", "SwiGLU MLP width")):
-        p.add_argument(flag, type=int, default=0,
+        p.add_argument(flag, type=int, default=MODEL_OPTIONS[flag[2:].replace("-", "_")],
                        help=f"{what} (default: the preset's), as model.{flag[2:].replace('-', '_')} in a config")
-    p.add_argument("--layer-pattern", default="", metavar="PATTERN",
+    p.add_argument("--layer-pattern", default=MODEL_OPTIONS["layer_pattern"], metavar="PATTERN",
                    help="a hybrid's mixer per layer: T TTT, * full attention, W sliding window (default: the preset's)")
-    p.add_argument("--attention-window", type=int, default=0, help="the W layers' window (default: the preset's)")
-    p.add_argument("--num-kv-heads", type=int, default=0, help="the attention layers' key/value heads (default: "
-                                                                   "the preset's)")
+    p.add_argument("--attention-window", type=int, default=MODEL_OPTIONS["attention_window"],
+                   help="the W layers' window (default: the preset's)")
+    p.add_argument("--num-kv-heads", type=int, default=MODEL_OPTIONS["num_kv_heads"],
+                   help="the attention layers' key/value heads (default: the preset's)")
+    p.add_argument("--model", metavar="DIR",
+                   help="a model directory (e.g. one `mttt convert llama-to-mttt` wrote): its model_config.json in "
+                        "place of --preset and the options above")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=8)
     p.add_argument("--gpu", default="a100-80gb", choices=sorted(GPUS))
@@ -42,6 +51,8 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-ckpt", choices=("on", "off"))
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--no-sequence-parallel", action="store_true")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"),
+                   help="muon: one momentum for the hidden matrices instead of Adam's two moments")
     p.add_argument("--assume", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override an assumption (see docs/planning.md): " + ", ".join(_assumption_names()))
     p.add_argument("--top", type=int, default=5, help="layouts shown when searching")
@@ -54,15 +65,11 @@ def _assumption_names() -> list[str]:
     return [f.name for f in fields(Assumptions)]
 
 
-def _plan(args: argparse.Namespace) -> int:
+def _preset_model(args: argparse.Namespace):
     with warnings.catch_warnings():  # megatron-core's import warns about optional CUDA extensions
         warnings.simplefilter("ignore")
         from megatron_ttt.models.presets import PRESETS, SETTINGS, preset, settings_problems
     from megatron_ttt.errors import UserInputError
-    from megatron_ttt.planning.hardware import Assumptions, gpu
-    from megatron_ttt.planning.layout import Layout
-    from megatron_ttt.planning.report import report, table
-    from megatron_ttt.planning.search import plan, search
 
     if args.preset not in PRESETS:
         raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
@@ -71,13 +78,42 @@ def _plan(args: argparse.Namespace) -> int:
     settings = {key: getattr(args, key) for key in SETTINGS}
     if problems := settings_problems(args.preset, settings, key=lambda field: "--" + field.replace("_", "-")):
         raise UserInputError("; ".join(problems))
-    model = preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size, **settings)
+    return preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size, **settings)
+
+
+def _saved_model(args: argparse.Namespace):
+    """The model config of the model directory --model names."""
+    import json
+    from pathlib import Path
+
+    from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG
+    from megatron_ttt.errors import UserInputError
+    from megatron_ttt.models.config import TTTModelConfig
+
+    if given := [f"--{k.replace('_', '-')}" for k, default in MODEL_OPTIONS.items() if getattr(args, k) != default]:
+        raise UserInputError(f"--model {args.model} gives the model: leave out {', '.join(given)}")
+    path = Path(args.model) / MODEL_CONFIG
+    if not path.is_file():
+        raise UserInputError(f"--model {args.model}: no {MODEL_CONFIG}; is it a model directory?")
+    try:
+        return TTTModelConfig.from_dict(json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise UserInputError(f"{path} is not a valid model config: {exc}") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from megatron_ttt.planning.hardware import Assumptions, gpu
+    from megatron_ttt.planning.layout import Layout
+    from megatron_ttt.planning.report import report, table
+    from megatron_ttt.planning.search import plan, search
+
+    model = _preset_model(args) if args.model is None else _saved_model(args)
     device, assume = gpu(args.gpu), Assumptions().with_overrides(args.assume)
     given = {"tp": args.tp, "cp": args.cp, "zero": args.zero, "time_checkpoint_group": args.time_checkpoint_group,
              "micro_batch": args.micro_batch,
              "block_ckpt": None if args.block_ckpt is None else args.block_ckpt == "on"}
     base = Layout(args.nodes, args.gpus_per_node, seq_len=args.seq_len, global_batch_tokens=args.global_batch_tokens,
-                  dtype=args.dtype, sequence_parallel=not args.no_sequence_parallel,
+                  dtype=args.dtype, sequence_parallel=not args.no_sequence_parallel, optimizer=args.optimizer,
                   **{k: v for k, v in given.items() if v is not None})
     open_options = {k for k, v in given.items() if v is None}
     if open_options:

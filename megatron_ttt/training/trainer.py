@@ -13,7 +13,7 @@ import torch.distributed as dist
 import yaml
 from megatron.core.process_groups_config import ProcessGroupCollection
 
-from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.checkpoint.model_dir import load_weights
 from megatron_ttt.checkpoint.run_dir import latest_tag
 from megatron_ttt.config import PretrainConfig, to_dict
 from megatron_ttt.config.loading import check_world_size
@@ -29,7 +29,9 @@ from megatron_ttt.training import checkpointing, zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
 from megatron_ttt.training.data import TrainingData, eod_mask_id, training_data
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
+from megatron_ttt.training.init_from import InitPlan, initialize, plan_init, record
 from megatron_ttt.training.loss import SourceLosses, eod_mask, token_mean
+from megatron_ttt.training.muon import Muon
 from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import inner_lr_scale, learning_rate, saved_schedule, schedule_change
 from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
@@ -50,12 +52,16 @@ class Run:
     plan: checkpointing.ResumePlan | None = None
     """The checkpoint to continue from (chosen before the model is built: it fixes the vocabulary
     and, at another layout, the weights DeepSpeed starts from)."""
+    init: InitPlan | None = None
+    """The weights a run without a checkpoint of its own starts from (train.init_from)."""
     masked_token: int | None = None
     """The input token whose predictions the losses leave out (data.mask_eod_loss: the EOS)."""
     tokenizer: Path | None = None
     """The tokenizer model file the data was made with, copied into each checkpoint (None: not
     found here)."""
     step: int = 0
+    muon: Muon | None = None
+    """Muon's half of each optimizer step and its momentum (optimizer.name muon)."""
 
 
 def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, resume_mode: str = "auto") -> Run:
@@ -64,22 +70,28 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
     run_dir = Path(config.run_dir)
     plan = checkpointing.plan_resume(run_dir, resume_mode, to_dict(config),
                                      checkpointing.current_layout(to_dict(config), groups))
+    sources = training_data(config.data, cache)
+    init = plan_init(config, plan, sources, dist.get_world_size(groups.tp))
     if dist.get_rank() == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    sources = training_data(config.data, cache)
+        if init is not None:
+            record(run_dir, init)
     masked_token = eod_mask_id(config.data, sources)
-    # A resumed run's weights come from its checkpoint (here at another layout, else by DeepSpeed):
-    # they are allocated only, never drawn first.
-    model_config = trained_model(config, sources.tokenizer_vocab, sources.eos_id, plan and plan.vocab_size)
+    # A resumed run's weights come from its checkpoint (here at another layout, else by DeepSpeed),
+    # an initialized one's from its source: they are allocated only, never drawn first.
+    vocab = plan.vocab_size if plan is not None else init and init.model.vocab_size
+    model_config = trained_model(config, sources.tokenizer_vocab, sources.eos_id, vocab)
     model = build_model(model_config, groups, config.inner_loop(), sequence_parallel=config.parallel.sequence_parallel,
-                        init_seed=None if plan is not None else config.train.seed)
+                        init_seed=None if plan is not None or init is not None else config.train.seed)
     if plan is not None and plan.reshard:
-        layout_free.load_weights(model, plan.path)
+        load_weights(model, plan.path)
+    elif init is not None:
+        load_weights(model, init.path)
     model.block_checkpointing = config.parallel.block_checkpointing
     dp_rank, dp_size = dist.get_rank(groups.dp), dist.get_world_size(groups.dp)
     cp = (dist.get_rank(groups.cp), dist.get_world_size(groups.cp))
-    engine, _ = build_engine(model, config, dp_size)
+    engine, _, muon = build_engine(model, config, dp_size)
     data = config.data
     train_config = LoaderConfig(data.micro_batch_size, seed=data.seed, num_workers=data.num_workers)
     loader = TokenLoader(sources.manifests, train_config, dp_rank, dp_size, sources.weights, cp)
@@ -88,7 +100,7 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
                    for name, manifest in zip(sources.names, sources.manifests)
                    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size}
     return Run(config, groups, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources,
-               plan, masked_token, tokenizer_file(sources.manifests[0]))
+               plan, init, masked_token, tokenizer_file(sources.manifests[0]), muon=muon)
 
 
 def tokenizer_file(manifest: Manifest) -> Path | None:
@@ -106,16 +118,20 @@ def tokenizer_file(manifest: Manifest) -> Path | None:
 
 def resume(run: Run) -> None:
     """Continue from `run.plan`: DeepSpeed's files at the writing layout, the layout-free part
-    (weights already in the module) at another."""
+    (weights already in the module) at another. Without a plan: start, from `run.init` if set."""
     plan = run.plan
     if plan is None:
         if dist.get_rank() == 0:
             drop_metrics_after(run.run_dir / "metrics.jsonl", 0)  # left by a run that saved nothing
+        if run.init is not None:
+            initialize(run.engine, run.init, run.muon)
         return
     if plan.reshard:
-        state = zero_state.load(run.engine, plan.path)
+        state = zero_state.load(run.engine, plan.path, run.muon)
     else:
         state = checkpointing.load(run.engine, run.run_dir, plan.tag)
+        if run.muon is not None:
+            run.muon.load_state_dict(state["muon"])
     replay_bias_correction(zero_state.base_optimizer(run.engine.optimizer), zero_state.adam_step(run.engine))
     try:
         run.loader.load_state_dict(state["loader"])
@@ -130,6 +146,9 @@ def resume(run: Run) -> None:
         drop_metrics_after(run.run_dir / "metrics.jsonl", run.step)
         how = " at another layout (weights, optimizer and loader position resharded)" if plan.reshard else ""
         print(f"resumed from {plan.path} at step {run.step}{how}", flush=True)
+        if run.config.train.init_from:
+            print(f"train.init_from={run.config.train.init_from} is not read: the run continues from its own "
+                  "checkpoint", flush=True)
         if note := schedule_note(run, plan.config):
             print(note, flush=True)
 
@@ -207,7 +226,9 @@ def train_step(run: Run, batches) -> tuple[float, float, dict[str, float]]:
             raise FloatingPointError(f"step {run.step + 1}: the loss is {loss.item()} on some rank; stopping "
                                      "without a checkpoint (lower the lr, or resume from the last checkpoint)")
         run.engine.backward(loss)
-        if micro == run.accumulation - 1 and run.config.parallel.zero_stage == 0:
+        if micro == run.accumulation - 1 and run.muon is not None:
+            norm = run.muon.prepare(run.engine.optimizer)
+        elif micro == run.accumulation - 1 and run.config.parallel.zero_stage == 0:
             norm = gradient_norm(run.engine.module, run.groups.tp)
         run.engine.step()
         total += loss.item()
@@ -263,7 +284,10 @@ def new_epochs(run: Run, before: np.ndarray, now: np.ndarray) -> list[str]:
 def save(run: Run) -> Path:
     state = {"step": run.step, "loader": run.loader.state_dict(), "config": to_dict(run.config),
              "layout": checkpointing.current_layout(to_dict(run.config), run.groups)}
-    return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep, run.tokenizer)
+    if run.muon is not None:
+        state["muon"] = run.muon.state_dict()
+    return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep, run.tokenizer,
+                              run.muon)
 
 
 def train(run: Run) -> int:
