@@ -17,7 +17,6 @@ per-token scalar lr, no inner LayerNorm residual, no MLP).
 import argparse
 import json
 import os
-import time
 
 import torch
 
@@ -28,7 +27,7 @@ from tqdm import tqdm  # noqa: E402
 from ttt_layer import make_inputs  # noqa: E402  (the sibling benchmark's inputs at a layer's scales)
 
 from megatron_ttt.ops import TTTInputs, TTTState, ttt_dual, ttt_inner_loop  # noqa: E402
-from megatron_ttt.planning.machine import copy_gbps, matmul_tflops  # noqa: E402
+from megatron_ttt.planning.machine import copy_gbps, matmul_tflops, median_seconds  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LEAF_NAMES = ["q", "k", "v", "lr", "token_offset", "ln_weight", "ln_bias"]
@@ -66,21 +65,6 @@ def accuracy_rows(kind: str, T: int, b: int, d: int, H: int) -> list[dict]:
     return rows
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of fn() after a warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def ttt_flops_per_token(kind: str, d: int, b: int) -> float:
     """Forward FLOPs per token and head of the dual form: every matmul, 2 FLOPs per multiply-add."""
     if kind == "linear":
@@ -110,8 +94,8 @@ def speed_rows(kind: str, B: int, H: int, T: int, d: int, b: int, group: int, re
     io_bytes = 4 * B * H * T * d * 2  # q, k, v read, z written, bf16
     rows = []
     for name, fn in impls.items():
-        fwd = timed(lambda: fn(), repeats)
-        fwd_bwd = timed(lambda: fn().float().sum().backward(), repeats)
+        fwd = median_seconds(lambda: fn(), repeats, DEVICE)
+        fwd_bwd = median_seconds(lambda: fn().float().sum().backward(), repeats, DEVICE)
         rows.append({"op": kind, "impl": name, "B": B, "H": H, "T": T, "d": d, "fwd_ms": fwd * 1e3,
                      "fwd_bwd_ms": fwd_bwd * 1e3, "fwd_tflops": B * H * flops[name] / fwd / 1e12,
                      "fwd_gbps": io_bytes / fwd / 1e9})

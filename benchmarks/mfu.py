@@ -19,8 +19,6 @@ and the largest relative difference of the scored log-probabilities and of the t
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -32,21 +30,11 @@ from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import parallel_groups
 from megatron_ttt.planning.flops import forward_flops
-from megatron_ttt.planning.machine import matmul_size, matmul_tflops
+from megatron_ttt.planning.machine import matmul_size, matmul_tflops, median_seconds
 from megatron_ttt.run_options import InnerLoopOptions
 
 KINDS = {"linear": ("linear", "T"), "mlp": ("mlp", "T"), "hybrid": ("linear", "TW")}
 """Row name: (TTT layer type, layer motif repeated to the preset's depth)."""
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(name: str, layer_type: str, pattern: str, window: int, seq_len: int, backend: str, repeats: int,

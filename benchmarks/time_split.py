@@ -14,8 +14,6 @@ that any change leaving the dense matmuls alone could give.
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch.profiler import profile
@@ -25,6 +23,7 @@ from megatron_ttt.models.presets import preset
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import parallel_groups
+from megatron_ttt.planning.machine import median_seconds
 from megatron_ttt.run_options import InnerLoopOptions
 
 DENSE = ("aten::mm", "aten::addmm")
@@ -32,19 +31,14 @@ DENSE = ("aten::mm", "aten::addmm")
 
 def split(fn, repeats: int) -> tuple[float, float, float]:
     """(median seconds, dense matmul share, inner-loop forward share) of fn."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    seconds = median_seconds(fn, repeats)
     with profile() as prof:
         fn()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     dense = sum(e.self_cpu_time_total for e in events if e.key in DENSE)
     inner = sum(e.cpu_time_total for e in events if e.key == "ttt_inner_loop")
-    return statistics.median(times), dense / total, inner / total
+    return seconds, dense / total, inner / total
 
 
 def main() -> None:

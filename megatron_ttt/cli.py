@@ -10,6 +10,7 @@ from megatron_ttt import __version__
 from megatron_ttt.console import quiet_libraries
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.checkpoint.cli import add_checkpoint_parser, add_convert_parser
+from megatron_ttt.config.continuation import continue_pretraining
 from megatron_ttt.data_prep.cli import add_data_parser
 from megatron_ttt.eval.cli import add_eval_parser, add_generate_parser
 from megatron_ttt.launch.cli import add_launch_parser
@@ -25,6 +26,12 @@ def _version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy_gbps() -> float:
+    from megatron_ttt.planning.machine import copy_gbps
+
+    return copy_gbps()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mttt", description="Pretrain TTT language models.")
     parser.add_argument("--verbose", action="store_true",
@@ -33,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the package and torch versions").set_defaults(func=_version)
     add_data_parser(sub)
     add_pretrain_parser(sub)
-    add_convert_parser(sub)
+    add_convert_parser(sub, continue_pretraining)
     add_checkpoint_parser(sub)
     add_eval_parser(sub)
-    add_generate_parser(sub)
+    add_generate_parser(sub, _copy_gbps)
     add_launch_parser(sub)
     add_torchrun_parser(sub)
     add_plan_parser(sub)

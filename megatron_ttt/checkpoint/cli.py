@@ -2,12 +2,20 @@
 the command, so `mttt --help` and the data commands start fast."""
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
+from megatron_ttt.models.config import TTTModelConfig
 
-def _convert(args: argparse.Namespace) -> int:
+Continuation = Callable[[TTTModelConfig, Path], str]
+"""Given a converted model and its directory, writes how to continue pretraining it there and
+returns what to print (config/continuation.py, which the config layer owns)."""
+
+
+def _convert(args: argparse.Namespace, continuation: Continuation) -> int:
     from megatron_ttt.checkpoint.convert import hf_to_mttt, llama_to_mttt, mttt_to_hf, mttt_to_mttt
     from megatron_ttt.checkpoint.llama import HybridLayout
+    from megatron_ttt.checkpoint.model_dir import read_model_config
     from megatron_ttt.errors import UserInputError
     from megatron_ttt.parallel.layout import ParallelLayout
     from megatron_ttt.parallel.setup import parallel_groups
@@ -24,10 +32,12 @@ def _convert(args: argparse.Namespace) -> int:
                    "llama-to-mttt": lambda src, dst, groups: llama_to_mttt(src, dst, groups, layout)}[args.direction]
         diff = convert(Path(args.src), Path(args.dst), groups)
     print(f"wrote {args.dst}; self-check: log-probabilities match the source to {diff:.1e}")
+    if args.direction == "llama-to-mttt":
+        print(continuation(read_model_config(Path(args.dst)), Path(args.dst)))
     return 0
 
 
-def add_convert_parser(sub: argparse._SubParsersAction) -> None:
+def add_convert_parser(sub: argparse._SubParsersAction, continuation: Continuation) -> None:
     p = sub.add_parser("convert", help="convert checkpoints (ours, reference, Llama), self-checked",
                        description="SRC of mttt-to-hf and mttt-to-mttt: a model directory, a training checkpoint "
                                    "(RUN/checkpoints/step-N, written at any TP, DP and ZeRO stage) or a run "
@@ -45,7 +55,7 @@ def add_convert_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention-window", type=int, metavar="W", help="llama-to-mttt: the W layers' window")
     p.add_argument("--layer-type", choices=("linear", "mlp"), help="llama-to-mttt: the T layers' inner model "
                                                                    "(default linear)")
-    p.set_defaults(func=_convert)
+    p.set_defaults(func=lambda args: _convert(args, continuation))
 
 
 def _verify(args: argparse.Namespace) -> int:

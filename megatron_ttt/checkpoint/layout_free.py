@@ -6,6 +6,7 @@ rank, DP rank, ZeRO partition). Beside them each checkpoint also holds
     model_config.json, model/        the fp32 (master) weights: the checkpoint is a model directory
     optimizer/exp_avg/               Adam's first moments, in the same sharded layout as the weights
     optimizer/exp_avg_sq/            Adam's second moments
+    optimizer/momentum_buffer/       Muon's momentum (runs with optimizer.name muon only)
     trainer_state.json               step, Adam's step count, loader position, the writing layout
 
 Each of the three tensor directories is a megatron-core dist_checkpointing directory of the
@@ -33,6 +34,9 @@ PARTS = ((None, WEIGHTS_DIR), *((key, f"optimizer/{key}") for key in MOMENTS))
 """(what, directory): the fp32 weights (None), then each Adam moment."""
 WEIGHTS = PARTS[:1]
 """The weights alone: all a model directory holds."""
+MUON_PART = ("momentum_buffer", "optimizer/momentum_buffer")
+"""Muon's momentum of the hidden matrices (zeros for the other parameters, like Adam's moments of
+the hidden matrices in a Muon run)."""
 
 WholeTensor = Callable[[str | None, str], torch.Tensor]
 """(part, parameter name) -> this TP rank's whole fp32 tensor of that parameter's weight (part
@@ -63,15 +67,17 @@ def carrier(model: TTTLanguageModel) -> TTTLanguageModel:
 
 
 @torch.no_grad()
-def write(directory: Path, model: TTTLanguageModel, whole: WholeTensor, trainer_state: dict) -> None:
-    """Write the layout-free part into `directory` (an existing, not yet published checkpoint).
-    Collective: every rank calls it, each giving its TP rank's whole tensors through `whole`."""
+def write(directory: Path, model: TTTLanguageModel, whole: WholeTensor, trainer_state: dict,
+          muon: bool = False) -> None:
+    """Write the layout-free part into `directory` (an existing, not yet published checkpoint),
+    with Muon's momentum where `muon`. Collective: every rank calls it, each giving its TP rank's
+    whole tensors through `whole`."""
     rank0 = torch.distributed.get_rank() == 0
     twin = carrier(model)
     if rank0:
         write_model_config(model.ttt, directory)
         (directory / "optimizer").mkdir()
-    for part, sub in PARTS:
+    for part, sub in PARTS + ((MUON_PART,) if muon else ()):
         for name, p in twin.named_parameters():
             p.copy_(whole(part, name).reshape(p.shape))
         write_weights(twin, directory / sub)
@@ -84,8 +90,11 @@ def write(directory: Path, model: TTTLanguageModel, whole: WholeTensor, trainer_
 def read(directory: Path, model: TTTLanguageModel, receive: Callable[[str | None, str, torch.Tensor], None],
          parts: tuple = PARTS) -> None:
     """Each of `parts` at this TP size: `receive(part, parameter name, whole tensor)` for each
-    weight, then (all parts) each Adam moment (the trainer state: read_trainer_state)."""
+    weight, then (all parts) each Adam moment and Muon's momentum where present (the trainer
+    state: read_trainer_state)."""
     twin = carrier(model)
+    if parts == PARTS and (directory / MUON_PART[1]).exists():
+        parts = (*PARTS, MUON_PART)
     for part, sub in parts:
         read_weights(twin, directory / sub)
         for name, p in twin.named_parameters():

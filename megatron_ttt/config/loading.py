@@ -25,6 +25,11 @@ class ConfigError(UserInputError):
 
 
 def _convert(value, kind, where: str):
+    options = typing.get_args(kind)
+    if type(None) in options:  # an optional key: null keeps the preset's
+        if value is None:
+            return None
+        kind = next(option for option in options if option is not type(None))
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -101,8 +106,7 @@ POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.in
 CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
            "parallel.zero_stage": (0, 1, 2, 3), "data.verify": ("size", "full"), "train.dtype": ("fp32", "bf16"),
            "train.inner_loop_backend": BACKENDS, "train.compile_backend": ("inductor", "aot_eager"),
-           "optimizer.schedule": SCHEDULES,
-           "optimizer.decay_shape": DECAY_SHAPES}
+           "optimizer.schedule": SCHEDULES, "optimizer.decay_shape": DECAY_SHAPES, "optimizer.name": ("adamw", "muon")}
 
 
 def _get(config: PretrainConfig, key: str):
@@ -115,6 +119,8 @@ def check(config: PretrainConfig) -> None:
     bad = [f"{key}={_get(config, key)} (must be at least 1)" for key in POSITIVE if _get(config, key) < 1]
     if config.logging.eval_interval < 0:
         bad.append(f"logging.eval_interval={config.logging.eval_interval} (must be at least 0: 0 is never)")
+    if not 0 <= config.optimizer.muon_momentum < 1:
+        bad.append(f"optimizer.muon_momentum={config.optimizer.muon_momentum} (must be in [0, 1))")
     bad += [f"{key}={_get(config, key)!r} (choose one of {', '.join(map(str, choices))})"
             for key, choices in CHOICES.items() if _get(config, key) not in choices]
     try:
@@ -123,6 +129,8 @@ def check(config: PretrainConfig) -> None:
         bad.append(f"parallel.{exc}")
     if not config.model.rope_theta > 0:
         bad.append(f"model.rope_theta={config.model.rope_theta} (must be positive)")
+    if config.model.rms_norm_eps < 0:
+        bad.append(f"model.rms_norm_eps={config.model.rms_norm_eps} (must be at least 0: 0 is the preset's)")
     if config.train.init_optimizer and not config.train.init_from:
         bad.append("train.init_optimizer=true (takes the optimizer state of train.init_from, which is not set)")
     if config.model.preset in PRESETS:

@@ -1,8 +1,8 @@
 """A config's model section resolved to the model it describes, and the one rule for "the same run".
 
-A preset fills in every shape and mixer setting left unset (0 or empty), so `model.num_kv_heads=8`
-on the 7b-hybrid preset and no setting at all are the same model, and so are `model.num_layers=2`
-on the tiny preset and none. Launch, pretraining, resume and the
+A preset fills in every shape, mixer, norm epsilon and head tying setting left unset (0, empty or
+None), so `model.num_kv_heads=8` on the 7b-hybrid preset and no setting at all are the same model,
+and so are `model.num_layers=2` on the tiny preset and none. Launch, pretraining, resume and the
 layout check all go through `resolved_section` / `resolve_model`; a run directory holds one model,
 while everything else (steps, schedule, data, layout) may change when the run continues.
 """
@@ -12,7 +12,7 @@ import math
 
 from megatron_ttt.config.sections import ModelSection, PretrainConfig
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.presets import PRESETS, preset, preset_settings
+from megatron_ttt.models.presets import PRESETS, preset, preset_settings, shared_settings
 
 VOCAB_MULTIPLE = 128
 """A trained model's vocabulary is the tokenizer's rounded up to a multiple of this times TP."""
@@ -24,11 +24,12 @@ SAVED_BEFORE_THE_KEY = {"document_boundaries": "carry"}
 
 def resolved_section(section: dict) -> dict:
     """A saved or requested model section (keys a config of an older version lacks take what it
-    trained as, else their defaults) with the preset's value of every unset shape and mixer setting."""
+    trained as, else their defaults) with the preset's value of every unset shape, mixer, norm
+    epsilon and head tying setting."""
     values = dataclasses.asdict(ModelSection()) | SAVED_BEFORE_THE_KEY | section
     if values["preset"] not in PRESETS:
         return values
-    return values | preset_settings(values["preset"], values)
+    return values | preset_settings(values["preset"], values) | shared_settings(values)
 
 
 def resolve_model(section: ModelSection, vocab_size: int) -> TTTModelConfig:

@@ -45,6 +45,12 @@ class ModelSection:
     """RoPE's base. TTT layers rotate positions within an inner mini-batch, so a longer context
     changes nothing there; attention layers (*, W) rotate absolute positions: a context-extension
     stage may raise it (the one model key that may differ from train.init_from's model)."""
+    rms_norm_eps: float = 0.0
+    """Epsilon of every RMSNorm (0: the preset's, 1e-6); a converted Llama keeps its own (1e-5 for
+    Llama 2)."""
+    tie_word_embeddings: bool | None = None
+    """true: the output head is the embedding matrix; false: a head of its own, as most released
+    Llama models have (null: the preset's, tied)."""
 
 
 @dataclass
@@ -100,6 +106,15 @@ class OptimizerSection:
     """Clip the global gradient norm (TP-correct: split tensors counted once)."""
     inner_lr_warmup_from: float = 0.01
     """TTT-MLP only: the inner base lr rises from this to its configured value over the warm-up."""
+    name: str = "adamw"
+    """adamw, or muon: the hidden weight matrices (the mixers' in/out projections and the MLP's,
+    as models/parameter_table.py marks them) step by Newton-Schulz orthogonalised Nesterov
+    momentum, everything else (embeddings, head, norms, biases, convolutions, TTT's per-head
+    vectors and inner initial weights) by AdamW with the settings above (docs/training.md, Muon)."""
+    muon_momentum: float = 0.95
+    """Muon's momentum (Nesterov). Its update is scaled by 0.2 * sqrt(max(rows, cols)) of the
+    whole (unsplit) matrix, which gives it about AdamW's update RMS: `lr`, its schedule and
+    `weight_decay` (decoupled, as AdamW's) serve both."""
 
 
 @dataclass

@@ -146,7 +146,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_long_context)
 
 
-def add_generate_parser(sub: argparse._SubParsersAction) -> None:
+def add_generate_parser(sub: argparse._SubParsersAction, copy_gbps) -> None:
+    """`copy_gbps`: () -> this machine's copy bandwidth in GB/s (planning/machine.py, a layer above)."""
     p = sub.add_parser("generate", help="continue a prompt (prefill, then constant-memory decoding)")
     _checkpoint_args(p)
     p.add_argument("--prompt", required=True, metavar="TEXT")
@@ -159,4 +160,10 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="decode through one compiled graph of the model (TTT layers only, TP 1): 3.9x faster per "
                         "token than eager at the tiny preset, 1.7x at 125m on a CPU (docs/benchmarks.md), after a "
                         "compile of 5-20 s at the first step (reported apart)")
-    p.set_defaults(func=_generate)
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="with --compile on a CUDA machine: capture the compiled decode step as a CUDA graph, replayed "
+                        "per token (the model moves to the GPU)")
+    p.add_argument("--weights", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="how the projections and head are stored for decoding: bf16, or int8 weight-only per output "
+                        "channel (fewer bytes read per token; log-prob bounds in docs/eval.md); TP 1")
+    p.set_defaults(func=_generate, copy_gbps=copy_gbps)

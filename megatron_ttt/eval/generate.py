@@ -70,11 +70,13 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
 @torch.no_grad()
 def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingConfig, keep_logits: bool = False,
              show_progress: bool = False, stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
-             compiled: bool = False) -> Generation:
+             compiled: bool = False, cuda_graph: bool = False) -> Generation:
     """prompt [B, T] ids (T >= 1) -> the generated continuation. `stop`: the tokens generated so
     far [B, n] -> [B] bool, the sequences that are done (a stop string appeared), checked after
     every token like `eos_id`. `compiled`: decode through one compiled graph of the model
-    (models/compiled_decode.py; TTT layers at TP 1), compiled on the first token."""
+    (models/compiled_decode.py; TTT layers at TP 1), compiled on the first token; `cuda_graph`: that
+    graph also captured as a CUDA graph (the model and prompt on a CUDA device). Sampling runs on
+    the CPU."""
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise UserInputError(f"the prompt must hold at least one token, got ids of shape {tuple(prompt.shape)}")
     sampling.check()
@@ -82,9 +84,10 @@ def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingCo
     generator = torch.Generator().manual_seed(sampling.seed)
     cache = InferenceCache.empty(len(model.blocks))
     start = time.perf_counter()
-    logits = model.gather_logits(model.last_logits(prompt, cache)).float()
+    logits = model.gather_logits(model.last_logits(prompt, cache)).float().cpu()
     prefill = time.perf_counter() - start
-    next_logits = CompiledDecoder(model, cache) if compiled else lambda tokens: model.last_logits(tokens, cache)
+    next_logits = CompiledDecoder(model, cache, cuda_graph=cuda_graph) if compiled or cuda_graph else \
+        lambda tokens: model.last_logits(tokens, cache)
     tokens, kept, finished = [], [], torch.zeros(prompt.shape[0], dtype=torch.bool)
     first, start = 0.0, time.perf_counter()
     for step in tqdm(range(sampling.max_new_tokens), unit="tok", disable=not show_progress):
@@ -97,9 +100,9 @@ def generate(model: TTTLanguageModel, prompt: torch.Tensor, sampling: SamplingCo
             finished |= stop(torch.stack(tokens, dim=1))
         if step == sampling.max_new_tokens - 1 or bool(finished.all()):
             break
-        logits = model.gather_logits(next_logits(token[:, None])).float()
+        logits = model.gather_logits(next_logits(token[:, None].to(prompt.device))).float().cpu()
         if step == 0:
             first, start = time.perf_counter() - start, time.perf_counter()
     decode = time.perf_counter() - start if first else 0.0
     return Generation(torch.stack(tokens, dim=1), torch.stack(kept, dim=1) if keep_logits else None, prefill, first,
-                      decode, (next_logits.cache() if compiled else cache).nbytes())
+                      decode, (next_logits.cache() if compiled or cuda_graph else cache).nbytes())

@@ -5,7 +5,8 @@ histories, RoPE, inner step, norms, MLP, and the head), so eager it is bound by 
 on a CPU and by kernel launches on a GPU. Here the cache lives in fixed-shape buffers: the TTT
 states hold a tensor position and a gradient sum at every position (TTTState.fixed_shape), so one
 graph serves every token, and the step writes the new state into the same buffers (fixed
-addresses, which CUDA-graph capture would also need; not wired up here).
+addresses). On CUDA (`cuda_graph=True`) the compiled step is then captured once as a CUDA graph
+and replayed per token from a fixed token buffer: one launch per token instead of one per kernel.
 
 The graph is the eager cached path (TTTLanguageModel.last_logits with an InferenceCache) traced
 once to ATen ops (make_fx, the weights as inputs) and compiled by Inductor: no Python runs per
@@ -38,15 +39,19 @@ class CompiledDecoder:
         model: a TTTLanguageModel of TTT layers only (attention caches grow), at TP 1.
         cache: the cache after the prompt (model.last_logits(prompt, cache)); it is copied, not moved.
         compile: False runs the same fixed-shape step eagerly.
+        cuda_graph: capture the compiled step as a CUDA graph (the model on a CUDA device, compile on).
 
     The decoder holds the model's weight tensors as they are when it is made: changes in place
     (an optimizer step, load_state_dict) are seen, tensors replaced (model.to(...)) are not; make
     a new decoder then.
     """
 
-    def __init__(self, model, cache: InferenceCache, compile: bool = True):
+    def __init__(self, model, cache: InferenceCache, compile: bool = True, cuda_graph: bool = False):
         _check_decodable(model, cache)
-        self.model, self.compile = model, compile
+        if cuda_graph and not (compile and model.embedding.weight.is_cuda):
+            raise ValueError(f"CUDA-graph capture replays the compiled step on a CUDA device; this model is on "
+                             f"{model.embedding.weight.device}{'' if compile else ' and compile is off'}")
+        self.model, self.compile, self.cuda_graph = model, compile, cuda_graph
         self.position = cache.position
         """Tokens consumed so far."""
         self._layout = tuple((block.pre_conv is not None, block.mixer.conv is not None, len(block.mixer.ttt.weights))
@@ -56,13 +61,22 @@ class CompiledDecoder:
         """Sequences decoded side by side."""
         self._params = list(model.parameters())
         self._step = None
+        self._graph = None
+        """(CUDAGraph, its token buffer, its logits buffer) once captured."""
 
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape != (self.batch, 1) or tokens.dtype != torch.int64:
             raise ValueError(f"a decode step takes one int64 token per sequence, [{self.batch}, 1]; got "
                              f"{tokens.dtype} of shape {tuple(tokens.shape)}")
-        if self.compile:
+        if self.cuda_graph:
+            if self._graph is None:
+                self._graph = self._capture(tokens)
+            graph, static_tokens, static_logits = self._graph
+            static_tokens.copy_(tokens)
+            graph.replay()
+            logits = static_logits.clone()
+        elif self.compile:
             if self._step is None:
                 self._step = self._compiled(tokens)
             logits = self._step(self._params, tokens, self._state)
@@ -77,6 +91,24 @@ class CompiledDecoder:
         blocks = [BlockCache(MixerCache(ttt=ttt.variable_shape(), conv=conv), pre_conv)
                   for pre_conv, conv, ttt in layers]
         return InferenceCache(blocks, self.position, documents)
+
+    def _capture(self, tokens: torch.Tensor) -> tuple:
+        """Compile, then capture one step as a CUDA graph over the decoder's own buffers. The warm-up
+        (on a side stream, as capture asks) and the capture each run a step on copies of the state,
+        which is restored after, so the first replay is the first token."""
+        step, saved = self._compiled(tokens), [t.clone() for t in self._state]
+        static_tokens = tokens.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step(self._params, static_tokens, self._state)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_logits = step(self._params, static_tokens, self._state)
+        for buffer, value in zip(self._state, saved):
+            buffer.copy_(value)
+        return graph, static_tokens, static_logits
 
     def _compiled(self, tokens: torch.Tensor):
         """The step compiled for this model, batch, weights' dtypes and devices, cache layout and

@@ -40,6 +40,10 @@ class Rule:
     """How the reference initializes it (each component of a fused one): one of INITS."""
     weight_decay: bool = True
     """AdamW's decoupled weight decay applies (matrices, embeddings, inner and conv weights)."""
+    hidden_matrix: bool = False
+    """A hidden layer's weight matrix (the mixers' and the MLP's projections): what Muon
+    orthogonalises; embeddings, the head, the TTT inner model's per-head initial weights, convs,
+    norms and biases are not."""
 
     def local_shape(self, tp_size: int) -> Shape:
         """Our tensor's shape on each of `tp_size` TP ranks: the reference shape (less its
@@ -63,7 +67,8 @@ def _one(ours: str, ref: str, shape: Shape, **how) -> Rule:
 
 def _fused(ours: str, refs: dict[str, str], shapes: dict[str, Shape], columns: FusedColumns) -> Rule:
     """A fused projection: one reference tensor per component of `columns`, by component name."""
-    return Rule(ours, tuple(refs[n] for n in columns.names), tuple(shapes[n] for n in columns.names), fused=columns)
+    return Rule(ours, tuple(refs[n] for n in columns.names), tuple(shapes[n] for n in columns.names), fused=columns,
+                hidden_matrix=True)
 
 
 def _gain(ours: str, ref: str, shape: Shape, split_dim: int | None = 0) -> Rule:
@@ -84,7 +89,7 @@ def _ttt_mixer_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
             "lr": "learnable_ttt_lr_weight"}
     shapes = {n: (H, 1, D) if n == "lr" else (size, D) for n, size in zip(columns.names, columns.sizes)}
     out = [_fused(f"{m}in_proj.weight", {n: s + ref for n, ref in refs.items()}, shapes, columns),
-           _one(f"{m}out_proj.weight", f"{s}o_proj.weight", (D, D), split_dim=1),
+           _one(f"{m}out_proj.weight", f"{s}o_proj.weight", (D, D), split_dim=1, hidden_matrix=True),
            _gain(f"{m}ttt_norm_weight", f"{s}ttt_norm_weight", (H, d)),
            _bias(f"{m}ttt_norm_bias", f"{s}ttt_norm_bias", (H, d)),
            _bias(f"{m}ttt_lr_bias", f"{s}learnable_ttt_lr_bias", (H, 1), squeeze_dim=1),
@@ -106,7 +111,7 @@ def _attention_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
     m, s = f"{o}mixer.", f"{r}self_attn."
     refs = {n: f"{s}{n}_proj.weight" for n in "qkv"}
     return [_fused(f"{m}in_proj.weight", refs, {"q": (D, D), "k": (kv, D), "v": (kv, D)}, qkv_columns(cfg)),
-            _one(f"{m}out_proj.weight", f"{s}o_proj.weight", (D, D), split_dim=1)]
+            _one(f"{m}out_proj.weight", f"{s}o_proj.weight", (D, D), split_dim=1, hidden_matrix=True)]
 
 
 def _block_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
@@ -121,7 +126,7 @@ def _block_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
     return out + [_gain(f"{o}seq_norm.weight", f"{r}seq_norm.weight", (D,), None),
                   _gain(f"{o}ffn_norm.weight", f"{r}ffn_norm.weight", (D,), None),
                   _fused(f"{o}mlp.fc1.weight", mlp, {"gate": (F, D), "up": (F, D)}, mlp_columns(cfg)),
-                  _one(f"{o}mlp.fc2.weight", f"{r}mlp.down_proj.weight", (D, F), split_dim=1)]
+                  _one(f"{o}mlp.fc2.weight", f"{r}mlp.down_proj.weight", (D, F), split_dim=1, hidden_matrix=True)]
 
 
 def rules(cfg: TTTModelConfig) -> list[Rule]:

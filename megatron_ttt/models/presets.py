@@ -62,6 +62,9 @@ SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size")
 MIXER_KEYS = ("layer_pattern", "attention_window", "num_kv_heads")
 """A preset's mixers as a config names them: empty or 0 keeps the preset's value."""
 SETTINGS = (*SHAPE_KEYS, *MIXER_KEYS)
+SHARED_KEYS = ("rms_norm_eps", "tie_word_embeddings")
+"""Settings every preset has alike (TTTModelConfig's defaults) and a converted model may not: a
+config's 0 or None keeps the preset's."""
 
 
 def preset_settings(name: str, given: dict | None = None) -> dict:
@@ -76,6 +79,13 @@ def preset_settings(name: str, given: dict | None = None) -> dict:
         "layer_pattern": given.get("layer_pattern") or (repeated(hybrid.motif, layers) if hybrid else ""),
         "attention_window": given.get("attention_window") or (hybrid.window if hybrid else DEFAULT_WINDOW),
         "num_kv_heads": given.get("num_kv_heads") or (hybrid.kv_heads if hybrid else 0)}
+
+
+def shared_settings(given: dict) -> dict:
+    """The SHARED_KEYS as `given` sets them, the presets' values where unset (0, None)."""
+    tied = given.get("tie_word_embeddings")
+    return {"rms_norm_eps": given.get("rms_norm_eps") or TTTModelConfig.rms_norm_eps,
+            "tie_word_embeddings": TTTModelConfig.tie_word_embeddings if tied is None else tied}
 
 
 def settings_problems(name: str, given: dict, key: Callable[[str], str]) -> list[str]:

@@ -51,6 +51,8 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-ckpt", choices=("on", "off"))
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--no-sequence-parallel", action="store_true")
+    p.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"),
+                   help="muon: one momentum for the hidden matrices instead of Adam's two moments")
     p.add_argument("--assume", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override an assumption (see docs/planning.md): " + ", ".join(_assumption_names()))
     p.add_argument("--top", type=int, default=5, help="layouts shown when searching")
@@ -111,7 +113,7 @@ def _plan(args: argparse.Namespace) -> int:
              "micro_batch": args.micro_batch,
              "block_ckpt": None if args.block_ckpt is None else args.block_ckpt == "on"}
     base = Layout(args.nodes, args.gpus_per_node, seq_len=args.seq_len, global_batch_tokens=args.global_batch_tokens,
-                  dtype=args.dtype, sequence_parallel=not args.no_sequence_parallel,
+                  dtype=args.dtype, sequence_parallel=not args.no_sequence_parallel, optimizer=args.optimizer,
                   **{k: v for k, v in given.items() if v is not None})
     open_options = {k for k, v in given.items() if v is None}
     if open_options:

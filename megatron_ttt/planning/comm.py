@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.planning.hardware import GPU, Assumptions
 from megatron_ttt.planning.layout import Layout
-from megatron_ttt.planning.memory import local_parameters
+from megatron_ttt.planning.memory import hidden_matrix_parameters, local_parameters
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,15 @@ class Traffic:
     cp_all_to_all: float = 0.0
     """Context parallelism: every mixer's inputs to a head split and its output back, forward and
     backward (and in the recomputation under block checkpointing)."""
+    tp_muon_all_gather: float = 0.0
+    """Muon: each hidden matrix's fp32 momentum gathered whole over TP, once per step."""
+    dp_muon_gradients: float = 0.0
+    """Muon under ZeRO 1-3: whole fp32 gradients once per step for the clip norm, the hidden
+    matrices' a second time (ZeRO 1-2 all-reduce a zero-filled buffer, ZeRO 3 all-gathers)."""
 
     @property
     def tp(self) -> float:
-        return self.tp_all_gather + self.tp_reduce_scatter + self.tp_all_reduce
+        return self.tp_all_gather + self.tp_reduce_scatter + self.tp_all_reduce + self.tp_muon_all_gather
 
     @property
     def cp(self) -> float:
@@ -41,7 +46,7 @@ class Traffic:
 
     @property
     def dp(self) -> float:
-        return self.dp_all_reduce + self.dp_reduce_scatter + self.dp_all_gather
+        return self.dp_all_reduce + self.dp_reduce_scatter + self.dp_all_gather + self.dp_muon_gradients
 
 
 def tensor_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
@@ -109,9 +114,21 @@ def data_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
     return {"dp_reduce_scatter": acc * ring * psi * e, "dp_all_gather": 2 * acc * ring * psi * e}
 
 
+def muon(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
+    """Per step, what Muon's half of the step (training/muon.py) adds."""
+    if layout.optimizer != "muon":
+        return {}
+    matrices, t, n = hidden_matrix_parameters(model), layout.tp, layout.zero_ranks
+    out = {"tp_muon_all_gather": (t - 1) / t * 4 * matrices}
+    if layout.zero and n > 1:
+        gathered = 4 * (local_parameters(model, t) + matrices / t)
+        out["dp_muon_gradients"] = (n - 1) / n * gathered * (1 if layout.zero == 3 else 2)
+    return out
+
+
 def traffic(model: TTTModelConfig, layout: Layout) -> Traffic:
     return Traffic(**tensor_parallel(model, layout), **context_parallel(model, layout),
-                   **data_parallel(model, layout))
+                   **data_parallel(model, layout), **muon(model, layout))
 
 
 def bandwidths(gpu: GPU, layout: Layout, assume: Assumptions) -> tuple[float, float, float]:

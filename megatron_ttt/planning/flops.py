@@ -109,3 +109,24 @@ def executed_flops(model: TTTModelConfig, layout: Layout) -> tuple[float, float]
     elif layout.time_checkpoint_group:
         ttt += forward_ttt
     return gemm, ttt
+
+
+def newton_schulz5_flops(rows: int, cols: int) -> float:
+    """Muon's Newton-Schulz 5 on one [rows,cols] step, on its wide orientation m <= n: five times
+    A = X X^T (2 m^2 n), A A (2 m^3) and (b A + c A^2) X (2 m^2 n)."""
+    m, n = min(rows, cols), max(rows, cols)
+    return 5 * (4 * m * m * n + 2 * m**3)
+
+
+def lact_forward_flops(seq_len: int, chunk: int, d_in: int, d_hidden: int, d_out: int, use_muon: bool) -> float:
+    """Forward FLOPs of LaCT's SwiGLU fast weights (ops/lact.py) for one fast-weight head over a
+    sequence of seq_len tokens. Every token's query applies f: w0 q, w2 q, w1 (.) = 2 H (2 Din + Dout);
+    every token of the ceil(T / C) - 1 chunks that step (all but the last) runs the keys' forward
+    (2 x 2 Din H), w1^T v (2 Dout H) and the three steps' outer products (2 Dout H + 2 x 2 Din H): with
+    Din = Dout = D that is LaCT's 6 D H + 12 D H = 18 D H per token; Muon adds Newton-Schulz on the
+    three steps of every stepping chunk."""
+    steps = -(-seq_len // chunk) - 1
+    apply = seq_len * 2 * d_hidden * (2 * d_in + d_out)
+    update = steps * chunk * (8 * d_in * d_hidden + 4 * d_out * d_hidden)
+    muon = steps * (2 * newton_schulz5_flops(d_hidden, d_in) + newton_schulz5_flops(d_out, d_hidden)) if use_muon else 0
+    return apply + update + muon

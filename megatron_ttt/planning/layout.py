@@ -35,6 +35,8 @@ class Layout:
     """bf16 (mixed precision, fp32 master weights) or fp32."""
     sequence_parallel: bool = True
     """Sequence parallelism outside the mixers and MLPs (only with tp > 1)."""
+    optimizer: str = "adamw"
+    """adamw, or muon: one fp32 momentum for each hidden matrix instead of Adam's two moments."""
 
     @property
     def parallel(self) -> ParallelLayout:

@@ -18,7 +18,8 @@ def matmul_size(device: str, dtype: torch.dtype) -> int:
     return 2048 if dtype == torch.float32 else 512
 
 
-def _median_seconds(fn, repeats: int, device: str) -> float:
+def median_seconds(fn, repeats: int, device: str = "cpu") -> float:
+    """Median seconds of fn() over `repeats` calls after a warm-up call (synchronised on CUDA)."""
     fn()  # warm-up: allocation, kernel selection
     times = []
     for _ in range(repeats):
@@ -36,11 +37,11 @@ def matmul_tflops(device: str = "cpu", dtype: torch.dtype = torch.float32, repea
     """TFLOP/s of one large square matmul in `dtype` at torch's current threads: the MFU peak."""
     n = matmul_size(device, dtype)
     a = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / _median_seconds(lambda: a @ a, repeats, device) / 1e12
+    return 2 * n**3 / median_seconds(lambda: a @ a, repeats, device) / 1e12
 
 
 def copy_gbps(device: str = "cpu", megabytes: int = 256, repeats: int = 5) -> float:
     """GB/s of copying a buffer larger than the caches (bytes read plus bytes written)."""
     x = torch.empty(megabytes * 2**20 // 4, device=device, dtype=torch.float32)
     y = torch.empty_like(x)
-    return 2 * x.numel() * 4 / _median_seconds(lambda: y.copy_(x), repeats, device) / 1e9
+    return 2 * x.numel() * 4 / median_seconds(lambda: y.copy_(x), repeats, device) / 1e9

@@ -78,7 +78,7 @@ def planned(config, nproc: int, sequence_parallel: bool):
                     seq_len=data.seq_len,
                     micro_batch=data.micro_batch_size, global_batch_tokens=data.global_batch_tokens,
                     time_checkpoint_group=parallel.time_checkpoint_group, block_ckpt=parallel.block_checkpointing,
-                    dtype=config.train.dtype, sequence_parallel=sequence_parallel)
+                    dtype=config.train.dtype, sequence_parallel=sequence_parallel, optimizer=config.optimizer.name)
     return model, layout
 
 def main(argv: list[str]) -> int:

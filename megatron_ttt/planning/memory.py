@@ -5,11 +5,15 @@ partitions over, data x context parallel). fp32 runs keep a separate fp32 master
 (DeepSpeed's ZeRO optimizers clone the partition they own); bf16 runs keep bf16 working weights
 and gradients plus fp32 master weights, fp32 gradients and Adam's two moments. Stage 1
 partitions the optimizer side, stage 2 also the gradients, stage 3 also the working weights.
+With Muon (training/muon.py) the hidden matrices have one fp32 momentum instead of Adam's two
+moments, kept whole on every data-parallel rank (ZeRO does not partition it).
 """
 
 from dataclasses import dataclass, replace
+from math import prod
 
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.parameter_table import rules
 from megatron_ttt.models.presets import parameter_count
 from megatron_ttt.planning import activations
 from megatron_ttt.planning.hardware import GIB, GPU, Assumptions
@@ -29,6 +33,19 @@ def local_parameters(model: TTTModelConfig, tp: int) -> float:
     return (parameter_count(model) - replicated) / tp + replicated
 
 
+def hidden_matrix_parameters(model: TTTModelConfig) -> int:
+    """Parameters of the hidden matrices (what Muon steps; every one is split over TP)."""
+    return sum(prod(shape) for rule in rules(model) if rule.hidden_matrix for shape in rule.shapes)
+
+
+def optimizer_moments(model: TTTModelConfig, layout: Layout) -> float:
+    """Bytes of optimizer moments on one rank: Adam's two (1/N of them from ZeRO-1 on), and with
+    Muon one whole momentum for the hidden matrices instead."""
+    psi, n = local_parameters(model, layout.tp), (layout.zero_ranks if layout.zero else 1)
+    muon = hidden_matrix_parameters(model) / layout.tp if layout.optimizer == "muon" else 0
+    return 8 * (psi - muon) / n + 4 * muon
+
+
 @dataclass(frozen=True)
 class States:
     parameters: float
@@ -40,7 +57,7 @@ class States:
     """Gradient buffers allocated once and kept (bf16 stage 0: the fp32 accumulation copy;
     stage 3: the flat partition buffer)."""
     optimizer: float
-    """fp32 master weights and Adam's two moments (1/N of them from ZeRO-1 on)."""
+    """fp32 master weights and the optimizer's moments (1/N of them from ZeRO-1 on, but Muon's)."""
 
 
 def model_states(model: TTTModelConfig, layout: Layout) -> States:
@@ -52,10 +69,10 @@ def model_states(model: TTTModelConfig, layout: Layout) -> States:
         # .grad into a kept fp32 copy and steps a fp32 master copy.
         grads, kept = e * psi, (4 * psi if e == 2 else 0)
         master = 4 * psi if e == 2 else 0
-        return States(params, grads, kept, master + 8 * psi)
+        return States(params, grads, kept, master + optimizer_moments(model, layout))
     working = e * psi / (n if z >= 2 else 1)
     kept = e * psi / n if z == 3 else 0
-    return States(params, working + 4 * psi / n, kept, (4 + 8) * psi / n)
+    return States(params, working + 4 * psi / n, kept, 4 * psi / n + optimizer_moments(model, layout))
 
 
 def buffer_bytes(model: TTTModelConfig, layout: Layout, assume: Assumptions) -> float:

@@ -41,6 +41,7 @@ from megatron_ttt.config.model import model_differences
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 from megatron_ttt.training import zero_state
+from megatron_ttt.training.muon import Muon
 
 
 class ResumeError(UserInputError):
@@ -66,8 +67,10 @@ def _all_finite(module: torch.nn.Module) -> bool:
     return bool(finite.item())
 
 
-def save(engine, run_dir: Path, step: int, client_state: dict, keep: int, tokenizer: Path | None) -> Path:
-    """The checkpoint of `step`, with a copy of the `tokenizer` model file (where the run has one)."""
+def save(engine, run_dir: Path, step: int, client_state: dict, keep: int, tokenizer: Path | None,
+         muon: Muon | None = None) -> Path:
+    """The checkpoint of `step`, with a copy of the `tokenizer` model file (where the run has one)
+    and Muon's momentum (where the run has it)."""
     root, tag, rank0 = checkpoints_dir(run_dir), step_tag(step), dist.get_rank() == 0
     if not _all_finite(engine.module):
         raise FloatingPointError(f"step {step}: the weights hold NaN or inf; no checkpoint is written")
@@ -76,7 +79,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep: int, tokeni
         engine.save_checkpoint(str(root), tag=partial.name, client_state=client_state | {"rng": rng_state()},
                                save_latest=False)
         dist.barrier()
-        zero_state.save(engine, partial, {k: client_state[k] for k in ("step", "loader", "layout")})
+        zero_state.save(engine, partial, {k: client_state[k] for k in ("step", "loader", "layout")}, muon)
         if rank0:
             write_atomic(partial / RUN_CONFIG, json.dumps(client_state["config"], indent=1) + "\n")
             copy_tokenizer(tokenizer, partial)
@@ -151,6 +154,7 @@ def plan_resume(run_dir: Path, mode: str, requested: dict, layout: dict) -> Resu
     tag = path.name
     saved = saved_config(run_dir, tag)
     check_same_model(saved, requested, path)
+    check_same_optimizer(saved, requested, path)
     written = saved_layout(path, saved)
     differ = [f"{k}: checkpoint {written[k]!r}, requested {layout[k]!r}" for k in LAYOUT_KEYS
               if written[k] is not None and written[k] != layout[k]]
@@ -202,6 +206,14 @@ def data_differences(saved: dict, requested: dict) -> list[str]:
     """The data settings a checkpoint's run used that the requested run changes, with both values."""
     before, now = saved["data"], requested["data"]
     return [f"data.{k}: {before[k]!r} there, {now[k]!r} now" for k in DATA_KEYS if k in before and before[k] != now[k]]
+
+
+def check_same_optimizer(saved: dict, requested: dict, where: Path) -> None:
+    """AdamW's and Muon's states differ for the hidden matrices: a run keeps its optimizer."""
+    before, now = saved["optimizer"].get("name", "adamw"), requested["optimizer"]["name"]
+    if before != now:
+        raise ResumeError(f"{where} was trained with optimizer.name={before}, and its optimizer state does not carry "
+                          f"over to {now}: resume with optimizer.name={before}, or start a new run_dir")
 
 
 def check_same_model(saved: dict, requested: dict, where: Path) -> None:

@@ -40,6 +40,7 @@ from megatron_ttt.training import zero_state
 from megatron_ttt.training.adam_history import replay_bias_correction
 from megatron_ttt.training.checkpointing import ResumePlan, intact_checkpoint
 from megatron_ttt.training.data import TrainingData
+from megatron_ttt.training.muon import Muon
 
 MAY_DIFFER = ("rope_theta",)
 """The model key a stage may change: RoPE's base, raised for the attention layers of a hybrid
@@ -160,11 +161,12 @@ def record(run_dir: Path, plan: InitPlan) -> None:
     write_atomic(run_dir / INIT_FROM, json.dumps(plan.record(), indent=1) + "\n")
 
 
-def initialize(engine, plan: InitPlan) -> None:
+def initialize(engine, plan: InitPlan, muon: Muon | None = None) -> None:
     """After DeepSpeed took over the model (whose module holds the source's weights already):
-    the exact fp32 masters, and with plan.optimizer AdamW's moments and step count."""
+    the exact fp32 masters, and with plan.optimizer AdamW's moments and step count (and Muon's
+    momentum, where both runs use Muon)."""
     if plan.optimizer:
-        state = zero_state.load(engine, plan.path)
+        state = zero_state.load(engine, plan.path, muon)
         replay_bias_correction(zero_state.base_optimizer(engine.optimizer), state["adam_step"])
     else:
         zero_state.load_weights(engine, plan.path)

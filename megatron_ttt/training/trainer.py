@@ -32,6 +32,7 @@ from megatron_ttt.training.data import TrainingData, eod_mask_id, training_data
 from megatron_ttt.training.engine import build_engine, gradient_accumulation
 from megatron_ttt.training.init_from import InitPlan, initialize, plan_init, record
 from megatron_ttt.training.loss import SourceLosses, eod_mask, token_mean
+from megatron_ttt.training.muon import Muon
 from megatron_ttt.training.report import Reporter
 from megatron_ttt.training.schedule import inner_lr_scale, learning_rate, saved_schedule, schedule_change
 from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_NONFINITE, EXIT_PREEMPTED, StopRequests
@@ -60,6 +61,8 @@ class Run:
     """The tokenizer model file the data was made with, copied into each checkpoint (None: not
     found here)."""
     step: int = 0
+    muon: Muon | None = None
+    """Muon's half of each optimizer step and its momentum (optimizer.name muon)."""
 
 
 def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, resume_mode: str = "auto") -> Run:
@@ -92,7 +95,7 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
                        fullgraph=config.parallel.zero_stage < 3 and config.parallel.tensor_parallel == 1)
     dp_rank, dp_size = dist.get_rank(groups.dp), dist.get_world_size(groups.dp)
     cp = (dist.get_rank(groups.cp), dist.get_world_size(groups.cp))
-    engine, _ = build_engine(model, config, dp_size)
+    engine, _, muon = build_engine(model, config, dp_size)
     data = config.data
     train_config = LoaderConfig(data.micro_batch_size, seed=data.seed, num_workers=data.num_workers)
     loader = TokenLoader(sources.manifests, train_config, dp_rank, dp_size, sources.weights, cp)
@@ -101,7 +104,7 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
                    for name, manifest in zip(sources.names, sources.manifests)
                    if config.logging.eval_interval and manifest.samples("val") >= data.micro_batch_size * dp_size}
     return Run(config, groups, run_dir, engine, loader, val_loaders, gradient_accumulation(config, dp_size), sources,
-               plan, init, masked_token, tokenizer_file(sources.manifests[0]))
+               plan, init, masked_token, tokenizer_file(sources.manifests[0]), muon=muon)
 
 
 def tokenizer_file(manifest: Manifest) -> Path | None:
@@ -125,12 +128,14 @@ def resume(run: Run) -> None:
         if dist.get_rank() == 0:
             drop_metrics_after(run.run_dir / "metrics.jsonl", 0)  # left by a run that saved nothing
         if run.init is not None:
-            initialize(run.engine, run.init)
+            initialize(run.engine, run.init, run.muon)
         return
     if plan.reshard:
-        state = zero_state.load(run.engine, plan.path)
+        state = zero_state.load(run.engine, plan.path, run.muon)
     else:
         state = checkpointing.load(run.engine, run.run_dir, plan.tag)
+        if run.muon is not None:
+            run.muon.load_state_dict(state["muon"])
     replay_bias_correction(zero_state.base_optimizer(run.engine.optimizer), zero_state.adam_step(run.engine))
     try:
         run.loader.load_state_dict(state["loader"])
@@ -225,7 +230,9 @@ def train_step(run: Run, batches) -> tuple[float, float, dict[str, float]]:
             raise FloatingPointError(f"step {run.step + 1}: the loss is {loss.item()} on some rank; stopping "
                                      "without a checkpoint (lower the lr, or resume from the last checkpoint)")
         run.engine.backward(loss)
-        if micro == run.accumulation - 1 and run.config.parallel.zero_stage == 0:
+        if micro == run.accumulation - 1 and run.muon is not None:
+            norm = run.muon.prepare(run.engine.optimizer)
+        elif micro == run.accumulation - 1 and run.config.parallel.zero_stage == 0:
             norm = gradient_norm(run.engine.module, run.groups.tp)
         run.engine.step()
         total += loss.item()
@@ -281,7 +288,10 @@ def new_epochs(run: Run, before: np.ndarray, now: np.ndarray) -> list[str]:
 def save(run: Run) -> Path:
     state = {"step": run.step, "loader": run.loader.state_dict(), "config": to_dict(run.config),
              "layout": checkpointing.current_layout(to_dict(run.config), run.groups)}
-    return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep, run.tokenizer)
+    if run.muon is not None:
+        state["muon"] = run.muon.state_dict()
+    return checkpointing.save(run.engine, run.run_dir, run.step, state, run.config.checkpoint.keep, run.tokenizer,
+                              run.muon)
 
 
 def train(run: Run) -> int:

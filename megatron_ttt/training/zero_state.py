@@ -15,6 +15,7 @@ from deepspeed.utils import (
 )
 
 from megatron_ttt.checkpoint import layout_free
+from megatron_ttt.training.muon import Muon
 
 
 def base_optimizer(optimizer):
@@ -24,22 +25,29 @@ def base_optimizer(optimizer):
 
 
 def adam_step(engine) -> int:
-    """Adam's step count (its bias correction), the same for every parameter group."""
+    """Adam's step count (its bias correction), the same for every parameter group (Muon's
+    groups, stepped without state, have none)."""
     state = base_optimizer(engine.optimizer).state.values()
-    return max((int(s["step"]) for s in state), default=0)
+    return max((int(s["step"]) for s in state if "step" in s), default=0)
 
 
 def _flat_slice(optimizer, param: torch.nn.Parameter, key: str | None) -> torch.Tensor | None:
-    """bf16 without ZeRO (DeepSpeed's FP16_Optimizer in bf16 mode): the parameter's slice of its
-    group's flat fp32 master (key None) or of that master's Adam moment; None for other optimizers.
-    The flat master holds the group's parameters back to back, in order, unpadded."""
+    """bf16 without ZeRO: the parameter's fp32 master (key None) or that master's Adam moment;
+    None for other optimizers. DeepSpeed's FP16_Optimizer in bf16 mode (under AdamW) keeps each
+    group's masters in one flat tensor, back to back, in order, unpadded; its unfused twin (under
+    a client optimizer: Muon's) keeps one master per parameter."""
+    base = base_optimizer(optimizer)
     for group, flat in zip(getattr(optimizer, "fp16_groups", ()), getattr(optimizer, "fp32_groups_flat", ())):
         offset = 0
         for p in group:
             if p is param:
-                whole = flat if key is None else base_optimizer(optimizer).state[flat][key]
+                whole = flat if key is None else base.state[flat][key]
                 return whole[offset:offset + p.numel()].view_as(p)
             offset += p.numel()
+    for group, masters in zip(getattr(optimizer, "fp16_groups", ()), getattr(optimizer, "fp32_groups", ())):
+        for p, master in zip(group, masters):
+            if p is param:
+                return master if key is None else base.state[master][key]
     return None
 
 
@@ -64,12 +72,27 @@ def _link_fragments(optimizer) -> None:
         optimizer._lazy_init_hp_params_optimizer_state()
 
 
-def save(engine, directory: Path, trainer_state: dict) -> None:
-    """The layout-free part of the engine's state into `directory` (collective)."""
+def _local_shape(param: torch.nn.Parameter) -> torch.Size:
+    """This TP rank's whole shape of a parameter (ZeRO-3 leaves the module an empty placeholder)."""
+    return getattr(param, "ds_shape", param.shape)
+
+
+def save(engine, directory: Path, trainer_state: dict, muon: Muon | None = None) -> None:
+    """The layout-free part of the engine's state into `directory` (collective). With Muon the
+    hidden matrices have its momentum instead of Adam's moments; the missing ones are zeros."""
     _link_fragments(engine.optimizer)
     params = dict(engine.module.named_parameters())
-    layout_free.write(directory, engine.module, lambda key, name: _whole(engine, params[name], key),
-                      trainer_state | {"adam_step": adam_step(engine)})
+    matrices = set() if muon is None else set(muon.matrices)
+
+    def whole(key: str | None, name: str) -> torch.Tensor:
+        if key == layout_free.MUON_PART[0]:
+            return muon.buffers.get(name, torch.zeros(_local_shape(params[name])))
+        if key is not None and name in matrices:
+            return torch.zeros(_local_shape(params[name]))
+        return _whole(engine, params[name], key)
+
+    layout_free.write(directory, engine.module, whole, trainer_state | {"adam_step": adam_step(engine)},
+                      muon is not None)
 
 
 def _materialize_state(optimizer, step: int) -> None:
@@ -79,6 +102,7 @@ def _materialize_state(optimizer, step: int) -> None:
             or getattr(optimizer, "fp32_partitioned_groups_flat", None)  # ZeRO 3
             or getattr(optimizer, "fp32_groups_flat_partition", None)  # bf16 optimizer (pipelines)
             or getattr(optimizer, "fp32_groups_flat", None)  # bf16 without ZeRO
+            or [t for g in getattr(optimizer, "fp32_groups", ()) for t in g]  # bf16 without ZeRO, unfused
             or [p for g in optimizer.param_groups for p in g["params"]])  # fp32 without ZeRO
     base = base_optimizer(optimizer)
     for t in flat:
@@ -98,17 +122,27 @@ def _set(engine, param: torch.nn.Parameter, value: torch.Tensor, key: str | None
         engine.optimizer.state[param][key].copy_(value)
 
 
-def _read_into(engine, directory: Path, parts: tuple) -> None:
+def _read_into(engine, directory: Path, parts: tuple, muon: Muon | None = None) -> None:
     params = dict(engine.module.named_parameters())
-    layout_free.read(directory, engine.module, lambda key, name, value: _set(engine, params[name], value, key), parts)
+    matrices = set() if muon is None else set(muon.matrices)
+
+    def receive(key: str | None, name: str, value: torch.Tensor) -> None:
+        if key == layout_free.MUON_PART[0]:
+            if name in matrices:
+                muon.buffers[name] = value.clone()
+        else:
+            _set(engine, params[name], value, key)
+
+    layout_free.read(directory, engine.module, receive, parts)
 
 
-def load(engine, directory: Path) -> dict:
-    """Adam's moments and step count, and the exact fp32 master weights (DeepSpeed made its
-    masters from the module, which under bf16 holds rounded copies). Returns the trainer state."""
+def load(engine, directory: Path, muon: Muon | None = None) -> dict:
+    """Adam's moments and step count, Muon's momentum, and the exact fp32 master weights
+    (DeepSpeed made its masters from the module, which under bf16 holds rounded copies). Returns
+    the trainer state."""
     state = layout_free.read_trainer_state(directory)
     _materialize_state(engine.optimizer, state["adam_step"])
-    _read_into(engine, directory, layout_free.PARTS)
+    _read_into(engine, directory, layout_free.PARTS, muon)
     return state
 
 

@@ -4,8 +4,9 @@ through our model, hybrids keep Llama's attention layers, bad directories are re
 import io
 import json
 import re
+import shlex
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 
 import numpy as np
 import pytest
@@ -16,12 +17,19 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import megatron_ttt.checkpoint.convert as convert
 from megatron_ttt.checkpoint.checksums import weights_checksum
 from megatron_ttt.checkpoint.llama import HybridLayout
-from megatron_ttt.checkpoint.model_dir import load_model
+from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
 from megatron_ttt.cli import main
+from megatron_ttt.config import to_dict
+from megatron_ttt.config.continuation import CONTINUE_FILE
+from megatron_ttt.config.loading import check_world_size, load_config
+from megatron_ttt.config.model import model_differences, trained_model
+from megatron_ttt.data.loader import LoaderConfig, TokenLoader
+from megatron_ttt.training.data import training_data
+from megatron_ttt.training.trainer import build, resume, train_step
 from megatron_ttt.models.scoring import token_logprobs
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
-from tests.training.runs import losses, pretrain
+from tests.training.runs import FAST, losses, pretrain
 
 pytestmark = pytest.mark.usefixtures("single_process_parallel")
 
@@ -182,3 +190,67 @@ def test_a_converted_hybrid_continues_pretraining_and_tp_2_equals_tp_1(tmp_path,
     worst = max(abs(one[s] - two[s]) / one[s] for s in one)
     print(f"continued pretraining, TP 2 against TP 1: largest relative loss difference {worst:.1e}")
     assert worst <= 1e-5, (worst, one, two)
+
+
+RELEASED_LIKE = dict(vocab_size=512, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=3,
+                     num_key_value_heads=1, tie_word_embeddings=False, rms_norm_eps=1e-5, rope_theta=5e5,
+                     initializer_range=0.02)
+"""A Llama of no preset's shape (head dim 16, one key/value head), untied, eps 1e-5, RoPE base
+5e5, initializer_range as Llama 2's, with the bundled tokenizer's 512 pieces: what continued
+pretraining needs every model key for."""
+
+
+@pytest.fixture(scope="module")
+def released_like(tmp_path_factory, cache):
+    """RELEASED_LIKE converted with `--layer-pattern TW*` by the command, and the pretrain
+    overrides it printed."""
+    root = tmp_path_factory.mktemp("released")
+    llama_dir(root / "src", **RELEASED_LIKE)
+    shutil.copyfile(next(cache.glob("tokenizer-bpe-512/sp.model")), root / "src" / "tokenizer.model")
+    out = io.StringIO()
+    with commands_own_process_group(), redirect_stdout(out):
+        assert main(["convert", "llama-to-mttt", str(root / "src"), str(root / "tw"), "--layer-pattern", "TW*",
+                     "--attention-window", "32"]) == 0
+    command = next(line for line in out.getvalue().splitlines() if line.strip().startswith("mttt pretrain train."))
+    words = shlex.split(command)
+    assert words[:3] == ["mttt", "pretrain", f"train.init_from={root / 'tw'}"], command
+    return root / "tw", words[2:], out.getvalue()
+
+
+def test_the_printed_command_and_continue_yaml_describe_the_converted_model(released_like, cache):
+    dst, overrides, printed = released_like
+    keys = sorted(word.split("=")[0] for word in overrides)
+    assert keys == sorted(["train.init_from", "model.preset", "model.backbone", "model.num_layers", "model.hidden_size",
+                           "model.num_heads", "model.ffn_hidden_size", "model.layer_pattern", "model.attention_window",
+                           "model.num_kv_heads", "model.document_boundaries", "model.rope_theta",
+                           "model.rms_norm_eps", "model.tie_word_embeddings"]), overrides
+    assert "model.document_boundaries=carry: as the converted model computes" in printed
+    converted = read_model_config(dst)
+    data = training_data(load_config(None, FAST).data, cache)
+    from_command = load_config(None, FAST + overrides)
+    from_yaml = load_config(dst / CONTINUE_FILE, FAST + [f"train.init_from={dst}"])
+    for config in (from_command, from_yaml):
+        check_world_size(config, 1)
+        assert trained_model(config, data.tokenizer_vocab, data.eos_id, converted.vocab_size) == converted
+    # A run saved with this section resumes to the same model without the source.
+    assert model_differences(to_dict(from_command), to_dict(from_yaml)) == []
+    assert model_differences(to_dict(load_config(None, FAST)), to_dict(from_command)) != []
+
+
+def test_continued_pretraining_of_a_converted_model_of_no_preset_shape_starts_at_its_loss(tmp_path, cache, groups,
+                                                                                         released_like):
+    dst, overrides, _ = released_like
+    # One micro-batch a step; the trainer in this process, as `mttt pretrain` builds it.
+    config = load_config(None, FAST + overrides + [f"run_dir={tmp_path / 'run'}", "data.global_batch_tokens=256"])
+    run = build(config, groups, cache)
+    resume(run)
+    assert run.init is not None and run.init.path == dst
+    sources = training_data(config.data, cache)
+    loader = TokenLoader(sources.manifests, LoaderConfig(config.data.micro_batch_size, seed=config.data.seed,
+                                                         num_workers=0), 0, 1, sources.weights, (0, 1))
+    batch = next(iter(loader))
+    with torch.no_grad():
+        want = load_model(dst, groups)(batch.tokens, batch.labels).mean().item()
+    first = train_step(run, iter(run.loader))[0]
+    print(f"continued pretraining: first loss {first:.6f}, the converted model's on that batch {want:.6f}")
+    assert abs(first - want) <= 1e-5 * want, (first, want)

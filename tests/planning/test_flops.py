@@ -63,3 +63,24 @@ def test_a_hybrid_counts_every_matmul_as_torch_does(groups):
 def test_an_attention_layer_needs_the_sequence_length():
     with pytest.raises(ValueError, match="depend on the sequence length"):
         flops.model_flops(preset("tiny", layer_pattern="TW"))
+
+
+@pytest.mark.parametrize("use_muon", [False, True])
+def test_lact_flops_equal_the_counted_matmuls(use_muon):
+    """The LaCT op's forward at odd sizes (T not a multiple of the chunk), as torch counts it; its
+    backward about twice that."""
+    from megatron_ttt.ops.lact import lact_swiglu
+
+    N, T, chunk, d_in, hidden, d_out = 2, 23, 8, 5, 7, 6
+    g = torch.Generator().manual_seed(0)
+    w0, w1, w2 = (torch.randn(N, *s, generator=g).requires_grad_() for s in
+                  ((hidden, d_in), (d_out, hidden), (hidden, d_in)))
+    q, k, v = (torch.randn(N, T, d, generator=g).requires_grad_() for d in (d_in, d_in, d_out))
+    lrs = [torch.full((N, T, 1), 0.1, requires_grad=True) for _ in range(3)]
+    with FlopCounterMode(display=False) as counter:
+        o = lact_swiglu(w0, w1, w2, q, k, v, *lrs, chunk, use_muon, torch.rand(N, T, 1, generator=g))
+    forward = counter.get_total_flops()
+    assert forward == N * flops.lact_forward_flops(T, chunk, d_in, hidden, d_out, use_muon)
+    with FlopCounterMode(display=False) as counter:
+        o.sum().backward()
+    assert counter.get_total_flops() == pytest.approx(2 * forward, rel=0.1)

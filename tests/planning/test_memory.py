@@ -9,10 +9,11 @@ import pytest
 
 from megatron_ttt.config import load_config
 from megatron_ttt.models.presets import preset
+from megatron_ttt.planning.comm import traffic
 from megatron_ttt.planning.hardware import Assumptions
 from megatron_ttt.planning.layout import Layout
 from megatron_ttt.planning.measure import planned
-from megatron_ttt.planning.memory import local_parameters, memory, model_states
+from megatron_ttt.planning.memory import hidden_matrix_parameters, local_parameters, memory, model_states
 from tests.training.runs import free_port
 
 BOUND = 0.15
@@ -45,6 +46,20 @@ def test_zero_stages_partition_what_they_should():
     assert states[1].parameters == states[2].parameters == 2 * psi
     assert states[3].parameters == 2 * psi / 8
     assert states[2].gradients < states[1].gradients
+
+
+def test_muon_keeps_one_whole_momentum_for_the_hidden_matrices():
+    model = preset("125m")
+    matrices = hidden_matrix_parameters(model) / 2  # on each of 2 TP ranks
+    for zero, ranks in ((0, 1), (1, 4)):
+        adam, muon = (model_states(model, Layout(1, 8, tp=2, zero=zero, optimizer=name)).optimizer
+                      for name in ("adamw", "muon"))
+        assert adam - muon == pytest.approx(8 * matrices / ranks - 4 * matrices)
+    # Its traffic: the hidden matrices gathered over TP; under ZeRO 1 over the 4 DP ranks the whole
+    # fp32 gradients all-reduced for the norm, the matrices' again.
+    adam, muon = (traffic(model, Layout(1, 8, tp=2, zero=1, optimizer=name)) for name in ("adamw", "muon"))
+    assert muon.tp - adam.tp == pytest.approx(4 * hidden_matrix_parameters(model) / 2)
+    assert muon.dp - adam.dp == pytest.approx(2 * 3 / 4 * 4 * (local_parameters(model, 2) + matrices))
 
 
 def _measure(tmp_path, nproc: int, overrides: list[str]) -> tuple[float, float]:

@@ -47,6 +47,8 @@ def test_yaml_then_overrides(tmp_path):
     ("train.inner_loop_backend=cuda", r"train.inner_loop_backend='cuda'"),
     ("parallel.time_checkpoint_group=-1", r"parallel.time_checkpoint_group must be an integer >= 0"),
     ("model.rope_theta=0", r"model.rope_theta=0.0 \(must be positive\)"),
+    ("model.rms_norm_eps=-1e-5", r"model.rms_norm_eps=-1e-05 \(must be at least 0: 0 is the preset's\)"),
+    ("model.tie_word_embeddings=maybe", r"model.tie_word_embeddings: 'maybe' is not a boolean"),
     ("train.init_optimizer=true", r"train.init_optimizer=true \(takes the optimizer state of train.init_from, which "
                                   r"is not set\)"),
 ])
@@ -167,6 +169,14 @@ def test_a_checkpoint_resumes_when_its_config_spelled_the_presets_defaults():
     with pytest.raises(ResumeError, match=r"another model \(model.attention_window: 1024 there, 512 now\)"):
         check_same_model(hybrid, {"model": hybrid["model"] | {"attention_window": 512}}, Path("ckpt"))
     check_same_model(hybrid, {"model": hybrid["model"] | {"num_layers": 12, "ffn_hidden_size": 2048}}, Path("ckpt"))
+    before_the_keys = {"model": {k: v for k, v in hybrid["model"].items()
+                                 if k not in ("rms_norm_eps", "tie_word_embeddings")}}
+    check_same_model(before_the_keys, {"model": hybrid["model"] | {"rms_norm_eps": 1e-6, "tie_word_embeddings": True}},
+                     Path("ckpt"))
+    with pytest.raises(ResumeError, match=r"another model \(model.rms_norm_eps: 1e-06 there, 1e-05 now; "
+                                          r"model.tie_word_embeddings: True there, False now\)"):
+        check_same_model(before_the_keys, {"model": hybrid["model"] | {"rms_norm_eps": 1e-5,
+                                                                        "tie_word_embeddings": False}}, Path("ckpt"))
     with pytest.raises(ResumeError, match=r"another model \(model.num_layers: 12 there, 6 now; model.layer_pattern: "
                                           r"'TWTWTWTWTWTW' there, 'TWTWTW' now\)"):
         check_same_model(hybrid, {"model": hybrid["model"] | {"num_layers": 6}}, Path("ckpt"))
