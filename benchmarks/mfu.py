@@ -46,6 +46,9 @@ def measure(name: str, layer_type: str, pattern: str, window: int, seq_len: int,
     with parallel_groups(ParallelLayout()) as groups:
         model = build_model(cfg, groups, InnerLoopOptions(backend), init_seed=0)
         if compiled:
+            # Each kind's model is new: its graphs would join the last one's under dynamo's limit of
+            # graphs per function (8), which fullgraph turns into an error.
+            torch._dynamo.reset()
             compile_blocks(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
         outputs = {}
