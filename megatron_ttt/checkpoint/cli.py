@@ -15,7 +15,7 @@ returns what to print (config/continuation.py, which the config layer owns)."""
 def _convert(args: argparse.Namespace, continuation: Continuation) -> int:
     from megatron_ttt.checkpoint.convert import hf_to_mttt, llama_to_mttt, mttt_to_hf, mttt_to_mttt
     from megatron_ttt.checkpoint.llama import HybridLayout
-    from megatron_ttt.checkpoint.model_dir import read_model_config
+    from megatron_ttt.checkpoint.run_dir import read_model_config
     from megatron_ttt.errors import UserInputError
     from megatron_ttt.parallel.layout import ParallelLayout
     from megatron_ttt.parallel.setup import parallel_groups

@@ -11,23 +11,14 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.atomic import written_atomically
 from megatron_ttt.checkpoint import torch_dist
-from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG, TOKENIZER_FILE, WEIGHTS_DIR, CheckpointError
+from megatron_ttt.checkpoint.run_dir import (MODEL_CONFIG, TOKENIZER_FILE, WEIGHTS_DIR, CheckpointError,
+                                             read_model_config)
 from megatron_ttt.checkpoint.sealing import seal
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.language_model import TTTLanguageModel
 from megatron_ttt.parallel.gloo_threads import single_threaded_collectives
 from megatron_ttt.run_options import InnerLoopOptions
-
-
-def read_model_config(directory: Path) -> TTTModelConfig:
-    path = directory / MODEL_CONFIG
-    if not path.exists():
-        raise CheckpointError(f"{directory} is not a model checkpoint: it has no {MODEL_CONFIG}")
-    try:
-        return TTTModelConfig.from_dict(json.loads(path.read_text()), str(path))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a valid model config: {exc}") from None
 
 
 def write_weights(model: TTTLanguageModel, directory: Path) -> None:

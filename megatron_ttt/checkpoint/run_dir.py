@@ -10,9 +10,11 @@ checkpoint, or a run directory (or its checkpoints/ folder), which stands for it
 checkpoint. Plain Python, so `mttt launch` renders without importing torch.
 """
 
+import json
 from pathlib import Path
 
 from megatron_ttt.errors import UserInputError
+from megatron_ttt.models.config import TTTModelConfig
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -34,6 +36,17 @@ CHECKSUMS = "checksums.json"
 
 class CheckpointError(UserInputError):
     pass
+
+
+def read_model_config(directory: Path) -> TTTModelConfig:
+    """A model directory's or checkpoint's model_config.json (torch-free: `mttt plan` reads it too)."""
+    path = directory / MODEL_CONFIG
+    if not path.exists():
+        raise CheckpointError(f"{directory} is not a model checkpoint: it has no {MODEL_CONFIG}")
+    try:
+        return TTTModelConfig.from_dict(json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid model config: {exc}") from None
 
 
 def checkpoints_dir(run_dir: Path) -> Path:

@@ -12,8 +12,8 @@ import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron_ttt.checkpoint.checksums import verify_model_source
-from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
-from megatron_ttt.checkpoint.run_dir import resolve_model_source
+from megatron_ttt.checkpoint.model_dir import load_model
+from megatron_ttt.checkpoint.run_dir import read_model_config, resolve_model_source
 from megatron_ttt.data import Tokenizer
 from megatron_ttt.eval.prompt import resolve_tokenizer
 from megatron_ttt.models.compile import compile_blocks, compile_seconds

@@ -83,22 +83,14 @@ def _preset_model(args: argparse.Namespace):
 
 def _saved_model(args: argparse.Namespace):
     """The model config of the model directory --model names."""
-    import json
     from pathlib import Path
 
-    from megatron_ttt.checkpoint.run_dir import MODEL_CONFIG
+    from megatron_ttt.checkpoint.run_dir import read_model_config
     from megatron_ttt.errors import UserInputError
-    from megatron_ttt.models.config import TTTModelConfig
 
     if given := [f"--{k.replace('_', '-')}" for k, default in MODEL_OPTIONS.items() if getattr(args, k) != default]:
         raise UserInputError(f"--model {args.model} gives the model: leave out {', '.join(given)}")
-    path = Path(args.model) / MODEL_CONFIG
-    if not path.is_file():
-        raise UserInputError(f"--model {args.model}: no {MODEL_CONFIG}; is it a model directory?")
-    try:
-        return TTTModelConfig.from_dict(json.loads(path.read_text()), str(path))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise UserInputError(f"{path} is not a valid model config: {exc}") from None
+    return read_model_config(Path(args.model))
 
 
 def _plan(args: argparse.Namespace) -> int:

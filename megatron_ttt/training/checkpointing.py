@@ -28,12 +28,13 @@ from megatron.core.tensor_parallel import get_cuda_rng_tracker
 from megatron_ttt.atomic import write_atomic, written_atomically
 from megatron_ttt.checkpoint import layout_free, sealing
 from megatron_ttt.checkpoint.checksums import summary
-from megatron_ttt.checkpoint.model_dir import copy_tokenizer, read_model_config
+from megatron_ttt.checkpoint.model_dir import copy_tokenizer
 from megatron_ttt.checkpoint.run_dir import (
     RUN_CONFIG,
     checkpoints_dir,
     latest_pointer,
     latest_tag,
+    read_model_config,
     saved_steps,
     step_tag,
 )

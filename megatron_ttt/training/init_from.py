@@ -21,7 +21,7 @@ import torch.distributed as dist
 from megatron_ttt.atomic import write_atomic
 from megatron_ttt.checkpoint import layout_free, sealing
 from megatron_ttt.checkpoint.checksums import summary, weights_checksum
-from megatron_ttt.checkpoint.model_dir import read_model_config, tokenizer_of
+from megatron_ttt.checkpoint.model_dir import tokenizer_of
 from megatron_ttt.checkpoint.run_dir import (
     CHECKPOINTS,
     INIT_FROM,
@@ -29,6 +29,7 @@ from megatron_ttt.checkpoint.run_dir import (
     RUN_CONFIG,
     latest_pointer,
     latest_tag,
+    read_model_config,
     resolve_model_source,
 )
 from megatron_ttt.config import PretrainConfig, to_dict

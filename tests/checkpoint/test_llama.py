@@ -17,7 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import megatron_ttt.checkpoint.convert as convert
 from megatron_ttt.checkpoint.checksums import weights_checksum
 from megatron_ttt.checkpoint.llama import HybridLayout
-from megatron_ttt.checkpoint.model_dir import load_model, read_model_config
+from megatron_ttt.checkpoint.model_dir import load_model
+from megatron_ttt.checkpoint.run_dir import read_model_config
 from megatron_ttt.cli import main
 from megatron_ttt.config import to_dict
 from megatron_ttt.config.continuation import CONTINUE_FILE
