@@ -7,7 +7,7 @@ megatron_ttt.run_options. Plain Python, so configs and the planner load without 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
-LAYER_TYPES = ("linear", "mlp")
+LAYER_TYPES = ("linear", "mlp", "lact")
 BACKBONES = ("transformer", "mamba")
 DOCUMENT_BOUNDARIES = ("reset", "carry")
 MIXER_SYMBOLS = {"T": "ttt", "*": "attention", "W": "window"}
@@ -26,7 +26,10 @@ class TTTModelConfig:
     num_layers: int = 12
     num_heads: int = 12
     layer_type: str = "linear"
-    """"linear": inner model z W + b; "mlp": two layers of width 4 * head_dim with tanh-GELU."""
+    """"linear": inner model z W + b; "mlp": two layers of width 4 * head_dim with tanh-GELU;
+    "lact": LaCT's layer (Zhang et al. 2025), SwiGLU fast weights updated once per large chunk
+    beside sliding-window attention over num_heads heads and attention_window positions, which
+    share its q, k, v (docs/model.md)."""
     backbone: str = "mamba"
     """"mamba": gate, shared q/k with convolutions and a pre-conv (the paper's main models);
     "transformer": none of the three."""
@@ -50,6 +53,22 @@ class TTTModelConfig:
     """Positions a W layer's query attends to: its own and the attention_window - 1 before it."""
     num_kv_heads: int = 0
     """Key/value heads of the attention layers (grouped-query attention); 0: num_heads."""
+    lact_heads: int = 4
+    """LaCT layers: fast-weight heads (LaCT's num_lact_heads), each of width hidden_size / lact_heads."""
+    lact_chunk_size: int = 2048
+    """LaCT layers: tokens per fast-weight update; a chunk's queries read the weights from before it."""
+    lact_inter_multi: int = 1
+    """LaCT layers: the fast SwiGLU's hidden width as a multiple of the fast-weight head width."""
+    lact_fw_rank: int = 32
+    """LaCT layers: rank of the learnable initial w0 and w2 (left @ right + 0.5 I, LaCT's
+    w0_w2_low_rank); 0: full-rank matrices."""
+    lact_fw_init_gain: float = 0.5
+    """LaCT layers: scale of the initial fast weights' low-rank factors at initialisation."""
+    lact_momentum: bool = True
+    """LaCT layers: the fast-weight update goes through momentum, a per-token coefficient averaged
+    over the chunk."""
+    lact_muon: bool = False
+    """LaCT layers: the fast-weight update is orthogonalised by Newton-Schulz (Muon) before it is applied."""
     document_boundaries: str = "carry"
     """"reset": every layer starts each document afresh after an EOS (models/packing.py);
     "carry": one sequence, as the reference trains (and every model saved before this key)."""
@@ -63,6 +82,9 @@ class TTTModelConfig:
         if self.backbone not in BACKBONES:
             problems.append(f"backbone {self.backbone!r} is not one of {BACKBONES}")
         problems += shape_problems(self.hidden_size, self.num_heads)
+        if self.layer_type == "lact":
+            problems += lact_problems(self.hidden_size, self.num_heads, self.lact_heads, self.lact_chunk_size,
+                                      self.backbone)
         problems += pattern_problems(self.layer_pattern, self.num_layers, self.attention_window, self.num_kv_heads,
                                      self.num_heads)
         if problems:
@@ -98,6 +120,16 @@ class TTTModelConfig:
         """Layer widths of the inner model per head: (d, d) or (d, 4d, d)."""
         return inner_widths(self.head_dim, self.layer_type)
 
+    @property
+    def lact_head_dim(self) -> int:
+        """LaCT layers: a fast-weight head's width (its fast SwiGLU's input and output)."""
+        return self.hidden_size // self.lact_heads
+
+    @property
+    def lact_hidden(self) -> int:
+        """LaCT layers: a fast-weight head's SwiGLU hidden width."""
+        return self.lact_head_dim * self.lact_inter_multi
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -128,6 +160,22 @@ def shape_problems(hidden_size: int, num_heads: int, key: Callable[[str], str] =
         return [f"the head dim {key('hidden_size')} / {key('num_heads')} = {hidden_size // num_heads} must be even "
                 "for RoPE"]
     return []
+
+
+def lact_problems(hidden_size: int, num_heads: int, lact_heads: int, lact_chunk_size: int, backbone: str,
+                  key: Callable[[str], str] = str) -> list[str]:
+    """What is wrong with a LaCT layer's settings, each field named by `key(field)`. A fast-weight
+    head's columns carry whole attention heads, so that TP and CP split both kinds of head alike."""
+    problems = []
+    if lact_heads < 1 or hidden_size % lact_heads or num_heads % lact_heads:
+        problems.append(f"{key('lact_heads')} {lact_heads} must divide {key('hidden_size')} {hidden_size} and "
+                        f"{key('num_heads')} {num_heads}")
+    if lact_chunk_size < 1:
+        problems.append(f"{key('lact_chunk_size')} {lact_chunk_size} must be at least 1")
+    if backbone != "transformer":
+        problems.append(f"{key('layer_type')} lact is LaCT's transformer layer (no convolutions, no gate): "
+                        f"{key('backbone')} must be transformer, not {backbone!r}")
+    return problems
 
 
 def pattern_problems(layer_pattern: str, num_layers: int, attention_window: int, num_kv_heads: int, num_heads: int,
