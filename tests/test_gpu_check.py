@@ -52,8 +52,8 @@ def test_gpu_check_runs_on_the_cpu_with_its_gpu_steps_skipped(tmp_path):
     assert status == {"kernel_tests": "skipped: no GPU", "kernel_speed": "skipped: no GPU", "pretrain": "passed",
                       "planner_memory": "passed"}
     pretrain = json.loads((out / "pretrain.json").read_text())
-    assert {(r["layer_type"], r["variant"]) for r in pretrain} == {("linear", "torch"), ("mlp", "torch")}
+    assert [(r["layer_type"], r["variant"]) for r in pretrain] == [("linear", "torch")]  # one row of each step on a CPU
     assert all(0 < r["mfu"] < 1 for r in pretrain)
-    assert len(json.loads((out / "planner_memory.json").read_text())) == 3
+    assert len(json.loads((out / "planner_memory.json").read_text())) == 1
     report = (out / "README.md").read_text()
     assert "## mttt pretrain" in report and "## Planner memory" in report
