@@ -47,15 +47,31 @@ def missing(step: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("overrides, nproc, on_resume, damage", [
-    ([], 1, ["parallel.time_checkpoint_group=2"], flipped),  # a run option, not the model: bitwise neutral
-    pytest.param(["parallel.zero_stage=2"], 2, [], truncated, marks=pytest.mark.slow),
-    pytest.param(["parallel.zero_stage=3"], 2, [], missing, marks=pytest.mark.slow),
+@pytest.fixture(scope="module")
+def data_parallel_2(tmp_path_factory, cache) -> dict[int, Path]:
+    """The default run at data parallel 2 under each ZeRO stage, trained once for the tests that
+    compare them, damage them or compare tensor parallelism with them."""
+    root = tmp_path_factory.mktemp("dp2")
+    for stage in (0, 1, 2, 3):
+        pretrain(root / f"zero{stage}", cache, [f"parallel.zero_stage={stage}"], 2)
+    return {stage: root / f"zero{stage}" for stage in (0, 1, 2, 3)}
+
+
+@pytest.mark.parametrize("zero_stage, on_resume, damage", [
+    (None, ["parallel.time_checkpoint_group=2"], flipped),  # a run option, not the model: bitwise neutral
+    pytest.param(2, [], truncated, marks=pytest.mark.slow),
+    pytest.param(3, [], missing, marks=pytest.mark.slow),
 ])
 def test_a_damaged_latest_checkpoint_resumes_the_previous_one_as_an_uninterrupted_run(
-        tmp_path, cache, overrides, nproc, on_resume, damage):
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    pretrain(whole, cache, overrides, nproc)
+        request, tmp_path, cache, zero_stage, on_resume, damage):
+    """One process, or data parallel 2 under ZeRO 2 and 3 (the shared runs)."""
+    cut = tmp_path / "cut"
+    if zero_stage is None:
+        whole, overrides, nproc = tmp_path / "whole", [], 1
+        pretrain(whole, cache)
+    else:
+        whole = request.getfixturevalue("data_parallel_2")[zero_stage]
+        overrides, nproc = [f"parallel.zero_stage={zero_stage}"], 2
     shutil.copytree(whole, cut)
     step = cut / "checkpoints" / "step-00000006"
     damaged = damage(step)
@@ -99,17 +115,16 @@ def test_a_hybrid_trains_and_resumes_bitwise(tmp_path, cache):
 
 
 @pytest.mark.slow
-def test_zero_stages_agree_at_data_parallel_2(tmp_path, cache):
-    curves = {stage: losses(pretrain(tmp_path / f"z{stage}", cache, [f"parallel.zero_stage={stage}"], 2) and
-                            tmp_path / f"z{stage}") for stage in (0, 1, 2, 3)}
+def test_zero_stages_agree_at_data_parallel_2(data_parallel_2):
+    curves = {stage: losses(run) for stage, run in data_parallel_2.items()}
     for stage in (1, 2, 3):
         for step, loss in curves[0].items():
             assert abs(curves[stage][step] - loss) <= 1e-5 * abs(loss), (stage, step, curves[stage][step], loss)
 
 
 @pytest.mark.slow
-def test_tensor_parallel_equals_data_parallel(tmp_path, cache):
-    dp = losses(pretrain(tmp_path / "dp", cache, [], 2) and tmp_path / "dp")
+def test_tensor_parallel_equals_data_parallel(tmp_path, cache, data_parallel_2):
+    dp = losses(data_parallel_2[0])
     tp = losses(pretrain(tmp_path / "tp", cache, ["parallel.tensor_parallel=2", "data.micro_batch_size=8"], 2)
                 and tmp_path / "tp")
     for step in dp:
