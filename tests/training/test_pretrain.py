@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from megatron_ttt.training.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED
-from tests.training.runs import FAST, command, environment, final_weights, flip_bytes, losses, metrics, pretrain
+from tests.training.runs import EVERY_STEP, FAST, command, environment, final_weights, flip_bytes, losses, metrics, pretrain
 
 
 def test_loss_falls_and_the_run_directory_is_complete(tmp_path, cache):
@@ -63,21 +63,20 @@ def data_parallel_2(tmp_path_factory, cache) -> dict[int, Path]:
     pytest.param(3, [], missing, marks=pytest.mark.slow),
 ])
 def test_a_damaged_latest_checkpoint_resumes_the_previous_one_as_an_uninterrupted_run(
-        request, tmp_path, cache, zero_stage, on_resume, damage):
-    """One process, or data parallel 2 under ZeRO 2 and 3 (the shared runs)."""
+        request, tmp_path, cache, uninterrupted, zero_stage, on_resume, damage):
+    """One process (a checkpoint every step), or data parallel 2 under ZeRO 2 and 3 (every 3 steps)."""
     cut = tmp_path / "cut"
     if zero_stage is None:
-        whole, overrides, nproc = tmp_path / "whole", [], 1
-        pretrain(whole, cache)
+        whole, overrides, nproc, previous = uninterrupted, EVERY_STEP, 1, 5
     else:
         whole = request.getfixturevalue("data_parallel_2")[zero_stage]
-        overrides, nproc = [f"parallel.zero_stage={zero_stage}"], 2
+        overrides, nproc, previous = [f"parallel.zero_stage={zero_stage}"], 2, 3
     shutil.copytree(whole, cut)
     step = cut / "checkpoints" / "step-00000006"
     damaged = damage(step)
     out = pretrain(cut, cache, overrides + on_resume, nproc)
     assert f"warning: {step} is damaged: {damaged} " in out.stderr, out.stderr[-2000:]
-    assert "resumed from" in out.stdout and "at step 3" in out.stdout
+    assert "resumed from" in out.stdout and f"at step {previous}" in out.stdout
     assert losses(cut) == losses(whole)  # steps 4-6 trained again replace their old lines
     a, b = final_weights(whole), final_weights(cut)
     assert a.keys() == b.keys()
@@ -264,8 +263,8 @@ def test_nonfinite_loss_stops_without_a_checkpoint(tmp_path, cache):
         assert all(torch.isfinite(t).all() for t in final_weights(run, tag.name).values() if t is not None)
 
 
-def test_checkpointing_switches_keep_the_losses_and_bf16_trains(tmp_path, cache):
-    plain = losses(pretrain(tmp_path / "plain", cache) and tmp_path / "plain")
+def test_checkpointing_switches_keep_the_losses_and_bf16_trains(tmp_path, cache, uninterrupted):
+    plain = losses(uninterrupted)  # the default run, with a checkpoint every step
     for name, switch in (("blocks", "parallel.block_checkpointing=true"), ("time", "parallel.time_checkpoint_group=2")):
         assert losses(pretrain(tmp_path / name, cache, [switch]) and tmp_path / name) == plain, name
     bf16 = losses(pretrain(tmp_path / "bf16", cache, ["train.dtype=bf16"]) and tmp_path / "bf16")
