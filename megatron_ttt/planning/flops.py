@@ -49,13 +49,8 @@ class LayerFlops:
         return self.inner_model + self.dual_form + self.inner_update
 
     @property
-    def recomputed(self) -> float:
-        """What time-axis checkpointing runs again: the inner loop or LaCT's fast weights."""
-        return self.ttt + self.fast_weights
-
-    @property
     def total(self) -> float:
-        return self.projections + self.convolutions + self.recomputed + self.mlp + self.attention
+        return self.projections + self.convolutions + self.ttt + self.fast_weights + self.mlp + self.attention
 
 
 def mean_keys(seq_len: int, window: int | None) -> float:
@@ -140,9 +135,21 @@ def executed_flops(model: TTTModelConfig, layout: Layout) -> tuple[float, float]
         gemm += forward_gemm
         ttt += forward_ttt
     elif layout.time_checkpoint_group:
-        gemm += sum(layer.fast_weights for layer in per_layer)
+        gemm += model.mixers.count("ttt") * lact_recomputed_flops(model, layout.seq_len)
         ttt += forward_ttt
     return gemm, ttt
+
+
+def lact_recomputed_flops(model: TTTModelConfig, seq_len: int) -> float:
+    """What time-axis checkpointing runs again of a LaCT layer's fast weights, per token: their
+    forward but the last chunk's w1 product (its output is saved nowhere, and torch's checkpoint
+    stops recomputing after the last saved tensor it needs); 0 for other layers."""
+    if model.layer_type != "lact":
+        return 0.0
+    C, h, d = model.lact_chunk_size, model.lact_hidden, model.lact_head_dim
+    last_chunk = seq_len - (-(-seq_len // C) - 1) * C
+    skipped = model.lact_heads * last_chunk * 2 * h * d / seq_len
+    return layer_flops(model, "ttt", seq_len).fast_weights - skipped
 
 
 def newton_schulz5_flops(rows: int, cols: int) -> float:

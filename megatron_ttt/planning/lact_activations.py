@@ -10,19 +10,21 @@ from megatron_ttt.models.config import TTTModelConfig
 
 
 def newton_schulz5_saved(rows: int, cols: int) -> int:
-    """Muon on one [rows,cols] step, m <= n its sides: the step (m n), and per iteration X (m n),
-    A = X X^T, c A and b A + c A^2 (3 m^2)."""
+    """Muon on one [rows,cols] step, m <= n its sides: the step and its norm (+ eps) (m n + 2), and
+    per iteration X (m n), A = X X^T, c A and b A + c A^2 (3 m^2)."""
     m, n = min(rows, cols), max(rows, cols)
-    return 5 * (m * n + 3 * m * m) + m * n
+    return 5 * (m * n + 3 * m * m) + m * n + 2
 
 
 def step_saved(d_in: int, d_hidden: int, d_out: int, momentum: bool, muon: bool) -> int:
-    """One chunk's update, less its per-token terms: per weight w + step, its rows' norms (and +
-    eps), the renormalised quotient and the new weights (3 S + 2 R); with momentum the velocity it
-    scales (S); with Muon Newton-Schulz on the three steps. (A few scalars aside.)"""
+    """One chunk's update after the first, less its per-token terms: per weight w + step, its rows'
+    norms (and + eps), the renormalised quotient and the new weights (3 S + 2 R); with momentum
+    the chunk's mean coefficient and the velocity it scales (S + 1), which under Muon is the last
+    step's Newton-Schulz input, kept already; with Muon Newton-Schulz on the three steps."""
     state, rows = d_hidden * (2 * d_in + d_out), 2 * d_hidden + d_out
     muon_terms = 2 * newton_schulz5_saved(d_hidden, d_in) + newton_schulz5_saved(d_out, d_hidden) if muon else 0
-    return 3 * state + 2 * rows + (state if momentum else 0) + muon_terms
+    velocity = (1 + (0 if muon else state)) if momentum else 0
+    return 3 * state + 2 * rows + velocity + muon_terms
 
 
 def saved_elements(tokens: int, stepping_tokens: int, steps: int, d_in: int, d_hidden: int, d_out: int,
@@ -37,19 +39,23 @@ def saved_elements(tokens: int, stepping_tokens: int, steps: int, d_in: int, d_h
 def sequence_saved(seq_len: int, chunk: int, d_in: int, d_hidden: int, d_out: int, momentum: bool,
                    muon: bool) -> int:
     """A whole sequence without time-axis checkpointing: ceil(T / C) - 1 chunks step (the last only
-    applies), and the initial weights' row norms are kept once (R)."""
+    applies), and the initial weights' row norms are kept once (R). With momentum the first step
+    scales a velocity of zeros: it keeps them (S) but no coefficient."""
     steps = -(-seq_len // chunk) - 1
+    steady = 1 + (0 if muon else d_hidden * (2 * d_in + d_out))  # a later step's velocity terms
+    first = d_hidden * (2 * d_in + d_out) - steady if momentum and steps else 0
     return (saved_elements(seq_len, steps * chunk, steps, d_in, d_hidden, d_out, momentum, muon)
-            + 2 * d_hidden + d_out)
+            + 2 * d_hidden + d_out + first)
 
 
 def checkpointed_saved(seq_len: int, chunk: int, group: int, d_in: int, d_hidden: int, d_out: int,
                        momentum: bool) -> int:
-    """With time-axis checkpointing (`group` chunks a group): the weights (and velocity) every group
-    after the first starts from, and the initial weights' row norms."""
+    """With time-axis checkpointing (`group` chunks a group): the weights every group after the
+    first starts from, the velocity every group starts from (the first one's zeros too), and the
+    initial weights' row norms."""
     groups = -(-seq_len // (chunk * group))
     state = d_hidden * (2 * d_in + d_out)
-    return (groups - 1) * state * (2 if momentum else 1) + 2 * d_hidden + d_out
+    return ((groups - 1) + (groups if momentum else 0)) * state + 2 * d_hidden + d_out
 
 
 def group_saved(seq_len: int, chunk: int, group: int, d_in: int, d_hidden: int, d_out: int, momentum: bool,
