@@ -22,7 +22,8 @@ class LayerFlops:
     """Forward FLOPs per token of one layer, by part."""
 
     projections: float
-    """Fused in-projection (q|v|gate|lr or q|k|v|lr: D -> 3D + H) and out-projection (D -> D)."""
+    """Fused in-projection (q|v|gate|lr or q|k|v|lr: D -> 3D + H; LaCT: lact_projection_width) and
+    out-projection (D -> D)."""
     convolutions: float
     """Depthwise causal convolutions (q, k and the pre-conv; mamba backbone only): 2 D K each."""
     inner_model: float

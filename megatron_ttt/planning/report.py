@@ -44,7 +44,8 @@ def _memory_lines(model: TTTModelConfig, p: Plan, gpu: GPU) -> list[str]:
             ("fragmentation margin + CUDA context", m.fragmentation)]
     if model.layer_type == "lact":
         tensors = 6 if model.lact_momentum else 3  # w0, w1, w2 (and their velocity)
-        rows.insert(5, (f"  one layer's state: [B*Hf,h,d] fp32 x {tensors}", activations.fast_weight_state_bytes(model, lay)))
+        state = activations.fast_weight_state_bytes(model, lay)
+        rows.insert(5, (f"  one layer's state: [B*Hf,h,d] fp32 x {tensors}", state))
     lines = ["memory per GPU                                   GiB"]
     lines += [f"  {name:<44} {value / GIB:>7.2f}" for name, value in rows]
     verdict = "fits" if m.fits(gpu) else "DOES NOT FIT"
