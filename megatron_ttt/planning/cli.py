@@ -54,7 +54,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--micro-batch", type=int)
     p.add_argument("--global-batch-tokens", type=int, default=524288, help="tokens per step (default 0.5M)")
     p.add_argument("--time-checkpoint-group", type=int, metavar="G",
-                   help="time-axis checkpoint group, mini-batches (0: off)")
+                   help="time-axis checkpoint group, mini-batches (LaCT: chunks; 0: off)")
     p.add_argument("--block-ckpt", choices=("on", "off"))
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--no-sequence-parallel", action="store_true")

@@ -28,7 +28,7 @@ class Layout:
     global_batch_tokens: int = 524288
     """Tokens per optimizer step over all ranks (sets the gradient accumulation)."""
     time_checkpoint_group: int = 0
-    """Time-axis checkpoint group G in mini-batches (0: off)."""
+    """Time-axis checkpoint group G in mini-batches (LaCT layers: chunks; 0: off)."""
     block_ckpt: bool = False
     """Recompute every block in the backward."""
     dtype: str = "bf16"
