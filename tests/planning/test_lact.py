@@ -139,3 +139,20 @@ def test_the_cp_all_to_all_moves_the_whole_in_projection():
     layout = Layout(1, 2, cp=2)
     width = 3 * MODEL.hidden_size + 5 * MODEL.lact_heads
     assert comm.moved_width(MODEL, "ttt", layout) == width + MODEL.hidden_size
+
+
+def test_time_axis_checkpointing_shrinks_only_the_fast_weights_share():
+    """LaCT's 760M shape at 32k: checkpointing groups of 4 chunks keeps a fraction of the op's
+    tensors and recomputes one group at a time; the rest of the layer keeps what it kept."""
+    from megatron_ttt.planning.hardware import GPUS, Assumptions
+    from megatron_ttt.planning.search import plan
+
+    model = replace(MODEL, hidden_size=1536, num_heads=24, intermediate_size=4096, num_layers=24, lact_heads=4,
+                    lact_chunk_size=2048, lact_inter_multi=1, attention_window=2048, lact_muon=False)
+    layout = Layout(1, 8, cp=2, seq_len=32768, global_batch_tokens=2**20)
+    off, on = (plan(model, replace(layout, time_checkpoint_group=g), GPUS["h100-80gb"], Assumptions()).memory
+               for g in (0, 4))
+    assert on.ttt_activations < off.ttt_activations / 50
+    assert on.ttt_activations_without_time_checkpointing == off.ttt_activations
+    assert 0 == off.recompute < on.recompute < off.ttt_activations / 24  # one group of one layer
+    assert on.block_activations == off.block_activations
