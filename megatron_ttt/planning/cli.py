@@ -83,15 +83,19 @@ def _preset_model(args: argparse.Namespace):
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
     settings = {key: getattr(args, key) for key in SETTINGS}
-    flag = lambda field: "--" + field.replace("_", "-")  # noqa: E731
-    if problems := settings_problems(args.preset, settings, key=flag):
+    if problems := settings_problems(args.preset, settings, key=_flag):
         raise UserInputError("; ".join(problems))
     if args.layer_type != "lact":
         return preset(args.preset, args.layer_type, args.backbone or "mamba", vocab_size=args.vocab_size, **settings)
-    return _lact_model(preset(args.preset, "linear", "transformer", vocab_size=args.vocab_size, **settings), args, flag)
+    return _lact_model(preset(args.preset, "linear", "transformer", vocab_size=args.vocab_size, **settings), args)
 
 
-def _lact_model(shape, args: argparse.Namespace, flag):
+def _flag(field: str) -> str:
+    """The command-line flag of a model config field."""
+    return "--" + field.replace("_", "-")
+
+
+def _lact_model(shape, args: argparse.Namespace):
     """A preset's shape with LaCT layers: the model config's LaCT defaults where --lact-* are unset."""
     from dataclasses import replace
 
@@ -101,7 +105,7 @@ def _lact_model(shape, args: argparse.Namespace, flag):
     lact = {key: getattr(args, key) or getattr(shape, key) for key in ("lact_heads", "lact_chunk_size")}
     backbone = args.backbone or "transformer"
     if problems := lact_problems(shape.hidden_size, shape.num_heads, lact["lact_heads"], lact["lact_chunk_size"],
-                                 backbone, key=flag):
+                                 backbone, key=_flag):
         raise UserInputError("; ".join(problems))
     return replace(shape, layer_type="lact", backbone=backbone, **lact)
 
