@@ -63,6 +63,23 @@ def test_a_lact_plan_counts_its_fast_weights(capsys):
         assert part in out, part
 
 
+def test_a_lact_model_directory_plans_as_its_flags_do(tmp_path, capsys):
+    """--model reads a LaCT model_config.json; the report is the one the same flags give."""
+    import json
+
+    layout = ["--nodes", "1", "--tp", "2", "--cp", "1", "--zero", "1", "--micro-batch", "1",
+              "--time-checkpoint-group", "2", "--block-ckpt", "off", "--seq-len", "8192", "--global-batch-tokens", "65536"]
+    flags = ["--preset", "125m", "--layer-type", "lact", "--lact-heads", "2", "--lact-chunk-size", "1024"]
+    assert main(["plan", *flags, *layout]) == 0
+    from_flags = capsys.readouterr().out
+    model = replace(preset("125m", "linear", "transformer"), layer_type="lact", lact_heads=2, lact_chunk_size=1024)
+    (tmp_path / "model_config.json").write_text(json.dumps(model.to_dict()))
+    assert main(["plan", "--model", str(tmp_path), *layout]) == 0
+    assert capsys.readouterr().out == from_flags
+    assert main(["plan", "--model", str(tmp_path), "--layer-type", "lact", *layout]) == 2
+    assert "leave out --layer-type" in capsys.readouterr().err
+
+
 def test_context_parallel_splits_the_activations_and_adds_its_all_to_alls():
     model, gpu = preset("7b"), GPUS["a100-80gb"]
     layout = Layout(2, 8, seq_len=32768, global_batch_tokens=2**20, time_checkpoint_group=16, zero=1)
