@@ -7,9 +7,12 @@ Under sequence parallelism (factor s = tp) the tokens outside the mixer and the 
 over the TP ranks; inside them the width is split (D/tp, F/tp, H/tp) and the sequence is whole.
 Under context parallelism a rank holds 1/cp of each sample's tokens (Layout.micro_tokens) outside
 the mixers and whole sequences of 1/cp of its heads inside: per token the same bytes either way.
+A LaCT layer's fast weights run in fp32 (4 bytes) whatever e; lact_activations.py counts the op.
 """
 
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.planning import lact_activations as lact
+from megatron_ttt.planning.flops import lact_projection_width
 from megatron_ttt.planning.layout import Layout
 
 
@@ -34,6 +37,8 @@ def mixer_fixed_bytes(model: TTTModelConfig, layout: Layout) -> float:
     lr and its sigmoid (2H), eta, q k^T + 1 and the first layer's dual-form matrix (3 H b), and
     the post-norm (fp32 centred input 4D, normed, scaled, and with the gate: gate activation and
     gated product: e D each)."""
+    if model.layer_type == "lact":
+        return lact_fixed_bytes(model, layout)
     D, H, b, e = model.hidden_size, model.num_heads, model.mini_batch_size, layout.act_bytes
     post = 4 * D + e * D * (4 if model.use_gate else 2)
     return (e * (3 * D + H) + 3 * e * D + 2 * e * H + 3 * e * H * b + post) / layout.tp
@@ -44,7 +49,11 @@ def inner_loop_bytes(model: TTTModelConfig, layout: Layout) -> float:
     inner-model intermediates (Linear: the LayerNorm-L2 gradient's five tensors, the gradient and
     the lr-weighted keys, 7D; MLP: 63D and two b x b matrices per head), the output LayerNorm's two
     tensors (2D), and two inner states per mini-batch (the new weights and the gradient step:
-    2 H P_inner / b per token)."""
+    2 H P_inner / b per token). LaCT: the op's saved tensors over the sequence."""
+    if model.layer_type == "lact":
+        return lact_op_bytes(model, layout, lact.sequence_saved(layout.seq_len, model.lact_chunk_size,
+                                                                 *lact.fast_shape(model), model.lact_momentum,
+                                                                 model.lact_muon))
     D, H, b, e = model.hidden_size, model.num_heads, model.mini_batch_size, layout.act_bytes
     intermediates = 7 * D if model.layer_type == "linear" else 63 * D + 2 * H * b
     return e * (intermediates + 2 * D + 2 * H * inner_parameters(model) / b) / layout.tp
@@ -52,9 +61,41 @@ def inner_loop_bytes(model: TTTModelConfig, layout: Layout) -> float:
 
 def inner_loop_checkpointed_bytes(model: TTTModelConfig, layout: Layout) -> float:
     """With time-axis checkpointing (G mini-batches a group), per token: only the inner state at
-    every group's start (H P_inner / (b G)); the group's intermediates are recomputed."""
+    every group's start (H P_inner / (b G)); the group's intermediates are recomputed. LaCT: the
+    fast weights (and velocity) at every group's start, G chunks a group."""
+    if model.layer_type == "lact":
+        return lact_op_bytes(model, layout, lact.checkpointed_saved(
+            layout.seq_len, model.lact_chunk_size, layout.time_checkpoint_group, *lact.fast_shape(model),
+            model.lact_momentum))
     H, b, e = model.num_heads, model.mini_batch_size, layout.act_bytes
     return e * H * inner_parameters(model) / (b * layout.time_checkpoint_group) / layout.tp
+
+
+def lact_fixed_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """What a LaCT mixer keeps besides the op's intermediates, per token: the fused in-projection
+    (q|k|v|lrs|momentum|scale), the window attention's tensors (as an attention layer's), the fast
+    weights' inputs (silu of q, k, v and the L2-normed q, k: 5 e D; rotated and in fp32 with the
+    softplus lrs and the momentum: 4 (3D + (3 + m) Hf)), the op's fp32 output, which the per-head
+    RMSNorm keeps (4D), its normed output and the scaled one (2 e D) and the scale's silu (2 e Hf)."""
+    D, Hf, e = model.hidden_size, model.lact_heads, layout.act_bytes
+    fast_inputs = 5 * e * D + 4 * (3 * D + (4 if model.lact_momentum else 3) * Hf)
+    output = 4 * D + 2 * e * D + 2 * e * Hf
+    return e * lact_projection_width(model) / layout.tp + attention_bytes(model, layout) + (
+        fast_inputs + output) / layout.tp
+
+
+def lact_op_bytes(model: TTTModelConfig, layout: Layout, elements_per_sequence: float) -> float:
+    """Bytes per token of the op's `elements_per_sequence` per fast-weight head (fp32), a TP rank's heads."""
+    return 4 * model.lact_heads * elements_per_sequence / layout.seq_len / layout.tp
+
+
+def fast_weight_state_bytes(model: TTTModelConfig, layout: Layout) -> float:
+    """One LaCT layer's fast-weight state on a rank, [B * Hf / (tp cp), h, Dh] fp32 for w0 and w2
+    and [.., Dh, h] for w1 (twice with momentum's velocity): the micro-batch's whole sequences of
+    its heads inside the mixer."""
+    heads = layout.micro_batch * model.lact_heads // (layout.tp * layout.cp)
+    din, h, dout = lact.fast_shape(model)
+    return 4 * heads * h * (2 * din + dout) * (2 if model.lact_momentum else 1)
 
 
 def mlp_bytes(model: TTTModelConfig, layout: Layout) -> float:
@@ -104,6 +145,10 @@ def recompute_transient_bytes(model: TTTModelConfig, layout: Layout) -> float:
     tokens = layout.micro_tokens
     if layout.block_ckpt:
         return tokens * max(layer_bytes(model, layout, kind) for kind in set(model.mixers))
+    if layout.time_checkpoint_group and "ttt" in model.mixers and model.layer_type == "lact":
+        group = lact.group_saved(layout.seq_len, model.lact_chunk_size, layout.time_checkpoint_group,
+                                 *lact.fast_shape(model), model.lact_momentum, model.lact_muon)
+        return layout.micro_batch * lact_op_bytes(model, layout, group) * layout.seq_len / layout.cp
     if layout.time_checkpoint_group and "ttt" in model.mixers:
         group_tokens = min(layout.time_checkpoint_group * model.mini_batch_size, layout.seq_len) * layout.micro_batch
         return group_tokens * inner_loop_bytes(model, layout) / layout.cp  # a group of 1/cp of the heads

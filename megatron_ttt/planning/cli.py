@@ -4,13 +4,14 @@ import argparse
 import warnings
 from dataclasses import fields
 
+from megatron_ttt.models.config import BACKBONES, LAYER_TYPES
 from megatron_ttt.planning.hardware import GPUS
 
 SEARCHED = ("tp", "cp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt")
 
-MODEL_OPTIONS = {"preset": "7b", "layer_type": "linear", "backbone": "mamba", "vocab_size": 32000, "num_layers": 0,
+MODEL_OPTIONS = {"preset": "7b", "layer_type": "linear", "backbone": None, "vocab_size": 32000, "num_layers": 0,
                  "hidden_size": 0, "num_heads": 0, "ffn_hidden_size": 0, "layer_pattern": "", "attention_window": 0,
-                 "num_kv_heads": 0}
+                 "num_kv_heads": 0, "lact_heads": 0, "lact_chunk_size": 0}
 """The options that shape the model, and their defaults (which --model leaves as they are)."""
 
 
@@ -21,8 +22,9 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                                    "docs/planning.md.")
     p.add_argument("--preset", default=MODEL_OPTIONS["preset"],
                    help="tiny, 125m, 350m, 760m, 1.3b, 7b, or a hybrid: 125m-hybrid, 7b-hybrid (default 7b)")
-    p.add_argument("--layer-type", default=MODEL_OPTIONS["layer_type"], choices=("linear", "mlp"))
-    p.add_argument("--backbone", default=MODEL_OPTIONS["backbone"], choices=("mamba", "transformer"))
+    p.add_argument("--layer-type", default=MODEL_OPTIONS["layer_type"], choices=LAYER_TYPES)
+    p.add_argument("--backbone", default=MODEL_OPTIONS["backbone"], choices=BACKBONES,
+                   help="default: transformer for --layer-type lact, else mamba")
     p.add_argument("--vocab-size", type=int, default=MODEL_OPTIONS["vocab_size"])
     for flag, what in (("--num-layers", "layers"), ("--hidden-size", "model width"), ("--num-heads", "heads"),
                        ("--ffn-hidden-size", "SwiGLU MLP width")):
@@ -34,6 +36,11 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                    help="the W layers' window (default: the preset's)")
     p.add_argument("--num-kv-heads", type=int, default=MODEL_OPTIONS["num_kv_heads"],
                    help="the attention layers' key/value heads (default: the preset's)")
+    for flag, what in (("--lact-heads", "LaCT layers' fast-weight heads"),
+                       ("--lact-chunk-size", "LaCT layers' tokens per fast-weight update")):
+        key = flag[2:].replace("-", "_")
+        p.add_argument(flag, type=int, default=MODEL_OPTIONS[key],
+                       help=f"{what} (default: the model config's), as model.{key} in a config")
     p.add_argument("--model", metavar="DIR",
                    help="a model directory (e.g. one `mttt convert llama-to-mttt` wrote): its model_config.json in "
                         "place of --preset and the options above")
@@ -47,7 +54,7 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--micro-batch", type=int)
     p.add_argument("--global-batch-tokens", type=int, default=524288, help="tokens per step (default 0.5M)")
     p.add_argument("--time-checkpoint-group", type=int, metavar="G",
-                   help="time-axis checkpoint group, mini-batches (0: off)")
+                   help="time-axis checkpoint group, mini-batches (LaCT: chunks; 0: off)")
     p.add_argument("--block-ckpt", choices=("on", "off"))
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--no-sequence-parallel", action="store_true")
@@ -76,9 +83,31 @@ def _preset_model(args: argparse.Namespace):
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
     settings = {key: getattr(args, key) for key in SETTINGS}
-    if problems := settings_problems(args.preset, settings, key=lambda field: "--" + field.replace("_", "-")):
+    if problems := settings_problems(args.preset, settings, key=_flag):
         raise UserInputError("; ".join(problems))
-    return preset(args.preset, args.layer_type, args.backbone, vocab_size=args.vocab_size, **settings)
+    if args.layer_type != "lact":
+        return preset(args.preset, args.layer_type, args.backbone or "mamba", vocab_size=args.vocab_size, **settings)
+    return _lact_model(preset(args.preset, "linear", "transformer", vocab_size=args.vocab_size, **settings), args)
+
+
+def _flag(field: str) -> str:
+    """The command-line flag of a model config field."""
+    return "--" + field.replace("_", "-")
+
+
+def _lact_model(shape, args: argparse.Namespace):
+    """A preset's shape with LaCT layers: the model config's LaCT defaults where --lact-* are unset."""
+    from dataclasses import replace
+
+    from megatron_ttt.errors import UserInputError
+    from megatron_ttt.models.config import lact_problems
+
+    lact = {key: getattr(args, key) or getattr(shape, key) for key in ("lact_heads", "lact_chunk_size")}
+    backbone = args.backbone or "transformer"
+    if problems := lact_problems(shape.hidden_size, shape.num_heads, lact["lact_heads"], lact["lact_chunk_size"],
+                                 backbone, key=_flag):
+        raise UserInputError("; ".join(problems))
+    return replace(shape, layer_type="lact", backbone=backbone, **lact)
 
 
 def _saved_model(args: argparse.Namespace):

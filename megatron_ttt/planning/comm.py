@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.planning.flops import lact_projection_width
 from megatron_ttt.planning.hardware import GPU, Assumptions
 from megatron_ttt.planning.layout import Layout
 from megatron_ttt.planning.memory import hidden_matrix_parameters, local_parameters
@@ -57,14 +58,15 @@ def tensor_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
     reduce-scatters and the head gathers (and the mirror). Without it: two all-reduces forward
     (out-projection, fc2) and two backward (the column-parallel inputs' gradients), one for the
     embedding. Both: the TTT layers' post-norm's two fp32 moments and the loss's three fp32 scalars
-    per token, all-reduced forward and backward."""
+    per token, all-reduced forward and backward (LaCT normalises per fast-weight head: no moments)."""
     t = layout.tp
     if t == 1:
         return {}
     tokens = layout.micro_tokens * layout.accumulation
     A = layout.act_bytes * tokens * model.hidden_size
     ring, L = (t - 1) / t, model.num_layers
-    small = 2 * ring * 4 * tokens * (2 * 2 * model.mixers.count("ttt") + 3)
+    post_norms = 0 if model.layer_type == "lact" else model.mixers.count("ttt")
+    small = 2 * ring * 4 * tokens * (2 * 2 * post_norms + 3)
     if layout.parallel.sequence_parallel_split > 1:
         gathers = 3 if model.pre_conv else 2
         return {"tp_all_gather": ring * A * (L * (gathers + 2 + 2) + 2),
@@ -74,10 +76,14 @@ def tensor_parallel(model: TTTModelConfig, layout: Layout) -> dict[str, float]:
 
 def moved_width(model: TTTModelConfig, kind: str, layout: Layout) -> float:
     """Elements per token a mixer of `kind` moves through its two all-to-alls on one TP rank: the
-    inputs to the inner loop (q|p, [k], v and the lr logits) or to attention (q and the key/value
-    heads, repeated where a TP rank's do not split over cp), and the output (D) back."""
+    inputs to the inner loop (q|p, [k], v and the lr logits), to a LaCT layer's window attention and
+    fast weights (its whole in-projection: q, k, v and per fast-weight head the lrs, momentum and
+    scale) or to attention (q and the key/value heads, repeated where a TP rank's do not split over
+    cp), and the output (D) back."""
     D, d = model.hidden_size, model.head_dim
-    if kind == "ttt":
+    if kind == "ttt" and model.layer_type == "lact":
+        inputs = lact_projection_width(model)
+    elif kind == "ttt":
         inputs = (2 if model.share_qk else 3) * D + model.num_heads
     else:
         kv_local = model.kv_heads // layout.tp

@@ -5,7 +5,8 @@ LayerNorm-L2 gradient, RoPE, the convolutions' few taps aside) is not counted: i
 memory bandwidth, not by the matmul rate. Notation: D width, F SwiGLU width, H heads, Hkv key/value
 heads, d head dim, b mini-batch, V vocabulary, K conv kernel, T sequence length, W window. The
 inner loop's terms are per token and head (a mini-batch's b x b products cost 2 b^2 d, i.e. 2 b d
-per token). Causal attention counts the scores and weighted values a query has keys for,
+per token). LaCT layers (layer_type "lact"): Hf fast-weight heads of width dh and SwiGLU width h,
+chunk C. Causal attention counts the scores and weighted values a query has keys for,
 4 d per key and head (T / 2 keys on average for full attention, about W for a window): the
 useful work, which a GPU's flash kernels do; masked-out scores are not counted.
 """
@@ -21,7 +22,8 @@ class LayerFlops:
     """Forward FLOPs per token of one layer, by part."""
 
     projections: float
-    """Fused in-projection (q|v|gate|lr or q|k|v|lr: D -> 3D + H) and out-projection (D -> D)."""
+    """Fused in-projection (q|v|gate|lr or q|k|v|lr: D -> 3D + H; LaCT: lact_projection_width) and
+    out-projection (D -> D)."""
     convolutions: float
     """Depthwise causal convolutions (q, k and the pre-conv; mamba backbone only): 2 D K each."""
     inner_model: float
@@ -35,16 +37,21 @@ class LayerFlops:
     mlp: float
     """SwiGLU: gate and up (2 x 2 D F), down (2 D F)."""
     attention: float = 0.0
-    """Attention layers: q k^T and the weighted sum of v, 4 d H per key attended (TTT layers: 0)."""
+    """Attention layers and LaCT's window: q k^T and the weighted sum of v, 4 d H per key attended
+    (TTT layers: 0)."""
+    fast_weights: float = 0.0
+    """LaCT layers: the SwiGLU fast weights of the Hf heads, lact_forward_flops over the sequence
+    per token: every query's apply (6 dh h), every stepping chunk's update (12 dh h per token; the
+    last chunk only applies) and Muon's Newton-Schulz per step (other layers: 0)."""
 
     @property
     def ttt(self) -> float:
-        """The inner loop (what time-axis checkpointing recomputes)."""
+        """The TTT inner loop: small batched matmuls (b x d), counted at ttt_efficiency."""
         return self.inner_model + self.dual_form + self.inner_update
 
     @property
     def total(self) -> float:
-        return self.projections + self.convolutions + self.ttt + self.mlp + self.attention
+        return self.projections + self.convolutions + self.ttt + self.fast_weights + self.mlp + self.attention
 
 
 def mean_keys(seq_len: int, window: int | None) -> float:
@@ -54,13 +61,34 @@ def mean_keys(seq_len: int, window: int | None) -> float:
     return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
 
 
+def lact_projection_width(model: TTTModelConfig) -> int:
+    """Columns of a LaCT layer's fused in-projection: q, k, v (3D) shared by the window attention
+    and the fast weights, and per fast-weight head three learning rates, the momentum coefficient
+    (with lact_momentum) and the output scale."""
+    return 3 * model.hidden_size + (5 if model.lact_momentum else 4) * model.lact_heads
+
+
+def lact_layer_flops(model: TTTModelConfig, seq_len: int) -> LayerFlops:
+    """A LaCT layer: in- and out-projection, the window attention over num_heads heads on the same
+    q, k, v, the fast weights of every fast-weight head, the SwiGLU MLP."""
+    D, Hf = model.hidden_size, model.lact_heads
+    fast = Hf * lact_forward_flops(seq_len, model.lact_chunk_size, model.lact_head_dim, model.lact_hidden,
+                                   model.lact_head_dim, model.lact_muon) / seq_len
+    return LayerFlops(2 * D * lact_projection_width(model) + 2 * D * D, 0.0, 0.0, 0.0, 0.0,
+                      6 * D * model.intermediate_size, 4 * D * mean_keys(seq_len, model.attention_window), fast)
+
+
 def layer_flops(model: TTTModelConfig, kind: str = "ttt", seq_len: int = 0) -> LayerFlops:
-    """A layer of `kind` (TTTModelConfig.mixers); an attention layer's count needs the sequence length."""
+    """A layer of `kind` (TTTModelConfig.mixers); an attention or LaCT layer's count needs the
+    sequence length."""
     D, F, H, d, b, K = (model.hidden_size, model.intermediate_size, model.num_heads, model.head_dim,
                         model.mini_batch_size, model.conv_kernel)
+    if (kind != "ttt" or model.layer_type == "lact") and seq_len < 1:
+        what = "a LaCT" if kind == "ttt" else "an attention"
+        raise ValueError(f"{what} layer's FLOPs depend on the sequence length (got {seq_len})")
+    if kind == "ttt" and model.layer_type == "lact":
+        return lact_layer_flops(model, seq_len)
     if kind != "ttt":
-        if seq_len < 1:
-            raise ValueError(f"an attention layer's FLOPs depend on the sequence length (got {seq_len})")
         window = model.attention_window if kind == "window" else None
         projections = 2 * D * (D + 2 * model.kv_heads * d) + 2 * D * D
         convs = 2 * D * K if model.pre_conv else 0
@@ -98,7 +126,8 @@ def model_flops(model: TTTModelConfig, seq_len: int = 0) -> float:
 def executed_flops(model: TTTModelConfig, layout: Layout) -> tuple[float, float]:
     """Training FLOPs per token the hardware runs, (large GEMMs and attention, inner loop),
     recomputation included: block checkpointing runs every layer's forward again, time-axis
-    checkpointing the inner loop's forward."""
+    checkpointing the inner loop's or the fast weights' forward. LaCT's fast weights count as large
+    GEMMs: chunk x dh x h products (2048 x 384 x 384 at 760m), the point of its large chunks."""
     per_layer = layers(model, layout.seq_len)
     forward_gemm = sum(layer.total - layer.ttt for layer in per_layer)
     forward_ttt = sum(layer.ttt for layer in per_layer)
@@ -107,8 +136,21 @@ def executed_flops(model: TTTModelConfig, layout: Layout) -> tuple[float, float]
         gemm += forward_gemm
         ttt += forward_ttt
     elif layout.time_checkpoint_group:
+        gemm += model.mixers.count("ttt") * lact_recomputed_flops(model, layout.seq_len)
         ttt += forward_ttt
     return gemm, ttt
+
+
+def lact_recomputed_flops(model: TTTModelConfig, seq_len: int) -> float:
+    """What time-axis checkpointing runs again of a LaCT layer's fast weights, per token: their
+    forward but the last chunk's w1 product (its output is saved nowhere, and torch's checkpoint
+    stops recomputing after the last saved tensor it needs); 0 for other layers."""
+    if model.layer_type != "lact":
+        return 0.0
+    C, h, d = model.lact_chunk_size, model.lact_hidden, model.lact_head_dim
+    last_chunk = seq_len - (-(-seq_len // C) - 1) * C
+    skipped = model.lact_heads * last_chunk * 2 * h * d / seq_len
+    return layer_flops(model, "ttt", seq_len).fast_weights - skipped
 
 
 def newton_schulz5_flops(rows: int, cols: int) -> float:

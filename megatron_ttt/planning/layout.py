@@ -28,7 +28,7 @@ class Layout:
     global_batch_tokens: int = 524288
     """Tokens per optimizer step over all ranks (sets the gradient accumulation)."""
     time_checkpoint_group: int = 0
-    """Time-axis checkpoint group G in mini-batches (0: off)."""
+    """Time-axis checkpoint group G in mini-batches (LaCT layers: chunks; 0: off)."""
     block_ckpt: bool = False
     """Recompute every block in the backward."""
     dtype: str = "bf16"
@@ -89,5 +89,8 @@ def check(layout: Layout, model: TTTModelConfig) -> None:
         problems.append(f"--time-checkpoint-group: {exc}")
     problems += layout_problems(layout.parallel, model, Batch(layout.seq_len, layout.micro_batch,
                                                               layout.global_batch_tokens), FLAG_NAMES)
+    if model.layer_type == "lact" and model.lact_heads % (layout.tp * layout.cp):
+        problems.append(f"--tp {layout.tp} x --cp {layout.cp} does not divide the {model.lact_heads} fast-weight heads "
+                        "(--lact-heads) of the LaCT layers")
     if problems:
         raise UserInputError("; ".join(problems))

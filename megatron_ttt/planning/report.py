@@ -4,7 +4,7 @@ from dataclasses import fields
 
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.presets import parameter_count
-from megatron_ttt.planning import comm, flops
+from megatron_ttt.planning import activations, comm, flops
 from megatron_ttt.planning.hardware import GIB, GPU, Assumptions
 from megatron_ttt.planning.layout import Layout
 from megatron_ttt.planning.search import Plan
@@ -31,7 +31,7 @@ def table(model: TTTModelConfig, plans: list[Plan], gpu: GPU) -> str:
     return "\n".join(lines)
 
 
-def _memory_lines(p: Plan, gpu: GPU) -> list[str]:
+def _memory_lines(model: TTTModelConfig, p: Plan, gpu: GPU) -> list[str]:
     m, lay = p.memory, p.layout
     time = f"time-axis G={lay.time_checkpoint_group}" if lay.time_checkpoint_group else "no time-axis ckpt"
     rows = [("parameters", m.parameters), ("gradients (backward to step)", m.gradients),
@@ -42,6 +42,10 @@ def _memory_lines(p: Plan, gpu: GPU) -> list[str]:
             ("head and loss", m.head_activations), ("recomputation in the backward", m.recompute),
             ("communication buffers (ZeRO buckets)", m.buffers), ("optimizer-step temporaries", m.optimizer_step),
             ("fragmentation margin + CUDA context", m.fragmentation)]
+    if model.layer_type == "lact":
+        tensors = 6 if model.lact_momentum else 3  # w0, w1, w2 (and their velocity)
+        state = activations.fast_weight_state_bytes(model, lay)
+        rows.insert(5, (f"  one layer's state: [B*Hf,h,d] fp32 x {tensors}", state))
     lines = ["memory per GPU                                   GiB"]
     lines += [f"  {name:<44} {value / GIB:>7.2f}" for name, value in rows]
     verdict = "fits" if m.fits(gpu) else "DOES NOT FIT"
@@ -54,7 +58,7 @@ def _flops_lines(model: TTTModelConfig, seq_len: int) -> list[str]:
     lines = [f"forward FLOPs per token (seq {seq_len})             GFLOP"]
     for f in fields(flops.LayerFlops):
         total = sum(getattr(layer, f.name) for layer in per_layer)
-        if total or f.name != "attention":
+        if total or f.name in ("projections", "mlp"):
             lines.append(f"  {f.name.replace('_', ' ') + f' ({L} layers)':<42} {total / 1e9:>7.3f}")
     lines.append(f"  {'head':<42} {flops.head_flops(model) / 1e9:>7.3f}")
     lines.append(f"  training (3 x forward): {flops.model_flops(model, seq_len) / 1e9:.2f} GFLOP/token "
@@ -82,5 +86,5 @@ def report(model: TTTModelConfig, p: Plan, gpu: GPU, assume: Assumptions) -> str
     timing = (f"step: compute {est.compute_s:.3f} s + TP comm {est.tp_comm_s:.3f} s{cp} + DP comm "
               f"{est.dp_comm_s:.3f} s = {est.step_s:.3f} s; {est.tokens_per_s:,.0f} tokens/s; MFU {est.mfu:.1%}")
     stated = "assumptions: " + ", ".join(f"{f.name}={getattr(assume, f.name):g}" for f in fields(assume))
-    return "\n".join([head, "", *_memory_lines(p, gpu), "", *_flops_lines(model, lay.seq_len), "",
+    return "\n".join([head, "", *_memory_lines(model, p, gpu), "", *_flops_lines(model, lay.seq_len), "",
                       *_comm_lines(model, p), "", timing, stated])

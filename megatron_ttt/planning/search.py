@@ -11,7 +11,7 @@ from megatron_ttt.planning.layout import Layout, check
 from megatron_ttt.planning.memory import Memory, memory
 
 TIME_GROUPS = (0, 1, 2, 4, 8, 16)
-"""Time-axis checkpoint groups tried (mini-batches; 0 off)."""
+"""Time-axis checkpoint groups tried (mini-batches, LaCT chunks; 0 off)."""
 MICRO_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 

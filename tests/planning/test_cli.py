@@ -50,6 +50,36 @@ def test_a_hybrid_plan_counts_its_attention(capsys):
         assert part in out, part
 
 
+def test_a_lact_plan_counts_its_fast_weights(capsys):
+    """LaCT's 760M shape (24 attention heads, 4 fast-weight heads) at 32k tokens over 2 CP ranks:
+    the backbone follows the layer type, the fast weights and their state are in the report."""
+    assert main(["plan", "--preset", "760m", "--layer-type", "lact", "--num-heads", "24", "--lact-chunk-size", "2048",
+                 "--attention-window", "2048", "--nodes", "1", "--tp", "2", "--cp", "2", "--zero", "1",
+                 "--micro-batch", "1", "--time-checkpoint-group", "4", "--block-ckpt", "off", "--seq-len", "32768",
+                 "--global-batch-tokens", "131072"]) == 0
+    out = capsys.readouterr().out
+    for part in ("lact transformer model", "24 heads of 64", "fast weights (24 layers)",
+                 "one layer's state: [B*Hf,h,d] fp32 x 6", "cp all to all", "fits"):
+        assert part in out, part
+
+
+def test_a_lact_model_directory_plans_as_its_flags_do(tmp_path, capsys):
+    """--model reads a LaCT model_config.json; the report is the one the same flags give."""
+    import json
+
+    layout = ["--nodes", "1", "--tp", "2", "--cp", "1", "--zero", "1", "--micro-batch", "1",
+              "--time-checkpoint-group", "2", "--block-ckpt", "off", "--seq-len", "8192", "--global-batch-tokens", "65536"]
+    flags = ["--preset", "125m", "--layer-type", "lact", "--lact-heads", "2", "--lact-chunk-size", "1024"]
+    assert main(["plan", *flags, *layout]) == 0
+    from_flags = capsys.readouterr().out
+    model = replace(preset("125m", "linear", "transformer"), layer_type="lact", lact_heads=2, lact_chunk_size=1024)
+    (tmp_path / "model_config.json").write_text(json.dumps(model.to_dict()))
+    assert main(["plan", "--model", str(tmp_path), *layout]) == 0
+    assert capsys.readouterr().out == from_flags
+    assert main(["plan", "--model", str(tmp_path), "--layer-type", "lact", *layout]) == 2
+    assert "leave out --layer-type" in capsys.readouterr().err
+
+
 def test_context_parallel_splits_the_activations_and_adds_its_all_to_alls():
     model, gpu = preset("7b"), GPUS["a100-80gb"]
     layout = Layout(2, 8, seq_len=32768, global_batch_tokens=2**20, time_checkpoint_group=16, zero=1)
@@ -91,6 +121,9 @@ def test_a_128k_plan_needs_context_parallelism_or_block_checkpointing(capsys):
     (["--global-batch-tokens", "1000", "--tp", "1", "--micro-batch", "1"], "--global-batch-tokens 1000"),
     (["--seq-len", "0", "--tp", "1"], "--seq-len 0 must be >= 1"),
     (["--preset", "tiny", "--layer-pattern", "T"], "--layer-pattern 'T' has 1 symbols for 2 layers"),
+    (["--layer-type", "lact", "--backbone", "mamba"], "--backbone must be transformer, not 'mamba'"),
+    (["--layer-type", "lact", "--lact-heads", "3"], "--lact-heads 3 must divide --hidden-size 4096"),
+    (["--layer-type", "lact", "--tp", "8"], "--tp 8 x --cp 1 does not divide the 4 fast-weight heads"),
 ])
 def test_bad_input_is_named(capsys, args, message):
     assert main(["plan", "--nodes", "1", *args]) == 2
