@@ -1,4 +1,4 @@
-"""Launching short pretraining runs as real processes (python or torchrun) for the tests."""
+"""Launching short pretraining runs as real processes (one forked from the test server, or torchrun) for the tests."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from megatron_ttt.checkpoint.checksums import checkpoint_files, file_sum, write_
 from megatron_ttt.checkpoint.model_dir import load_model
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
-from tests.distributed import run_distributed
+from tests.distributed import run_command, run_distributed
 
 FAST = ["train.steps=6", "data.seq_len=64", "data.micro_batch_size=4", "data.global_batch_tokens=512",
         "data.num_workers=0", "data.bundled_vocab_size=512", "logging.eval_interval=3", "logging.interval=1",
@@ -50,7 +50,16 @@ test here instead of waiting out gloo's 30-minute timeout."""
 
 
 def pretrain(run_dir: Path, cache: Path, overrides: list[str] = (), nproc: int = 1, check: bool = True):
+    """`mttt pretrain` of the FAST run and `overrides`: one process forked from the test server
+    (tests/distributed.py), several under torchrun."""
     cmd = command(run_dir, list(overrides), nproc)
+    out = run_command(cmd[3:], environment(cache), RUN_TIMEOUT) if nproc == 1 else _run(cmd, cache)
+    if check and out.returncode != 0:
+        raise AssertionError(f"pretrain exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def _run(cmd: list[str], cache: Path) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, env=environment(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -60,10 +69,7 @@ def pretrain(run_dir: Path, cache: Path, overrides: list[str] = (), nproc: int =
         stdout, stderr = proc.communicate()
         raise AssertionError(f"pretrain did not finish in {RUN_TIMEOUT} s and was killed:\n{stdout[-3000:]}\n"
                              f"{stderr[-3000:]}") from None
-    out = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-    if check and out.returncode != 0:
-        raise AssertionError(f"pretrain exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-    return out
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def metrics(run_dir: Path) -> dict[int, dict]:
