@@ -13,7 +13,7 @@ import numpy as np
 
 from megatron_ttt.atomic import write_atomic
 from megatron_ttt.data.errors import DataError
-from megatron_ttt.data.tokenizer import TokenizerInfo
+from megatron_ttt.data.tokenizer import TokenizerInfo, file_sha256
 
 FORMAT = "megatron-ttt-shards"
 VERSION = 1
@@ -124,6 +124,17 @@ class Manifest:
     def entries(self) -> list[ShardEntry]:
         """Every shard of every split."""
         return [e for split in SPLITS for e in self.shards[split]]
+
+    def tokenizer_problem(self) -> str | None:
+        """Why the tokenizer these shards were made with cannot be read here (its file missing or
+        changed: the manifest keeps its path as given then, and its sha256); None when it can."""
+        info = self.settings.tokenizer
+        path = Path(info.path)
+        if not path.is_file():
+            return f"names the tokenizer {path}, which does not exist here"
+        if file_sha256(path) != info.sha256:
+            return f"names the tokenizer {path}, which differs from the one its shards were made with (sha256)"
+        return None
 
     def repair_hint(self, entries: list[ShardEntry]) -> str:
         """What to do about damaged or missing shards: a task redone from scratch writes the same

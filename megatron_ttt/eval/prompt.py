@@ -6,20 +6,14 @@ import torch
 
 from megatron_ttt.checkpoint.run_dir import TOKENIZER_FILE
 from megatron_ttt.data import Manifest, Tokenizer
-from megatron_ttt.data.tokenizer import file_sha256
 from megatron_ttt.errors import UserInputError
 
 
 def _manifest_tokenizer(manifest_path: Path) -> Tokenizer:
-    info = Manifest.load(manifest_path).settings.tokenizer
-    path = Path(info.path)
-    if not path.is_file():
-        raise UserInputError(f"{manifest_path} names the tokenizer {path}, which does not exist here; "
-                             "pass --tokenizer MODEL")
-    if file_sha256(path) != info.sha256:
-        raise UserInputError(f"tokenizer {path} differs from the one {manifest_path} was made with (sha256); "
-                             "pass the right one with --tokenizer MODEL")
-    return Tokenizer(path)
+    manifest = Manifest.load(manifest_path)
+    if problem := manifest.tokenizer_problem():
+        raise UserInputError(f"{manifest_path} {problem}; pass the right one with --tokenizer MODEL")
+    return Tokenizer(manifest.settings.tokenizer.path)
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: str | None, data: str | None, model_vocab: int) -> Tokenizer:

@@ -20,7 +20,6 @@ from megatron_ttt.config.loading import check_world_size
 from megatron_ttt.config.model import trained_model
 from megatron_ttt.data import DataError, Manifest
 from megatron_ttt.data.loader import LoaderConfig, TokenLoader
-from megatron_ttt.data.tokenizer import file_sha256
 from megatron_ttt.data_prep.corpus import default_cache_dir
 from megatron_ttt.models.build import build_model
 from megatron_ttt.models.compile import compile_blocks, compile_seconds
@@ -108,15 +107,14 @@ def build(config: PretrainConfig, groups: ProcessGroupCollection, cache: Path, r
 
 
 def tokenizer_file(manifest: Manifest) -> Path | None:
-    """The tokenizer model file the manifest names, where it is found unchanged (its path is as
-    given when the shards were written); otherwise None, with a note, on rank 0."""
-    info = manifest.settings.tokenizer
-    path = Path(info.path)
-    if path.is_file() and file_sha256(path) == info.sha256:
-        return path
+    """The tokenizer model file the manifest names, where it is found unchanged; otherwise None,
+    with a note, on rank 0."""
+    problem = manifest.tokenizer_problem()
+    if problem is None:
+        return Path(manifest.settings.tokenizer.path)
     if dist.get_rank() == 0:
-        print(f"note: the tokenizer {path} that {manifest.directory} was made with is not found here unchanged; "
-              "checkpoints will not carry it (eval and generate then need --tokenizer)", file=sys.stderr, flush=True)
+        print(f"note: {manifest.directory} {problem}; checkpoints will not carry it (eval and generate then need "
+              "--tokenizer)", file=sys.stderr, flush=True)
     return None
 
 
