@@ -1,11 +1,16 @@
-"""Random access to the samples of one shard: the tar file memory-mapped, samples at a fixed stride.
+"""Random access to the samples of one shard: the tar file read at a fixed stride.
 
 `mttt data shard` writes one tar member per sample, all the same size, so sample i's header sits
 at i * stride. Each read checks that header (name, size, checksum), so a damaged or truncated
 shard is reported, never decoded into garbage tokens. The errors say what is wrong; the loader,
 which knows the manifest, adds the shard, the sample and what to do.
+
+Each sample is one positioned read (pread), not a view of a memory map: a shard truncated while
+a run has it open then reads short, which is an error naming it, where a mapped page past the
+new end would kill the process with SIGBUS.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +41,24 @@ class ShardReader:
         size = path.stat().st_size
         if size < needed:
             raise DataError(f"the shard is truncated: {size:,} bytes, its {samples} samples need {needed:,}")
-        try:
-            self._bytes = np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
-        except OSError as exc:
-            raise DataError(f"the shard cannot be read: {exc.strerror or exc}") from None
+        self._fd: int | None = None
+        self._open()
+
+    def _open(self) -> int:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise DataError(f"the shard cannot be read: {exc.strerror or exc}") from None
+        return self._fd
+
+    def __getstate__(self) -> dict:
+        """Pickled (into a data-loader worker) without its file descriptor, which it reopens."""
+        return self.__dict__ | {"_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def _check_header(self, header: np.ndarray) -> None:
         raw = header.tobytes()
@@ -64,6 +83,10 @@ class ShardReader:
         if not 0 <= index < self.samples:
             raise IndexError(f"shard {self.path} has {self.samples} samples, asked for {index}")
         start = index * self.stride
-        self._check_header(self._bytes[start:start + BLOCK])
-        data = self._bytes[start + BLOCK:start + BLOCK + self.sample_bytes]
-        return np.frombuffer(data, dtype=self.dtype)
+        member = os.pread(self._open(), BLOCK + self.sample_bytes, start)
+        if len(member) < BLOCK + self.sample_bytes:
+            raise DataError(f"the shard was truncated while open: {start + len(member):,} bytes, sample {index} "
+                            f"ends at {start + BLOCK + self.sample_bytes:,}")
+        bytes_ = np.frombuffer(member, dtype=np.uint8)
+        self._check_header(bytes_[:BLOCK])
+        return bytes_[BLOCK:].view(self.dtype)

@@ -180,6 +180,20 @@ def test_a_shard_truncated_after_the_start_is_named_where_it_is_read(copy):
         read_all(copy)
 
 
+def test_a_shard_truncated_while_the_loader_reads_it_is_named(copy):
+    # The loader has the shard open and read from it; then it shrinks (a copy overwriting it, a
+    # full disk). A mapped page past the new end would end the process with SIGBUS.
+    loader = TokenLoader(copy, LoaderConfig(micro_batch_size=1, shuffle=False, num_workers=0))
+    batches = iter(loader)
+    next(batches)
+    path = copy.directory / copy.shards["train"][0].path
+    path.write_bytes(path.read_bytes()[:2 * stride(copy)])
+    with pytest.raises(ShardReadError, match=rf"^shard {lit(path)}, sample 2 \(key .*\): the shard was truncated "
+                                             rf"while open: {2 * stride(copy):,} bytes, sample 2 ends at "):
+        for _ in range(copy.shards["train"][0].samples):
+            next(batches)
+
+
 def test_sha256_at_open_names_the_shard(copy):
     _, path = edit(copy, "train", 0, flip_token_bit)
     read_all(copy)
