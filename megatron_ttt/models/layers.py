@@ -200,3 +200,10 @@ def head_parallel_layer_norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.
     centered = z32 - total(z32) / full_width
     variance = total(centered * centered) / full_width
     return (centered * torch.rsqrt(variance + eps)).to(z.dtype) * weight + bias
+
+
+def rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., T, d] with its halves' pairs (x[i], x[i + d/2]) turned by the angles of cos, sin
+    [..., T, d/2]: the rotate-half order of GPT-NeoX and fla's RotaryEmbedding (LaCT's)."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)

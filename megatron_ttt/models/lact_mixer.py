@@ -1,0 +1,273 @@
+"""LaCT's layer (Zhang et al. 2025, lact_llm/lact_model/layer_lact_swiglu.py) as a megatron-core
+mixer, split over tensor-parallel ranks by fast-weight heads.
+
+Data flow for a [T(/tp), B, D] input (T/tp under sequence parallelism):
+
+    in_proj (column parallel; gathers the sequence) -> q, k, v, lr, [momentum], ttt_scale logits
+    attention:  RoPE(q, k) at absolute positions -> sliding-window causal attention over num_heads
+    fast:       silu(q * scale + offset), silu(k * scale + offset), silu(v) -> L2 norm per fast
+                head (q, k) -> RoPE as attention heads -> lact_swiglu (fp32 weights, one update per
+                chunk) -> RMSNorm per fast head * silu(ttt_scale)
+    attention + fast -> out_proj (row parallel; reduce-scatters the sequence) -> [T(/tp), B, D]
+
+Attention and fast weights share q, k, v and their sum goes through one o_proj, so both live in
+this one layer (a W layer beside a TTT layer would have projections of its own). A fast-weight
+head's columns hold num_heads / lact_heads whole attention heads, so TP (and CP, by one
+all-to-all as the other mixers) split both kinds of head alike. Everything between the
+projections is per head; the RMSNorm's gain is shared by the heads, so replicated, its gradient
+summed over TP.
+
+Packed documents: attention stays within the document, the fast weights restart at its first
+token (the op's `starts`) and the fast q/k rotate by positions counted from it, so a document
+computes what it would alone. Decoding keeps the window's keys and values and the fast weights
+(models/inference_cache.py): tokens gather until their chunk completes, then one update.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import build_module
+from torch import nn
+
+from megatron_ttt.models.attention import cached_keys
+from megatron_ttt.models.columns import lact_columns
+from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.inference_cache import FastWeights, MixerCache
+from megatron_ttt.models.layers import (
+    ProjectionSubmodules,
+    RopeTables,
+    parallel_linear_args,
+    replicated_weight,
+    rotate_halves,
+    stat_dtype,
+)
+from megatron_ttt.models.packing import Packing
+from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
+from megatron_ttt.ops.attention import causal_attention
+from megatron_ttt.ops.lact import lact_step, lact_swiglu, swiglu_apply, where_rows
+from megatron_ttt.parallel.context import context_group, heads_to_sequence, local_slice, sequence_to_heads
+from megatron_ttt.run_options import InnerLoopOptions
+
+BASE_LR = 0.001
+"""LaCT's "mamba" lr parameterisation: lr = softplus(logit + inv_softplus(BASE_LR))."""
+INV_SOFTPLUS_BASE_LR = BASE_LR + math.log(-math.expm1(-BASE_LR))
+L2_EPS = 1e-5
+"""LaCT's l2_norm: x / (||x|| + eps)."""
+TTT_NORM_EPS = 1e-5
+"""fla's RMSNorm default, which LaCT's ttt_norm keeps."""
+IDENTITY_GAIN = 0.5
+"""A low-rank initial w0, w2 is left @ right + 0.5 I (LaCT's LowRankFastWeight)."""
+PER_HEAD = {"q": None, "k": None, "v": None, "lr": 3, "momentum": 1, "ttt_scale": 1}
+"""Each in-projection component's width per fast head (None: the head's width)."""
+
+
+class LaCTMixer(MegatronModule):
+    """LaCT's layer over this rank's fast-weight heads and the attention heads inside them."""
+
+    def __init__(self, config: TransformerConfig, submodules: ProjectionSubmodules, ttt: TTTModelConfig,
+                 pg_collection: ProcessGroupCollection, inner_loop: InnerLoopOptions = InnerLoopOptions(),
+                 layer_number: int = 1):
+        super().__init__(config)
+        if ttt.layer_type != "lact":
+            raise ValueError(f"LaCTMixer built with layer_type {ttt.layer_type!r}")
+        tp, cp = config.tensor_model_parallel_size, config.context_parallel_size
+        if ttt.lact_heads % (tp * cp):
+            raise ValueError(f"tensor_parallel={tp} x context_parallel={cp} does not divide the {ttt.lact_heads} "
+                             "fast-weight heads (model.lact_heads)")
+        self.ttt, self.inner_loop, self.layer_number, self.tp_size = ttt, inner_loop, layer_number, tp
+        self.tp_group, self.cp_group = pg_collection.tp, context_group(config, pg_collection)
+        self.local_heads = ttt.lact_heads // tp
+        """Fast-weight heads of this TP rank (its projections' width); each CP rank runs 1/cp of them."""
+        self.heads = self.local_heads // cp
+        """Fast-weight heads this rank runs."""
+        self.attention_per_head = ttt.num_heads // ttt.lact_heads
+        self.columns = lact_columns(ttt)
+        self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
+        linear = parallel_linear_args(config, self.tp_group)
+        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(tp), gather_output=False,
+                                    tp_comm_buffer_name="lact_in_proj", **linear)
+        self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
+                                     tp_comm_buffer_name="lact_out_proj", **linear)
+        self._allocate_head_params(config.params_dtype)
+
+    def _allocate_head_params(self, dtype: torch.dtype) -> None:
+        """Allocated only: models/build.py fills each as the parameter table says."""
+        ttt, H = self.ttt, self.local_heads
+        d_in, d_h, rank = ttt.lact_head_dim, ttt.lact_hidden, ttt.lact_fw_rank
+
+        def param(*shape):
+            return nn.Parameter(torch.empty(*shape, dtype=dtype))
+
+        self.lr_bias, self.ttt_scale_bias = param(3 * H), param(H)
+        if ttt.lact_momentum:
+            self.momentum_bias = param(H)
+        self.qk_scale, self.qk_offset = param(H * d_in, 2), param(H * d_in, 2)
+        # Shared by all heads, so replicated; its gradient is summed over TP in _fast().
+        self.ttt_norm_weight = param(d_in)
+        for name in ("w0", "w2"):
+            if rank:
+                setattr(self, f"{name}_left", param(H, d_h, rank))
+                setattr(self, f"{name}_right", param(H, rank, d_in))
+            else:
+                setattr(self, name, param(H, d_h, d_in))
+        self.w1 = param(H, d_in, d_h)
+
+    def _mine(self, param: torch.Tensor) -> torch.Tensor:
+        """A per-head parameter's rows (dim 0) of the heads this rank runs (all of them at CP 1)."""
+        return local_slice(param, 0, self.cp_group)
+
+    def initial_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """w0, w1, w2 [heads, ...] of the heads this rank runs, in the state's dtype (fp32 at least)."""
+        dtype = stat_dtype(self.w1)
+
+        def low_rank(name: str) -> torch.Tensor:
+            if not self.ttt.lact_fw_rank:
+                return self._mine(getattr(self, name))
+            w = self._mine(getattr(self, f"{name}_left")) @ self._mine(getattr(self, f"{name}_right"))
+            return w + IDENTITY_GAIN * torch.eye(*w.shape[1:], dtype=w.dtype, device=w.device)
+
+        return tuple(w.to(dtype) for w in (low_rank("w0"), self._mine(self.w1), low_rank("w2")))
+
+    def _sequence_to_heads(self, parts: dict) -> dict:
+        """This rank's tokens of every component -> whole sequences of this rank's heads, in one all-to-all."""
+        T, B = parts["q"].shape[:2]
+        per_head = [parts[n].reshape(T, B, self.local_heads, -1) for n in self.columns.names]
+        moved = sequence_to_heads(torch.cat(per_head, dim=-1), self.cp_group)
+        widths = [t.shape[-1] for t in per_head]
+        return {n: t.flatten(2) for n, t in zip(self.columns.names, moved.split(widths, dim=-1))}
+
+    def forward(self, hidden_states: torch.Tensor, cache: MixerCache | None = None,
+                packing: Packing | None = None) -> torch.Tensor:
+        """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]; with a cache the tokens
+        continue the cached sequence and the cache moves past them; with a packing (the whole
+        sequence's) every document computes alone."""
+        projected, _ = self.in_proj(hidden_states)
+        parts = self.columns.split(projected, self.tp_size)
+        if self.cp_group is not None:
+            if cache is not None:
+                raise ValueError("inference with a cache runs at context_parallel 1")
+            parts = self._sequence_to_heads(parts)
+        T, B = parts["q"].shape[:2]
+        start = cache.tokens if cache is not None else 0
+        positions = (packing.since_start if packing is not None
+                     else (start + torch.arange(T, device=projected.device)).expand(B, T))
+        mixed = self._attention(parts, start, cache, packing) + self._fast(parts, positions, cache, packing)
+        if cache is not None:
+            cache.tokens += T
+        out = heads_to_sequence(mixed.reshape(T, B, self.heads, -1), self.cp_group).flatten(2)
+        y, _ = self.out_proj(out)
+        return y
+
+    def _rotated(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[T, B, heads*d] -> [B, attention heads, T, d], RoPE at positions [B, T]."""
+        T, B = x.shape[:2]
+        d = self.ttt.head_dim
+        cos, sin = self._rope(int(positions.max()) + 1, x.dtype, x.device)
+        heads = x.reshape(T, B, -1, d).permute(1, 2, 0, 3)
+        return rotate_halves(heads, cos[positions][:, None], sin[positions][:, None])
+
+    def _attention(self, parts: dict, start: int, cache: MixerCache | None, packing: Packing | None) -> torch.Tensor:
+        """Sliding-window attention of the attention heads: [T, B, heads*d], RoPE at absolute positions."""
+        T, B = parts["q"].shape[:2]
+        absolute = (start + torch.arange(T, device=parts["q"].device)).expand(B, T)
+        q, k = self._rotated(parts["q"], absolute), self._rotated(parts["k"], absolute)
+        v = parts["v"].reshape(T, B, -1, self.ttt.head_dim).permute(1, 2, 0, 3)
+        segments = None if packing is None else packing.segments
+        if cache is not None:
+            k, v, segments = cached_keys(k, v, segments, cache, self.ttt.attention_window)
+        out = causal_attention(q, k, v, self.ttt.attention_window, start, segments=segments)
+        return out.permute(2, 0, 1, 3).flatten(2)
+
+    def _fast_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, heads*w] -> [B*heads, T, w] (LaCT's "(b n_h) s d" rows)."""
+        T, B = x.shape[:2]
+        return x.reshape(T, B, self.heads, -1).permute(1, 2, 0, 3).flatten(0, 1)
+
+    def _fast(self, parts: dict, positions: torch.Tensor, cache: MixerCache | None,
+              packing: Packing | None) -> torch.Tensor:
+        """The fast weights' output [T, B, heads*d_fw]: q, k, v through LaCT's maps, the op (or,
+        with a cache, the decoder), the per-head RMSNorm times silu(ttt_scale)."""
+        T, B = parts["q"].shape[:2]
+        scale, offset = self._mine(self.qk_scale), self._mine(self.qk_offset)
+        q = F.silu(parts["q"] * scale[:, 0] + offset[:, 0])
+        k = F.silu(parts["k"] * scale[:, 1] + offset[:, 1])
+        q, k = (self._l2_per_head(x) for x in (q, k))
+        q, k = (self._rotated(x, positions).permute(2, 0, 1, 3).flatten(2) for x in (q, k))
+        q, k, v = (self._fast_heads(x) for x in (q, k, F.silu(parts["v"])))
+        dtype = stat_dtype(self.w1)
+        lr = F.softplus((parts["lr"] + self._mine(self.lr_bias)).to(dtype) + INV_SOFTPLUS_BASE_LR)
+        lrs = self._fast_heads(lr).split(1, dim=-1)
+        momentum = None
+        if self.ttt.lact_momentum:
+            momentum = self._fast_heads(torch.sigmoid(parts["momentum"] + self._mine(self.momentum_bias)).to(dtype))
+        initial = tuple(w.repeat(B, 1, 1) for w in self.initial_weights())
+        if cache is not None:
+            starts = None if packing is None else packing.starts.repeat_interleave(self.heads, dim=0)
+            o = self._decode(initial, q, k, v, lrs, momentum, starts, cache)
+        else:
+            o = lact_swiglu(*initial, q, k, v, *lrs, self.ttt.lact_chunk_size, self.ttt.lact_muon, momentum,
+                            starts=None if packing is None else packing.starts.repeat_interleave(self.heads, dim=0),
+                            time_checkpoint_group=self.inner_loop.time_checkpoint_group,
+                            compile=self.inner_loop.backend == "compile")
+        o32 = o.to(stat_dtype(o))
+        normed = (o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + TTT_NORM_EPS)).to(o.dtype)
+        gain = replicated_weight(self.ttt_norm_weight, self.tp_size > 1, self.tp_group)
+        scaled = normed * gain * self._fast_heads(F.silu(parts["ttt_scale"] + self._mine(self.ttt_scale_bias)))
+        return scaled.unflatten(0, (B, self.heads)).permute(2, 0, 1, 3).flatten(2)
+
+    def _l2_per_head(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, B, heads*d_fw], each fast head's vector divided by (its L2 norm + eps)."""
+        heads = x.unflatten(-1, (self.heads, -1))
+        norm = heads.to(stat_dtype(x)).norm(dim=-1, keepdim=True)
+        return (heads / (norm + L2_EPS)).to(x.dtype).flatten(-2)
+
+    def _decode(self, initial: tuple, q, k, v, lrs, momentum, starts, cache: MixerCache) -> torch.Tensor:
+        """The op's output for these tokens continuing the cached ones, token by token: each reads
+        the current weights, joins its chunk, and a completed chunk updates its rows (lact_step);
+        a row whose document begins restarts from the initial weights."""
+        dtype, N, C = initial[0].dtype, q.shape[0], self.ttt.lact_chunk_size
+        inputs = {"k": k, "v": v, "lr0": lrs[0], "lr1": lrs[1], "lr2": lrs[2]}
+        if momentum is not None:
+            inputs["momentum"] = momentum
+        inputs = {n: t.to(dtype) for n, t in inputs.items()}
+        if cache.fast is None:
+            cache.fast = FastWeights(initial, tuple(torch.zeros_like(w) for w in initial) if momentum is not None else (),
+                                     {n: t.new_zeros(N, C, t.shape[-1]) for n, t in inputs.items()},
+                                     torch.zeros(N, dtype=torch.long, device=q.device))
+        state, norms, rows = cache.fast, tuple(w.norm(dim=-1, keepdim=True) for w in initial), torch.arange(N, device=q.device)
+        outputs = []
+        for t in range(q.shape[1]):
+            if starts is not None and bool(starts[:, t].any()):
+                fresh = starts[:, t]
+                state.weights = where_rows(fresh, initial, state.weights)
+                state.velocity = tuple(torch.where(fresh[:, None, None], 0, m) for m in state.velocity)
+                state.filled = torch.where(fresh, 0, state.filled)
+            outputs.append(swiglu_apply(state.weights, q[:, t:t + 1].to(dtype)))
+            for name, x in inputs.items():
+                state.chunk[name] = state.chunk[name].index_put((rows, state.filled), x[:, t])
+            state.filled = state.filled + 1
+            complete = state.filled == C
+            if bool(complete.any()):
+                chunk = state.chunk
+                weights, velocity = lact_step(state.weights, state.velocity, norms, chunk["k"], chunk["v"],
+                                              (chunk["lr0"], chunk["lr1"], chunk["lr2"]), chunk.get("momentum"),
+                                              self.ttt.lact_muon)
+                state.weights = where_rows(complete, weights, state.weights)
+                state.velocity = where_rows(complete, velocity, state.velocity)
+                state.filled = torch.where(complete, 0, state.filled)
+        return torch.cat(outputs, dim=1).to(v.dtype)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
+        """Per-head tensors split over TP along dim 0 (the norm's gain replicated); the fused
+        in-projection stored by component."""
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        head_split = {n: 0 for n, _ in self.named_parameters(recurse=False) if n != "ttt_norm_weight"}
+        sharded = own_parameters(self, prefix, head_split, sharded_offsets, metadata, self.tp_group)
+        sharded |= with_fused_weight(self.in_proj, f"{prefix}in_proj.", self.columns, self.tp_size, sharded_offsets,
+                                     metadata)
+        return sharded | self.out_proj.sharded_state_dict(f"{prefix}out_proj.", sharded_offsets, metadata)
+
