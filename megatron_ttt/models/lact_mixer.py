@@ -88,7 +88,7 @@ class LaCTMixer(MegatronModule):
         self.columns = lact_columns(ttt)
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
         linear = parallel_linear_args(config, self.tp_group)
-        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(tp), gather_output=False,
+        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
                                     tp_comm_buffer_name="lact_in_proj", **linear)
         self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
                                      tp_comm_buffer_name="lact_out_proj", **linear)
