@@ -83,8 +83,13 @@ def test_resume_after_step_6_equals_an_uninterrupted_run(tmp_path, cache):
     assert all(torch.equal(a[n], b[n]) for n in a if a[n] is not None), "final weights differ after resume"
 
 
-def test_a_hybrid_trains_and_resumes_bitwise(tmp_path, cache):
-    hybrid = ["model.layer_pattern=TW", "model.attention_window=24", "train.steps=12", "checkpoint.interval=6"]
+@pytest.mark.parametrize("model", [
+    ["model.layer_pattern=TW", "model.attention_window=24"],
+    # LaCT: chunks of 16 in samples of 64, three fast-weight updates a sample, documents reset.
+    ["model.layer_type=lact", "model.lact_chunk_size=16"],
+], ids=["hybrid", "lact"])
+def test_a_hybrid_and_lact_train_and_resume_bitwise(tmp_path, cache, model):
+    hybrid = model + ["train.steps=12", "checkpoint.interval=6"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     pretrain(whole, cache, hybrid)
     curve = losses(whole)
