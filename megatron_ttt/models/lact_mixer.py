@@ -226,9 +226,11 @@ class LaCTMixer(MegatronModule):
         return (heads / (norm + L2_EPS)).to(x.dtype).flatten(-2)
 
     def _decode(self, initial: tuple, q, k, v, lrs, momentum, starts, cache: MixerCache) -> torch.Tensor:
-        """The op's output for these tokens continuing the cached ones, token by token: each reads
-        the current weights, joins its chunk, and a completed chunk updates its rows (lact_step);
-        a row whose document begins restarts from the initial weights."""
+        """The op's output for these tokens continuing the cached ones, in spans: a span's tokens
+        read the current weights and join their chunk, and a completed chunk updates its rows
+        (lact_step); a row whose document begins restarts from the initial weights. A span runs
+        to its chunk's end where every row stands at the same place in its chunk and no document
+        begins inside it (a prompt without EOS), else it is one token."""
         dtype, N, C = initial[0].dtype, q.shape[0], self.ttt.lact_chunk_size
         inputs = {"k": k, "v": v, "lr0": lrs[0], "lr1": lrs[1], "lr2": lrs[2]}
         if momentum is not None:
@@ -238,18 +240,17 @@ class LaCTMixer(MegatronModule):
             cache.fast = FastWeights(initial, tuple(torch.zeros_like(w) for w in initial) if momentum is not None else (),
                                      {n: t.new_zeros(N, C, t.shape[-1]) for n, t in inputs.items()},
                                      torch.zeros(N, dtype=torch.long, device=q.device))
-        state, norms, rows = cache.fast, tuple(w.norm(dim=-1, keepdim=True) for w in initial), torch.arange(N, device=q.device)
-        outputs = []
-        for t in range(q.shape[1]):
+        state, norms = cache.fast, tuple(w.norm(dim=-1, keepdim=True) for w in initial)
+        outputs, t, T = [], 0, q.shape[1]
+        while t < T:
             if starts is not None and bool(starts[:, t].any()):
                 fresh = starts[:, t]
                 state.weights = where_rows(fresh, initial, state.weights)
                 state.velocity = tuple(torch.where(fresh[:, None, None], 0, m) for m in state.velocity)
                 state.filled = torch.where(fresh, 0, state.filled)
-            outputs.append(swiglu_apply(state.weights, q[:, t:t + 1].to(dtype)))
-            for name, x in inputs.items():
-                state.chunk[name] = state.chunk[name].index_put((rows, state.filled), x[:, t])
-            state.filled = state.filled + 1
+            length = _span(state.filled, starts, t, T, C)
+            outputs.append(swiglu_apply(state.weights, q[:, t:t + length].to(dtype)))
+            _join(state, {n: x[:, t:t + length] for n, x in inputs.items()})
             complete = state.filled == C
             if bool(complete.any()):
                 chunk = state.chunk
@@ -259,6 +260,7 @@ class LaCTMixer(MegatronModule):
                 state.weights = where_rows(complete, weights, state.weights)
                 state.velocity = where_rows(complete, velocity, state.velocity)
                 state.filled = torch.where(complete, 0, state.filled)
+            t += length
         return torch.cat(outputs, dim=1).to(v.dtype)
 
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
@@ -271,3 +273,30 @@ class LaCTMixer(MegatronModule):
                                      metadata)
         return sharded | self.out_proj.sharded_state_dict(f"{prefix}out_proj.", sharded_offsets, metadata)
 
+
+
+def _span(filled: torch.Tensor, starts: torch.Tensor | None, t: int, T: int, C: int) -> int:
+    """Tokens from t that run as one span: to the chunk's end (or the tokens' end, or the next
+    document's start) where every row stands at the same place in its chunk, else 1."""
+    first = int(filled[0])
+    if not bool((filled == first).all()):
+        return 1
+    length = min(C - first, T - t)
+    if starts is not None and length > 1:
+        later = starts[:, t + 1:t + length].any(dim=0).nonzero()
+        length = int(later[0]) + 1 if len(later) else length
+    return length
+
+
+def _join(state: FastWeights, span: dict[str, torch.Tensor]) -> None:
+    """A span's per-token inputs [N, L, w] written into the rows' current chunks after their
+    `filled` tokens (one token: each row at its own place)."""
+    length = next(iter(span.values())).shape[1]
+    if length == 1:
+        rows = torch.arange(state.filled.shape[0], device=state.filled.device)
+        state.chunk = {n: state.chunk[n].index_put((rows, state.filled), x[:, 0]) for n, x in span.items()}
+    else:
+        first = int(state.filled[0])
+        state.chunk = {n: torch.cat((state.chunk[n][:, :first], x, state.chunk[n][:, first + length:]), dim=1)
+                       for n, x in span.items()}
+    state.filled = state.filled + length
