@@ -34,7 +34,9 @@ CP2 += [dict(layer_type="lact", backbone="transformer", reset=reset, tp=1, seque
 CP2_TP2 = [dict(layer_type="mlp", backbone="mamba", tp=2, sequence_parallel=True, seq_len=20),
            dict(layer_type="linear", backbone="mamba", hybrid=True, tp=2, sequence_parallel=True, seq_len=20),
            dict(layer_type="mlp", backbone="mamba", hybrid=True, reset=True, tp=2, sequence_parallel=True,
-                seq_len=20)]
+                seq_len=20),
+           dict(layer_type="lact", backbone="transformer", lact={"lact_heads": 4}, reset=True, tp=2,
+                sequence_parallel=True, seq_len=20)]
 
 
 def check(rows: list[dict], world: int) -> None:

@@ -26,8 +26,9 @@ LACT = dict(lact_heads=2, lact_chunk_size=6, lact_fw_rank=4, attention_window=7)
 
 
 def case_model(base: TTTModelConfig, case: dict) -> TTTModelConfig:
-    """`base` with a case's layer type and backbone (and a LaCT case's own fields)."""
-    lact = LACT if case["layer_type"] == "lact" else {}
+    """`base` with a case's layer type and backbone (and a LaCT case's fields: LACT's, with the
+    case's "lact" entries instead)."""
+    lact = LACT | case.get("lact", {}) if case["layer_type"] == "lact" else {}
     return replace(base, layer_type=case["layer_type"], backbone=case["backbone"], **lact)
 
 
