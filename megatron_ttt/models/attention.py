@@ -26,12 +26,11 @@ import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import build_module
 
 from megatron_ttt.models.columns import qkv_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import MixerCache
-from megatron_ttt.models.layers import ProjectionSubmodules, RopeTables, parallel_linear_args, rotate_pairs
+from megatron_ttt.models.layers import ProjectionSubmodules, RopeTables, build_projections, rotate_pairs
 from megatron_ttt.models.packing import Packing
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
@@ -63,11 +62,9 @@ class AttentionMixer(MegatronModule):
         self.local_heads, self.local_kv_heads = ttt.num_heads // tp, ttt.kv_heads // tp
         self.columns = qkv_columns(ttt)
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
-        linear = parallel_linear_args(config, self.tp_group)
-        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
-                                    tp_comm_buffer_name="attention_qkv", **linear)
-        self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
-                                     tp_comm_buffer_name="attention_out", **linear)
+        self.in_proj, self.out_proj = build_projections(submodules, config, self.tp_group, ttt.hidden_size,
+                                                        self.columns.width(), ttt.hidden_size,
+                                                        ("attention_qkv", "attention_out"))
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """[T, B, heads*d] -> [B, heads, T, d]."""

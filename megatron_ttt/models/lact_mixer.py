@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import build_module
 from torch import nn
 
 from megatron_ttt.models.attention import cached_keys
@@ -40,13 +39,13 @@ from megatron_ttt.models.inference_cache import FastWeights, MixerCache
 from megatron_ttt.models.layers import (
     ProjectionSubmodules,
     RopeTables,
-    parallel_linear_args,
+    build_projections,
     replicated_weight,
     rotate_halves,
     stat_dtype,
 )
 from megatron_ttt.models.packing import Packing
-from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
+from megatron_ttt.models.sharding import mixer_sharded_state_dict
 from megatron_ttt.ops.attention import causal_attention
 from megatron_ttt.ops.lact import lact_step, lact_swiglu, swiglu_apply, where_rows
 from megatron_ttt.parallel.context import context_group, heads_to_sequence, local_slice, sequence_to_heads
@@ -84,14 +83,11 @@ class LaCTMixer(MegatronModule):
         """Fast-weight heads of this TP rank (its projections' width); each CP rank runs 1/cp of them."""
         self.heads = self.local_heads // cp
         """Fast-weight heads this rank runs."""
-        self.attention_per_head = ttt.num_heads // ttt.lact_heads
         self.columns = lact_columns(ttt)
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
-        linear = parallel_linear_args(config, self.tp_group)
-        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
-                                    tp_comm_buffer_name="lact_in_proj", **linear)
-        self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
-                                     tp_comm_buffer_name="lact_out_proj", **linear)
+        self.in_proj, self.out_proj = build_projections(submodules, config, self.tp_group, ttt.hidden_size,
+                                                        self.columns.width(), ttt.hidden_size,
+                                                        ("lact_in_proj", "lact_out_proj"))
         self._allocate_head_params(config.params_dtype)
 
     def _allocate_head_params(self, dtype: torch.dtype) -> None:
@@ -266,12 +262,7 @@ class LaCTMixer(MegatronModule):
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         """Per-head tensors split over TP along dim 0 (the norm's gain replicated); the fused
         in-projection stored by component."""
-        metadata = ensure_metadata_has_dp_cp_group(metadata)
-        head_split = {n: 0 for n, _ in self.named_parameters(recurse=False) if n != "ttt_norm_weight"}
-        sharded = own_parameters(self, prefix, head_split, sharded_offsets, metadata, self.tp_group)
-        sharded |= with_fused_weight(self.in_proj, f"{prefix}in_proj.", self.columns, self.tp_size, sharded_offsets,
-                                     metadata)
-        return sharded | self.out_proj.sharded_state_dict(f"{prefix}out_proj.", sharded_offsets, metadata)
+        return mixer_sharded_state_dict(self, prefix, sharded_offsets, metadata, replicated="ttt_norm_weight")
 
 
 

@@ -9,7 +9,7 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
-from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from torch import nn
 
 
@@ -29,6 +29,17 @@ class ProjectionSubmodules:
     """Column-parallel fused in-projection (megatron-core ColumnParallelLinear)."""
     out_proj: ModuleSpec | type = None
     """Row-parallel out-projection (megatron-core RowParallelLinear)."""
+
+
+def build_projections(submodules: ProjectionSubmodules, config, tp_group, hidden: int, fused_width: int,
+                      out_width: int, buffer_names: tuple[str, str]):
+    """A sublayer's column-parallel in-projection (hidden -> fused_width, split, not gathered) and
+    row-parallel out-projection (out_width, split -> hidden), as submodules name them."""
+    linear = parallel_linear_args(config, tp_group)
+    return (build_module(submodules.in_proj, hidden, fused_width, gather_output=False,
+                         tp_comm_buffer_name=buffer_names[0], **linear),
+            build_module(submodules.out_proj, out_width, hidden, input_is_parallel=True,
+                         tp_comm_buffer_name=buffer_names[1], **linear))
 
 
 class RowParallelLinear(tensor_parallel.RowParallelLinear):
