@@ -76,6 +76,9 @@ def test_bad_overrides_name_the_key(override, message):
     (["parallel.tensor_parallel=4", "model.num_heads=2", "model.hidden_size=32"], 4,
      r"parallel.tensor_parallel=4 x parallel.context_parallel=1 does not divide the 2 heads of model.preset=tiny, "
      r"model.num_heads=2"),
+    (["model.layer_type=lact", "model.lact_heads=2", "parallel.tensor_parallel=4"], 4,
+     r"parallel.tensor_parallel=4 x parallel.context_parallel=1 does not divide the 2 fast-weight heads "
+     r"\(lact_heads\) of model.preset=tiny"),
     (["parallel.tensor_parallel=2", "data.global_batch_tokens=1024"], 8,
      r"data.global_batch_tokens=1024 is not a multiple of .* = 4 x 4 x 256 = 4096"),
 ])
