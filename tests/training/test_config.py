@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatron_ttt.config import PretrainConfig, load_config, to_dict
+from megatron_ttt.config.continuation import model_section
 from megatron_ttt.config.loading import ConfigError, check_world_size, notes
 from megatron_ttt.config.model import resolve_model
 from megatron_ttt.config.reference import markdown
@@ -156,6 +157,9 @@ def test_the_layer_type_and_the_preset_settle_backbone_chunk_and_rope_theta():
     assert (big.backbone, big.lact_chunk_size, big.rope_theta, big.tie_word_embeddings) == ("transformer", 2048, 1e6,
                                                                                            False)
     assert resolve_model(load_config(None, []).model, 128).backbone == "mamba"
+    # A model directory's continuation names each with the fewest keys (a LaCT preset for LaCT only).
+    assert model_section(tiny_lact) == {"preset": "tiny", "layer_type": "lact"}
+    assert model_section(big) == {"preset": "760m-lact", "layer_type": "lact"}
 
 
 def test_pretrain_config_errors_exit_2_before_any_process_group(tmp_path):
