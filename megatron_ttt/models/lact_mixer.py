@@ -60,8 +60,6 @@ TTT_NORM_EPS = 1e-5
 """fla's RMSNorm default, which LaCT's ttt_norm keeps."""
 IDENTITY_GAIN = 0.5
 """A low-rank initial w0, w2 is left @ right + 0.5 I (LaCT's LowRankFastWeight)."""
-PER_HEAD = {"q": None, "k": None, "v": None, "lr": 3, "momentum": 1, "ttt_scale": 1}
-"""Each in-projection component's width per fast head (None: the head's width)."""
 
 
 class LaCTMixer(MegatronModule):
@@ -185,35 +183,43 @@ class LaCTMixer(MegatronModule):
 
     def _fast(self, parts: dict, positions: torch.Tensor, cache: MixerCache | None,
               packing: Packing | None) -> torch.Tensor:
-        """The fast weights' output [T, B, heads*d_fw]: q, k, v through LaCT's maps, the op (or,
-        with a cache, the decoder), the per-head RMSNorm times silu(ttt_scale)."""
+        """The fast weights' output [T, B, heads*d_fw]: the op (or, with a cache, the decoder) on
+        LaCT's fast q, k, v and rates, then the per-head RMSNorm times silu(ttt_scale)."""
         T, B = parts["q"].shape[:2]
-        scale, offset = self._mine(self.qk_scale), self._mine(self.qk_offset)
-        q = F.silu(parts["q"] * scale[:, 0] + offset[:, 0])
-        k = F.silu(parts["k"] * scale[:, 1] + offset[:, 1])
-        q, k = (self._l2_per_head(x) for x in (q, k))
-        q, k = (self._rotated(x, positions).permute(2, 0, 1, 3).flatten(2) for x in (q, k))
-        q, k, v = (self._fast_heads(x) for x in (q, k, F.silu(parts["v"])))
-        dtype = stat_dtype(self.w1)
-        lr = F.softplus((parts["lr"] + self._mine(self.lr_bias)).to(dtype) + INV_SOFTPLUS_BASE_LR)
-        lrs = self._fast_heads(lr).split(1, dim=-1)
-        momentum = None
-        if self.ttt.lact_momentum:
-            momentum = self._fast_heads(torch.sigmoid(parts["momentum"] + self._mine(self.momentum_bias)).to(dtype))
+        q, k, v = self._fast_qkv(parts, positions)
+        lrs, momentum = self._rates(parts)
         initial = tuple(w.repeat(B, 1, 1) for w in self.initial_weights())
+        starts = None if packing is None else packing.starts.repeat_interleave(self.heads, dim=0)
         if cache is not None:
-            starts = None if packing is None else packing.starts.repeat_interleave(self.heads, dim=0)
             o = self._decode(initial, q, k, v, lrs, momentum, starts, cache)
         else:
             o = lact_swiglu(*initial, q, k, v, *lrs, self.ttt.lact_chunk_size, self.ttt.lact_muon, momentum,
-                            starts=None if packing is None else packing.starts.repeat_interleave(self.heads, dim=0),
-                            time_checkpoint_group=self.inner_loop.time_checkpoint_group,
+                            starts=starts, time_checkpoint_group=self.inner_loop.time_checkpoint_group,
                             compile=self.inner_loop.backend == "compile")
         o32 = o.to(stat_dtype(o))
         normed = (o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + TTT_NORM_EPS)).to(o.dtype)
         gain = replicated_weight(self.ttt_norm_weight, self.tp_size > 1, self.tp_group)
         scaled = normed * gain * self._fast_heads(F.silu(parts["ttt_scale"] + self._mine(self.ttt_scale_bias)))
         return scaled.unflatten(0, (B, self.heads)).permute(2, 0, 1, 3).flatten(2)
+
+    def _fast_qkv(self, parts: dict, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The op's q, k, v [B*heads, T, d_fw]: silu(q * scale + offset) (k alike) and silu(v);
+        q and k L2-normed per fast head, then rotated as attention heads at `positions`."""
+        scale, offset = self._mine(self.qk_scale), self._mine(self.qk_offset)
+        q = F.silu(parts["q"] * scale[:, 0] + offset[:, 0])
+        k = F.silu(parts["k"] * scale[:, 1] + offset[:, 1])
+        q, k = (self._rotated(self._l2_per_head(x), positions).permute(2, 0, 1, 3).flatten(2) for x in (q, k))
+        return tuple(self._fast_heads(x) for x in (q, k, F.silu(parts["v"])))
+
+    def _rates(self, parts: dict) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The per-token lrs of w0, w1, w2 (softplus, LaCT's "mamba" parameterisation) and momentum
+        coefficients (sigmoid; None without momentum), each [B*heads, T, 1] in the state's dtype."""
+        dtype = stat_dtype(self.w1)
+        lr = F.softplus((parts["lr"] + self._mine(self.lr_bias)).to(dtype) + INV_SOFTPLUS_BASE_LR)
+        momentum = None
+        if self.ttt.lact_momentum:
+            momentum = self._fast_heads(torch.sigmoid(parts["momentum"] + self._mine(self.momentum_bias)).to(dtype))
+        return self._fast_heads(lr).split(1, dim=-1), momentum
 
     def _l2_per_head(self, x: torch.Tensor) -> torch.Tensor:
         """[T, B, heads*d_fw], each fast head's vector divided by (its L2 norm + eps)."""
