@@ -91,7 +91,7 @@ SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size")
 MIXER_KEYS = ("layer_pattern", "attention_window", "num_kv_heads")
 """A preset's mixers as a config names them: empty or 0 keeps the preset's value."""
 SETTINGS = (*SHAPE_KEYS, *MIXER_KEYS)
-SHARED_KEYS = ("rms_norm_eps", "tie_word_embeddings", "backbone", "rope_theta", "lact_chunk_size")
+SHARED_KEYS = ("rms_norm_eps", "tie_word_embeddings", "rope_theta", "lact_chunk_size")
 """Settings that follow the preset or the layer type: a config's 0, "" or None keeps the preset's."""
 
 
@@ -111,14 +111,13 @@ def preset_settings(name: str, given: dict | None = None) -> dict:
 
 
 def shared_settings(given: dict) -> dict:
-    """The SHARED_KEYS as `given` (a config's model section) sets them, where unset (0, "", None)
-    the preset's or its layer type's: a lact model's backbone is transformer, every other's mamba."""
+    """The SHARED_KEYS as `given` (a config's model section) sets them, the preset's where unset
+    (0, None)."""
     tied, lact = given.get("tie_word_embeddings"), LACT_PRESETS.get(given.get("preset"))
     chunk = lact.chunk if lact else TINY_LACT_CHUNK if given.get("preset") == "tiny" else TTTModelConfig.lact_chunk_size
     return {"rms_norm_eps": given.get("rms_norm_eps") or TTTModelConfig.rms_norm_eps,
             "tie_word_embeddings": (lact.tie_word_embeddings if lact else TTTModelConfig.tie_word_embeddings)
             if tied is None else tied,
-            "backbone": given.get("backbone") or ("transformer" if given.get("layer_type") == "lact" else "mamba"),
             "rope_theta": given.get("rope_theta") or (lact.rope_theta if lact else TTTModelConfig.rope_theta),
             "lact_chunk_size": given.get("lact_chunk_size") or chunk}
 
