@@ -7,8 +7,9 @@ One `BlockCache` per layer holds this rank's share (its local heads) of:
 - an attention layer's keys (rotated) and values: all so far, or a window layer's last
   attention_window - 1;
 - a LaCT layer's window of keys and values as an attention layer's, and its fast weights
-  (`FastWeights`: the weights, their momentum, and the current chunk's keys, values, lrs and
-  momentum until it completes: at most lact_chunk_size - 1 tokens, in a buffer of fixed size);
+  (`FastWeights`: the weights, their momentum, their rows' target norms, and the current chunk's
+  keys, values, lrs and momentum until it completes: at most lact_chunk_size - 1 tokens, in a
+  buffer of fixed size);
 - the last `conv_kernel - 1` inputs of each causal convolution (the block's pre-conv, and the
   mixer's conv over p that makes q and k in the Mamba backbone).
 A fresh cache equals an empty prefix: zero convolution history and the learnable initial weights.
@@ -32,6 +33,8 @@ class FastWeights:
     """w0, w1, w2 after the completed chunks (of the current document)."""
     velocity: tuple[torch.Tensor, ...]
     """Their momentum (() without it)."""
+    norms: tuple[torch.Tensor, ...]
+    """[N, rows, 1] per weight: its rows' norms in the initial weights, which every update restores."""
     chunk: dict[str, torch.Tensor]
     """The current chunk's per-token inputs by name (k, v, lr0, lr1, lr2[, momentum]), each
     [N, lact_chunk_size, width]: its first `filled` tokens are this chunk's."""
@@ -39,7 +42,7 @@ class FastWeights:
     """[N] int64: tokens of the current chunk seen so far (below lact_chunk_size)."""
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.weights, *self.velocity, *self.chunk.values(), self.filled]
+        return [*self.weights, *self.velocity, *self.norms, *self.chunk.values(), self.filled]
 
 
 @dataclass

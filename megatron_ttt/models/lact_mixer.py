@@ -23,6 +23,7 @@ computes what it would alone. Decoding keeps the window's keys and values and th
 (models/inference_cache.py): tokens gather until their chunk completes, then one update.
 """
 
+import functools
 import math
 
 import torch
@@ -188,11 +189,11 @@ class LaCTMixer(MegatronModule):
         T, B = parts["q"].shape[:2]
         q, k, v = self._fast_qkv(parts, positions)
         lrs, momentum = self._rates(parts)
-        initial = tuple(w.repeat(B, 1, 1) for w in self.initial_weights())
         starts = None if packing is None else packing.starts.repeat_interleave(self.heads, dim=0)
         if cache is not None:
-            o = self._decode(initial, q, k, v, lrs, momentum, starts, cache)
+            o = self._decode(q, k, v, lrs, momentum, starts, cache)
         else:
+            initial = tuple(w.repeat(B, 1, 1) for w in self.initial_weights())
             o = lact_swiglu(*initial, q, k, v, *lrs, self.ttt.lact_chunk_size, self.ttt.lact_muon, momentum,
                             starts=starts, time_checkpoint_group=self.inner_loop.time_checkpoint_group,
                             compile=self.inner_loop.backend == "compile")
@@ -227,27 +228,33 @@ class LaCTMixer(MegatronModule):
         norm = heads.to(stat_dtype(x)).norm(dim=-1, keepdim=True)
         return (heads / (norm + L2_EPS)).to(x.dtype).flatten(-2)
 
-    def _decode(self, initial: tuple, q, k, v, lrs, momentum, starts, cache: MixerCache) -> torch.Tensor:
+    def _decode(self, q, k, v, lrs, momentum, starts, cache: MixerCache) -> torch.Tensor:
         """The op's output for these tokens continuing the cached ones, in spans: a span's tokens
         read the current weights and join their chunk, and a completed chunk updates its rows
         (lact_step); a row whose document begins restarts from the initial weights. A span runs
         to its chunk's end where every row stands at the same place in its chunk and no document
         begins inside it (a prompt without EOS), else it is one token."""
-        dtype, N, C = initial[0].dtype, q.shape[0], self.ttt.lact_chunk_size
+        dtype, N, C = stat_dtype(self.w1), q.shape[0], self.ttt.lact_chunk_size
         inputs = {"k": k, "v": v, "lr0": lrs[0], "lr1": lrs[1], "lr2": lrs[2]}
         if momentum is not None:
             inputs["momentum"] = momentum
         inputs = {n: t.to(dtype) for n, t in inputs.items()}
+
+        @functools.cache
+        def initial() -> tuple:  # only where a row starts afresh
+            return tuple(w.repeat(N // self.heads, 1, 1) for w in self.initial_weights())
+
         if cache.fast is None:
-            cache.fast = FastWeights(initial, tuple(torch.zeros_like(w) for w in initial) if momentum is not None else (),
+            cache.fast = FastWeights(initial(), tuple(torch.zeros_like(w) for w in initial()) if momentum is not None
+                                     else (), tuple(w.norm(dim=-1, keepdim=True) for w in initial()),
                                      {n: t.new_zeros(N, C, t.shape[-1]) for n, t in inputs.items()},
                                      torch.zeros(N, dtype=torch.long, device=q.device))
-        state, norms = cache.fast, tuple(w.norm(dim=-1, keepdim=True) for w in initial)
+        state = cache.fast
         outputs, t, T = [], 0, q.shape[1]
         while t < T:
             if starts is not None and bool(starts[:, t].any()):
                 fresh = starts[:, t]
-                state.weights = where_rows(fresh, initial, state.weights)
+                state.weights = where_rows(fresh, initial(), state.weights)
                 state.velocity = tuple(torch.where(fresh[:, None, None], 0, m) for m in state.velocity)
                 state.filled = torch.where(fresh, 0, state.filled)
             length = _span(state.filled, starts, t, T, C)
@@ -256,7 +263,7 @@ class LaCTMixer(MegatronModule):
             complete = state.filled == C
             if bool(complete.any()):
                 chunk = state.chunk
-                weights, velocity = lact_step(state.weights, state.velocity, norms, chunk["k"], chunk["v"],
+                weights, velocity = lact_step(state.weights, state.velocity, state.norms, chunk["k"], chunk["v"],
                                               (chunk["lr0"], chunk["lr1"], chunk["lr2"]), chunk.get("momentum"),
                                               self.ttt.lact_muon)
                 state.weights = where_rows(complete, weights, state.weights)
