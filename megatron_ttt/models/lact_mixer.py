@@ -41,6 +41,7 @@ from megatron_ttt.models.layers import (
     ProjectionSubmodules,
     RopeTables,
     build_projections,
+    projected_parts,
     replicated_weight,
     rotate_halves,
     stat_dtype,
@@ -140,16 +141,11 @@ class LaCTMixer(MegatronModule):
         """[T(/tp), B, D] pre-normed hidden states -> [T(/tp), B, D]; with a cache the tokens
         continue the cached sequence and the cache moves past them; with a packing (the whole
         sequence's) every document computes alone."""
-        projected, _ = self.in_proj(hidden_states)
-        parts = self.columns.split(projected, self.tp_size)
-        if self.cp_group is not None:
-            if cache is not None:
-                raise ValueError("inference with a cache runs at context_parallel 1")
-            parts = self._sequence_to_heads(parts)
+        parts = projected_parts(self, hidden_states, cache)
         T, B = parts["q"].shape[:2]
         start = cache.tokens if cache is not None else 0
         positions = (packing.since_start if packing is not None
-                     else (start + torch.arange(T, device=projected.device)).expand(B, T))
+                     else (start + torch.arange(T, device=hidden_states.device)).expand(B, T))
         mixed = self._attention(parts, start, cache, packing) + self._fast(parts, positions, cache, packing)
         if cache is not None:
             cache.tokens += T

@@ -42,6 +42,19 @@ def build_projections(submodules: ProjectionSubmodules, config, tp_group, hidden
                          tp_comm_buffer_name=buffer_names[1], **linear))
 
 
+def projected_parts(mixer, hidden_states: torch.Tensor, cache) -> dict[str, torch.Tensor]:
+    """A TTT or LaCT mixer's in-projection of hidden_states by component ([T, B, width / tp] each)
+    and, under context parallelism, moved to whole sequences of the rank's heads by the mixer's
+    `_sequence_to_heads` (a cache, for inference, needs CP 1)."""
+    projected, _ = mixer.in_proj(hidden_states)
+    parts = mixer.columns.split(projected, mixer.tp_size)
+    if mixer.cp_group is None:
+        return parts
+    if cache is not None:
+        raise ValueError("inference with a cache runs at context_parallel 1")
+    return mixer._sequence_to_heads(parts)
+
+
 class RowParallelLinear(tensor_parallel.RowParallelLinear):
     """megatron-core's row-parallel linear, its matmul given the layer's own TP group: megatron-core
     passes none there (the matmul itself never communicates), so every call looked the default

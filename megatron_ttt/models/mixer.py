@@ -31,6 +31,7 @@ from megatron_ttt.models.layers import (
     build_projections,
     causal_depthwise_conv,
     head_parallel_layer_norm,
+    projected_parts,
     replicated_weight,
     rope_in_mini_batches,
     rotate_pairs,
@@ -154,12 +155,7 @@ class TTTMixer(MegatronModule):
         constant-cost decode step. With a packing (the whole sequence's) every document starts
         from the initial state."""
         ttt = self.ttt
-        projected, _ = self.in_proj(hidden_states)
-        parts = self.columns.split(projected, self.tp_size)
-        if self.cp_group is not None:
-            if cache is not None:
-                raise ValueError("inference with a cache runs at context_parallel 1")
-            parts = self._sequence_to_heads(parts)
+        parts = projected_parts(self, hidden_states, cache)
         q, k = self._queries_keys(parts, cache, packing)
         state = cache.ttt if cache is not None and cache.ttt is not None else None
         q, k = self._rotated(q, k, state, packing)
