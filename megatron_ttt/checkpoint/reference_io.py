@@ -44,7 +44,11 @@ def config_from_reference(ref: dict, source: str) -> TTTModelConfig:
 
 
 def check_reference_model(cfg: TTTModelConfig, source: str) -> None:
-    """The reference model (TTTForCausalLM) has only TTT layers: a hybrid cannot be written."""
+    """The reference model (TTTForCausalLM) has only TTT-Linear and TTT-MLP layers: a hybrid or a
+    LaCT model cannot be written."""
+    if cfg.layer_type == "lact":
+        raise ReferenceFormatError(f"{source}: the reference format has no LaCT layers (layer_type lact); nothing was "
+                                   "written (mttt-to-mttt converts LaCT models)")
     attention = [i for i, kind in enumerate(cfg.mixers) if kind != "ttt"]
     if attention:
         raise ReferenceFormatError(f"{source}: the reference format has no attention layers, and this model's "

@@ -18,7 +18,7 @@ from megatron_ttt.atomic import write_atomic
 from megatron_ttt.config.model import resolve_model, resolved_section
 from megatron_ttt.config.sections import ModelSection
 from megatron_ttt.models.config import TTTModelConfig
-from megatron_ttt.models.presets import PRESETS
+from megatron_ttt.models.presets import LACT_PRESETS, PRESETS
 
 CONTINUE_FILE = "continue.yaml"
 """The fragment in the model directory, for `mttt pretrain --config`."""
@@ -54,8 +54,10 @@ def _describes(section: dict, model: TTTModelConfig) -> bool:
 
 
 def model_section(model: TTTModelConfig) -> dict:
-    """The fewest model section keys that describe `model` (the first preset among equals)."""
-    fitting = [s for s in (_fewest_keys(model, name) for name in PRESETS) if _describes(s, model)]
+    """The fewest model section keys that describe `model` (the first preset among equals; the LaCT
+    presets for LaCT models only, which are all they take)."""
+    names = [name for name in PRESETS if (name in LACT_PRESETS) <= (model.layer_type == "lact")]
+    fitting = [s for s in (_fewest_keys(model, name) for name in names) if _describes(s, model)]
     if not fitting:
         raise ValueError(f"no model section describes {model}")
     return min(fitting, key=len)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import yaml
 
-from megatron_ttt.config.model import resolve_model
+from megatron_ttt.config.model import resolve_model, resolved_section
 from megatron_ttt.config.sections import DECAY_SHAPES, SCHEDULES, DataSection, PretrainConfig
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.data.blend import PERIOD
-from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, inner_widths
-from megatron_ttt.models.presets import PRESETS, SETTINGS, preset_settings, settings_problems
+from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, inner_widths, lact_problems
+from megatron_ttt.models.presets import LACT_PRESETS, PRESETS, SETTINGS, preset_settings, settings_problems
 from megatron_ttt.parallel.layout import CONFIG_NAMES, Batch, layout_problems
 from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group, triton_widths_unsupported
 
@@ -103,7 +103,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Pr
 POSITIVE = ("train.steps", "checkpoint.interval", "checkpoint.keep", "logging.interval", "logging.eval_batches",
             "data.seq_len", "data.micro_batch_size", "data.global_batch_tokens", "parallel.tensor_parallel",
             "parallel.context_parallel", "model.mini_batch_size")
-CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": BACKBONES,
+CHOICES = {"model.preset": PRESETS, "model.layer_type": LAYER_TYPES, "model.backbone": ("", *BACKBONES),
            "parallel.zero_stage": (0, 1, 2, 3), "data.verify": ("size", "full"), "train.dtype": ("fp32", "bf16"),
            "train.inner_loop_backend": BACKENDS, "train.compile_backend": ("inductor", "aot_eager"),
            "optimizer.schedule": SCHEDULES, "optimizer.decay_shape": DECAY_SHAPES, "optimizer.name": ("adamw", "muon")}
@@ -127,8 +127,10 @@ def check(config: PretrainConfig) -> None:
         check_time_checkpoint_group(config.parallel.time_checkpoint_group)
     except ValueError as exc:
         bad.append(f"parallel.{exc}")
-    if not config.model.rope_theta > 0:
-        bad.append(f"model.rope_theta={config.model.rope_theta} (must be positive)")
+    if config.model.rope_theta < 0:
+        bad.append(f"model.rope_theta={config.model.rope_theta} (must be at least 0: 0 is the preset's)")
+    if config.model.lact_chunk_size < 0:
+        bad.append(f"model.lact_chunk_size={config.model.lact_chunk_size} (must be at least 0: 0 is the preset's)")
     if config.model.rms_norm_eps < 0:
         bad.append(f"model.rms_norm_eps={config.model.rms_norm_eps} (must be at least 0: 0 is the preset's)")
     if config.train.init_optimizer and not config.train.init_from:
@@ -144,10 +146,23 @@ def check(config: PretrainConfig) -> None:
 def _model_problems(config: PretrainConfig) -> list[str]:
     """The preset's shape and mixers with the section's settings, and the backend that must run them."""
     problems = settings_problems(config.model.preset, _model_settings(config), key=lambda field: f"model.{field}")
+    problems += _lact_problems(config)
     if not problems and config.train.inner_loop_backend == "triton" and (reason := _kernels_refuse(config)):
         problems.append(f"train.inner_loop_backend=triton: the fused kernels cannot run {reason}; choose auto (the "
                         "PyTorch dual form runs it)")
     return problems
+
+
+def _lact_problems(config: PretrainConfig) -> list[str]:
+    """A LaCT preset without layer_type lact; a lact model's settings (its heads, chunk, backbone)."""
+    m = config.model
+    if m.preset in LACT_PRESETS and m.layer_type != "lact":
+        return [f"model.preset={m.preset} is a LaCT model: set model.layer_type=lact (not {m.layer_type})"]
+    if m.layer_type != "lact":
+        return []
+    values = resolved_section(dataclasses.asdict(m))
+    return lact_problems(values["hidden_size"], values["num_heads"], m.lact_heads, values["lact_chunk_size"],
+                         values["backbone"], key=lambda field: f"model.{field}")
 
 
 def _schedule_problems(opt) -> list[str]:
@@ -176,6 +191,11 @@ def notes(config: PretrainConfig) -> list[str]:
                      f"data.seq_len={seq_len}: the W layers never attend further back than {seq_len} tokens in "
                      "training, so evaluating them on longer contexts measures spans they were not trained on; set "
                      "model.attention_window <= data.seq_len unless a later stage trains at a longer data.seq_len")
+    if config.model.layer_type == "lact" and (chunk := resolved_section(dataclasses.asdict(config.model))[
+            "lact_chunk_size"]) >= seq_len:
+        found.append(f"note: model.lact_chunk_size={chunk} is at least data.seq_len={seq_len}: a sample is one chunk, "
+                     "so the LaCT layers' fast weights never update in training; set model.lact_chunk_size below "
+                     "data.seq_len")
     if config.train.inner_loop_backend == "auto" and (reason := _kernels_refuse(config)):
         found.append(f"note: the fused Triton TTT kernels cannot run this model's head dim ({reason}): on GPUs its "
                      "TTT layers run the PyTorch dual form (train.inner_loop_backend=auto)")
@@ -185,7 +205,7 @@ def notes(config: PretrainConfig) -> list[str]:
 def _kernels_refuse(config: PretrainConfig) -> str | None:
     """Why the fused kernels cannot run the TTT layers of the config's model (a preset's), or None."""
     values = preset_settings(config.model.preset, _model_settings(config))
-    if values["layer_pattern"] and "T" not in values["layer_pattern"]:
+    if config.model.layer_type == "lact" or values["layer_pattern"] and "T" not in values["layer_pattern"]:
         return None
     head_dim = values["hidden_size"] // values["num_heads"]
     if reason := triton_widths_unsupported(inner_widths(head_dim, config.model.layer_type)):

@@ -1,8 +1,9 @@
 """A config's model section resolved to the model it describes, and the one rule for "the same run".
 
-A preset fills in every shape, mixer, norm epsilon and head tying setting left unset (0, empty or
-None), so `model.num_kv_heads=8` on the 7b-hybrid preset and no setting at all are the same model,
-and so are `model.num_layers=2` on the tiny preset and none. Launch, pretraining, resume and the
+The layer type fills in an unset backbone; a preset fills in every shape, mixer, norm epsilon,
+RoPE base, LaCT chunk and head tying setting left unset (0, empty or None), so
+`model.num_kv_heads=8` on the 7b-hybrid preset and no setting at all are the same model, and so
+are `model.num_layers=2` on the tiny preset and none. Launch, pretraining, resume and the
 layout check all go through `resolved_section` / `resolve_model`; a run directory holds one model,
 while everything else (steps, schedule, data, layout) may change when the run continues.
 """
@@ -27,9 +28,16 @@ def resolved_section(section: dict) -> dict:
     trained as, else their defaults) with the preset's value of every unset shape, mixer, norm
     epsilon and head tying setting."""
     values = dataclasses.asdict(ModelSection()) | SAVED_BEFORE_THE_KEY | section
+    values["backbone"] = values["backbone"] or layer_type_backbone(values["layer_type"])
     if values["preset"] not in PRESETS:
         return values
     return values | preset_settings(values["preset"], values) | shared_settings(values)
+
+
+def layer_type_backbone(layer_type: str) -> str:
+    """The backbone an unset model.backbone means: LaCT's layer has only the transformer one; the
+    TTT layers default to the paper's main models' mamba (every run saved before the key was unset)."""
+    return "transformer" if layer_type == "lact" else "mamba"
 
 
 def resolve_model(section: ModelSection, vocab_size: int) -> TTTModelConfig:

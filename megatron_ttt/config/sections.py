@@ -11,11 +11,14 @@ from megatron_ttt.run_options import InnerLoopOptions
 class ModelSection:
     preset: str = "tiny"
     """Model size: tiny, 125m, 350m, 760m, 1.3b or 7b; or a hybrid: 125m-hybrid or 7b-hybrid (TTT and
-    sliding-window attention layers alternating, docs/model.md)."""
+    sliding-window attention layers alternating, docs/model.md); or LaCT's: 125m-lact or 760m-lact
+    (with model.layer_type=lact)."""
     layer_type: str = "linear"
-    """Inner model: linear (TTT-Linear) or mlp (TTT-MLP)."""
-    backbone: str = "mamba"
-    """mamba (gate, shared q/k convs, pre-conv) or transformer."""
+    """Inner model: linear (TTT-Linear), mlp (TTT-MLP) or lact (LaCT's large-chunk SwiGLU fast
+    weights beside sliding-window attention in one layer, docs/model.md)."""
+    backbone: str = ""
+    """mamba (gate, shared q/k convs, pre-conv) or transformer; empty: the layer type's (mamba;
+    transformer for lact, the only one it has)."""
     num_layers: int = 0
     """Layers (0: the preset's); a hybrid preset's layer pattern repeats to this depth."""
     hidden_size: int = 0
@@ -41,10 +44,21 @@ class ModelSection:
     """reset: every layer starts each packed document afresh after the tokenizer's EOS (TTT state,
     inner mini-batches, convolutions, attention; docs/model.md); carry: state flows across
     documents, as the reference trains (runs saved before this setting are carry)."""
-    rope_theta: float = 10000.0
-    """RoPE's base. TTT layers rotate positions within an inner mini-batch, so a longer context
-    changes nothing there; attention layers (*, W) rotate absolute positions: a context-extension
-    stage may raise it (the one model key that may differ from train.init_from's model)."""
+    lact_heads: int = 4
+    """LaCT layers: fast-weight heads, each hidden_size / lact_heads wide; it divides hidden_size and
+    num_heads (the attention heads of a fast head's columns), TP x CP divides it."""
+    lact_chunk_size: int = 0
+    """LaCT layers: tokens per fast-weight update (0: the preset's, 2048; 64 for tiny). A chunk
+    as long as data.seq_len never updates the fast weights in training."""
+    lact_momentum: bool = True
+    """LaCT layers: the fast-weight update goes through momentum (per-token coefficients averaged
+    over the chunk)."""
+    lact_muon: bool = False
+    """LaCT layers: the fast-weight update is orthogonalised by Newton-Schulz (Muon)."""
+    rope_theta: float = 0.0
+    """RoPE's base (0: the preset's, 10000; 1e6 for 760m-lact). TTT layers rotate positions within
+    an inner mini-batch, so a longer context changes nothing there; attention and LaCT layers rotate
+    absolute positions: a context-extension stage may raise it (the one model key that may differ from train.init_from's model)."""
     rms_norm_eps: float = 0.0
     """Epsilon of every RMSNorm (0: the preset's, 1e-6); a converted Llama keeps its own (1e-5 for
     Llama 2)."""

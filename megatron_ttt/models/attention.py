@@ -26,16 +26,28 @@ import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import build_module
 
 from megatron_ttt.models.columns import qkv_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.inference_cache import MixerCache
-from megatron_ttt.models.layers import ProjectionSubmodules, RopeTables, parallel_linear_args, rotate_pairs
+from megatron_ttt.models.layers import ProjectionSubmodules, RopeTables, build_projections, rotate_pairs
 from megatron_ttt.models.packing import Packing
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
 from megatron_ttt.ops.attention import causal_attention
 from megatron_ttt.parallel.context import context_group, group_size, heads_to_sequence, sequence_to_heads
+
+
+def cached_keys(k: torch.Tensor, v: torch.Tensor, segments: torch.Tensor | None, cache: MixerCache,
+                window: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The keys and values to attend to (the cache's, then these) with their documents, and the
+    cache moved past them: everything for full attention, the last window - 1 for a window."""
+    if cache.keys is not None:
+        k, v = torch.cat((cache.keys, k), dim=2), torch.cat((cache.values, v), dim=2)
+        segments = None if segments is None else torch.cat((cache.segments, segments), dim=1)
+    keep = k.shape[2] if window is None else min(k.shape[2], window - 1)
+    cache.keys, cache.values = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
+    cache.segments = None if segments is None else segments[:, segments.shape[1] - keep:]
+    return k, v, segments
 
 
 class AttentionMixer(MegatronModule):
@@ -50,28 +62,14 @@ class AttentionMixer(MegatronModule):
         self.local_heads, self.local_kv_heads = ttt.num_heads // tp, ttt.kv_heads // tp
         self.columns = qkv_columns(ttt)
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
-        linear = parallel_linear_args(config, self.tp_group)
-        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
-                                    tp_comm_buffer_name="attention_qkv", **linear)
-        self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
-                                     tp_comm_buffer_name="attention_out", **linear)
+        self.in_proj, self.out_proj = build_projections(submodules, config, self.tp_group, ttt.hidden_size,
+                                                        self.columns.width(), ttt.hidden_size,
+                                                        ("attention_qkv", "attention_out"))
 
     def _heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         """[T, B, heads*d] -> [B, heads, T, d]."""
         T, B = x.shape[:2]
         return x.reshape(T, B, heads, self.ttt.head_dim).permute(1, 2, 0, 3)
-
-    def _cached(self, k: torch.Tensor, v: torch.Tensor, segments: torch.Tensor | None,
-                cache: MixerCache) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The keys and values to attend to (the cache's, then these) with their documents, and the
-        cache moved past them: everything for full attention, the last window - 1 for a window."""
-        if cache.keys is not None:
-            k, v = torch.cat((cache.keys, k), dim=2), torch.cat((cache.values, v), dim=2)
-            segments = None if segments is None else torch.cat((cache.segments, segments), dim=1)
-        keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
-        cache.keys, cache.values = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
-        cache.segments = None if segments is None else segments[:, segments.shape[1] - keep:]
-        return k, v, segments
 
     def _sequence_to_heads(self, parts: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's tokens of the local heads' q, k, v -> whole sequences of this rank's
@@ -106,7 +104,7 @@ class AttentionMixer(MegatronModule):
         q, k = rotate_pairs(q, cos[start:], sin[start:]), rotate_pairs(k, cos[start:], sin[start:])
         segments = None if packing is None else packing.segments
         if cache is not None:
-            k, v, segments = self._cached(k, v, segments, cache)
+            k, v, segments = cached_keys(k, v, segments, cache, self.window)
             cache.tokens += q.shape[2]
         out = causal_attention(q, k, v, self.window, start, segments=segments)
         y, _ = self.out_proj(heads_to_sequence(out.permute(2, 0, 1, 3), self.cp_group).flatten(2))

@@ -23,6 +23,7 @@ from megatron_ttt.models.layers import (
     replicated_weight,
     streaming_causal_conv,
 )
+from megatron_ttt.models.lact_mixer import LaCTMixer
 from megatron_ttt.models.mixer import TTTMixer
 from megatron_ttt.models.packing import Packing
 from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, with_fused_weight
@@ -122,7 +123,7 @@ class TTTBlock(MegatronModule):
         dtype, sp = config.params_dtype, config.sequence_parallel
         self.pre_conv = PreConv(config, ttt, pg_collection) if ttt.pre_conv else None
         self.seq_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)
-        run = {"inner_loop": inner_loop} if issubclass(submodules.mixer.module, TTTMixer) else {}
+        run = {"inner_loop": inner_loop} if issubclass(submodules.mixer.module, (TTTMixer, LaCTMixer)) else {}
         self.mixer = build_module(submodules.mixer, config=config, ttt=ttt, layer_number=layer_number,
                                   pg_collection=pg_collection, **run)
         self.ffn_norm = RMSNorm(ttt.hidden_size, ttt.rms_norm_eps, dtype, sp, tp_group)

@@ -79,7 +79,7 @@ def reference_init(rule: Rule, name: str, shape: Shape, cfg: TTTModelConfig, see
     if rule.init == "conv":
         bound = 1.0 / cfg.conv_kernel ** 0.5  # weight and bias, as nn.Conv1d (fan-in = kernel)
         return (torch.rand(shape, generator=g) * 2 - 1) * bound
-    return torch.randn(shape, generator=g) * cfg.init_std
+    return torch.randn(shape, generator=g) * (cfg.init_std if rule.std is None else rule.std)
 
 
 @torch.no_grad()

@@ -21,3 +21,13 @@ def qkv_columns(ttt: TTTModelConfig) -> FusedColumns:
 def mlp_columns(ttt: TTTModelConfig) -> FusedColumns:
     """The SwiGLU MLP's first layer: gate, up."""
     return FusedColumns(("gate", "up"), (ttt.intermediate_size, ttt.intermediate_size))
+
+
+def lact_columns(ttt: TTTModelConfig) -> FusedColumns:
+    """A LaCT mixer's in-projection: q, k, v (shared by its attention and its fast weights), then
+    per fast-weight head its three lr logits (LaCT's "(n_h lr_dim)" order), [momentum logit],
+    ttt_scale logit."""
+    D, H = ttt.hidden_size, ttt.lact_heads
+    names = ["q", "k", "v", "lr"] + (["momentum"] if ttt.lact_momentum else []) + ["ttt_scale"]
+    sizes = {"q": D, "k": D, "v": D, "lr": 3 * H, "momentum": H, "ttt_scale": H}
+    return FusedColumns(tuple(names), tuple(sizes[n] for n in names))

@@ -9,7 +9,7 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from megatron.core import tensor_parallel
 from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
-from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from torch import nn
 
 
@@ -29,6 +29,30 @@ class ProjectionSubmodules:
     """Column-parallel fused in-projection (megatron-core ColumnParallelLinear)."""
     out_proj: ModuleSpec | type = None
     """Row-parallel out-projection (megatron-core RowParallelLinear)."""
+
+
+def build_projections(submodules: ProjectionSubmodules, config, tp_group, hidden: int, fused_width: int,
+                      out_width: int, buffer_names: tuple[str, str]):
+    """A sublayer's column-parallel in-projection (hidden -> fused_width, split, not gathered) and
+    row-parallel out-projection (out_width, split -> hidden), as submodules name them."""
+    linear = parallel_linear_args(config, tp_group)
+    return (build_module(submodules.in_proj, hidden, fused_width, gather_output=False,
+                         tp_comm_buffer_name=buffer_names[0], **linear),
+            build_module(submodules.out_proj, out_width, hidden, input_is_parallel=True,
+                         tp_comm_buffer_name=buffer_names[1], **linear))
+
+
+def projected_parts(mixer, hidden_states: torch.Tensor, cache) -> dict[str, torch.Tensor]:
+    """A TTT or LaCT mixer's in-projection of hidden_states by component ([T, B, width / tp] each)
+    and, under context parallelism, moved to whole sequences of the rank's heads by the mixer's
+    `_sequence_to_heads` (a cache, for inference, needs CP 1)."""
+    projected, _ = mixer.in_proj(hidden_states)
+    parts = mixer.columns.split(projected, mixer.tp_size)
+    if mixer.cp_group is None:
+        return parts
+    if cache is not None:
+        raise ValueError("inference with a cache runs at context_parallel 1")
+    return mixer._sequence_to_heads(parts)
 
 
 class RowParallelLinear(tensor_parallel.RowParallelLinear):
@@ -200,3 +224,10 @@ def head_parallel_layer_norm(z: torch.Tensor, weight: torch.Tensor, bias: torch.
     centered = z32 - total(z32) / full_width
     variance = total(centered * centered) / full_width
     return (centered * torch.rsqrt(variance + eps)).to(z.dtype) * weight + bias
+
+
+def rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., T, d] with its halves' pairs (x[i], x[i + d/2]) turned by the angles of cos, sin
+    [..., T, d/2]: the rotate-half order of GPT-NeoX and fla's RotaryEmbedding (LaCT's)."""
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)

@@ -20,7 +20,6 @@ import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.transformer.spec_utils import build_module
 from torch import nn
 
 from megatron_ttt.models.columns import in_proj_columns
@@ -29,15 +28,16 @@ from megatron_ttt.models.inference_cache import MixerCache
 from megatron_ttt.models.layers import (
     ProjectionSubmodules,
     RopeTables,
+    build_projections,
     causal_depthwise_conv,
     head_parallel_layer_norm,
-    parallel_linear_args,
+    projected_parts,
     replicated_weight,
     rope_in_mini_batches,
     rotate_pairs,
     streaming_causal_conv,
 )
-from megatron_ttt.models.sharding import ensure_metadata_has_dp_cp_group, own_parameters, with_fused_weight
+from megatron_ttt.models.sharding import mixer_sharded_state_dict
 from megatron_ttt.models.packing import Packing
 from megatron_ttt.ops import DocumentStarts, TTTInputs, TTTState, ttt_decode_step, ttt_inner_loop
 from megatron_ttt.ops.inner import gelu_tanh
@@ -67,11 +67,9 @@ class TTTMixer(MegatronModule):
         self._rope = RopeTables(ttt.head_dim, ttt.rope_theta)
         self.inner_lr_scale = 1.0
         """Multiplies ttt_base_lr (TTTLanguageModel.set_inner_lr_scale: TTT-MLP's inner-lr warm-up)."""
-        linear = parallel_linear_args(config, self.tp_group)
-        self.in_proj = build_module(submodules.in_proj, ttt.hidden_size, self.columns.width(), gather_output=False,
-                                    tp_comm_buffer_name="ttt_in_proj", **linear)
-        self.out_proj = build_module(submodules.out_proj, ttt.hidden_size, ttt.hidden_size, input_is_parallel=True,
-                                     tp_comm_buffer_name="ttt_out_proj", **linear)
+        self.in_proj, self.out_proj = build_projections(submodules, config, self.tp_group, ttt.hidden_size,
+                                                        self.columns.width(), ttt.hidden_size,
+                                                        ("ttt_in_proj", "ttt_out_proj"))
         self._allocate_head_params(config.params_dtype)
 
     def _allocate_head_params(self, dtype: torch.dtype) -> None:
@@ -157,12 +155,7 @@ class TTTMixer(MegatronModule):
         constant-cost decode step. With a packing (the whole sequence's) every document starts
         from the initial state."""
         ttt = self.ttt
-        projected, _ = self.in_proj(hidden_states)
-        parts = self.columns.split(projected, self.tp_size)
-        if self.cp_group is not None:
-            if cache is not None:
-                raise ValueError("inference with a cache runs at context_parallel 1")
-            parts = self._sequence_to_heads(parts)
+        parts = projected_parts(self, hidden_states, cache)
         q, k = self._queries_keys(parts, cache, packing)
         state = cache.ttt if cache is not None and cache.ttt is not None else None
         q, k = self._rotated(q, k, state, packing)
@@ -200,12 +193,7 @@ class TTTMixer(MegatronModule):
     def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata=None):
         """Per-head tensors split over TP along dim 0 (the token offsets replicated); the fused
         in-projection stored by component."""
-        metadata = ensure_metadata_has_dp_cp_group(metadata)
-        head_split = {n: 0 for n, _ in self.named_parameters(recurse=False) if n != "token_offset"}
-        sharded = own_parameters(self, prefix, head_split, sharded_offsets, metadata, self.tp_group)
-        sharded |= with_fused_weight(self.in_proj, f"{prefix}in_proj.", self.columns, self.tp_size, sharded_offsets,
-                                     metadata)
-        return sharded | self.out_proj.sharded_state_dict(f"{prefix}out_proj.", sharded_offsets, metadata)
+        return mixer_sharded_state_dict(self, prefix, sharded_offsets, metadata, replicated="token_offset")
 
 
 class TTTLinearMixer(TTTMixer):

@@ -2,6 +2,13 @@
 of them: its reference-format (`TTTForCausalLM`) name(s) and shape(s), how it is split over TP
 ranks, how it is initialized and whether it is weight-decayed.
 
+LaCT layers (layer_type lact) are named as LaCT's checkpoints name them (`attn.*`, its
+lact_llm/lact_model/layer_lact_swiglu.py), with its fused qkv.weight ([q; k; v]) as its three
+components; the reference format refuses them as it refuses hybrids. Their fast weights' initial
+values (w0, w1, w2 or their low-rank factors) are, like the TTT inner weights, weight-decayed and
+not hidden matrices (Muon leaves them to AdamW); the in- and out-projections are hidden matrices;
+qk_scale, qk_offset, the norm's gain and the biases are not decayed.
+
 The attention layers of a hybrid model have no counterpart in the reference (it has only TTT
 layers); their rules name them as Llama's `self_attn.{q,k,v,o}_proj`, which keeps conversion
 between our own layouts uniform, and writing the reference format refuses a hybrid.
@@ -16,7 +23,7 @@ parameter count (models/presets.py). Plain Python, so presets and the planner lo
 from dataclasses import dataclass
 from math import prod
 
-from megatron_ttt.models.columns import in_proj_columns, mlp_columns, qkv_columns
+from megatron_ttt.models.columns import in_proj_columns, lact_columns, mlp_columns, qkv_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.models.fused import FusedColumns
 
@@ -38,6 +45,8 @@ class Rule:
     fused: FusedColumns | None = None
     init: str = "normal"
     """How the reference initializes it (each component of a fused one): one of INITS."""
+    std: float | None = None
+    """init "normal": its standard deviation (None: the model's init_std)."""
     weight_decay: bool = True
     """AdamW's decoupled weight decay applies (matrices, embeddings, inner and conv weights)."""
     hidden_matrix: bool = False
@@ -106,6 +115,35 @@ def _ttt_mixer_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
     return out
 
 
+def _lact_mixer_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
+    """LaCT's layer, initialized as its _init_weights: linears normal(init_std) with zero biases,
+    the fast weights' factors normal(gain / sqrt(rank)) (left) and normal(gain / sqrt(d_in))
+    (right), full-rank w0, w2 normal(1 / sqrt(d_in)), w1 normal(1 / sqrt(d_h))."""
+    D, H, d_in, d_h, rank, gain = (cfg.hidden_size, cfg.lact_heads, cfg.lact_head_dim, cfg.lact_hidden,
+                                   cfg.lact_fw_rank, cfg.lact_fw_init_gain)
+    m, s = f"{o}mixer.", f"{r}attn."
+    columns = lact_columns(cfg)
+    refs = {"q": "q_proj.weight", "k": "k_proj.weight", "v": "v_proj.weight", "lr": "lr_proj.weight",
+            "momentum": "momentum_proj.0.weight", "ttt_scale": "ttt_scale_proj.weight"}
+    shapes = {n: (size, D) for n, size in zip(columns.names, columns.sizes)}
+    out = [_fused(f"{m}in_proj.weight", {n: s + ref for n, ref in refs.items()}, shapes, columns),
+           _one(f"{m}out_proj.weight", f"{s}o_proj.weight", (D, D), split_dim=1, hidden_matrix=True),
+           _bias(f"{m}lr_bias", f"{s}lr_proj.bias", (3 * H,)),
+           _bias(f"{m}ttt_scale_bias", f"{s}ttt_scale_proj.bias", (H,)),
+           _one(f"{m}qk_scale", f"{s}qk_scale", (D, 2), init="ones", weight_decay=False),
+           _bias(f"{m}qk_offset", f"{s}qk_offset", (D, 2)),
+           _gain(f"{m}ttt_norm_weight", f"{s}ttt_norm.weight", (d_in,), None)]
+    if cfg.lact_momentum:
+        out.append(_bias(f"{m}momentum_bias", f"{s}momentum_proj.0.bias", (H,)))
+    for name in ("w0", "w2"):
+        if rank:
+            out += [_one(f"{m}{name}_left", f"{s}{name}.w_left", (H, d_h, rank), std=gain / rank ** 0.5),
+                    _one(f"{m}{name}_right", f"{s}{name}.w_right", (H, rank, d_in), std=gain / d_in ** 0.5)]
+        else:
+            out.append(_one(f"{m}{name}", f"{s}{name}", (H, d_h, d_in), std=1 / d_in ** 0.5))
+    return out + [_one(f"{m}w1", f"{s}w1", (H, d_in, d_h), std=1 / d_h ** 0.5)]
+
+
 def _attention_rules(cfg: TTTModelConfig, o: str, r: str) -> list[Rule]:
     D, kv = cfg.hidden_size, cfg.kv_heads * cfg.head_dim
     m, s = f"{o}mixer.", f"{r}self_attn."
@@ -138,7 +176,10 @@ def rules(cfg: TTTModelConfig) -> list[Rule]:
         out.append(_one("output_layer.weight", "lm_head.weight", (V, D)))
     for i, kind in enumerate(cfg.mixers):
         o, r = f"blocks.{i}.", f"model.layers.{i}."
-        out += _ttt_mixer_rules(cfg, o, r) if kind == "ttt" else _attention_rules(cfg, o, r)
+        if kind != "ttt":
+            out += _attention_rules(cfg, o, r)
+        else:
+            out += _lact_mixer_rules(cfg, o, r) if cfg.layer_type == "lact" else _ttt_mixer_rules(cfg, o, r)
         out += _block_rules(cfg, o, r)
     return out
 

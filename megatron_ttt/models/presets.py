@@ -1,5 +1,6 @@
 """Named model sizes: the paper's (125m-1.3b), a 7b of ours, and `tiny` for tests and the default run;
-hybrid presets: a size with sliding-window attention layers between its TTT layers.
+hybrid presets: a size with sliding-window attention layers between its TTT layers; LaCT presets
+(layer_type lact): LaCT's layer at the 125m shape and as LaCT's published 760M config.
 
 Every preset comes in both layer types and both backbones; `parameter_count` sums the parameter
 table's reference shapes, which the tests check against built models.
@@ -22,7 +23,8 @@ SIZES = {
     "1.3b": (24, 2048, 32, 5504),
     "7b": (32, 4096, 64, 11008),
 }
-BASE_LR = {"linear": 1.0, "mlp": 0.1}
+BASE_LR = {"linear": 1.0, "mlp": 0.1, "lact": 1.0}
+"""The paper's inner base lr per layer type (LaCT's lrs come from its own parameterisation: unused)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,32 @@ HYBRIDS = {
     "125m-hybrid": Hybrid("125m", "TW", 1024, 4),
     "7b-hybrid": Hybrid("7b", "TW", 8192, 8),
 }
-PRESETS = (*SIZES, *HYBRIDS)
+
+
+@dataclass(frozen=True)
+class LaCTPreset:
+    """A LaCT preset (docs/model.md gives the published configuration each follows)."""
+
+    shape: tuple[int, int, int, int]
+    """(layers, hidden, attention heads, ffn)."""
+    window: int
+    """The in-layer attention's window."""
+    chunk: int
+    """lact_chunk_size."""
+    rope_theta: float
+    tie_word_embeddings: bool
+
+
+# 760m-lact: LaCT's configs/760M_lact_swiglu_nh4_fwlow_rank_momentum.json (hidden 1536, 24 layers,
+# 24 attention heads, 4 fast heads, window and chunk 2048, rope_theta 1e6, untied embeddings; its
+# fla GatedMLP with hidden_ratio 4 is 4096 wide); 125m-lact: the same layer at the 125m shape.
+LACT_PRESETS = {
+    "125m-lact": LaCTPreset((12, 768, 12, 2048), 2048, 2048, 10000.0, True),
+    "760m-lact": LaCTPreset((24, 1536, 24, 4096), 2048, 2048, 1e6, False),
+}
+TINY_LACT_CHUNK = 64
+"""The tiny preset's LaCT chunk: 4 chunks in its 256-token samples."""
+PRESETS = (*SIZES, *HYBRIDS, *LACT_PRESETS)
 DEFAULT_WINDOW = TTTModelConfig.attention_window
 
 
@@ -54,6 +81,8 @@ def shape(name: str) -> tuple[int, int, int, int]:
     """(layers, hidden, heads, ffn) of a preset."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if name in LACT_PRESETS:
+        return LACT_PRESETS[name].shape
     return SIZES[HYBRIDS[name].size if name in HYBRIDS else name]
 
 
@@ -62,9 +91,8 @@ SHAPE_KEYS = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size")
 MIXER_KEYS = ("layer_pattern", "attention_window", "num_kv_heads")
 """A preset's mixers as a config names them: empty or 0 keeps the preset's value."""
 SETTINGS = (*SHAPE_KEYS, *MIXER_KEYS)
-SHARED_KEYS = ("rms_norm_eps", "tie_word_embeddings")
-"""Settings every preset has alike (TTTModelConfig's defaults) and a converted model may not: a
-config's 0 or None keeps the preset's."""
+SHARED_KEYS = ("rms_norm_eps", "tie_word_embeddings", "rope_theta", "lact_chunk_size")
+"""Settings that follow the preset or the layer type: a config's 0, "" or None keeps the preset's."""
 
 
 def preset_settings(name: str, given: dict | None = None) -> dict:
@@ -73,19 +101,25 @@ def preset_settings(name: str, given: dict | None = None) -> dict:
     given = given or {}
     shape_values = dict(zip(SHAPE_KEYS, shape(name)))
     values = {key: given.get(key) or value for key, value in shape_values.items()}
-    hybrid = HYBRIDS.get(name)
+    hybrid, lact = HYBRIDS.get(name), LACT_PRESETS.get(name)
     layers = values["num_layers"]
+    window = hybrid.window if hybrid else lact.window if lact else DEFAULT_WINDOW
     return values | {
         "layer_pattern": given.get("layer_pattern") or (repeated(hybrid.motif, layers) if hybrid else ""),
-        "attention_window": given.get("attention_window") or (hybrid.window if hybrid else DEFAULT_WINDOW),
+        "attention_window": given.get("attention_window") or window,
         "num_kv_heads": given.get("num_kv_heads") or (hybrid.kv_heads if hybrid else 0)}
 
 
 def shared_settings(given: dict) -> dict:
-    """The SHARED_KEYS as `given` sets them, the presets' values where unset (0, None)."""
-    tied = given.get("tie_word_embeddings")
+    """The SHARED_KEYS as `given` (a config's model section) sets them, the preset's where unset
+    (0, None)."""
+    tied, lact = given.get("tie_word_embeddings"), LACT_PRESETS.get(given.get("preset"))
+    chunk = lact.chunk if lact else TINY_LACT_CHUNK if given.get("preset") == "tiny" else TTTModelConfig.lact_chunk_size
     return {"rms_norm_eps": given.get("rms_norm_eps") or TTTModelConfig.rms_norm_eps,
-            "tie_word_embeddings": TTTModelConfig.tie_word_embeddings if tied is None else tied}
+            "tie_word_embeddings": (lact.tie_word_embeddings if lact else TTTModelConfig.tie_word_embeddings)
+            if tied is None else tied,
+            "rope_theta": given.get("rope_theta") or (lact.rope_theta if lact else TTTModelConfig.rope_theta),
+            "lact_chunk_size": given.get("lact_chunk_size") or chunk}
 
 
 def settings_problems(name: str, given: dict, key: Callable[[str], str]) -> list[str]:

@@ -56,3 +56,15 @@ def with_fused_weight(layer: torch.nn.Module, prefix: str, columns: FusedColumns
     return sharded
 
 
+
+
+def mixer_sharded_state_dict(mixer: torch.nn.Module, prefix: str, sharded_offsets, metadata,
+                             replicated: str) -> ShardedStateDict:
+    """A TTT or LaCT mixer's: its own per-head tensors split over TP along dim 0 (but the one
+    named `replicated`), its fused in-projection stored by component, its out-projection."""
+    metadata = ensure_metadata_has_dp_cp_group(metadata)
+    head_split = {n: 0 for n, _ in mixer.named_parameters(recurse=False) if n != replicated}
+    sharded = own_parameters(mixer, prefix, head_split, sharded_offsets, metadata, mixer.tp_group)
+    sharded |= with_fused_weight(mixer.in_proj, f"{prefix}in_proj.", mixer.columns, mixer.tp_size, sharded_offsets,
+                                 metadata)
+    return sharded | mixer.out_proj.sharded_state_dict(f"{prefix}out_proj.", sharded_offsets, metadata)

@@ -6,14 +6,16 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron_ttt.models.attention import AttentionMixer
 from megatron_ttt.models.block import SwiGLUMLP, TTTBlock, TTTBlockSubmodules
 from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.lact_mixer import LaCTMixer
 from megatron_ttt.models.layers import ProjectionSubmodules, RowParallelLinear
 from megatron_ttt.models.mixer import TTTLinearMixer, TTTMLPMixer
 
-MIXERS = {"linear": TTTLinearMixer, "mlp": TTTMLPMixer}
+MIXERS = {"linear": TTTLinearMixer, "mlp": TTTMLPMixer, "lact": LaCTMixer}
 
 
 def mixer_spec(ttt: TTTModelConfig, kind: str) -> ModuleSpec:
-    """The mixer of a layer of `kind` (TTTModelConfig.mixers): a TTT mixer or causal attention."""
+    """The mixer of a layer of `kind` (TTTModelConfig.mixers): a TTT mixer (LaCT's layer for
+    layer_type lact) or causal attention."""
     if kind == "ttt":
         return ModuleSpec(module=MIXERS[ttt.layer_type],
                           submodules=ProjectionSubmodules(in_proj=ColumnParallelLinear, out_proj=RowParallelLinear))

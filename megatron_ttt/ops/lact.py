@@ -126,7 +126,7 @@ def lact_swiglu_with_weights(w0, w1, w2, q, k, v, lr0, lr1, lr2, chunk_size: int
     initial = (w0, w1, w2)
     norms = tuple(w.norm(dim=-1, keepdim=True) for w in initial)
     run = functools.partial(_run_chunks, initial=initial, norms=norms, use_muon=use_muon,
-                            step=_compiled_step() if compile else _step)
+                            step=_compiled_step() if compile else lact_step)
 
     weights, velocity = initial, tuple(torch.zeros_like(w) for w in initial) if momentum is not None else ()
     group = time_checkpoint_group or n
@@ -196,7 +196,7 @@ def _run_chunks(weights: Weights, velocity: tuple, chunks: list[_Chunk], *, init
     outputs = []
     for chunk in chunks:
         if chunk.reset is not None:
-            weights = _where_rows(chunk.reset, initial, weights)
+            weights = where_rows(chunk.reset, initial, weights)
             velocity = tuple(torch.where(chunk.reset[:, None, None], 0, m) for m in velocity)
         outputs.append(swiglu_apply(weights, chunk.q))
         if chunk.update is False:
@@ -206,12 +206,13 @@ def _run_chunks(weights: Weights, velocity: tuple, chunks: list[_Chunk], *, init
         if chunk.update is True:
             weights, velocity = new_weights, new_velocity
         else:
-            weights = _where_rows(chunk.update, new_weights, weights)
-            velocity = _where_rows(chunk.update, new_velocity, velocity)
+            weights = where_rows(chunk.update, new_weights, weights)
+            velocity = where_rows(chunk.update, new_velocity, velocity)
     return torch.cat(outputs, dim=1), weights, velocity
 
 
-def _where_rows(rows: torch.Tensor, chosen: tuple, other: tuple) -> tuple:
+def where_rows(rows: torch.Tensor, chosen: tuple, other: tuple) -> tuple:
+    """Per row of rows [N] bool, the tensors of `chosen` (True) or of `other` (each [N,...])."""
     return tuple(torch.where(rows[:, None, None], a, b) for a, b in zip(chosen, other))
 
 
@@ -221,9 +222,12 @@ def swiglu_apply(weights: Weights, x: torch.Tensor) -> torch.Tensor:
     return (F.silu(x @ w0.mT) * (x @ w2.mT)) @ w1.mT
 
 
-def _step(weights: Weights, velocity: tuple, norms: tuple, k, v, lrs, momentum, use_muon: bool):
+def lact_step(weights: Weights, velocity: tuple, norms: tuple, k, v, lrs, momentum, use_muon: bool):
     """One chunk's update: the negative dot-product loss's descent step with its gradients
-    written out (as LaCT does), momentum, Muon, the rows' renormalisation."""
+    written out (as LaCT does), momentum, Muon, the rows' renormalisation. weights and velocity
+    (() without momentum) as the module docstring's, norms [N,r,1] per weight (the initial
+    weights' row norms), k, v, lrs and momentum the chunk's [N,C,...]: the new weights and
+    velocity. A decoder calls it once per completed chunk."""
     w0, w1, w2 = weights
     lr0, lr1, lr2 = lrs
     gate, up = k @ w0.mT, k @ w2.mT                     # [N,C,H]
@@ -245,4 +249,4 @@ def _step(weights: Weights, velocity: tuple, norms: tuple, k, v, lrs, momentum, 
 
 @functools.cache
 def _compiled_step():
-    return torch.compile(_step, dynamic=False)
+    return torch.compile(lact_step, dynamic=False)

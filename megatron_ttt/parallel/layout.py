@@ -51,6 +51,8 @@ class ModelShape(Protocol):
     kv_heads: int
     intermediate_size: int
     vocab_size: int
+    layer_type: str
+    lact_heads: int
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ def _model_problems(layout: ParallelLayout, model: ModelShape, tp: str, split: s
     problems = []
     if model.num_heads % layout.model_parallel:
         problems.append(f"{split} does not divide the {model.num_heads} heads{of_model}")
+    if model.layer_type == "lact" and model.lact_heads % layout.model_parallel:
+        problems.append(f"{split} does not divide the {model.lact_heads} fast-weight heads (lact_heads){of_model}")
     if model.kv_heads % layout.tensor_parallel:
         problems.append(f"{tp} does not divide the {model.kv_heads} key/value heads{of_model}")
     if model.intermediate_size % layout.tensor_parallel:

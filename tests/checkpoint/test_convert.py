@@ -14,7 +14,7 @@ from megatron_ttt.models.parameters import ReferenceFormatError
 from megatron_ttt.checkpoint.reference_io import read_reference, write_reference
 from megatron_ttt.cli import main
 from megatron_ttt.models.build import build_model
-from tests.models.tp_cases import TINY
+from tests.models.tp_cases import TINY, case_model
 from tests.models.weights import random_reference_weights
 
 pytestmark = pytest.mark.usefixtures("single_process_parallel")
@@ -120,11 +120,17 @@ def test_logprobs_command_matches_the_reference(tmp_path, capsys, groups):
         init_parallel(ParallelLayout())
 
 
-def test_a_hybrid_converts_between_our_formats_and_the_reference_format_refuses_it(tmp_path, groups):
-    cfg = replace(TINY, num_layers=3, layer_pattern="T*W", attention_window=5)
+@pytest.mark.parametrize("cfg, refusal", [
+    (replace(TINY, num_layers=3, layer_pattern="T*W", attention_window=5),
+     r"no attention layers.*at layers \[1, 2\]; nothing was written"),
+    (case_model(TINY, {"layer_type": "lact", "backbone": "transformer"}),
+     r"no LaCT layers \(layer_type lact\); nothing was written"),
+], ids=["hybrid", "lact"])
+def test_a_hybrid_or_lact_model_converts_between_our_formats_and_the_reference_format_refuses_it(tmp_path, groups,
+                                                                                                 cfg, refusal):
     save_model(build_model(cfg, groups, init_seed=0), tmp_path / "hybrid")
     assert convert.mttt_to_mttt(tmp_path / "hybrid", tmp_path / "copy", groups) <= convert.CHECK_TOLERANCE
     assert load_model(tmp_path / "copy", groups).ttt == cfg
-    with pytest.raises(ReferenceFormatError, match=r"no attention layers.*at layers \[1, 2\]; nothing was written"):
+    with pytest.raises(ReferenceFormatError, match=refusal):
         convert.mttt_to_hf(tmp_path / "hybrid", tmp_path / "hf", groups)
     assert not (tmp_path / "hf").exists()

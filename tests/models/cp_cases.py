@@ -14,7 +14,7 @@ from megatron_ttt.models.parameters import to_full, to_local
 from megatron_ttt.parallel.context import all_slices, local_slice
 from megatron_ttt.parallel.layout import ParallelLayout
 from megatron_ttt.parallel.setup import destroy_parallel, init_parallel
-from tests.models.tp_cases import HYBRID, TINY, rel, twin
+from tests.models.tp_cases import HYBRID, TINY, case_model, rel, twin
 from tests.models.weights import random_reference_weights
 
 
@@ -26,7 +26,7 @@ edge (token 10), row 1 one just after it (the pre-conv's halo reaches into the e
 def case_config(case: dict):
     base = HYBRID if case.get("hybrid") else TINY
     documents = {"document_boundaries": "reset", "eos_token_id": base.vocab_size - 1} if case.get("reset") else {}
-    return replace(base, layer_type=case["layer_type"], backbone=case["backbone"], **documents,
+    return replace(case_model(base, case), **documents,
                    **({"num_kv_heads": case["kv_heads"]} if "kv_heads" in case else {}))
 
 

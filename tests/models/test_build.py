@@ -12,7 +12,7 @@ from megatron_ttt.models.presets import preset
 from megatron_ttt.training.engine import parameter_groups
 from tests.distributed import run_distributed
 
-CASES = [("linear", "mamba", True), ("mlp", "transformer", False)]
+CASES = [("linear", "mamba", True), ("mlp", "transformer", False), ("lact", "transformer", False)]
 
 
 def _config(layer_type: str, backbone: str, tied: bool):
@@ -36,7 +36,8 @@ def test_every_parameter_comes_from_its_rule(groups, layer_type, backbone, tied)
         elif rule.init == "conv":
             assert p.abs().max() <= cfg.conv_kernel ** -0.5 and p.std() > 0.1, name
         else:
-            assert abs(p.std().item() / cfg.init_std - 1) < 0.3, f"{name}: std {p.std():.4f}"
+            std = cfg.init_std if rule.std is None else rule.std
+            assert abs(p.std().item() / std - 1) < 0.3, f"{name}: std {p.std():.4f}, not {std}"
     again = dict(build_model(cfg, groups, init_seed=7).named_parameters())
     assert all(torch.equal(params[n], again[n]) for n in params), "the same seed drew other weights"
 

@@ -1,6 +1,6 @@
 """The model at CP = 2 (and CP 2 x TP 2 with sequence parallel), each rank holding its slice of the
 sequence, equals the dense twin on the whole sequence: logits, loss and every parameter's
-gradient, both layer types, both backbones, and a hybrid with full and sliding-window attention
+gradient, every layer type (LaCT on its transformer backbone), both backbones, and a hybrid with full and sliding-window attention
 (its key/value heads repeated where they do not split over CP). T is not a multiple of the
 mini-batch, and the Mamba pre-conv reads across the ranks' boundary. Under
 document_boundaries=reset (documents beginning at and just after the ranks' boundary) the split
@@ -29,10 +29,14 @@ CP2 += [dict(layer_type="linear", backbone="mamba", hybrid=True, tp=1, sequence_
 CP2 += [dict(layer_type="linear", backbone="mamba", hybrid=True, reset=True, tp=1, sequence_parallel=False,
              seq_len=20),
         dict(layer_type="mlp", backbone="transformer", reset=True, tp=1, sequence_parallel=False, seq_len=20)]
+CP2 += [dict(layer_type="lact", backbone="transformer", reset=reset, tp=1, sequence_parallel=False, seq_len=20)
+        for reset in (False, True)]
 CP2_TP2 = [dict(layer_type="mlp", backbone="mamba", tp=2, sequence_parallel=True, seq_len=20),
            dict(layer_type="linear", backbone="mamba", hybrid=True, tp=2, sequence_parallel=True, seq_len=20),
            dict(layer_type="mlp", backbone="mamba", hybrid=True, reset=True, tp=2, sequence_parallel=True,
-                seq_len=20)]
+                seq_len=20),
+           dict(layer_type="lact", backbone="transformer", lact={"lact_heads": 4}, reset=True, tp=2,
+                sequence_parallel=True, seq_len=20)]
 
 
 def check(rows: list[dict], world: int) -> None:

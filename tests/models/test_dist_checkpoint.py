@@ -1,14 +1,13 @@
 """megatron-core dist_checkpointing reshards the model across TP sizes (saved at 2, loaded at 1,
-and back), for both backbones (the mamba one has every kind of tensor: fused, per head, conv)."""
-
-from dataclasses import replace
+and back), for both backbones (the mamba one has every kind of tensor: fused, per head, conv) and LaCT's
+layer (slow)."""
 
 import pytest
 import torch
 
 from tests.distributed import run_distributed
 from tests.models.ckpt_cases import load_then_save, save_in_process
-from tests.models.tp_cases import TINY
+from tests.models.tp_cases import TINY, case_model
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -18,9 +17,10 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("backbone, layer_type", [("mamba", "mlp"), pytest.param("transformer", "linear",
-                                                                           marks=pytest.mark.slow)])
+                                                                           marks=pytest.mark.slow),
+                                                 pytest.param("transformer", "lact", marks=pytest.mark.slow)])
 def test_checkpoint_reshards_across_tensor_parallel_sizes(tmp_path, backbone, layer_type):
-    cfg = replace(TINY, backbone=backbone, layer_type=layer_type)
+    cfg = case_model(TINY, {"layer_type": layer_type, "backbone": backbone})
     tp2, tp1 = str(tmp_path / "tp2"), str(tmp_path / "tp1")
     weights, logits_tp2 = run_distributed(2, load_then_save, cfg, None, tp2)[0]
     at_tp1, logits_tp1 = run_distributed(1, load_then_save, cfg, tp2, tp1)[0]

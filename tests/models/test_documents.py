@@ -16,7 +16,7 @@ from megatron_ttt.models.build import build_model
 from megatron_ttt.models.compiled_decode import CompiledDecoder
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.run_options import InnerLoopOptions
-from tests.models.tp_cases import HYBRID, TINY
+from tests.models.tp_cases import HYBRID, TINY, case_model
 
 EOS = 63
 RESET = replace(TINY, document_boundaries="reset", eos_token_id=EOS)
@@ -61,6 +61,7 @@ CONFIGS = {
     "linear-transformer": replace(RESET, backbone="transformer"),
     "mlp-mamba": replace(RESET, layer_type="mlp"),
     "hybrid-TW*": replace(HYBRID, backbone="mamba", document_boundaries="reset", eos_token_id=EOS),
+    "lact": case_model(RESET, {"layer_type": "lact", "backbone": "transformer"}),
 }
 
 
@@ -105,7 +106,7 @@ def test_another_document_changes_neither_outputs_nor_gradients(groups, name):
         assert (grads[n] - grads_changed[n]).abs().max() <= 1e-10 * grads[n].abs().max().clamp_min(1e-30), n
 
 
-@pytest.mark.parametrize("name", ["mlp-mamba", "hybrid-TW*"])
+@pytest.mark.parametrize("name", ["mlp-mamba", "hybrid-TW*", "lact"])
 def test_decoding_through_eos_equals_one_forward(groups, name):
     """A prompt with EOS inside, then one token at a time across two more EOS (rows at different
     positions in their documents); the cache stays the same size past every boundary."""

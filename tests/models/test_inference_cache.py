@@ -4,7 +4,6 @@ backbones, at prompt lengths that are not multiples of the mini-batch and across
 the cache's size does not grow with the sequence."""
 
 import itertools
-from dataclasses import replace
 
 import pytest
 import torch
@@ -13,15 +12,15 @@ from megatron_ttt.models.parameters import to_local
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.inference_cache import InferenceCache
 from megatron_ttt.models.language_model import TTTLanguageModel
-from tests.models.tp_cases import TINY, rel
+from tests.models.tp_cases import TINY, case_model, rel
 from tests.models.weights import random_reference_weights
 
-CASES = list(itertools.product(("linear", "mlp"), ("transformer", "mamba")))
+CASES = list(itertools.product(("linear", "mlp"), ("transformer", "mamba"))) + [("lact", "transformer")]
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4}
 
 
 def build(groups, layer_type: str, backbone: str, dtype: torch.dtype) -> TTTLanguageModel:
-    cfg = replace(TINY, layer_type=layer_type, backbone=backbone)
+    cfg = case_model(TINY, {"layer_type": layer_type, "backbone": backbone})
     model = TTTLanguageModel(megatron_config(cfg, 1, False, dtype), cfg, groups)
     model.load_state_dict(to_local(random_reference_weights(cfg, seed=3, dtype=dtype), cfg, 0, 1))
     return model.eval()

@@ -1,10 +1,11 @@
-"""Presets: the paper's sizes build, and the parameter count (from the parameter table) equals the built model."""
+"""Presets: the paper's sizes build, and the parameter count (from the parameter table) equals the built model;
+the LaCT presets are LaCT's."""
 
 import pytest
 
 from megatron_ttt.models.build import megatron_config
 from megatron_ttt.models.language_model import TTTLanguageModel
-from megatron_ttt.models.presets import HYBRIDS, SIZES, parameter_count, preset
+from megatron_ttt.models.presets import HYBRIDS, LACT_PRESETS, SIZES, parameter_count, preset
 
 
 @pytest.mark.parametrize("name", ["tiny", "125m", "125m-hybrid", *(pytest.param(n, marks=pytest.mark.slow) for n in ("350m", "760m", "1.3b"))])
@@ -44,3 +45,19 @@ def test_hybrid_presets_have_their_pattern_and_keep_overrides():
         cfg = preset(name)
         assert cfg.kv_heads % 2 == 0 and cfg.num_heads % cfg.kv_heads == 0, name  # splits over TP 2
         assert parameter_count(cfg) < parameter_count(preset(hybrid.size)), name
+
+
+@pytest.mark.parametrize("name", ["tiny", "125m-lact"])
+def test_lact_parameter_count_formula(groups, name):
+    cfg = preset(name, "lact", "transformer", lact_fw_rank=0 if name == "tiny" else 32)
+    model = TTTLanguageModel(megatron_config(cfg), cfg, groups)
+    assert sum(p.numel() for p in model.parameters()) == parameter_count(cfg)
+
+
+def test_760m_lact_is_lacts_published_config():
+    cfg = preset("760m-lact", "lact", "transformer", rope_theta=LACT_PRESETS["760m-lact"].rope_theta,
+                 tie_word_embeddings=False)
+    assert (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.lact_heads, cfg.intermediate_size) == (1536, 24, 24, 4,
+                                                                                                      4096)
+    assert (cfg.attention_window, cfg.lact_fw_rank, cfg.lact_fw_init_gain, cfg.lact_momentum) == (2048, 32, 0.5, True)
+    assert 0.95 < parameter_count(cfg) / 760e6 < 1.1

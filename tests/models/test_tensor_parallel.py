@@ -1,5 +1,5 @@
 """The megatron-core model at TP = 1, 2, 4 (real gloo processes) equals the dense twin: logits,
-loss and every parameter gradient, both layer types, both backbones, sequence parallel on and off,
+loss and every parameter gradient, every layer type (LaCT on its transformer backbone), both backbones, sequence parallel on and off,
 T not a multiple of the mini-batch."""
 
 import itertools
@@ -11,6 +11,7 @@ from tests.models.tp_cases import compare_with_twin
 
 CASES = [dict(layer_type=lt, backbone=bb, sequence_parallel=sp, seq_len=20)
          for lt, bb, sp in itertools.product(("linear", "mlp"), ("transformer", "mamba"), (False, True))]
+CASES += [dict(layer_type="lact", backbone="transformer", sequence_parallel=sp, seq_len=20) for sp in (False, True)]
 F64_TOL = 1e-10
 LOSS_TOL = 1e-6
 """megatron-core's vocab-parallel cross entropy computes in float32."""

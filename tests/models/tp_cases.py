@@ -20,6 +20,16 @@ TINY = TTTModelConfig(vocab_size=64, hidden_size=32, num_heads=4, num_layers=2, 
                       mini_batch_size=8)
 HYBRID = replace(TINY, num_layers=3, layer_pattern="TW*", attention_window=6, num_kv_heads=2)
 """TTT, sliding-window and full-attention layers, grouped-query attention."""
+LACT = dict(lact_heads=2, lact_chunk_size=6, lact_fw_rank=4, attention_window=7)
+"""A LaCT case's fields beside TINY's: 2 fast heads of 2 attention heads each, chunks of 6
+(T = 20: three updates and a short last chunk), low-rank initial weights, a window under T."""
+
+
+def case_model(base: TTTModelConfig, case: dict) -> TTTModelConfig:
+    """`base` with a case's layer type and backbone (and a LaCT case's fields: LACT's, with the
+    case's "lact" entries instead)."""
+    lact = LACT | case.get("lact", {}) if case["layer_type"] == "lact" else {}
+    return replace(base, layer_type=case["layer_type"], backbone=case["backbone"], **lact)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,7 +49,7 @@ def compare_with_twin(rank: int, world: int, store, cases: list[dict], dtype=tor
     logits, loss and every gradient (gathered to the reference format) against the twin."""
     out = []
     for case in cases:
-        cfg = replace(TINY, layer_type=case["layer_type"], backbone=case["backbone"])
+        cfg = case_model(TINY, case)
         groups = init_parallel(ParallelLayout(world, case["sequence_parallel"]), store=store)
         tp_group, tp_rank = groups.tp, dist.get_rank(groups.tp)
         weights = random_reference_weights(cfg, seed=1, dtype=dtype)

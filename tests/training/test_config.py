@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatron_ttt.config import PretrainConfig, load_config, to_dict
+from megatron_ttt.config.continuation import model_section
 from megatron_ttt.config.loading import ConfigError, check_world_size, notes
 from megatron_ttt.config.model import resolve_model
 from megatron_ttt.config.reference import markdown
@@ -46,7 +47,7 @@ def test_yaml_then_overrides(tmp_path):
     ("data.verify=fast", r"data.verify='fast' \(choose one of size, full\)"),
     ("train.inner_loop_backend=cuda", r"train.inner_loop_backend='cuda'"),
     ("parallel.time_checkpoint_group=-1", r"parallel.time_checkpoint_group must be an integer >= 0"),
-    ("model.rope_theta=0", r"model.rope_theta=0.0 \(must be positive\)"),
+    ("model.rope_theta=-1", r"model.rope_theta=-1.0 \(must be at least 0: 0 is the preset's\)"),
     ("model.rms_norm_eps=-1e-5", r"model.rms_norm_eps=-1e-05 \(must be at least 0: 0 is the preset's\)"),
     ("model.tie_word_embeddings=maybe", r"model.tie_word_embeddings: 'maybe' is not a boolean"),
     ("train.init_optimizer=true", r"train.init_optimizer=true \(takes the optimizer state of train.init_from, which "
@@ -76,6 +77,9 @@ def test_bad_overrides_name_the_key(override, message):
     (["parallel.tensor_parallel=4", "model.num_heads=2", "model.hidden_size=32"], 4,
      r"parallel.tensor_parallel=4 x parallel.context_parallel=1 does not divide the 2 heads of model.preset=tiny, "
      r"model.num_heads=2"),
+    (["model.layer_type=lact", "model.lact_heads=2", "parallel.tensor_parallel=4"], 4,
+     r"parallel.tensor_parallel=4 x parallel.context_parallel=1 does not divide the 2 fast-weight heads "
+     r"\(lact_heads\) of model.preset=tiny"),
     (["parallel.tensor_parallel=2", "data.global_batch_tokens=1024"], 8,
      r"data.global_batch_tokens=1024 is not a multiple of .* = 4 x 4 x 256 = 4096"),
 ])
@@ -93,6 +97,12 @@ def test_world_size_checks_name_the_keys(overrides, world, message):
      r"24: the inner widths \[24, 24\] are not all powers of two >= 16"),
     (["optimizer.schedule=wsd", "optimizer.decay_fraction=0.95"],
      r"optimizer.warmup_fraction=0.1 \+ optimizer.decay_fraction=0.95 is more than all the steps"),
+    (["model.layer_type=lact", "model.backbone=mamba"],
+     r"model.layer_type lact is LaCT's transformer layer \(no convolutions, no gate\): model.backbone must be "
+     r"transformer, not 'mamba'"),
+    (["model.layer_type=lact", "model.lact_heads=3"],
+     r"model.lact_heads 3 must divide model.hidden_size 64 and model.num_heads 4"),
+    (["model.preset=760m-lact"], r"model.preset=760m-lact is a LaCT model: set model.layer_type=lact \(not linear\)"),
     (["optimizer.decay_shape=exponential"], r"optimizer.decay_shape='exponential' \(choose one of linear, cosine, "
                                             r"1-sqrt\)"),
 ])
@@ -131,6 +141,25 @@ def test_a_window_longer_than_the_sequences_is_noted():
     note, = notes(load_config(None, hybrid))  # the preset's 4096
     assert note.startswith("note: model.attention_window=4096 is longer than data.seq_len=256: the W layers never "
                            "attend further back than 256 tokens in training")
+
+
+def test_a_lact_chunk_as_long_as_the_samples_is_noted():
+    assert notes(load_config(None, ["model.layer_type=lact"])) == []  # tiny's chunk of 64 in 256 tokens
+    note, = notes(load_config(None, ["model.layer_type=lact", "model.lact_chunk_size=256"]))
+    assert note.startswith("note: model.lact_chunk_size=256 is at least data.seq_len=256: a sample is one chunk, so "
+                           "the LaCT layers' fast weights never update in training")
+
+
+def test_the_layer_type_and_the_preset_settle_backbone_chunk_and_rope_theta():
+    tiny_lact = resolve_model(load_config(None, ["model.layer_type=lact"]).model, 128)
+    assert (tiny_lact.backbone, tiny_lact.lact_chunk_size, tiny_lact.rope_theta) == ("transformer", 64, 10000.0)
+    big = resolve_model(load_config(None, ["model.preset=760m-lact", "model.layer_type=lact"]).model, 128)
+    assert (big.backbone, big.lact_chunk_size, big.rope_theta, big.tie_word_embeddings) == ("transformer", 2048, 1e6,
+                                                                                           False)
+    assert resolve_model(load_config(None, []).model, 128).backbone == "mamba"
+    # A model directory's continuation names each with the fewest keys (a LaCT preset for LaCT only).
+    assert model_section(tiny_lact) == {"preset": "tiny", "layer_type": "lact"}
+    assert model_section(big) == {"preset": "760m-lact", "layer_type": "lact"}
 
 
 def test_pretrain_config_errors_exit_2_before_any_process_group(tmp_path):
@@ -177,6 +206,10 @@ def test_a_checkpoint_resumes_when_its_config_spelled_the_presets_defaults():
                                           r"model.tie_word_embeddings: True there, False now\)"):
         check_same_model(before_the_keys, {"model": hybrid["model"] | {"rms_norm_eps": 1e-5,
                                                                         "tie_word_embeddings": False}}, Path("ckpt"))
+    # Saved before backbone, rope_theta and chunk followed the preset (and before the LaCT keys).
+    spelled = {k: v for k, v in to_dict(PretrainConfig())["model"].items() if not k.startswith("lact_")}
+    check_same_model({"model": spelled | {"backbone": "mamba", "rope_theta": 10000.0}},
+                     {"model": to_dict(PretrainConfig())["model"]}, Path("ckpt"))
     with pytest.raises(ResumeError, match=r"another model \(model.num_layers: 12 there, 6 now; model.layer_pattern: "
                                           r"'TWTWTWTWTWTW' there, 'TWTWTW' now\)"):
         check_same_model(hybrid, {"model": hybrid["model"] | {"num_layers": 6}}, Path("ckpt"))

@@ -98,8 +98,14 @@ def test_resume_after_step_6_equals_an_uninterrupted_run(tmp_path, cache):
     assert all(torch.equal(a[n], b[n]) for n in a if a[n] is not None), "final weights differ after resume"
 
 
-def test_a_hybrid_trains_and_resumes_bitwise(tmp_path, cache):
-    hybrid = ["model.layer_pattern=TW", "model.attention_window=24", "train.steps=12", "checkpoint.interval=6"]
+@pytest.mark.parametrize("model, on_resume", [
+    (["model.layer_pattern=TW", "model.attention_window=24"], []),
+    # LaCT: chunks of 16 in samples of 64, three fast-weight updates a sample, documents reset;
+    # resumed with time-axis checkpointing over pairs of chunks (a run option: bitwise neutral).
+    (["model.layer_type=lact", "model.lact_chunk_size=16"], ["parallel.time_checkpoint_group=2"]),
+], ids=["hybrid", "lact"])
+def test_a_hybrid_and_lact_train_and_resume_bitwise(tmp_path, cache, model, on_resume):
+    hybrid = model + ["train.steps=12", "checkpoint.interval=6"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     pretrain(whole, cache, hybrid)
     curve = losses(whole)
@@ -107,7 +113,7 @@ def test_a_hybrid_trains_and_resumes_bitwise(tmp_path, cache):
     shutil.copytree(whole, cut)
     shutil.rmtree(cut / "checkpoints" / "step-00000012")
     (cut / "checkpoints" / "latest").write_text("step-00000006")
-    assert "at step 6" in pretrain(cut, cache, hybrid).stdout
+    assert "at step 6" in pretrain(cut, cache, hybrid + on_resume).stdout
     assert losses(cut) == curve
     a, b = final_weights(whole), final_weights(cut)
     assert all(torch.equal(a[n], b[n]) for n in a if a[n] is not None), "final weights differ after resume"
