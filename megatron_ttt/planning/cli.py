@@ -9,7 +9,7 @@ from megatron_ttt.planning.hardware import GPUS
 
 SEARCHED = ("tp", "cp", "zero", "time_checkpoint_group", "micro_batch", "block_ckpt")
 
-MODEL_OPTIONS = {"preset": "7b", "layer_type": "linear", "backbone": None, "vocab_size": 32000, "num_layers": 0,
+MODEL_OPTIONS = {"preset": "7b", "layer_type": None, "backbone": None, "vocab_size": 32000, "num_layers": 0,
                  "hidden_size": 0, "num_heads": 0, "ffn_hidden_size": 0, "layer_pattern": "", "attention_window": 0,
                  "num_kv_heads": 0, "lact_heads": 0, "lact_chunk_size": 0}
 """The options that shape the model, and their defaults (which --model leaves as they are)."""
@@ -21,8 +21,10 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
                                    "ones left out are searched and the fastest layouts that fit are shown. See "
                                    "docs/planning.md.")
     p.add_argument("--preset", default=MODEL_OPTIONS["preset"],
-                   help="tiny, 125m, 350m, 760m, 1.3b, 7b, or a hybrid: 125m-hybrid, 7b-hybrid (default 7b)")
-    p.add_argument("--layer-type", default=MODEL_OPTIONS["layer_type"], choices=LAYER_TYPES)
+                   help="tiny, 125m, 350m, 760m, 1.3b, 7b, a hybrid: 125m-hybrid, 7b-hybrid, or LaCT's: 125m-lact, "
+                        "760m-lact (default 7b)")
+    p.add_argument("--layer-type", default=MODEL_OPTIONS["layer_type"], choices=LAYER_TYPES,
+                   help="default: lact for a LaCT preset, else linear")
     p.add_argument("--backbone", default=MODEL_OPTIONS["backbone"], choices=BACKBONES,
                    help="default: transformer for --layer-type lact, else mamba")
     p.add_argument("--vocab-size", type=int, default=MODEL_OPTIONS["vocab_size"])
@@ -73,41 +75,40 @@ def _assumption_names() -> list[str]:
 
 
 def _preset_model(args: argparse.Namespace):
+    """The model the preset and the options describe, resolved as a pretraining config's model
+    section is (config/model.py), with its problems named by flag."""
     with warnings.catch_warnings():  # megatron-core's import warns about optional CUDA extensions
         warnings.simplefilter("ignore")
-        from megatron_ttt.models.presets import PRESETS, SETTINGS, preset, settings_problems
+        from megatron_ttt.models.presets import LACT_PRESETS, PRESETS, SETTINGS, settings_problems
+    from megatron_ttt.config.model import resolve_model, resolved_section
+    from megatron_ttt.config.sections import ModelSection
     from megatron_ttt.errors import UserInputError
+    from megatron_ttt.models.config import lact_problems
 
     if args.preset not in PRESETS:
         raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     if args.vocab_size < 1:
         raise UserInputError(f"--vocab-size {args.vocab_size} must be >= 1")
+    layer_type = args.layer_type or ("lact" if args.preset in LACT_PRESETS else "linear")
+    if args.preset in LACT_PRESETS and layer_type != "lact":
+        raise UserInputError(f"--preset {args.preset} is a LaCT model: leave out --layer-type {layer_type}")
     settings = {key: getattr(args, key) for key in SETTINGS}
     if problems := settings_problems(args.preset, settings, key=_flag):
         raise UserInputError("; ".join(problems))
-    if args.layer_type != "lact":
-        return preset(args.preset, args.layer_type, args.backbone or "mamba", vocab_size=args.vocab_size, **settings)
-    return _lact_model(preset(args.preset, "linear", "transformer", vocab_size=args.vocab_size, **settings), args)
+    section = ModelSection(preset=args.preset, layer_type=layer_type, backbone=args.backbone or "", **settings,
+                           **{key: getattr(args, key) or getattr(ModelSection, key)
+                              for key in ("lact_heads", "lact_chunk_size")})
+    values = resolved_section(vars(section))
+    if layer_type == "lact" and (problems := lact_problems(values["hidden_size"], values["num_heads"],
+                                                           values["lact_heads"], values["lact_chunk_size"],
+                                                           values["backbone"], key=_flag)):
+        raise UserInputError("; ".join(problems))
+    return resolve_model(section, args.vocab_size)
 
 
 def _flag(field: str) -> str:
     """The command-line flag of a model config field."""
     return "--" + field.replace("_", "-")
-
-
-def _lact_model(shape, args: argparse.Namespace):
-    """A preset's shape with LaCT layers: the model config's LaCT defaults where --lact-* are unset."""
-    from dataclasses import replace
-
-    from megatron_ttt.errors import UserInputError
-    from megatron_ttt.models.config import lact_problems
-
-    lact = {key: getattr(args, key) or getattr(shape, key) for key in ("lact_heads", "lact_chunk_size")}
-    backbone = args.backbone or "transformer"
-    if problems := lact_problems(shape.hidden_size, shape.num_heads, lact["lact_heads"], lact["lact_chunk_size"],
-                                 backbone, key=_flag):
-        raise UserInputError("; ".join(problems))
-    return replace(shape, layer_type="lact", backbone=backbone, **lact)
 
 
 def _saved_model(args: argparse.Namespace):

@@ -5,7 +5,9 @@ from dataclasses import replace
 import pytest
 
 from megatron_ttt.cli import main
-from megatron_ttt.models.presets import preset
+from megatron_ttt.config.model import resolve_model
+from megatron_ttt.config.sections import ModelSection
+from megatron_ttt.models.presets import parameter_count, preset
 from megatron_ttt.planning import comm
 from megatron_ttt.planning.hardware import GPUS, Assumptions
 from megatron_ttt.planning.layout import Layout
@@ -61,6 +63,16 @@ def test_a_lact_plan_counts_its_fast_weights(capsys):
     for part in ("lact transformer model", "24 heads of 64", "fast weights (24 layers)",
                  "one layer's state: [B*Hf,h,d] fp32 x 6", "cp all to all", "fits"):
         assert part in out, part
+
+
+def test_a_lact_preset_is_its_model(capsys):
+    """--preset 760m-lact alone is LaCT's 760M config, untied head and all, as a pretraining config
+    with model.preset=760m-lact resolves it."""
+    assert main(["plan", "--preset", "760m-lact", "--nodes", "1", "--seq-len", "32768"]) == 0
+    out = capsys.readouterr().out
+    assert "lact transformer model (24 layers, D 1536, 24 heads of 64, FFN 4096" in out
+    model = resolve_model(ModelSection(preset="760m-lact", layer_type="lact"), 32000)
+    assert not model.tie_word_embeddings and f"{parameter_count(model):,} parameters" in out
 
 
 def test_a_lact_model_directory_plans_as_its_flags_do(tmp_path, capsys):
@@ -124,6 +136,7 @@ def test_a_128k_plan_needs_context_parallelism_or_block_checkpointing(capsys):
     (["--layer-type", "lact", "--backbone", "mamba"], "--backbone must be transformer, not 'mamba'"),
     (["--layer-type", "lact", "--lact-heads", "3"], "--lact-heads 3 must divide --hidden-size 4096"),
     (["--layer-type", "lact", "--tp", "8"], "--tp 8 x --cp 1 does not divide the 4 fast-weight heads"),
+    (["--preset", "125m-lact", "--layer-type", "mlp"], "--preset 125m-lact is a LaCT model: leave out --layer-type"),
 ])
 def test_bad_input_is_named(capsys, args, message):
     assert main(["plan", "--nodes", "1", *args]) == 2
