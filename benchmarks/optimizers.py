@@ -8,19 +8,13 @@ on the bundled corpus, the first pair (AdamW + cosine, the default) the baseline
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from pretrain_runs import final_losses, pretrain
+
 PAIRS = (("adamw", "cosine"), ("adamw", "wsd"), ("muon", "cosine"), ("muon", "wsd"))
-
-
-def final_losses(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"train_loss": rows[-1]["train_loss"], "val_loss": rows[-1]["val_loss"],
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[1:])}
 
 
 def main() -> None:
@@ -35,12 +29,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for optimizer, schedule in PAIRS:
             run_dir = Path(tmp) / f"{optimizer}-{schedule}"
-            subprocess.run([sys.executable, "-m", "megatron_ttt.cli", "pretrain", f"run_dir={run_dir}",
-                            f"model.preset={args.preset}", f"train.steps={args.steps}", f"train.seed={args.seed}",
-                            f"data.global_batch_tokens={args.global_batch_tokens}", "logging.tensorboard=false",
-                            f"logging.eval_interval={args.steps}", f"checkpoint.interval={args.steps}",
-                            f"optimizer.name={optimizer}", f"optimizer.schedule={schedule}"],
-                           check=True, capture_output=True)
+            pretrain(run_dir, args.preset, args.steps, args.global_batch_tokens, args.seed,
+                     [f"optimizer.name={optimizer}", f"optimizer.schedule={schedule}"])
             rows.append({"optimizer": optimizer, "schedule": schedule, **final_losses(run_dir)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     base = rows[0]["val_loss"]
