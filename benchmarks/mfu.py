@@ -62,7 +62,8 @@ def measure(name: str, layer_type: str, pattern: str, window: int, seq_len: int,
         outputs = {}
 
         def score() -> None:
-            outputs["logprobs"] = token_logprobs(model.eval(), ids[:, :-1], fixed_shapes=compiled)
+            # One row, scored as one: fixed shapes would pad it to the default batch of 8 rows.
+            outputs["logprobs"] = token_logprobs(model.eval(), ids[:, :-1], batch_size=1, fixed_shapes=compiled)
 
         def first_loss() -> float:
             # The first step's loss, from the initial weights (the timed steps move them).
