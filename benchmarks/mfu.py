@@ -50,7 +50,6 @@ def measure(name: str, layer_type: str, pattern: str, window: int, seq_len: int,
     cfg = preset(name, layer_type, num_layers=len(pattern), layer_pattern=pattern, attention_window=window)
     ids = torch.randint(0, cfg.vocab_size, (1, seq_len + 1), generator=torch.Generator().manual_seed(0))
     flops = forward_flops(cfg, seq_len) * seq_len
-    compiling_before = compile_seconds()
     with parallel_groups(ParallelLayout()) as groups:
         model = build_model(cfg, groups, InnerLoopOptions(backend), init_seed=0)
         if compiled:
@@ -58,6 +57,7 @@ def measure(name: str, layer_type: str, pattern: str, window: int, seq_len: int,
             # graphs per function (8), which fullgraph turns into an error.
             torch._dynamo.reset()
             compile_blocks(model)
+        compiling_before = compile_seconds()  # after the reset, which clears the count; compiling is lazy
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
         outputs = {}
 
