@@ -112,5 +112,5 @@ def test_under_mttt_torchrun_an_error_is_one_line_and_status_2(tmp_path):
                          timeout=300)
     assert run.returncode == 2
     assert run.stderr.strip() == ("mttt pretrain: error: model.preset='bogus' (choose one of tiny, 125m, 350m, 760m, "
-                                  "1.3b, 7b, 125m-hybrid, 7b-hybrid)")
+                                  "1.3b, 7b, 125m-hybrid, 7b-hybrid, 125m-lact, 760m-lact)")
     assert not (tmp_path / "run").exists()

@@ -114,7 +114,10 @@ def shared_settings(given: dict) -> dict:
     """The SHARED_KEYS as `given` (a config's model section) sets them, the preset's where unset
     (0, None)."""
     tied, lact = given.get("tie_word_embeddings"), LACT_PRESETS.get(given.get("preset"))
-    chunk = lact.chunk if lact else TINY_LACT_CHUNK if given.get("preset") == "tiny" else TTTModelConfig.lact_chunk_size
+    tiny_lact = given.get("preset") == "tiny" and given.get("layer_type") == "lact"
+    # Only a LaCT model reads its chunk: every other keeps the model config's default, as a
+    # converted or older model directory has it.
+    chunk = lact.chunk if lact else TINY_LACT_CHUNK if tiny_lact else TTTModelConfig.lact_chunk_size
     return {"rms_norm_eps": given.get("rms_norm_eps") or TTTModelConfig.rms_norm_eps,
             "tie_word_embeddings": (lact.tie_word_embeddings if lact else TTTModelConfig.tie_word_embeddings)
             if tied is None else tied,
