@@ -13,6 +13,7 @@ useful work, which a GPU's flash kernels do; masked-out scores are not counted.
 
 from dataclasses import dataclass
 
+from megatron_ttt.models.columns import lact_columns
 from megatron_ttt.models.config import TTTModelConfig
 from megatron_ttt.planning.layout import Layout
 
@@ -62,10 +63,10 @@ def mean_keys(seq_len: int, window: int | None) -> float:
 
 
 def lact_projection_width(model: TTTModelConfig) -> int:
-    """Columns of a LaCT layer's fused in-projection: q, k, v (3D) shared by the window attention
-    and the fast weights, and per fast-weight head three learning rates, the momentum coefficient
-    (with lact_momentum) and the output scale."""
-    return 3 * model.hidden_size + (5 if model.lact_momentum else 4) * model.lact_heads
+    """Columns of a LaCT layer's fused in-projection (models/columns.lact_columns): q, k, v (3D)
+    shared by the window attention and the fast weights, and per fast-weight head three learning
+    rates, the momentum coefficient (with lact_momentum) and the output scale."""
+    return lact_columns(model).width()
 
 
 def lact_layer_flops(model: TTTModelConfig, seq_len: int) -> LayerFlops:
