@@ -43,6 +43,7 @@ from megatron_ttt.models.layers import (
     build_projections,
     projected_parts,
     replicated_weight,
+    rms_normalized,
     rotate_halves,
     stat_dtype,
 )
@@ -144,9 +145,10 @@ class LaCTMixer(MegatronModule):
         parts = projected_parts(self, hidden_states, cache)
         T, B = parts["q"].shape[:2]
         start = cache.tokens if cache is not None else 0
-        positions = (packing.since_start if packing is not None
-                     else (start + torch.arange(T, device=hidden_states.device)).expand(B, T))
-        mixed = self._attention(parts, start, cache, packing) + self._fast(parts, positions, cache, packing)
+        absolute = (start + torch.arange(T, device=hidden_states.device)).expand(B, T)
+        positions = absolute if packing is None else packing.since_start
+        mixed = (self._attention(parts, absolute, start, cache, packing)
+                 + self._fast(parts, positions, cache, packing))
         if cache is not None:
             cache.tokens += T
         out = heads_to_sequence(mixed.reshape(T, B, self.heads, -1), self.cp_group).flatten(2)
@@ -161,10 +163,11 @@ class LaCTMixer(MegatronModule):
         heads = x.reshape(T, B, -1, d).permute(1, 2, 0, 3)
         return rotate_halves(heads, cos[positions][:, None], sin[positions][:, None])
 
-    def _attention(self, parts: dict, start: int, cache: MixerCache | None, packing: Packing | None) -> torch.Tensor:
-        """Sliding-window attention of the attention heads: [T, B, heads*d], RoPE at absolute positions."""
+    def _attention(self, parts: dict, absolute: torch.Tensor, start: int, cache: MixerCache | None,
+                   packing: Packing | None) -> torch.Tensor:
+        """Sliding-window attention of the attention heads: [T, B, heads*d], RoPE at the absolute
+        positions [B, T] (from `start`, the first token's)."""
         T, B = parts["q"].shape[:2]
-        absolute = (start + torch.arange(T, device=parts["q"].device)).expand(B, T)
         q, k = self._rotated(parts["q"], absolute), self._rotated(parts["k"], absolute)
         v = parts["v"].reshape(T, B, -1, self.ttt.head_dim).permute(1, 2, 0, 3)
         segments = None if packing is None else packing.segments
@@ -193,8 +196,7 @@ class LaCTMixer(MegatronModule):
             o = lact_swiglu(*initial, q, k, v, *lrs, self.ttt.lact_chunk_size, self.ttt.lact_muon, momentum,
                             starts=starts, time_checkpoint_group=self.inner_loop.time_checkpoint_group,
                             compile=self.inner_loop.backend == "compile")
-        o32 = o.to(stat_dtype(o))
-        normed = (o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + TTT_NORM_EPS)).to(o.dtype)
+        normed = rms_normalized(o, TTT_NORM_EPS)
         gain = replicated_weight(self.ttt_norm_weight, self.tp_size > 1, self.tp_group)
         scaled = normed * gain * self._fast_heads(F.silu(parts["ttt_scale"] + self._mine(self.ttt_scale_bias)))
         return scaled.unflatten(0, (B, self.heads)).permute(2, 0, 1, 3).flatten(2)
@@ -272,7 +274,6 @@ class LaCTMixer(MegatronModule):
         """Per-head tensors split over TP along dim 0 (the norm's gain replicated); the fused
         in-projection stored by component."""
         return mixer_sharded_state_dict(self, prefix, sharded_offsets, metadata, replicated="ttt_norm_weight")
-
 
 
 def _span(filled: torch.Tensor, starts: torch.Tensor | None, t: int, T: int, C: int) -> int:

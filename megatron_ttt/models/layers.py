@@ -87,9 +87,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(width, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.to(stat_dtype(x))
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return replicated_weight(self.weight, self.sequence_parallel, self.tp_group) * normed.to(x.dtype)
+        return replicated_weight(self.weight, self.sequence_parallel, self.tp_group) * rms_normalized(x, self.eps)
+
+
+def rms_normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x over the root mean square of its last dim, the statistics in float32, back in x's dtype."""
+    x32 = x.to(stat_dtype(x))
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,

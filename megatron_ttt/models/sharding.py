@@ -56,8 +56,6 @@ def with_fused_weight(layer: torch.nn.Module, prefix: str, columns: FusedColumns
     return sharded
 
 
-
-
 def mixer_sharded_state_dict(mixer: torch.nn.Module, prefix: str, sharded_offsets, metadata,
                              replicated: str) -> ShardedStateDict:
     """A TTT or LaCT mixer's: its own per-head tensors split over TP along dim 0 (but the one
