@@ -32,8 +32,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pretrain_args(run_dir: Path, overrides: list[str]) -> list[str]:
+    """`mttt pretrain`'s arguments for the FAST run and `overrides`."""
+    return ["pretrain", f"run_dir={run_dir}", *FAST, *overrides]
+
+
 def command(run_dir: Path, overrides: list[str], nproc: int = 1) -> list[str]:
-    args = ["-m", "megatron_ttt.cli", "pretrain", f"run_dir={run_dir}", *FAST, *overrides]
+    args = ["-m", "megatron_ttt.cli", *pretrain_args(run_dir, overrides)]
     if nproc == 1:
         return [sys.executable, *args]
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
@@ -52,8 +57,10 @@ test here instead of waiting out gloo's 30-minute timeout."""
 def pretrain(run_dir: Path, cache: Path, overrides: list[str] = (), nproc: int = 1, check: bool = True):
     """`mttt pretrain` of the FAST run and `overrides`: one process forked from the test server
     (tests/distributed.py), several under torchrun."""
-    cmd = command(run_dir, list(overrides), nproc)
-    out = run_command(cmd[3:], environment(cache), RUN_TIMEOUT) if nproc == 1 else _run(cmd, cache)
+    if nproc == 1:
+        out = run_command(pretrain_args(run_dir, list(overrides)), environment(cache), RUN_TIMEOUT)
+    else:
+        out = _run(command(run_dir, list(overrides), nproc), cache)
     if check and out.returncode != 0:
         raise AssertionError(f"pretrain exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
