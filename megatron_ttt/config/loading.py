@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from megatron_ttt.config.model import resolve_model, resolved_section
+from megatron_ttt.config.model import lact_section_problems, resolve_model, resolved_section
 from megatron_ttt.config.sections import DECAY_SHAPES, SCHEDULES, DataSection, PretrainConfig
 from megatron_ttt.errors import UserInputError
 from megatron_ttt.data.blend import PERIOD
-from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, inner_widths, lact_problems
+from megatron_ttt.models.config import BACKBONES, LAYER_TYPES, inner_widths
 from megatron_ttt.models.presets import LACT_PRESETS, PRESETS, SETTINGS, preset_settings, settings_problems
 from megatron_ttt.parallel.layout import CONFIG_NAMES, Batch, layout_problems
 from megatron_ttt.run_options import BACKENDS, check_time_checkpoint_group, triton_widths_unsupported
@@ -158,11 +158,7 @@ def _lact_problems(config: PretrainConfig) -> list[str]:
     m = config.model
     if m.preset in LACT_PRESETS and m.layer_type != "lact":
         return [f"model.preset={m.preset} is a LaCT model: set model.layer_type=lact (not {m.layer_type})"]
-    if m.layer_type != "lact":
-        return []
-    values = resolved_section(dataclasses.asdict(m))
-    return lact_problems(values["hidden_size"], values["num_heads"], m.lact_heads, values["lact_chunk_size"],
-                         values["backbone"], key=lambda field: f"model.{field}")
+    return lact_section_problems(dataclasses.asdict(m), key=lambda field: f"model.{field}")
 
 
 def _schedule_problems(opt) -> list[str]:

@@ -10,9 +10,10 @@ while everything else (steps, schedule, data, layout) may change when the run co
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 from megatron_ttt.config.sections import ModelSection, PretrainConfig
-from megatron_ttt.models.config import TTTModelConfig
+from megatron_ttt.models.config import TTTModelConfig, lact_problems
 from megatron_ttt.models.presets import PRESETS, preset, preset_settings, shared_settings
 
 VOCAB_MULTIPLE = 128
@@ -38,6 +39,17 @@ def layer_type_backbone(layer_type: str) -> str:
     """The backbone an unset model.backbone means: LaCT's layer has only the transformer one; the
     TTT layers default to the paper's main models' mamba (every run saved before the key was unset)."""
     return "transformer" if layer_type == "lact" else "mamba"
+
+
+def lact_section_problems(section: dict, key: Callable[[str], str]) -> list[str]:
+    """What is wrong with a LaCT model's heads, chunk and backbone once resolved, each field named
+    by `key(field)` ("model.lact_heads" in a config, "--lact-heads" to `mttt plan`); [] for other
+    layer types."""
+    if section["layer_type"] != "lact":
+        return []
+    values = resolved_section(section)
+    return lact_problems(values["hidden_size"], values["num_heads"], values["lact_heads"], values["lact_chunk_size"],
+                         values["backbone"], key=key)
 
 
 def resolve_model(section: ModelSection, vocab_size: int) -> TTTModelConfig:

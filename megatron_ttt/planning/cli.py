@@ -80,10 +80,9 @@ def _preset_model(args: argparse.Namespace):
     with warnings.catch_warnings():  # megatron-core's import warns about optional CUDA extensions
         warnings.simplefilter("ignore")
         from megatron_ttt.models.presets import LACT_PRESETS, PRESETS, SETTINGS, settings_problems
-    from megatron_ttt.config.model import resolve_model, resolved_section
+    from megatron_ttt.config.model import lact_section_problems, resolve_model
     from megatron_ttt.config.sections import ModelSection
     from megatron_ttt.errors import UserInputError
-    from megatron_ttt.models.config import lact_problems
 
     if args.preset not in PRESETS:
         raise UserInputError(f"--preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
@@ -98,10 +97,7 @@ def _preset_model(args: argparse.Namespace):
     section = ModelSection(preset=args.preset, layer_type=layer_type, backbone=args.backbone or "", **settings,
                            **{key: getattr(args, key) or getattr(ModelSection, key)
                               for key in ("lact_heads", "lact_chunk_size")})
-    values = resolved_section(vars(section))
-    if layer_type == "lact" and (problems := lact_problems(values["hidden_size"], values["num_heads"],
-                                                           values["lact_heads"], values["lact_chunk_size"],
-                                                           values["backbone"], key=_flag)):
+    if problems := lact_section_problems(vars(section), key=_flag):
         raise UserInputError("; ".join(problems))
     return resolve_model(section, args.vocab_size)
 
